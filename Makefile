@@ -1,0 +1,52 @@
+# KD Workbench. Every target first brings .venv up to date (idempotent), and, when run
+# as root with apt, installs the Debian packages it needs; without root it says what is missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kdw-installed
+TORCH  := torch==2.14.1 torchvision==0.29.1
+PORT   ?= 8501
+HOST   ?= 127.0.0.1
+
+.PHONY: setup system demo demo-fast app lab test test-fast teachers results benchmarks clean help
+
+help:
+	@echo "make app     open the workbench (Streamlit) on http://$(HOST):$(PORT)"
+	@echo "make demo    distil the shipped teacher on Fashion-MNIST and print the table"
+	@echo "make test    run the test suite"
+	@echo "make lab     open JupyterLab on notebooks/"
+
+setup: $(STAMP) system
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[app,notebook,dev]'
+	@touch $(STAMP)
+
+# Debian packages: Fashion-MNIST's IDX files and Chromium for the browser tests.
+system:
+	@./.ci/system-deps
+
+demo: setup
+	$(VENV)/bin/kdw demo
+
+demo-fast: setup
+	$(VENV)/bin/kdw demo --fast
+
+app: setup
+	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ip $(HOST) --notebook-dir notebooks
+
+test: setup
+	$(PY) -m pytest tests
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,100 @@
+"""The `kdw` command line, run as a real subprocess: help, the fast demo, listing, comparing, bad input."""
+
+import json
+
+import pytest
+
+from conftest import kdw
+from workbench.models import ModelConfig, build_model, save_checkpoint
+
+FAST = ["--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "2",
+        "--batch-size", "64", "--no-profile"]
+
+
+def test_help_shows_the_objective_with_alpha_on_the_kd_term():
+    out = kdw("--help").stdout
+    assert "L = (1 − α)·CE(z_s, y) + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))" in out
+    assert "α = 0 is the student trained without the teacher" in out
+    assert "T²" in kdw("distill", "--help").stdout
+
+
+def test_demo_fast_prints_teacher_scratch_and_kd_rows(runs_dir):
+    proc = kdw("demo", "--fast", "--runs-dir", str(runs_dir))
+    out = proc.stdout
+    for word in ("teacher", "scratch", "kd", "KD gain", "latency ms", "samples/s", "size MB", "MFLOPs"):
+        assert word in out, out
+    assert "Traceback" not in proc.stderr
+    runs = json.loads(kdw("runs", "--json", "--runs-dir", str(runs_dir)).stdout)
+    assert sorted(r["kind"] for r in runs) == ["kd", "scratch"] and all(r["state"] == "done" for r in runs)
+
+
+def test_distill_trains_the_scratch_twin_and_compare_pairs_them(runs_dir):
+    kdw("distill", *FAST, "-T", "3", "--alpha", "0.8", "--runs-dir", str(runs_dir))
+    runs = json.loads(kdw("runs", "--json", "--runs-dir", str(runs_dir)).stdout)
+    assert sorted(r["kind"] for r in runs) == ["kd", "scratch"]
+    kd = next(r for r in runs if r["kind"] == "kd")
+    assert kd["temperature"] == 3.0 and kd["alpha"] == 0.8
+    rows = json.loads(kdw("compare", kd["run_id"], "--json", "--runs-dir", str(runs_dir)).stdout)
+    roles = [r["role"] for r in rows]
+    assert roles == ["teacher", "scratch", "kd"]  # the twin is found in the store
+    kd_row = rows[-1]
+    assert kd_row["kd_gain"] == pytest.approx(kd_row["test_acc"] - rows[1]["test_acc"])
+    table = kdw("compare", *[r["run_id"] for r in runs], "--runs-dir", str(runs_dir)).stdout
+    assert "KD gain" in table and "test acc % (best val)" in table and "test acc % (last)" in table
+    assert "kd" in kdw("runs", "--runs-dir", str(runs_dir)).stdout
+
+
+def test_scratch_command_is_alpha_zero(runs_dir):
+    kdw("scratch", *FAST, "--run-id", "plain", "--runs-dir", str(runs_dir))
+    cfg = json.loads((runs_dir / "plain" / "config.json").read_text())
+    assert cfg["kind"] == "scratch" and cfg["alpha"] == 0.0
+
+
+def _fails(*args, match):
+    proc = kdw(*args, check=False)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert match in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def test_bad_temperature_is_refused(runs_dir):
+    _fails("distill", *FAST, "-T", "0", "--runs-dir", str(runs_dir), match="temperature T must be > 0")
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())  # nothing half-made
+
+
+def test_bad_alpha_is_refused(runs_dir):
+    _fails("distill", *FAST, "--alpha", "1.2", "--runs-dir", str(runs_dir), match="alpha must be in [0, 1]")
+
+
+def test_unknown_model_and_dataset_are_refused(runs_dir):
+    _fails("distill", *FAST, "--model", "transformer", "--runs-dir", str(runs_dir), match="unknown model family")
+    _fails("distill", "--dataset", "imagenet", "--runs-dir", str(runs_dir), match="unknown data set 'imagenet'")
+
+
+def test_teacher_that_does_not_fit_is_refused_before_any_run_exists(runs_dir, tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_checkpoint(build_model(ModelConfig("mlp", depth=1, width=8), (1, 28, 28), 10), path)
+    _fails("distill", *FAST, "--teacher", str(path), "--runs-dir", str(runs_dir), match="expects input (1, 28, 28)")
+    assert not any(runs_dir.glob("*/config.json"))
+
+
+def test_corrupted_checkpoint_is_refused(runs_dir, tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    _fails("distill", *FAST, "--teacher", str(bad), "--runs-dir", str(runs_dir),
+           match="not a valid safetensors checkpoint")
+
+
+def test_run_id_with_a_path_is_refused(runs_dir, tmp_path):
+    _fails("scratch", *FAST, "--run-id", "../escape", "--runs-dir", str(runs_dir), match="invalid run id")
+    assert not (tmp_path / "escape").exists()
+
+
+def test_unwritable_runs_folder_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    _fails("scratch", *FAST, "--runs-dir", str(tmp_path / "file" / "runs"), match="not writable")
+
+
+def test_compare_unknown_run_is_a_clear_error(runs_dir):
+    _fails("compare", "nope", "--runs-dir", str(runs_dir), match="no run 'nope'")

@@ -1,0 +1,401 @@
+"""The `kdw` command line: train teachers, distil, compare, and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .losses import OBJECTIVE
+
+EPILOG = f"""\
+objective (α weights the distillation term):
+  {OBJECTIVE}
+  α = 0 is the student trained without the teacher (scratch); α = 1 is pure distillation.
+  (torchdistill and the Keras example put their α on the cross-entropy instead.)
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", default=None, help="run store folder (default: $KDW_RUNS_DIR or ./runs)")
+
+
+def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig(kind="scratch", alpha=0.0)
+    kd_alpha = TrainConfig.__dataclass_fields__["alpha"].default
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits", help="digits | fashion-mnist | cifar10 | image-folder (default: digits)")
+    g.add_argument("--data-dir", default=None, help="folder holding the data set's files")
+    g.add_argument("--labels", default=None, help="label budget: a count (1000) or a fraction (0.05); default all")
+    g.add_argument("--augment", default="auto", help="auto | none | flip | crop | flip+crop (default: the data set's)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="cnn" if kind == "teacher" else "mlp",
+                   help="mlp | cnn | resnet | mobilenet_v2 | resnet18")
+    g.add_argument("--depth", type=int, default=None, help="layers/blocks (family default if omitted)")
+    g.add_argument("--width", type=float, default=None, help="units/channels/multiplier (family default if omitted)")
+    g.add_argument("--pretrained", action="store_true", help="torchvision weights (resnet18/mobilenet_v2; online only)")
+    if kind != "teacher":
+        g = p.add_argument_group("distillation")
+        g.add_argument("--teacher", default=None,
+                       help="shipped teacher name, teacher run id or .safetensors file (default: the shipped one)")
+        if kind == "kd":
+            g.add_argument("-T", "--temperature", type=float, default=d.temperature, help=f"T > 0 (default {d.temperature})")
+            g.add_argument("--alpha", type=float, default=kd_alpha,
+                           help=f"weight of the KD term in [0, 1] (default {kd_alpha})")
+            g.add_argument("--no-scratch", action="store_true",
+                           help="do not also train the scratch twin (same student and budget, α = 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warm-up then cosine)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--optimizer", default=d.optimizer, help="adamw | sgd")
+    g.add_argument("--seed", type=int, default=0, help="a seed, or several with --seeds")
+    g.add_argument("--seeds", type=int, default=1, help="repeat with seeds seed..seed+n-1")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    g.add_argument("--compile", action="store_true", help="torch.compile the student")
+    g.add_argument("--no-profile", action="store_true", help="skip latency/throughput measurement")
+    g.add_argument("--run-id", default=None, help="name the run (letters, digits, _ . -)")
+    g.add_argument("--group", default=None, help="tag runs that belong together")
+    g.add_argument("--background", action="store_true", help="queue as a job and return at once")
+    _add_common(p)
+
+
+def _parse_labels(v):
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        raise ValueError(f"--labels must be a count or a fraction, got {v!r}") from None
+    return f if f <= 1.0 else int(f)
+
+
+def _train_config(args, kind: str, seed: int, **over):
+    from .models import ModelConfig
+    from .teachers import default_teacher
+    from .train import TrainConfig
+
+    teacher = getattr(args, "teacher", None)
+    if kind != "teacher" and not teacher:
+        teacher = default_teacher(args.dataset)
+        if kind == "kd" and not teacher:
+            raise ValueError(f"no shipped teacher for {args.dataset}; train one with `kdw teacher --dataset "
+                             f"{args.dataset}` and pass its run id with --teacher")
+    fields = dict(
+        kind=kind, dataset=args.dataset, data_dir=args.data_dir, teacher=teacher,
+        model=ModelConfig(args.model, args.depth, args.width if args.width is None or not
+                          float(args.width).is_integer() or args.model == "mobilenet_v2" else int(args.width),
+                          args.pretrained),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, labels=_parse_labels(args.labels), augment=args.augment, seed=seed,
+        device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
+    if kind == "kd":
+        fields.update(temperature=args.temperature, alpha=args.alpha)
+    else:
+        fields.update(alpha=0.0)
+    fields.update(over)
+    return TrainConfig(**fields)
+
+
+def run_config_dict(config) -> dict:
+    d = config.to_dict()
+    d["model_label"] = config.model.label()
+    d["command"] = " ".join(["kdw", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("kdw", "__main__.py")) else ""
+    return d
+
+
+class CommandError(RuntimeError):
+    """A command could not do what was asked; the message is for the user."""
+
+
+class TqdmCallback:
+    """A tqdm bar over the steps, with the epoch's validation accuracy in the postfix."""
+
+    def __init__(self, desc: str, position: int = 0):
+        self.desc, self.bar = desc, None
+
+    def __call__(self, event):
+        from tqdm.auto import tqdm
+
+        if event["event"] == "start":
+            self.bar = tqdm(total=event["total_steps"], desc=self.desc, unit="step", leave=True,
+                            dynamic_ncols=True, mininterval=0.5)
+        elif event["event"] == "step" and self.bar is not None:
+            self.bar.update(1)
+        elif event["event"] == "epoch" and self.bar is not None:
+            self.bar.set_postfix(epoch=event["epoch"], loss=f"{event['train_loss']:.3f}",
+                                 val_acc=f"{100 * event['val_acc']:.2f}%")
+        elif event["event"] == "end" and self.bar is not None:
+            self.bar.close()
+
+
+def _run_foreground(store, config, prefix: str, run_id=None, quiet=False):
+    """Create a run and execute it in this process with a progress bar; returns the run."""
+    from .jobs import execute_run
+
+    run = store.create(run_config_dict(config), run_id=run_id, prefix=prefix)
+    desc = f"{config.kind:7s} {config.model.label()}" + (f" T={config.temperature:g} α={config.alpha:g}"
+                                                         if config.kind == "kd" else "")
+    callbacks = [] if quiet else [TqdmCallback(desc)]
+    state = execute_run(run, store, callbacks, reraise_interrupt=True)
+    if state != "done":
+        raise CommandError(f"run {run.run_id} {state}: {run.status().get('error')}")
+    return run
+
+
+def cmd_train(args, kind: str) -> int:
+    from .compare import comparison_rows, format_table
+    from .jobs import LocalQueueRunner
+    from .runs import RunStore
+
+    store = RunStore(args.runs_dir)
+    store.ensure_writable()
+    configs = []
+    for i in range(args.seeds):
+        seed = args.seed + i
+        if kind == "kd" and not args.no_scratch:
+            configs.append(_train_config(args, "scratch", seed))
+        configs.append(_train_config(args, kind, seed))
+    if args.run_id and len(configs) > 1:
+        raise ValueError("--run-id names one run; drop it, or use --no-scratch and --seeds 1")
+    from .train import check_setup
+
+    for c in {c.teacher: c for c in configs}.values():  # one check per teacher
+        check_setup(c, store)
+    prefix = {"teacher": "teacher", "scratch": "scratch", "kd": "kd"}
+    if args.background:
+        runner = LocalQueueRunner(store)
+        for c in configs:
+            rid = runner.submit(run_config_dict(c), run_id=args.run_id, prefix=prefix[c.kind])
+            print(f"queued {rid}")
+        print(f"follow with `kdw runs --runs-dir {store.root}`")
+        return 0
+    runs = [_run_foreground(store, c, prefix[c.kind], args.run_id) for c in configs]
+    print()
+    print(format_table(comparison_rows(runs)))
+    print(f"\nruns saved under {store.root}: {' '.join(r.run_id for r in runs)}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .runs import RunStore
+
+    store = RunStore(args.runs_dir)
+    runs = store.list(kind=args.kind, group=args.group)
+    if args.json:
+        print(json.dumps([r.info() for r in runs], indent=2, default=str))
+        return 0
+    if not runs:
+        print(f"no runs in {store.root}")
+        return 0
+    header = f"{'run id':40s} {'kind':8s} {'state':9s} {'dataset':14s} {'model':18s} {'T':>4s} {'α':>4s} {'seed':>4s} {'test acc':>8s}"
+    print(header)
+    print("-" * len(header))
+    for r in runs:
+        i = r.info()
+        acc = "" if i["test_acc_best"] is None else f"{100 * i['test_acc_best']:.2f}%"
+        t = "" if i["kind"] != "kd" else f"{i['temperature']:g}"
+        a = "" if i["kind"] != "kd" else f"{i['alpha']:g}"
+        print(f"{i['run_id']:40s} {i['kind']:8s} {i['state']:9s} {str(i['dataset']):14s} {i['model']:18s} "
+              f"{t:>4s} {a:>4s} {str(i['seed']):>4s} {acc:>8s}")
+        if i["state"] == "failed" and i["error"]:
+            print(f"    error: {i['error']}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import aggregate, comparison_rows, find_scratch_twins, format_table
+    from .runs import RunStore
+
+    store = RunStore(args.runs_dir)
+    runs = [store.get(r) for r in args.runs]
+    if args.group:
+        runs += store.list(group=args.group)
+    if not runs:
+        raise ValueError("name runs to compare (see `kdw runs`), or --group G")
+    rows = comparison_rows(runs + find_scratch_twins(runs, store))  # a KD run's scratch twin joins the table
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], indent=2, default=str))
+        return 0
+    print(format_table(aggregate(rows) if args.aggregate else rows, aggregated=args.aggregate))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(fast=args.fast, seeds=args.seeds, runs_dir=args.runs_dir, device=args.device)
+
+
+def cmd_job(args) -> int:
+    from .jobs import run_job
+    from .runs import RunStore
+
+    state = run_job(args.run_id, RunStore(args.runs_dir))
+    return 0 if state == "done" else 1
+
+
+def cmd_worker(args) -> int:
+    from .jobs import worker_loop
+    from .runs import RunStore
+
+    worker_loop(RunStore(args.runs_dir))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from .jobs import LocalQueueRunner
+    from .runs import RunStore
+
+    runner = LocalQueueRunner(RunStore(args.runs_dir))
+    for rid in args.runs:
+        runner.cancel(rid)
+        print(f"cancel sent to {rid}")
+    return 0
+
+
+def cmd_teachers(args) -> int:
+    from .teachers import shipped_teachers
+
+    for c in shipped_teachers():
+        acc = c.get("test_accuracy")
+        print(f"{c['name']:24s} {c.get('dataset', ''):14s} {c.get('model_label', ''):18s} "
+              f"test acc {100 * acc:.2f}%  params {c.get('params', 0):,}" if acc is not None else c["name"])
+        if c.get("command"):
+            print(f"    reproduce: {c['command']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Copy a finished run's best weights into assets/teachers with a card that says how to reproduce it."""
+    import platform
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from .runs import RunStore, validate_run_id
+    from .teachers import assets_dir
+
+    run = RunStore(args.runs_dir).get(args.run_id)
+    if run.state != "done":
+        raise ValueError(f"run {args.run_id} is {run.state}; only finished runs can be exported")
+    name = validate_run_id(args.name)
+    out = Path(args.to) if args.to else assets_dir() / "teachers"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, sm = run.config, run.summary
+    weights = out / f"{name}.safetensors"
+    shutil.copyfile(run.weights_path("best"), weights)
+    prof = sm.get("profile", {})
+    card = {
+        "name": name,
+        "dataset": cfg["dataset"],
+        "model": cfg["model"],
+        "model_label": cfg.get("model_label"),
+        "input_shape": None,
+        "num_classes": None,
+        "test_accuracy": sm["test"]["accuracy"],
+        "test_accuracy_last": sm["test_last"]["accuracy"],
+        "val_accuracy": sm["val_acc_best"],
+        "best_epoch": sm["best_epoch"],
+        "params": prof.get("params"),
+        "size_mb": weights.stat().st_size / 1e6,
+        "flops": prof.get("flops"),
+        "epochs": cfg["epochs"],
+        "train_s": sm.get("train_s"),
+        "trained_on": f"{sm.get('device')} ({prof.get('device_name')}), {prof.get('threads')} threads",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime(cfg.get("created", time.time()))),
+        "command": cfg.get("command") or "",
+        "export_command": f"kdw export {run.run_id} --name {name}",
+    }
+    from .models import read_checkpoint
+
+    _, meta = read_checkpoint(weights)
+    card["input_shape"] = json.loads(meta["kdw_input_shape"])
+    card["num_classes"] = int(meta["kdw_num_classes"])
+    (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {weights} ({card['size_mb']:.2f} MB) and {out / (name + '.json')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kdw", description="KD Workbench: knowledge distillation you can see, measure and compare.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, help_, **kw):
+        return sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    s = add("demo", "distil the shipped teacher into a small student and print the comparison table")
+    s.add_argument("--fast", action="store_true", help="digits, a few seconds (default: Fashion-MNIST)")
+    s.add_argument("--seeds", type=int, default=1, help="seeds per arm (mean ± std when > 1)")
+    s.add_argument("--device", default="auto")
+    _add_common(s)
+    s = add("teacher", "train a teacher on labels (cross-entropy only)")
+    _add_train_args(s, "teacher")
+    s = add("distill", "distil a teacher into a student (also trains its scratch twin unless --no-scratch)")
+    _add_train_args(s, "kd")
+    s = add("scratch", "train the student without the teacher (α = 0): the baseline")
+    _add_train_args(s, "scratch")
+    s = add("runs", "list the runs in the store")
+    s.add_argument("--kind", default=None, help="teacher | scratch | kd")
+    s.add_argument("--group", default=None)
+    s.add_argument("--json", action="store_true")
+    _add_common(s)
+    s = add("compare", "print the side-by-side table of runs (teacher, scratch, KD)")
+    s.add_argument("runs", nargs="*", metavar="RUN")
+    s.add_argument("--group", default=None, help="add every run of this group")
+    s.add_argument("--aggregate", action="store_true", help="fold seeds into mean ± std")
+    s.add_argument("--json", action="store_true")
+    _add_common(s)
+    s = add("teachers", "list the shipped teachers")
+    s = add("export", "export a finished teacher run into assets/teachers with its card")
+    s.add_argument("run_id", metavar="RUN")
+    s.add_argument("--name", required=True, help="teacher name, e.g. fashion-mnist-cnn")
+    s.add_argument("--to", default=None, help="folder (default: assets/teachers)")
+    _add_common(s)
+    s = add("cancel", "cancel queued or running jobs")
+    s.add_argument("runs", nargs="+", metavar="RUN")
+    _add_common(s)
+    s = sub.add_parser("job")  # internal: run one queued run
+    s.add_argument("run_id")
+    _add_common(s)
+    s = sub.add_parser("worker")  # internal: the queue worker
+    _add_common(s)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    if args.command in ("teacher", "distill", "scratch") and args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    handlers = {"teacher": lambda a: cmd_train(a, "teacher"), "distill": lambda a: cmd_train(a, "kd"),
+                "scratch": lambda a: cmd_train(a, "scratch"), "runs": cmd_runs, "compare": cmd_compare,
+                "demo": cmd_demo, "job": cmd_job, "worker": cmd_worker, "cancel": cmd_cancel,
+                "teachers": cmd_teachers, "export": cmd_export}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the run is marked cancelled; finished epochs are kept in its metrics.jsonl",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # every error reaches the user as one readable line
+        from .jobs import friendly_error
+
+        if os.environ.get("KDW_DEBUG"):
+            raise
+        print(f"kdw {args.command}: error: {friendly_error(e)}", file=sys.stderr)
+        return 2

@@ -1,0 +1,206 @@
+"""Side-by-side comparison of runs: teacher, scratch and distilled students.
+
+`comparison_rows(runs)` turns finished runs into one row each (plus one row per distinct
+teacher), with the KD gain of each distilled student over its scratch twin: the scratch
+run with the same data, student, budget, optimiser, augmentation, label budget and seed.
+`aggregate(rows)` folds seeds into mean ± std, with the gain as the mean ± std of the
+paired per-seed differences. `format_table` prints either as text.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from .runs import Run
+
+# what must match for a scratch run to be a KD run's fair baseline
+TWIN_KEYS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
+             "labels", "augment", "seed")
+ROLE_ORDER = {"teacher": 0, "scratch": 1, "kd": 2}
+
+
+def twin_key(config: dict, with_seed: bool = True) -> tuple:
+    keys = TWIN_KEYS if with_seed else tuple(k for k in TWIN_KEYS if k != "seed")
+    return tuple(repr(config.get(k)) for k in keys)
+
+
+def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
+    test, last = summary.get("test", {}), summary.get("test_last", {})
+    prof = summary.get("profile", {})
+    return {
+        "role": role,
+        "run_id": run.run_id if run else "",
+        "model": summary.get("model_label") or summary.get("label") or config.get("model_label", ""),
+        "dataset": summary.get("dataset") or config.get("dataset"),
+        "temperature": config.get("temperature") if role == "kd" else None,
+        "alpha": config.get("alpha") if role == "kd" else None,
+        "labels": config.get("labels"),
+        "seed": config.get("seed"),
+        "epochs": config.get("epochs"),
+        "test_acc": test.get("accuracy"),
+        "test_acc_last": last.get("accuracy") if last else None,
+        "best_epoch": summary.get("best_epoch"),
+        "kd_gain": None,
+        "params": prof.get("params") or summary.get("params"),
+        "size_mb": prof.get("size_mb"),
+        "flops": prof.get("flops"),
+        "latency_ms": prof.get("latency_ms"),
+        "throughput": prof.get("throughput"),
+        "agreement": test.get("agreement"),
+        "ece": test.get("ece"),
+        "device": prof.get("device_name"),
+        "threads": prof.get("threads"),
+        "train_s": summary.get("train_s"),
+        "_twin": twin_key(config) if role != "teacher" else None,
+        "_group": twin_key(config, with_seed=False) + (repr(config.get("temperature")), repr(config.get("alpha")),
+                                                       role) if role != "teacher" else ("teacher",),
+    }
+
+
+def comparison_rows(runs: list[Run], extra_scratch: list[Run] = ()) -> list[dict]:
+    """One row per finished run and per distinct teacher, KD gains filled in where a twin exists."""
+    rows, teachers = [], {}
+    for run in runs:
+        if run.state != "done":
+            continue
+        cfg, sm = run.config, run.summary
+        if not sm:
+            continue
+        kind = cfg.get("kind", "kd")
+        rows.append(_row(run, kind, sm, cfg))
+        t = sm.get("teacher")
+        if t and t.get("digest") not in teachers:
+            trow = _row(None, "teacher", {"test": t.get("test", {}), "profile": t.get("profile", {}),
+                                          "label": t.get("label"), "params": t.get("params"),
+                                          "dataset": sm.get("dataset")}, {})
+            trow["run_id"] = t.get("spec", "")
+            teachers[t.get("digest")] = trow
+    scratch = {r["_twin"]: r for r in rows if r["role"] == "scratch"}
+    for run in extra_scratch:
+        if run.state == "done" and run.summary:
+            r = _row(run, "scratch", run.summary, run.config)
+            scratch.setdefault(r["_twin"], r)
+    for r in rows:
+        if r["role"] == "kd" and r["_twin"] in scratch and r["test_acc"] is not None:
+            twin = scratch[r["_twin"]]
+            r["kd_gain"] = r["test_acc"] - twin["test_acc"]
+            r["twin"] = twin["run_id"]
+    teacher_rows = [t for t in teachers.values() if not any(r["role"] == "teacher" and r["model"] == t["model"]
+                                                             and r["test_acc"] == t["test_acc"] for r in rows)]
+    out = teacher_rows + rows
+    return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, str(r["model"]),
+                                      r.get("temperature") or 0, r.get("alpha") or 0, r.get("seed") or 0))
+
+
+def find_scratch_twins(runs: list[Run], store) -> list[Run]:
+    """Scratch runs in the store that pair with the given KD runs (for `kdw compare` on KD ids alone)."""
+    wanted = {twin_key(r.config) for r in runs if r.config.get("kind") == "kd"}
+    have = {twin_key(r.config) for r in runs if r.config.get("kind") == "scratch"}
+    missing = wanted - have
+    if not missing:
+        return []
+    return [r for r in store.list(kind="scratch") if twin_key(r.config) in missing]
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Fold seeds: one row per (role, student, setting) with mean and std of each figure."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["_group"], []).append(r)
+    out = []
+    for members in groups.values():
+        first = members[0]
+        agg = {k: first[k] for k in ("role", "model", "dataset", "temperature", "alpha", "labels", "epochs",
+                                     "device", "threads")}
+        agg["seeds"] = len(members)
+        agg["run_ids"] = [m["run_id"] for m in members]
+        for key in ("test_acc", "test_acc_last", "kd_gain", "params", "size_mb", "flops", "latency_ms",
+                    "throughput", "agreement", "ece", "train_s"):
+            agg[key], agg[key + "_std"] = mean_std([m.get(key) for m in members])
+        if agg["role"] == "kd":
+            agg["verdict"] = gain_verdict(agg["kd_gain"], agg["kd_gain_std"], agg["seeds"])
+        out.append(agg)
+    return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, str(r["model"]),
+                                      r.get("temperature") or 0, r.get("alpha") or 0))
+
+
+def gain_verdict(gain: float | None, std: float | None, n: int) -> str:
+    """GUIDE.md: a gain smaller than its spread is 'no measurable gain'."""
+    if gain is None:
+        return "no scratch twin"
+    if n < 2:
+        return "one seed: spread unknown"
+    if abs(gain) <= (std or 0.0):
+        return "no measurable gain"
+    return "KD helps" if gain > 0 else "KD hurts"
+
+
+# ---------------------------------------------------------------------------
+# text tables
+
+def _pct(v, std=None):
+    if v is None:
+        return "—"
+    return f"{100 * v:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def _signed_pct(v, std=None):
+    if v is None:
+        return "—"
+    return f"{100 * v:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def _num(v, fmt):
+    return "—" if v is None else format(v, fmt)
+
+
+def table_columns(aggregated: bool) -> list[tuple[str, callable]]:
+    s = (lambda r, k: r.get(k + "_std")) if aggregated else (lambda r, k: None)
+    cols = [
+        ("role", lambda r: r["role"]),
+        ("model", lambda r: str(r["model"])),
+        ("T", lambda r: _num(r.get("temperature"), "g")),
+        ("α", lambda r: _num(r.get("alpha"), "g")),
+        ("labels", lambda r: "all" if r.get("labels") is None else _num(r.get("labels"), "g")),
+    ]
+    if aggregated:
+        cols.append(("seeds", lambda r: str(r["seeds"])))
+    else:
+        cols.append(("seed", lambda r: _num(r.get("seed"), "d")))
+    cols += [
+        ("test acc % (best val)", lambda r: _pct(r["test_acc"], s(r, "test_acc"))),
+        ("test acc % (last)", lambda r: _pct(r["test_acc_last"], s(r, "test_acc_last"))),
+        ("KD gain (pts)", lambda r: _signed_pct(r.get("kd_gain"), s(r, "kd_gain"))),
+        ("params", lambda r: _num(r.get("params"), ",.0f")),
+        ("size MB", lambda r: _num(r.get("size_mb"), ".3f")),
+        ("MFLOPs", lambda r: _num(None if r.get("flops") is None else r["flops"] / 1e6, ".2f")),
+        ("latency ms (b=1)", lambda r: _num(r.get("latency_ms"), ".3f")),
+        ("samples/s (b=256)", lambda r: _num(r.get("throughput"), ",.0f")),
+        ("agreement %", lambda r: _pct(r.get("agreement"))),
+        ("ECE", lambda r: _num(r.get("ece"), ".3f")),
+    ]
+    return cols
+
+
+def format_table(rows: list[dict], aggregated: bool = False) -> str:
+    """A plain-text table, with a footer naming the device and what the columns mean."""
+    cols = table_columns(aggregated)
+    cells = [[name for name, _ in cols]] + [[fn(r) for _, fn in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    lines = ["  ".join(c[i].rjust(widths[i]) if i > 1 else c[i].ljust(widths[i]) for i in range(len(cols)))
+             for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    devices = sorted({f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")})
+    foot = [f"latency/throughput: fp32 on {'; '.join(devices) or 'cpu'}. FLOPs count a multiply-add as 2. "
+            "size = fp32 safetensors file.",
+            "test acc (best val) = the epoch with the best validation accuracy; KD gain = KD − scratch, same seed(s)."]
+    verdicts = [f"{r['model']} T={r['temperature']} α={r['alpha']}: {r['verdict']}" for r in rows
+                if aggregated and r.get("verdict")]
+    return "\n".join(lines + [""] + foot + verdicts)

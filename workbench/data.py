@@ -1,0 +1,487 @@
+"""Data sets as in-memory tensors, with a fixed validation split and batch augmentation.
+
+Every data set loads once into normalised float32 tensors of shape (N, C, H, W).
+A fixed, seeded validation split is carved from the training set, so every run
+on the same data set selects its best epoch on the same images. Batches are
+slices of a random permutation of the tensors that already sit on the training
+device, and augmentation works on whole batches (see `batch_flip_lr`,
+`batch_crop`): no per-sample Python runs in the training loop.
+
+Data sets by name:
+
+- ``digits``: scikit-learn's 8x8 digits (ships in the wheel).
+- ``fashion-mnist``: the four IDX ``.gz`` files, looked up in ``$KDW_DATA_DIR``,
+  ``./data`` and ``/usr/share/datasets/fashion-mnist`` (Debian's
+  ``dataset-fashion-mnist``); torchvision's download only with ``download=True``.
+- ``cifar10``: the python batches (``cifar-10-batches-py``) from a local folder,
+  or torchvision's download with ``download=True``.
+- ``image-folder``: a folder of class subfolders of images (optionally with
+  ``train/`` and ``test/`` subfolders).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLIT_SEED = 0  # the validation/test carve-outs never change with the training seed
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+DATASETS = ("digits", "fashion-mnist", "cifar10", "image-folder")
+AUGMENTATIONS = ("none", "flip", "crop", "flip+crop")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DataError(RuntimeError):
+    """A data set is missing or malformed; the message says how to fix it."""
+
+
+@dataclass
+class Dataset:
+    """A whole data set as normalised tensors, split into train, val and test."""
+
+    name: str
+    x_train: torch.Tensor  # (N, C, H, W) float32, normalised
+    y_train: torch.Tensor  # (N,) int64
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, of the raw [0, 1] pixels of the train split
+    std: tuple[float, ...]
+    default_augment: str = "none"  # what makes sense for this kind of image
+    fingerprint: str = ""  # identifies the exact tensors (for caches keyed on data)
+    source: str = ""  # where the files came from
+    _device_copies: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # (C, H, W)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {name!r}")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The same data set with its tensors on `device` (copied once, then reused)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self
+        key = str(device)
+        if key not in self._device_copies:
+            tensors = {k: getattr(self, k).to(device) for k in
+                       ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+            self._device_copies[key] = Dataset(
+                name=self.name, classes=self.classes, mean=self.mean, std=self.std,
+                default_augment=self.default_augment, fingerprint=self.fingerprint,
+                source=self.source, **tensors)
+        return self._device_copies[key]
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Back to [0, 1] pixels, for showing images."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------
+# loading
+
+_CACHE: dict[tuple, Dataset] = {}  # read-only tensors, shared on purpose: loading FMNIST takes seconds
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = False,
+                 val_fraction: float = 0.1, image_size: int = 32) -> Dataset:
+    """Load a data set by name into normalised tensors with a fixed validation split.
+
+    Args:
+        name: one of ``digits``, ``fashion-mnist``, ``cifar10``, ``image-folder``.
+        root: where the files are (a folder); for ``image-folder`` it is required.
+        download: let torchvision fetch Fashion-MNIST or CIFAR-10 (needs internet).
+        val_fraction: the share of the training set held out for validation.
+        image_size: side length that ``image-folder`` images are resized to.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if not 0.0 < val_fraction < 0.5:
+        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    key = (name, str(root) if root else None, val_fraction, image_size)
+    if key in _CACHE:
+        return _CACHE[key]
+    if name == "digits":
+        x_tr, y_tr, x_te, y_te, classes, source = _raw_digits()
+        augment = "none"  # a mirrored 2 is not a 2
+    elif name == "fashion-mnist":
+        x_tr, y_tr, x_te, y_te, source = _raw_fashion_mnist(root, download)
+        classes, augment = FASHION_CLASSES, "flip"
+    elif name == "cifar10":
+        x_tr, y_tr, x_te, y_te, source = _raw_cifar10(root, download)
+        classes, augment = CIFAR10_CLASSES, "flip+crop"
+    else:
+        x_tr, y_tr, x_te, y_te, classes, source = _raw_image_folder(root, image_size)
+        augment = "flip"
+    ds = _assemble(name, x_tr, y_tr, x_te, y_te, classes, augment, val_fraction, source)
+    _CACHE[key] = ds
+    return ds
+
+
+def available_datasets() -> dict[str, str | None]:
+    """Each embedded data set mapped to None when it loads here, or to how to get it."""
+    out: dict[str, str | None] = {"digits": None}
+    try:
+        _find_fashion_mnist(None)
+        out["fashion-mnist"] = None
+    except DataError as e:
+        out["fashion-mnist"] = str(e)
+    return out
+
+
+def _assemble(name, x_tr, y_tr, x_te, y_te, classes, augment, val_fraction, source) -> Dataset:
+    """uint8/float (N, C, H, W) arrays in [0, 1] -> normalised tensors with a fixed val split."""
+    x_tr = np.asarray(x_tr, dtype=np.float32)
+    x_te = np.asarray(x_te, dtype=np.float32)
+    y_tr = np.asarray(y_tr, dtype=np.int64)
+    y_te = np.asarray(y_te, dtype=np.int64)
+    val_idx, train_idx = _stratified_split(y_tr, val_fraction, SPLIT_SEED)
+    x_train, x_val = x_tr[train_idx], x_tr[val_idx]
+    mean = x_train.mean(axis=(0, 2, 3))
+    std = x_train.std(axis=(0, 2, 3)) + 1e-8
+
+    def norm(x):
+        return torch.from_numpy((x - mean[None, :, None, None]) / std[None, :, None, None]).contiguous()
+
+    digest = hashlib.sha256()
+    for arr in (x_tr, y_tr, x_te, y_te, val_idx):
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return Dataset(
+        name=name,
+        x_train=norm(x_train), y_train=torch.from_numpy(y_tr[train_idx]),
+        x_val=norm(x_val), y_val=torch.from_numpy(y_tr[val_idx]),
+        x_test=norm(x_te), y_test=torch.from_numpy(y_te),
+        classes=tuple(classes), mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std), default_augment=augment,
+        fingerprint=digest.hexdigest()[:16], source=source)
+
+
+def _stratified_split(y: np.ndarray, fraction: float, seed: int, count: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (held_out, rest), both sorted: about `fraction` of each class held out, seeded.
+
+    With `count`, exactly that many are held out, shared among classes in proportion to
+    their sizes (largest remainders get the leftovers).
+    """
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(y, return_counts=True)
+    total = count if count is not None else round(fraction * len(y))
+    exact = sizes * total / len(y)
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[: total - quota.sum()]:
+        quota[i] += 1
+    if count is None:
+        quota = np.maximum(quota, 1)  # every class appears in a validation/test split
+    held = []
+    for c, q in zip(classes, quota):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        held.append(idx[:q])
+    held_out = np.sort(np.concatenate(held))
+    rest = np.setdiff1d(np.arange(len(y)), held_out)
+    return held_out, rest
+
+
+def _raw_digits():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8) in [0, 1]
+    y = bunch.target.astype(np.int64)
+    test_idx, train_idx = _stratified_split(y, 0.2, SPLIT_SEED)  # digits has no official test set
+    classes = tuple(str(i) for i in range(10))
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx], classes, "sklearn.datasets.load_digits"
+
+
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def fashion_mnist_dirs(root=None) -> list[Path]:
+    """Folders searched for the Fashion-MNIST IDX files, in order."""
+    dirs = []
+    if root:
+        dirs += [Path(root), Path(root) / "fashion-mnist", Path(root) / "FashionMNIST" / "raw"]
+    if os.environ.get("KDW_DATA_DIR"):
+        d = Path(os.environ["KDW_DATA_DIR"])
+        dirs += [d, d / "fashion-mnist", d / "FashionMNIST" / "raw"]
+    dirs += [Path("data") / "fashion-mnist", Path("data") / "FashionMNIST" / "raw",
+             Path("/usr/share/datasets/fashion-mnist")]
+    return dirs
+
+
+def _find_fashion_mnist(root) -> Path:
+    for d in fashion_mnist_dirs(root):
+        if all((d / f).is_file() or (d / f[:-3]).is_file() for f in FASHION_FILES):
+            return d
+    raise DataError(
+        "Fashion-MNIST was not found. Install it with `sudo apt-get install dataset-fashion-mnist` "
+        "(Debian/Ubuntu; `make` does this when run as root), or put the four IDX files "
+        f"({', '.join(FASHION_FILES)}) in $KDW_DATA_DIR or ./data/fashion-mnist, "
+        "or pass download=True / --download when online.")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise DataError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise DataError(f"{path}: truncated IDX file ({arr.size} values for shape {shape})")
+    return arr.reshape(shape)
+
+
+def _raw_fashion_mnist(root, download):
+    try:
+        d = _find_fashion_mnist(root)
+    except DataError:
+        if not download:
+            raise
+        d = _torchvision_download("fashion-mnist", root)
+
+    def load(f):
+        p = d / f
+        return read_idx(p if p.is_file() else d / f[:-3])
+
+    x_tr, y_tr, x_te, y_te = (load(f) for f in FASHION_FILES)
+    x_tr = x_tr[:, None] / np.float32(255)
+    x_te = x_te[:, None] / np.float32(255)
+    return x_tr, y_tr, x_te, y_te, str(d)
+
+
+def _torchvision_download(name: str, root) -> Path:
+    """Fetch with torchvision (online only); returns the folder holding the raw files."""
+    import torchvision
+
+    target = Path(root or os.environ.get("KDW_DATA_DIR") or "data")
+    try:
+        if name == "fashion-mnist":
+            torchvision.datasets.FashionMNIST(str(target), train=True, download=True)
+            return target / "FashionMNIST" / "raw"
+        torchvision.datasets.CIFAR10(str(target), train=True, download=True)
+        return target / "cifar-10-batches-py"
+    except Exception as e:  # network errors come in many types
+        raise DataError(f"downloading {name} failed ({e}); are you online?") from e
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR python batches: dicts, lists, bytes and numpy arrays, nothing else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytes")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name}: not a CIFAR-10 batch file")
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        try:
+            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{path} is not a CIFAR-10 python batch ({e})") from e
+    if not isinstance(d, dict):
+        raise DataError(f"{path} is not a CIFAR-10 python batch")
+    data = d.get(b"data", d.get("data"))
+    labels = d.get(b"labels", d.get("labels"))
+    if data is None or labels is None:
+        raise DataError(f"{path} is not a CIFAR-10 python batch (no data/labels)")
+    x = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return x, np.asarray(labels, dtype=np.int64)
+
+
+def _raw_cifar10(root, download):
+    candidates = []
+    for base in [root, os.environ.get("KDW_DATA_DIR"), "data"]:
+        if base:
+            candidates += [Path(base), Path(base) / "cifar-10-batches-py"]
+    d = next((c for c in candidates if (c / "data_batch_1").is_file() and (c / "test_batch").is_file()), None)
+    if d is None:
+        if not download:
+            raise DataError(
+                "CIFAR-10 was not found. Put the python version (the folder cifar-10-batches-py, "
+                "with data_batch_1..5 and test_batch) in $KDW_DATA_DIR or ./data, "
+                "or pass download=True / --download when online.")
+        d = _torchvision_download("cifar10", root)
+    parts = [_load_cifar_batch(d / f"data_batch_{i}") for i in range(1, 6) if (d / f"data_batch_{i}").is_file()]
+    x_tr = np.concatenate([p[0] for p in parts]) / np.float32(255)
+    y_tr = np.concatenate([p[1] for p in parts])
+    x_te, y_te = _load_cifar_batch(d / "test_batch")
+    return x_tr, y_tr, x_te / np.float32(255), y_te, str(d)
+
+
+def _read_image_tree(folder: Path, classes: list[str], size: int):
+    from PIL import Image
+
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for p in files:
+            try:
+                with Image.open(p) as im:
+                    im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                    xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+            except OSError as e:
+                raise DataError(f"cannot read image {p}: {e}") from e
+            ys.append(label)
+    if not xs:
+        raise DataError(f"no images found under {folder}")
+    return np.stack(xs) / np.float32(255), np.asarray(ys, dtype=np.int64)
+
+
+def _raw_image_folder(root, size):
+    if not root:
+        raise DataError("image-folder needs a folder: pass root=/path (CLI: --data-dir /path) "
+                        "holding one subfolder of images per class")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train_dir, test_dir = root / "train", root / "test"
+    else:
+        train_dir, test_dir = root, None
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise DataError(f"{train_dir} needs at least two class subfolders, found {classes}")
+    x, y = _read_image_tree(train_dir, classes, size)
+    if test_dir is not None:
+        x_te, y_te = _read_image_tree(test_dir, classes, size)
+        x_tr, y_tr = x, y
+    else:
+        test_idx, train_idx = _stratified_split(y, 0.2, SPLIT_SEED)
+        x_tr, y_tr, x_te, y_te = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+    return x_tr, y_tr, x_te, y_te, tuple(classes), str(root)
+
+
+# ---------------------------------------------------------------------------
+# label budget
+
+def label_mask(y: torch.Tensor, labels: float | int | None, seed: int = SPLIT_SEED) -> torch.Tensor:
+    """Boolean mask of the training labels a run may see.
+
+    `labels` is a count (an int > 1), a fraction in (0, 1], or None for all. The chosen
+    samples are stratified by class and seeded, so scratch and KD runs see the same ones.
+    """
+    n = len(y)
+    if labels is None:
+        return torch.ones(n, dtype=torch.bool)
+    count = round(labels * n) if isinstance(labels, float) and labels <= 1.0 else int(labels)
+    if count < 1 or count > n:
+        raise ValueError(f"labels must be between 1 and {n} (or a fraction in (0, 1]), got {labels}")
+    held, _ = _stratified_split(y.cpu().numpy(), count / n, seed, count=count)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.from_numpy(held)] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------
+# batches and augmentation (whole batches, tensor ops only)
+
+def batch_flip_lr(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror the images whose `flip` entry is True. x: (B, C, H, W), flip: (B,) bool."""
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def batch_crop(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crops of the zero-padded images (each sample its own shift). x: (B, C, H, W)."""
+    if pad <= 0:
+        return x
+    B, C, H, W = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+    dy = torch.randint(0, 2 * pad + 1, (B,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (B,), device=x.device, generator=generator)
+    rows = (torch.arange(H, device=x.device)[None] + dy[:, None])  # (B, H)
+    cols = (torch.arange(W, device=x.device)[None] + dx[:, None])  # (B, W)
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    c = torch.arange(C, device=x.device)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class BatchLoader:
+    """Batches of (x, y, idx, flip) drawn from tensors that already sit on the device.
+
+    Each epoch is one random permutation of `indices` cut into slices; with `steps`
+    set, the permutation repeats until that many batches are drawn (so a small
+    labelled subset can be given the same number of steps as the full set).
+    `idx` are positions in the full split, for looking up cached teacher logits;
+    `flip` says which samples were mirrored (None when flipping is off).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, augment: str = "none",
+                 crop_pad: int = 2, indices: torch.Tensor | None = None, steps: int | None = None,
+                 drop_last: bool = True, seed: int = 0):
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+        self.x, self.y = x, y
+        self.indices = (torch.arange(len(x), device=x.device) if indices is None
+                        else indices.to(x.device))
+        self.batch_size = min(batch_size, len(self.indices))
+        self.flip = "flip" in augment
+        self.crop_pad = crop_pad if "crop" in augment else 0
+        self.drop_last = drop_last
+        self.steps = steps
+        self.generator = torch.Generator(device=x.device)
+        self.generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n, bs = len(self.indices), self.batch_size
+        reps = 1 if self.steps is None else -(-self.steps * bs // n)  # whole permutations needed
+        perms = [torch.randperm(n, device=self.x.device, generator=self.generator) for _ in range(reps)]
+        order = self.indices[torch.cat(perms)]  # (reps * n,)
+        for i in range(len(self)):
+            idx = order[i * bs:(i + 1) * bs]
+            x = self.x[idx]
+            flip = None
+            if self.flip:
+                flip = torch.rand(len(idx), device=x.device, generator=self.generator) < 0.5
+                x = batch_flip_lr(x, flip)
+            if self.crop_pad:
+                x = batch_crop(x, self.crop_pad, self.generator)
+            yield x, self.y[idx], idx, flip
+
+
+def iterate_eval(x: torch.Tensor, batch_size: int = 1024):
+    """Contiguous slices of `x` for evaluation, in order."""
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size]

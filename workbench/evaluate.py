@@ -1,0 +1,217 @@
+"""Evaluation: accuracy and calibration from logits, and model figures (size, FLOPs, latency).
+
+Definitions follow GUIDE.md §1:
+
+- *params*: trainable parameter count.
+- *size*: bytes of the saved fp32 safetensors file, shown in MB (10⁶ bytes).
+- *FLOPs*: forward FLOPs for one sample from ``torch.utils.flop_counter.FlopCounterMode``,
+  which counts a multiply-add as 2 FLOPs.
+- *latency*: median of ≥ 30 timed forward passes after ≥ 5 warm-up passes, batch 1,
+  under ``torch.inference_mode()``, synchronising CUDA before each reading;
+  *throughput*: samples/s at batch 256.
+- *agreement*: fraction of samples whose student top-1 equals the teacher's top-1.
+- *ECE*: expected calibration error over 15 equal-width confidence bins.
+
+Every model figure is labelled with the device, dtype and thread count it was measured on.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import checkpoint_bytes, count_params
+
+ECE_BINS = 15
+
+
+# ---------------------------------------------------------------------------
+# metrics from logits (pure functions)
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Logits of `model` (switched to eval mode) on all of `x`, returned as a (N, K) float32 CPU tensor."""
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy in [0, 1].
+
+    >>> accuracy(torch.tensor([[2., 1.], [0., 3.], [1., 0.]]), torch.tensor([0, 1, 1]))
+    0.6666666666666666
+    """
+    if logits.ndim != 2 or len(logits) != len(targets):
+        raise ValueError(f"expected logits (N, K) and targets (N,), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    return (logits.argmax(1) == targets.to(logits.device)).sum().item() / len(targets)
+
+
+def confusion_matrix(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) int64 counts; row = true class, column = predicted class."""
+    pred = logits.argmax(1).cpu()
+    idx = targets.cpu() * num_classes + pred
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_accuracy(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[float]:
+    """Recall of each class (diagonal / row sums of the confusion matrix); NaN for an absent class."""
+    cm = confusion_matrix(logits, targets, num_classes).double()
+    return (cm.diag() / cm.sum(1)).tolist()
+
+
+def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """Fraction of samples where the student's top-1 class equals the teacher's.
+
+    >>> agreement(torch.tensor([[2., 1.], [0., 3.]]), torch.tensor([[5., 1.], [4., 3.]]))
+    0.5
+    """
+    return (student_logits.argmax(1) == teacher_logits.argmax(1)).sum().item() / len(student_logits)
+
+
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> float:
+    """KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, averaged over samples (nats)."""
+    log_p_s = F.log_softmax(student_logits.float() / temperature, 1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, 1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True).item()
+
+
+def expected_calibration_error(logits: torch.Tensor, targets: torch.Tensor, n_bins: int = ECE_BINS) -> float:
+    r"""ECE with `n_bins` equal-width confidence bins (Guo et al., ICML 2017).
+
+    .. math:: \mathrm{ECE} = \sum_m \frac{|B_m|}{n} \left| \mathrm{acc}(B_m) - \mathrm{conf}(B_m) \right|
+
+    Bin m holds the samples whose top-1 probability lies in ((m−1)/M, m/M].
+
+    >>> logits = torch.tensor([[0., 0.], [10., 0.]])  # confidences 0.5 and ~1.0
+    >>> round(expected_calibration_error(logits, torch.tensor([1, 0])), 4)  # (|0 - 0.5| + |1 - 1.0|) / 2
+    0.25
+    """
+    probs = torch.softmax(logits.float(), 1)
+    conf, pred = probs.max(1)
+    correct = (pred == targets.to(pred.device)).float()
+    bins = torch.clamp(torch.ceil(conf * n_bins).long() - 1, 0, n_bins - 1)  # (N,) bin of each sample
+    count = torch.bincount(bins, minlength=n_bins).float()
+    conf_sum = torch.bincount(bins, weights=conf, minlength=n_bins)
+    acc_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
+    gap = (acc_sum - conf_sum).abs()  # = count * |acc - conf| per bin
+    return (gap.sum() / count.sum()).item()
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                           teacher_logits: torch.Tensor | None = None) -> dict:
+    """Accuracy, per-class accuracy, confusion matrix, ECE, and agreement/KL with the teacher if given."""
+    out = {
+        "accuracy": accuracy(logits, targets),
+        "per_class_accuracy": per_class_accuracy(logits, targets, num_classes),
+        "confusion_matrix": confusion_matrix(logits, targets, num_classes).tolist(),
+        "ece": expected_calibration_error(logits, targets),
+    }
+    if teacher_logits is not None:
+        out["agreement"] = agreement(logits, teacher_logits)
+        out["kl_to_teacher"] = kl_to_teacher(logits, teacher_logits)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# model figures
+
+@lru_cache(maxsize=None)
+def device_name(device: str) -> str:
+    """A readable name for a device, e.g. 'NVIDIA H100 80GB HBM3' or the CPU model."""
+    d = torch.device(device)
+    if d.type == "cuda":
+        return torch.cuda.get_device_name(d)
+    if d.type == "mps":
+        return "Apple MPS"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def flops_per_sample(model: nn.Module, input_shape) -> int:
+    """Forward FLOPs for one sample (a multiply-add counts as 2), via FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    p = next(model.parameters())
+    x = torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@torch.inference_mode()
+def time_forward(model: nn.Module, x: torch.Tensor, warmup: int = 5, reps: int = 30) -> list[float]:
+    """Seconds of each of `reps` forward passes on `x`, after `warmup` untimed ones."""
+    model.eval()
+    device = x.device
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        model(x)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def latency_ms(model: nn.Module, input_shape, device: torch.device | str = "cpu",
+               warmup: int = 5, reps: int = 30) -> float:
+    """Median batch-1 forward latency in milliseconds."""
+    if warmup < 5 or reps < 30:
+        raise ValueError("GUIDE.md asks for >= 5 warm-up and >= 30 timed passes")
+    p = next(model.parameters())
+    x = torch.randn(1, *input_shape, device=p.device, dtype=p.dtype)
+    return 1e3 * statistics.median(time_forward(model, x, warmup, reps))
+
+
+def throughput(model: nn.Module, input_shape, batch_size: int = 256, warmup: int = 2, reps: int = 10) -> float:
+    """Samples per second at `batch_size`, from the median of `reps` timed passes."""
+    p = next(model.parameters())
+    x = torch.randn(batch_size, *input_shape, device=p.device, dtype=p.dtype)
+    return batch_size / statistics.median(time_forward(model, x, warmup, reps))
+
+
+def model_profile(model: nn.Module, input_shape, device: torch.device | str = "cpu",
+                  timing: bool = True) -> dict:
+    """Params, size, FLOPs, latency and throughput of `model`, labelled with where they were measured."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    out = {
+        "params": count_params(model),
+        "size_bytes": len(checkpoint_bytes(model)),
+        "flops": flops_per_sample(model, input_shape),
+        "device": str(device),
+        "device_name": device_name(str(device)),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+    }
+    out["size_mb"] = out["size_bytes"] / 1e6
+    if timing:
+        out["latency_ms"] = latency_ms(model, input_shape, device)
+        out["throughput"] = throughput(model, input_shape)
+    return out

@@ -1,0 +1,236 @@
+"""Jobs: training runs executed in their own process, watched through the run store.
+
+A job owns exactly one run folder. `execute_run` runs a run's config in the current
+process, moving its status through running -> done | failed | cancelled; Ctrl-C and
+SIGTERM end it as cancelled, any error as failed with a readable message, and the
+epochs finished so far stay in metrics.jsonl.
+
+The UIs go through a `Runner` (submit, status, cancel). The default `LocalQueueRunner`
+queues runs in the store and starts one detached worker process (``kdw worker``) that
+runs queued jobs one after another, each as a ``python -m workbench job RUN_ID``
+subprocess, so several launches never fight over one GPU or two cores, and a page
+reload or a second tab finds them again. A cluster backend would be another Runner.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+from .runs import FINISHED, Run, RunStore, RunStoreError
+
+
+class Cancelled(KeyboardInterrupt):
+    """Raised inside a job when it is asked to stop (SIGTERM)."""
+
+
+def friendly_error(e: BaseException) -> str:
+    """One line for the user: what was wrong (type and message), never a traceback."""
+    msg = str(e).strip() or type(e).__name__
+    if isinstance(e, MemoryError):
+        return "out of memory: use a smaller batch size or model"
+    if type(e).__name__ in ("OutOfMemoryError",):
+        return f"the GPU ran out of memory ({msg.splitlines()[0]}); use a smaller batch size or model"
+    first = msg.splitlines()[0]
+    known = ("TrainingError", "ModelError", "DataError", "RunStoreError", "ValueError", "CommandError")
+    return first if type(e).__name__ in known else f"{type(e).__name__}: {first}"
+
+
+class _Progress:
+    """Writes throttled progress (fraction of steps) into status.json."""
+
+    def __init__(self, run: Run, every_s: float = 0.5):
+        self.run, self.every_s, self.last = run, every_s, 0.0
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self.run.set_progress(step=0, total_steps=event["total_steps"], epoch=0, epochs=event["epochs"],
+                                  device=event["device"], fraction=0.0)
+        elif kind == "step":
+            now = time.monotonic()
+            if now - self.last >= self.every_s or event["step"] == event["total_steps"]:
+                self.last = now
+                self.run.set_progress(step=event["step"], epoch=event["epoch"],
+                                      fraction=event["step"] / event["total_steps"])
+        elif kind == "epoch":
+            self.run.append_metrics({k: v for k, v in event.items() if k != "event"})
+            self.run.set_progress(epoch=event["epoch"], fraction=event["step"] / max(1, self._total()))
+
+    def _total(self) -> int:
+        return (self.run.status().get("progress") or {}).get("total_steps", 1)
+
+
+def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: bool = False) -> str:
+    """Run `run`'s config here and now; returns the final state (done, failed or cancelled)."""
+    from .train import TrainConfig, train
+
+    def on_term(signum, frame):
+        raise Cancelled()
+
+    old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    run.set_status("running", pid=os.getpid(), host=socket.gethostname(), started=time.time(), error=None)
+    try:
+        config = TrainConfig.from_dict(run.config)
+        train(config, run=run, store=store, callbacks=[_Progress(run), *callbacks])
+        run.set_status("done")
+        return "done"
+    except KeyboardInterrupt:
+        run.set_status("cancelled", error="cancelled by the user")
+        if reraise_interrupt:
+            raise
+        return "cancelled"
+    except Exception as e:
+        run.set_status("failed", error=friendly_error(e))
+        _log_traceback(run)
+        return "failed"
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _log_traceback(run: Run) -> None:
+    """The full traceback goes to the run's log for developers; users see the one-line error."""
+    import traceback
+    try:
+        with open(run.path / "traceback.txt", "w") as f:
+            traceback.print_exc(file=f)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# runners
+
+class Runner(Protocol):
+    """What the UIs need from a job backend."""
+
+    def submit(self, config: dict, run_id: str | None = None, prefix: str = "run") -> str: ...
+    def status(self, run_id: str) -> dict: ...
+    def cancel(self, run_id: str) -> None: ...
+
+
+def _python_cmd() -> list[str]:
+    return [sys.executable, "-m", "workbench"]
+
+
+class LocalQueueRunner:
+    """Queue runs in the store; one detached worker process runs them one at a time."""
+
+    def __init__(self, store: RunStore | None = None):
+        self.store = store or RunStore()
+
+    def submit(self, config: dict, run_id: str | None = None, prefix: str = "run") -> str:
+        from .train import TrainConfig
+
+        TrainConfig.from_dict(config)  # validate before anything touches the store
+        run = self.store.create(config, run_id=run_id, prefix=prefix)
+        self.ensure_worker()
+        return run.run_id
+
+    def status(self, run_id: str) -> dict:
+        return self.store.get(run_id).status()
+
+    def cancel(self, run_id: str) -> None:
+        run = self.store.get(run_id)
+        st = run.status()
+        if st["state"] == "queued":
+            run.set_status("cancelled", error="cancelled before it started")
+        elif st["state"] == "running":
+            pid = st.get("pid")
+            try:
+                os.kill(pid, signal.SIGTERM)  # the job marks itself cancelled
+            except (ProcessLookupError, TypeError):
+                run.set_status("cancelled", error="cancelled by the user")
+
+    def queued(self) -> list[Run]:
+        return [r for r in self.store.list() if r.state == "queued"]
+
+    def active(self) -> list[Run]:
+        return [r for r in self.store.list() if r.state in ("queued", "running")]
+
+    def ensure_worker(self) -> None:
+        """Start a detached worker; it exits at once if another one holds the queue lock."""
+        self.store.ensure_writable()
+        log = open(self.store.root / ".worker.log", "a")
+        env = dict(os.environ, KDW_RUNS_DIR=str(self.store.root))
+        subprocess.Popen([*_python_cmd(), "worker", "--runs-dir", str(self.store.root)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True, env=env, cwd=os.getcwd())
+        log.close()
+
+    def wait(self, run_id: str, timeout: float = 600.0, poll: float = 0.2) -> dict:
+        """Block until a run finishes (for scripts and tests); returns its status."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status(run_id)
+            if st["state"] in FINISHED:
+                return st
+            time.sleep(poll)
+        raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
+
+
+def _lock(path: Path):
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f
+    except OSError:
+        f.close()
+        return None
+
+
+def worker_loop(store: RunStore, idle_exit: bool = True) -> int:
+    """Run queued jobs oldest first, one at a time, while holding the queue lock.
+
+    Returns the number of jobs run. After the queue empties it releases the lock and
+    looks once more, so a job queued in that instant is never stranded.
+    """
+    store.ensure_writable()
+    lock_path = store.root / ".queue.lock"
+    done = 0
+    while True:
+        lock = _lock(lock_path)
+        if lock is None:
+            return done  # another worker owns the queue
+        try:
+            while True:
+                queued = [r for r in store.list() if r.state == "queued"]
+                if not queued:
+                    break
+                run = queued[0]
+                log = open(run.log_path(), "a")
+                proc = subprocess.Popen([*_python_cmd(), "job", run.run_id, "--runs-dir", str(store.root)],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        env=dict(os.environ, KDW_RUNS_DIR=str(store.root)))
+                log.close()
+                proc.wait()
+                if run.state in ("queued", "running"):  # the job died before recording its end
+                    run.set_status("failed", error=f"the job process exited with code {proc.returncode} "
+                                                   "before finishing; see log.txt")
+                done += 1
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+        if not any(r.state == "queued" for r in store.list()) or not idle_exit:
+            return done
+
+
+def run_job(run_id: str, store: RunStore) -> str:
+    """Entry point of a job subprocess: execute one queued run."""
+    run = store.get(run_id)
+    if run.state != "queued":
+        raise RunStoreError(f"run {run_id} is {run.state}, not queued")
+    return execute_run(run, store)

@@ -1,0 +1,352 @@
+"""The model zoo: families with size knobs, each built from a small config.
+
+A `ModelConfig` names a family and its knobs; `build_model(config, input_shape,
+num_classes)` turns it into an `nn.Module` giving logits for that data set, so a
+run can record its config and rebuild the model later. Every family also names
+its natural stages (`model.stages`: name -> module path), so feature methods
+can hook them without knowing module paths.
+
+Families and knobs:
+
+- ``mlp``: ``depth`` hidden layers of ``width`` units.
+- ``cnn``: a small VGG-style net, three stages of ``depth`` conv-BN-ReLU blocks
+  with ``width``, 2x``width`` and 4x``width`` channels, each stage ending in a 2x2 max-pool.
+- ``resnet``: CIFAR-style ResNet-``depth`` (8, 14, 20, 32, 56) with base ``width`` channels.
+- ``mobilenet_v2``: torchvision's MobileNetV2 with width multiplier ``width``, adapted
+  to small inputs (3x3 stride-1 stem for any channel count).
+- ``resnet18``: torchvision's ResNet-18 with a 3x3 stride-1 stem, no max-pool.
+  ``pretrained=True`` loads torchvision's ImageNet weights (online only; the new stem is trained).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    default_depth: int | None  # None: the family has no depth knob
+    default_width: float | None  # None: the family has no width knob
+    depth_choices: tuple[int, ...] | None  # None: any depth >= 1
+    description: str
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "mlp": FamilySpec(2, 256, None, "multilayer perceptron: depth hidden layers of width units"),
+    "cnn": FamilySpec(1, 16, None, "VGG-style CNN: 3 stages of depth conv blocks, width/2w/4w channels"),
+    "resnet": FamilySpec(20, 16, (8, 14, 20, 32, 56), "CIFAR-style ResNet-depth, base width channels"),
+    "mobilenet_v2": FamilySpec(None, 1.0, None, "torchvision MobileNetV2, width = width multiplier"),
+    "resnet18": FamilySpec(None, None, None, "torchvision ResNet-18, small-input stem"),
+}
+
+
+class ModelError(ValueError):
+    """A model config or checkpoint does not fit; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = "cnn"  # one of FAMILIES
+    depth: int | None = None  # layers (mlp), blocks per stage (cnn), total depth (resnet); None = default
+    width: float | None = None  # units (mlp), base channels (cnn, resnet), multiplier (mobilenet_v2)
+    pretrained: bool = False  # torchvision weights (resnet18/mobilenet_v2 only; needs internet)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ModelError(f"unknown model family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+        spec = FAMILIES[self.family]
+        if self.depth is not None:
+            if spec.default_depth is None:
+                raise ModelError(f"{self.family} has no depth knob")
+            if spec.depth_choices and self.depth not in spec.depth_choices:
+                raise ModelError(f"{self.family} depth must be one of {spec.depth_choices}, got {self.depth}")
+            if self.depth < 1:
+                raise ModelError(f"depth must be >= 1, got {self.depth}")
+        if self.width is not None:
+            if spec.default_width is None:
+                raise ModelError(f"{self.family} has no width knob")
+            if not self.width > 0:
+                raise ModelError(f"width must be > 0, got {self.width}")
+        if self.pretrained and self.family not in ("resnet18", "mobilenet_v2"):
+            raise ModelError("pretrained weights exist only for resnet18 and mobilenet_v2")
+
+    @property
+    def resolved_depth(self) -> int | None:
+        return self.depth if self.depth is not None else FAMILIES[self.family].default_depth
+
+    @property
+    def resolved_width(self) -> float | None:
+        return self.width if self.width is not None else FAMILIES[self.family].default_width
+
+    def label(self) -> str:
+        """A short human name, e.g. ``cnn(d=1, w=16)``."""
+        knobs = []
+        if self.resolved_depth is not None:
+            knobs.append(f"d={self.resolved_depth}")
+        if self.resolved_width is not None:
+            w = self.resolved_width
+            knobs.append(f"w={int(w) if float(w).is_integer() else w}")
+        return f"{self.family}({', '.join(knobs)})" if knobs else self.family
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict) or "family" not in d:
+            raise ModelError(f"a model config needs at least a 'family', got {d!r}")
+        unknown = set(d) - {"family", "depth", "width", "pretrained"}
+        if unknown:
+            raise ModelError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------
+# families
+
+class MLP(nn.Module):
+    def __init__(self, input_shape, num_classes, depth: int, width: int):
+        super().__init__()
+        c, h, w = input_shape
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = c * h * w
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), nn.ReLU(inplace=True)]
+            fan_in = width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(fan_in, num_classes)
+        self.stages = {f"hidden{i + 1}": f"body.{2 + 2 * i}" for i in range(depth)}
+        self.stages["embedding"] = "body"
+
+    def forward(self, x):  # (B, C, H, W) -> (B, K)
+        return self.head(self.body(x))
+
+
+def conv_bn(c_in, c_out, stride=1):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class CNN(nn.Module):
+    def __init__(self, input_shape, num_classes, depth: int, width: int):
+        super().__init__()
+        c = input_shape[0]
+        widths = [width, 2 * width, 4 * width]
+        stages = []
+        for w in widths:
+            blocks = [conv_bn(c if i == 0 else w, w) for i in range(depth)]
+            stages.append(nn.Sequential(*blocks, nn.MaxPool2d(2, ceil_mode=True)))
+            c = w
+        self.features = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c, num_classes)
+        self.stages = {"stage1": "features.0", "stage2": "features.1", "stage3": "features.2",
+                       "embedding": "pool"}
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)))  # (B, K)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:  # projection shortcut (option B)
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al. 2016's CIFAR ResNet: 3 stages of (depth-2)/6 basic blocks each."""
+
+    def __init__(self, input_shape, num_classes, depth: int, width: int):
+        super().__init__()
+        n = (depth - 2) // 6
+        widths = [width, 2 * width, 4 * width]
+        self.stem = conv_bn(input_shape[0], width)
+        layers, c = [], width
+        for i, w in enumerate(widths):
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(c, w, 2 if (i > 0 and j == 0) else 1))
+                c = w
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c, num_classes)
+        self.stages = {"stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "embedding": "pool"}
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.head(self.pool(x))
+
+
+def _mobilenet_v2(input_shape, num_classes, width: float, pretrained: bool):
+    import torchvision
+
+    weights = "IMAGENET1K_V1" if pretrained else None
+    if pretrained and width != 1.0:
+        raise ModelError("pretrained mobilenet_v2 weights exist only for width 1.0")
+    m = torchvision.models.mobilenet_v2(weights=weights, width_mult=width)
+    stem_out = m.features[0][0].out_channels
+    m.features[0][0] = nn.Conv2d(input_shape[0], stem_out, 3, 1, 1, bias=False)  # keep small images' resolution
+    m.classifier[-1] = nn.Linear(m.classifier[-1].in_features, num_classes)
+    m.stages = {"stage1": "features.3", "stage2": "features.6", "stage3": "features.13",
+                "stage4": "features.18", "embedding": "classifier.0"}
+    return m
+
+
+def _resnet18(input_shape, num_classes, pretrained: bool):
+    import torchvision
+
+    m = torchvision.models.resnet18(weights="IMAGENET1K_V1" if pretrained else None)
+    m.conv1 = nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False)  # small-input stem
+    m.maxpool = nn.Identity()
+    m.fc = nn.Linear(m.fc.in_features, num_classes)
+    m.stages = {"stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4",
+                "embedding": "avgpool"}
+    return m
+
+
+def build_model(config: ModelConfig, input_shape, num_classes: int) -> nn.Module:
+    """Build the model that `config` describes for images of `input_shape` (C, H, W)."""
+    if len(input_shape) != 3:
+        raise ModelError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+    if num_classes < 2:
+        raise ModelError(f"num_classes must be >= 2, got {num_classes}")
+    d, w = config.resolved_depth, config.resolved_width
+    if config.family == "mlp":
+        model = MLP(input_shape, num_classes, d, int(w))
+    elif config.family == "cnn":
+        model = CNN(input_shape, num_classes, d, int(w))
+    elif config.family == "resnet":
+        model = CifarResNet(input_shape, num_classes, d, int(w))
+    elif config.family == "mobilenet_v2":
+        model = _mobilenet_v2(input_shape, num_classes, float(w), config.pretrained)
+    else:
+        model = _resnet18(input_shape, num_classes, config.pretrained)
+    model.kdw_config = config  # so helpers can recover what was built
+    model.kdw_input_shape = tuple(input_shape)
+    model.kdw_num_classes = num_classes
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def is_convnet(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def describe(config: ModelConfig) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------
+# checkpoints: safetensors with the model's config in the header
+
+def state_dict_fp32(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous fp32 CPU copies of the weights (buffers included), as saved to disk."""
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        out[k] = (v.float() if v.is_floating_point() else v).contiguous().clone()
+    return out
+
+
+def checkpoint_metadata(model: nn.Module, **extra) -> dict[str, str]:
+    meta = {"kdw_model": json.dumps(model.kdw_config.to_dict()),
+            "kdw_input_shape": json.dumps(list(model.kdw_input_shape)),
+            "kdw_num_classes": str(model.kdw_num_classes)}
+    meta.update({f"kdw_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    return meta
+
+
+def save_checkpoint(model: nn.Module, path, **extra) -> int:
+    """Save fp32 weights and the model config as safetensors; returns the file's size in bytes."""
+    from safetensors.torch import save_file
+
+    save_file(state_dict_fp32(model), str(path), metadata=checkpoint_metadata(model, **extra))
+    import os
+    return os.path.getsize(path)
+
+
+def checkpoint_bytes(model: nn.Module) -> bytes:
+    """The bytes `save_checkpoint` would write (for size figures and downloads)."""
+    from safetensors.torch import save
+
+    return save(state_dict_fp32(model), metadata=checkpoint_metadata(model))
+
+
+def read_checkpoint(path_or_bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, or a ModelError saying what is wrong with it."""
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    try:
+        if isinstance(path_or_bytes, (bytes, bytearray)):
+            tensors = load(bytes(path_or_bytes))
+            meta = _header_metadata(bytes(path_or_bytes))
+        else:
+            with safe_open(str(path_or_bytes), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise ModelError(f"checkpoint {path_or_bytes} does not exist") from None
+    except Exception as e:  # safetensors raises several types for a bad header
+        where = "the uploaded file" if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
+        raise ModelError(f"{where} is not a valid safetensors checkpoint ({type(e).__name__}: {e}). "
+                         "KD Workbench loads weights only from .safetensors files.") from None
+    return tensors, meta
+
+
+def _header_metadata(data: bytes) -> dict[str, str]:
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    return header.get("__metadata__", {}) or {}
+
+
+def load_checkpoint(path_or_bytes, config: ModelConfig | None = None, input_shape=None,
+                    num_classes: int | None = None) -> tuple[nn.Module, dict[str, str]]:
+    """Rebuild a model from a safetensors checkpoint.
+
+    The config, input shape and class count come from the file's metadata, or from the
+    arguments for a file saved elsewhere. Returns (model in eval mode, metadata).
+    """
+    tensors, meta = read_checkpoint(path_or_bytes)
+    try:
+        if config is None:
+            if "kdw_model" not in meta:
+                raise ModelError("the checkpoint has no model config in its metadata; "
+                                 "give the config (family, depth, width) alongside it")
+            config = ModelConfig.from_dict(json.loads(meta["kdw_model"]))
+        if input_shape is None:
+            input_shape = json.loads(meta["kdw_input_shape"]) if "kdw_input_shape" in meta else None
+        if num_classes is None:
+            num_classes = int(meta["kdw_num_classes"]) if "kdw_num_classes" in meta else None
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ModelError(f"the checkpoint's metadata is malformed ({e})") from None
+    if input_shape is None or num_classes is None:
+        raise ModelError("the checkpoint does not say its input shape and class count; give them alongside it")
+    model = build_model(config, tuple(input_shape), num_classes)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelError(f"the weights do not fit {config.label()} for input {tuple(input_shape)} "
+                         f"and {num_classes} classes: {first}") from None
+    return model.eval(), meta

@@ -1,0 +1,192 @@
+"""Teachers: shipped checkpoints, teacher runs or user files, and their cached logits.
+
+A teacher spec is one of
+
+- the name of a shipped teacher (``assets/teachers/<name>.safetensors`` with a card
+  ``<name>.json``), e.g. ``fashion-mnist-cnn``; ``shipped:<name>`` also works;
+- the id of a finished run in the run store (``run:<id>`` also works);
+- a path to a ``.safetensors`` file whose metadata holds its model config, or with a
+  ``<file>.json`` beside it holding ``{"model": {...}, "input_shape": [...], "num_classes": N}``.
+
+The teacher is frozen: eval mode, no gradients. Its logits on a split and a view
+(``plain`` or ``flip``) are computed once per (weights, data set, split, view) and
+cached in memory and under ``<runs>/.cache/teacher-logits``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import Dataset, batch_flip_lr
+from .models import ModelConfig, ModelError, load_checkpoint
+
+VIEWS = ("plain", "flip")
+
+
+def assets_dir() -> Path:
+    env = os.environ.get("KDW_ASSETS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "assets"
+
+
+def shipped_teachers(dataset: str | None = None) -> list[dict]:
+    """Cards of the shipped teachers (optionally for one data set), each with its 'name' and 'path'."""
+    out = []
+    folder = assets_dir() / "teachers"
+    for card_path in sorted(folder.glob("*.json")):
+        weights = card_path.with_suffix(".safetensors")
+        if not weights.is_file():
+            continue
+        card = json.loads(card_path.read_text())
+        card.update(name=card_path.stem, path=str(weights))
+        if dataset is None or card.get("dataset") == dataset:
+            out.append(card)
+    return out
+
+
+def default_teacher(dataset: str) -> str | None:
+    cards = shipped_teachers(dataset)
+    return cards[0]["name"] if cards else None
+
+
+@dataclass
+class Teacher:
+    model: nn.Module  # frozen, eval mode
+    spec: str  # what the user asked for
+    source: str  # shipped | run | file
+    label: str  # model label, e.g. cnn(d=2, w=32)
+    digest: str  # sha256 of the weights, keys the logit cache
+    card: dict | None = None  # shipped teacher card or the teacher run's summary
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.kdw_config
+
+
+def weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().float().numpy().tobytes() if v.is_floating_point()
+                 else v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode (BatchNorm statistics never move) and no gradients."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_teacher(spec: str, store=None, config: ModelConfig | None = None) -> Teacher:
+    """Resolve a teacher spec (see the module docstring) to a frozen model."""
+    from .runs import RunStore, RunStoreError
+
+    if not spec:
+        raise ModelError("no teacher given")
+    store = store or RunStore()
+    name = spec.split(":", 1)[1] if spec.startswith(("shipped:", "run:")) else spec
+    shipped = {c["name"]: c for c in shipped_teachers()}
+    if not spec.startswith("run:") and name in shipped:
+        card = shipped[name]
+        model, _ = load_checkpoint(card["path"])
+        return Teacher(freeze(model), spec, "shipped", model.kdw_config.label(), weights_digest(model), card)
+    if not spec.startswith("shipped:") and not name.endswith(".safetensors") and "/" not in name:
+        try:
+            run = store.get(name)
+        except (ValueError, RunStoreError):
+            run = None
+        if run is not None:
+            if run.state != "done":
+                raise ModelError(f"teacher run {name} is {run.state}, not done")
+            model = run.load_model("best")
+            return Teacher(freeze(model), spec, "run", model.kdw_config.label(), weights_digest(model), run.summary)
+    path = Path(name)
+    if path.suffix == ".safetensors" or path.exists():
+        meta_path = path.with_name(path.name + ".json")
+        shape = classes = None
+        if config is None and meta_path.is_file():
+            side = json.loads(meta_path.read_text())
+            config = ModelConfig.from_dict(side["model"])
+            shape, classes = side.get("input_shape"), side.get("num_classes")
+        model, _ = load_checkpoint(path, config, shape, classes)
+        return Teacher(freeze(model), spec, "file", model.kdw_config.label(), weights_digest(model), None)
+    known = ", ".join(sorted(shipped)) or "none shipped"
+    raise ModelError(f"unknown teacher {spec!r}: not a shipped teacher ({known}), a finished run id, "
+                     "or a .safetensors file")
+
+
+def check_fits(teacher_model: nn.Module, dataset: Dataset) -> None:
+    """Raise ModelError unless the teacher takes this data set's images and classes."""
+    shape, k = tuple(teacher_model.kdw_input_shape), teacher_model.kdw_num_classes
+    if shape != tuple(dataset.input_shape) or k != dataset.num_classes:
+        raise ModelError(
+            f"the teacher expects input {shape} with {k} classes, but {dataset.name} has input "
+            f"{tuple(dataset.input_shape)} with {dataset.num_classes} classes; pick a teacher "
+            f"trained on {dataset.name} (`kdw teacher --dataset {dataset.name}`)")
+
+
+# ---------------------------------------------------------------------------
+# cached logits
+
+_MEMORY: OrderedDict[str, torch.Tensor] = OrderedDict()  # small LRU; logits are a few MB at most
+_MEMORY_MAX = 16
+
+
+@torch.inference_mode()
+def compute_logits(model: nn.Module, x: torch.Tensor, view: str = "plain", batch_size: int = 1024) -> torch.Tensor:
+    """(N, K) float32 logits of `model` on `x` under a deterministic view."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        if view == "flip":
+            xb = batch_flip_lr(xb, torch.ones(len(xb), dtype=torch.bool, device=device))
+        out.append(model(xb).float())
+    return torch.cat(out)
+
+
+def cached_logits(teacher: Teacher, dataset: Dataset, split: str, view: str = "plain",
+                  cache_dir: Path | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """The teacher's logits on a split and view: from memory, then disk, else computed and saved."""
+    key = f"{teacher.digest}-{dataset.name}-{dataset.fingerprint}-{split}-{view}"
+    device = torch.device(device) if device is not None else next(teacher.model.parameters()).device
+    if key in _MEMORY:
+        _MEMORY.move_to_end(key)
+        return _MEMORY[key].to(device)
+    logits = None
+    path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        from safetensors.torch import load_file
+        try:
+            logits = load_file(str(path))["logits"]
+        except Exception:  # a torn cache file is recomputed, never trusted
+            logits = None
+    if logits is None:
+        x, _ = dataset.split(split)
+        logits = compute_logits(teacher.model, x, view).cpu()
+        if path is not None:
+            from safetensors.torch import save_file
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                save_file({"logits": logits.contiguous()}, str(tmp))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a read-only store still trains, just without the disk cache
+    _MEMORY[key] = logits.cpu()
+    while len(_MEMORY) > _MEMORY_MAX:
+        _MEMORY.popitem(last=False)
+    return logits.to(device)
