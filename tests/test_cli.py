@@ -21,7 +21,7 @@ def test_help_shows_the_objective_with_alpha_on_the_kd_term():
 def test_demo_fast_prints_teacher_scratch_and_kd_rows(runs_dir):
     proc = kdw("demo", "--fast", "--runs-dir", str(runs_dir))
     out = proc.stdout
-    for word in ("teacher", "scratch", "kd", "KD gain", "latency ms", "samples/s", "size MB", "MFLOPs"):
+    for word in ("teacher", "scratch", "kd", "KD gain", "latency ms", "samples/s", "size MB", "FLOPs"):
         assert word in out, out
     assert "Traceback" not in proc.stderr
     runs = json.loads(kdw("runs", "--json", "--runs-dir", str(runs_dir)).stdout)

@@ -271,6 +271,70 @@ def cmd_teachers(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .data import load_dataset
+    from .report import write_report
+    from .runs import RunStore
+
+    store = RunStore(args.runs_dir)
+    runs = [store.get(r) for r in args.runs] + (store.list(group=args.group) if args.group else [])
+    if not runs:
+        raise ValueError("name runs for the report (see `kdw runs`), or --group G")
+    classes = None
+    try:
+        classes = load_dataset(runs[0].config["dataset"], runs[0].config.get("data_dir")).classes
+    except Exception:
+        pass  # the report still works with class numbers
+    size = write_report(runs, args.output, args.title, classes)
+    print(f"wrote {args.output} ({size / 1e6:.1f} MB): open it in any browser, offline")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    """A T x alpha grid, or a size sweep (--widths/--depths), each with scratch twins."""
+    from .compare import format_table
+    from .jobs import LocalQueueRunner
+    from .models import ModelConfig
+    from .runs import RunStore, new_run_id
+    from .sweep import grid_configs, grid_table, scratch_cell, size_configs, size_table
+    from .train import check_setup
+
+    store = RunStore(args.runs_dir)
+    store.ensure_writable()
+    base = _train_config(args, "kd", args.seed)
+    check_setup(base, store)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    if args.widths or args.depths:
+        group = args.group or new_run_id("size")
+        models = [ModelConfig(args.model, args.depth, w) for w in args.widths] if args.widths else \
+                 [ModelConfig(args.model, d, args.width) for d in args.depths]
+        configs = size_configs(base, models, seeds, group)
+    else:
+        group = args.group or new_run_id("sweep")
+        configs = grid_configs(base, args.temperatures, args.alphas, seeds, group)
+    print(f"sweep {group}: {len(configs)} runs")
+    if args.background:
+        runner = LocalQueueRunner(store)
+        for c in configs:
+            runner.submit(run_config_dict(c), prefix=c.kind)
+        print(f"queued; follow with `kdw runs --group {group}`")
+        return 0
+    for c in configs:
+        _run_foreground(store, c, c.kind)
+    runs = store.list(group=group)
+    if args.widths or args.depths:
+        print(format_table(size_table(runs), aggregated=True))
+    else:
+        sc = scratch_cell(runs)
+        print(f"\nscratch: {100 * sc['test_acc']:.2f} ± {100 * sc['test_acc_std']:.2f} % over {sc['seeds']} seed(s)")
+        print(f"{'T':>6s} {'α':>6s} {'test acc %':>16s} {'KD gain (pts)':>16s}")
+        for c in grid_table(runs):
+            print(f"{c['temperature']:6g} {c['alpha']:6g} {100 * c['test_acc']:8.2f} ± {100 * c['test_acc_std']:5.2f} "
+                  f"{100 * c['kd_gain']:+8.2f} ± {100 * c['kd_gain_std']:5.2f}")
+    print(f"\nkdw compare --group {group} --aggregate   |   kdw report --group {group}")
+    return 0
+
+
 def cmd_export(args) -> int:
     """Copy a finished run's best weights into assets/teachers with a card that says how to reproduce it."""
     import platform
@@ -357,6 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--aggregate", action="store_true", help="fold seeds into mean ± std")
     s.add_argument("--json", action="store_true")
     _add_common(s)
+    s = add("sweep", "a T × α grid, or a size sweep of students (--widths/--depths), with scratch twins")
+    _add_train_args(s, "kd")
+    s.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
+    s.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.9])
+    s.add_argument("--widths", type=float, nargs="+", default=None, help="size sweep over these widths")
+    s.add_argument("--depths", type=int, nargs="+", default=None, help="size sweep over these depths")
+    s = add("report", "write a self-contained HTML report of runs (table, plots, configs, environment)")
+    s.add_argument("runs", nargs="*", metavar="RUN")
+    s.add_argument("--group", default=None)
+    s.add_argument("-o", "--output", default="kdw-report.html")
+    s.add_argument("--title", default="KD Workbench report")
+    _add_common(s)
     s = add("teachers", "list the shipped teachers")
     s = add("export", "export a finished teacher run into assets/teachers with its card")
     s.add_argument("run_id", metavar="RUN")
@@ -380,12 +456,13 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    if args.command in ("teacher", "distill", "scratch") and args.seeds < 1:
+    if args.command in ("teacher", "distill", "scratch", "sweep") and args.seeds < 1:
         parser.error("--seeds must be >= 1")
     handlers = {"teacher": lambda a: cmd_train(a, "teacher"), "distill": lambda a: cmd_train(a, "kd"),
                 "scratch": lambda a: cmd_train(a, "scratch"), "runs": cmd_runs, "compare": cmd_compare,
                 "demo": cmd_demo, "job": cmd_job, "worker": cmd_worker, "cancel": cmd_cancel,
-                "teachers": cmd_teachers, "export": cmd_export}
+                "teachers": cmd_teachers, "export": cmd_export, "sweep": cmd_sweep,
+                "report": cmd_report}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -103,10 +103,15 @@ def find_scratch_twins(runs: list[Run], store) -> list[Run]:
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None for the spread of a single value).
+
+    >>> mean_std([0.8, 0.9, 1.0])
+    (0.9, 0.09999999999999998)
+    """
     values = [v for v in values if v is not None]
     if not values:
         return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -135,9 +140,9 @@ def gain_verdict(gain: float | None, std: float | None, n: int) -> str:
     """GUIDE.md: a gain smaller than its spread is 'no measurable gain'."""
     if gain is None:
         return "no scratch twin"
-    if n < 2:
+    if n < 2 or std is None:
         return "one seed: spread unknown"
-    if abs(gain) <= (std or 0.0):
+    if abs(gain) <= std:
         return "no measurable gain"
     return "KD helps" if gain > 0 else "KD hurts"
 
@@ -155,6 +160,20 @@ def _signed_pct(v, std=None):
     if v is None:
         return "—"
     return f"{100 * v:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def format_flops(v) -> str:
+    """FLOPs with an SI prefix.
+
+    >>> format_flops(4758016), format_flops(4810), format_flops(None)
+    ('4.76 MFLOPs', '4.81 kFLOPs', '—')
+    """
+    if v is None:
+        return "—"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:.3g} {unit}FLOPs"
+    return f"{v:.0f} FLOPs"
 
 
 def _num(v, fmt):
@@ -180,7 +199,7 @@ def table_columns(aggregated: bool) -> list[tuple[str, callable]]:
         ("KD gain (pts)", lambda r: _signed_pct(r.get("kd_gain"), s(r, "kd_gain"))),
         ("params", lambda r: _num(r.get("params"), ",.0f")),
         ("size MB", lambda r: _num(r.get("size_mb"), ".3f")),
-        ("MFLOPs", lambda r: _num(None if r.get("flops") is None else r["flops"] / 1e6, ".2f")),
+        ("FLOPs", lambda r: format_flops(r.get("flops"))),
         ("latency ms (b=1)", lambda r: _num(r.get("latency_ms"), ".3f")),
         ("samples/s (b=256)", lambda r: _num(r.get("throughput"), ",.0f")),
         ("agreement %", lambda r: _pct(r.get("agreement"))),

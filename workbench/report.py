@@ -1,0 +1,114 @@
+"""A self-contained HTML report of a comparison, to hand to people who were not in the room.
+
+One file: the table, the plots (plotly.js is embedded, so it opens offline), each run's
+config, the environment (torch version, device, threads) and the date.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import platform
+import time
+
+import torch
+
+from . import __version__, plots
+from .compare import aggregate, comparison_rows, table_columns
+from .losses import OBJECTIVE
+from .runs import Run
+
+
+def environment() -> dict:
+    from .evaluate import device_name
+
+    env = {"kd-workbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "platform": platform.platform(), "cpu": device_name("cpu"), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env["cuda device"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def _table_html(rows: list[dict], aggregated: bool) -> str:
+    cols = table_columns(aggregated)
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in cols)
+    body = "".join("<tr class='role-" + html.escape(r["role"]) + "'>" +
+                   "".join(f"<td>{html.escape(str(fn(r)))}</td>" for _, fn in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure_html(fig) -> str:
+    return (f"<figure>{fig.to_html(full_html=False, include_plotlyjs=False)}"
+            f"<figcaption>{html.escape(plots.caption(fig))}</figcaption></figure>")
+
+
+def build_report(runs: list[Run], title: str = "KD Workbench report", classes=None) -> str:
+    """The report as one HTML string."""
+    from plotly.offline import get_plotlyjs
+
+    runs = [r for r in runs if r.state == "done"]
+    if not runs:
+        raise ValueError("the report needs at least one finished run")
+    rows = comparison_rows(runs)
+    agg = aggregate(rows)
+    device = next((r["device"] for r in rows if r.get("device")), "cpu")
+    figs = [plots.pareto(rows, "latency_ms", device), plots.pareto(rows, "size_mb")]
+    series = {f"{r.config.get('kind')} {r.config.get('model_label', '')} {r.run_id}": r.metrics() for r in runs}
+    figs.append(plots.training_curves({k: v for k, v in series.items() if v}))
+    teacher_cm = next((r.summary.get("teacher", {}).get("test", {}).get("confusion_matrix") for r in runs
+                       if r.summary.get("teacher")), None)
+    student = next((r for r in runs if r.config.get("kind") == "kd"), runs[0])
+    cms = {}
+    if teacher_cm:
+        cms["teacher"] = teacher_cm
+    cms[f"{student.config.get('kind')} {student.config.get('model_label')}"] = student.summary["test"]["confusion_matrix"]
+    k = len(student.summary["test"]["confusion_matrix"])
+    figs.append(plots.confusion_matrices(cms, classes or [str(i) for i in range(k)]))
+
+    env = environment()
+    configs = "".join(
+        f"<details><summary>{html.escape(r.run_id)} ({html.escape(str(r.config.get('kind')))}, "
+        f"{html.escape(str(r.config.get('model_label')))})</summary><pre>"
+        f"{html.escape(json.dumps(r.config, indent=2, sort_keys=True, default=str))}</pre></details>" for r in runs)
+    env_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in env.items())
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    verdicts = "".join(f"<li>{html.escape(str(r['model']))}, T = {r['temperature']}, α = {r['alpha']}: "
+                       f"{html.escape(r['verdict'])}</li>" for r in agg if r.get("verdict"))
+    css = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;"
+           "color:#222;padding:0 1rem}table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}"
+           "th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:right}th{background:#f4f4f4}"
+           "td:nth-child(-n+2){text-align:left}tr.role-teacher{background:#eef4fb}tr.role-kd{background:#fdf0f0}"
+           "figure{margin:1.5rem 0}figcaption{color:#555;font-size:.9rem}code{background:#f4f4f4;padding:0 .3rem}"
+           "pre{background:#f8f8f8;padding:.5rem;overflow:auto}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{css}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p>Generated {date} by KD Workbench {__version__}. Objective (α weights the distillation term):
+<code>{html.escape(OBJECTIVE)}</code>; α = 0 is the scratch baseline.</p>
+<h2>Summary (mean ± std over seeds)</h2>
+{_table_html(agg, aggregated=True)}
+<ul>{verdicts}</ul>
+<p>Test accuracy "(best val)" is the epoch with the best accuracy on the fixed validation split; "(last)" is the
+final epoch. KD gain is the distilled student's accuracy minus its scratch twin's (same student, budget and seed).
+Latency is the median of 30 batch-1 forward passes after 5 warm-ups, fp32 on {html.escape(str(device))};
+throughput is at batch 256. FLOPs count a multiply-add as 2. Size is the fp32 safetensors file (MB = 10⁶ bytes).</p>
+<h2>Every run</h2>
+{_table_html(rows, aggregated=False)}
+<h2>Plots</h2>
+{''.join(_figure_html(f) for f in figs)}
+<h2>Configs</h2>
+{configs}
+<h2>Environment</h2>
+<table>{env_rows}</table>
+</body></html>
+"""
+
+
+def write_report(runs: list[Run], path, title: str = "KD Workbench report", classes=None) -> int:
+    """Write the report to `path`; returns its size in bytes."""
+    text = build_report(runs, title, classes)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return len(text.encode("utf-8"))

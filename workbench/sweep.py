@@ -1,0 +1,79 @@
+"""Sweeps: a T × α grid (plus seeds), and a size sweep of students, each with scratch twins.
+
+`grid_configs` and `size_configs` expand a base `TrainConfig` into the runs to queue;
+`grid_table` and `size_table` fold the finished runs of a sweep into the cells the
+heatmaps and curves show (mean ± std over seeds). A sweep is one `group` in the run
+store, so a partial sweep shows what has finished and a page reload finds it again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+from .compare import aggregate, comparison_rows, mean_std
+from .models import ModelConfig
+from .runs import Run
+from .train import TrainConfig
+
+
+def grid_configs(base: TrainConfig, temperatures, alphas, seeds, group: str) -> list[TrainConfig]:
+    """KD runs for every (T, α, seed), and one scratch twin per seed (α = 0 needs no T)."""
+    if not temperatures or not alphas or not seeds:
+        raise ValueError("a sweep needs at least one temperature, one α and one seed")
+    configs = [replace(base, kind="scratch", alpha=0.0, seed=s, group=group) for s in seeds]
+    for T, a, s in itertools.product(temperatures, alphas, seeds):
+        if a == 0.0:
+            continue  # that is the scratch twin
+        configs.append(replace(base, kind="kd", temperature=float(T), alpha=float(a), seed=s, group=group))
+    return configs
+
+
+def size_configs(base: TrainConfig, models: list[ModelConfig], seeds, group: str) -> list[TrainConfig]:
+    """For each student size and seed: a scratch run and a KD run with the same budget."""
+    if not models or not seeds:
+        raise ValueError("a size sweep needs at least one student and one seed")
+    out = []
+    for m, s in itertools.product(models, seeds):
+        out.append(replace(base, kind="scratch", alpha=0.0, model=m, seed=s, group=group))
+        out.append(replace(base, kind="kd", model=m, seed=s, group=group))
+    return out
+
+
+def grid_table(runs: list[Run]) -> list[dict]:
+    """One cell per (T, α): mean ± std over seeds of test accuracy and of the paired KD gain."""
+    rows = comparison_rows(runs)
+    cells = {}
+    for r in rows:
+        if r["role"] != "kd":
+            continue
+        cells.setdefault((r["temperature"], r["alpha"]), []).append(r)
+    out = []
+    for (T, a), members in sorted(cells.items()):
+        acc, acc_sd = mean_std([m["test_acc"] for m in members])
+        gain, gain_sd = mean_std([m["kd_gain"] for m in members])
+        out.append({"temperature": T, "alpha": a, "seeds": len(members), "test_acc": acc, "test_acc_std": acc_sd,
+                    "kd_gain": gain, "kd_gain_std": gain_sd, "run_ids": [m["run_id"] for m in members]})
+    return out
+
+
+def scratch_cell(runs: list[Run]) -> dict | None:
+    """Mean ± std of the scratch twins (the α = 0 row of the grid)."""
+    rows = [r for r in comparison_rows(runs) if r["role"] == "scratch"]
+    if not rows:
+        return None
+    acc, sd = mean_std([r["test_acc"] for r in rows])
+    return {"test_acc": acc, "test_acc_std": sd, "seeds": len(rows)}
+
+
+def size_table(runs: list[Run]) -> list[dict]:
+    """One cell per (role, student): mean ± std of accuracy, with params, size and latency."""
+    return aggregate(comparison_rows(runs))
+
+
+def sweep_progress(runs: list[Run]) -> dict:
+    """Counts of a sweep's runs by state, and the fraction finished."""
+    states = [r.state for r in runs]
+    counts = {s: states.count(s) for s in ("queued", "running", "done", "failed", "cancelled")}
+    finished = counts["done"] + counts["failed"] + counts["cancelled"]
+    return {**counts, "total": len(runs), "fraction": finished / len(runs) if runs else 0.0}

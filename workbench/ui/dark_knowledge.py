@@ -1,0 +1,97 @@
+"""Dark knowledge: what a teacher's softened probabilities say, and why the T² factor is there."""
+
+from __future__ import annotations
+
+import streamlit as st
+import torch
+
+from workbench import plots
+from workbench.explain import t_squared_scaling, teacher_view
+from workbench.ui import common
+
+
+def _random_image(n: int) -> None:
+    st.session_state["dk_index"] = int(torch.randint(0, n, (1,)).item())
+
+
+def page() -> None:
+    st.title("Dark knowledge")
+    st.markdown("A trained teacher is confident about the true class, but the small probabilities it gives the "
+                "*other* classes say which ones this image resembles. Dividing the logits by a temperature T "
+                "before the softmax makes those visible; the student learns from them.")
+    ss = st.session_state
+    ss.setdefault("dk_index", 0)
+
+    left, right = st.columns([1, 2], gap="large")
+    with left:
+        ds_name = common.dataset_picker("dk_dataset")
+        ds = common.dataset(ds_name)
+        choices = common.teacher_choices(ds_name)
+        if not choices:
+            st.warning(f"No teacher for {ds_name} yet: train one on the Train page or with `kdw teacher`.")
+            return
+        label = st.selectbox("Teacher", list(choices), key="dk_teacher")
+        try:
+            t = common.teacher_for(choices[label])
+        except Exception as e:
+            common.show_error("This teacher cannot be loaded", e)
+            return
+        n_test = len(ds.x_test)
+        ss["dk_index"] = min(ss["dk_index"], n_test - 1)
+        c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
+        c1.number_input(f"Test image (0–{n_test - 1})", 0, n_test - 1, key="dk_index")
+        c2.button("Random image", key="dk_random", on_click=_random_image, args=(n_test,))
+        T = st.slider("Temperature T", 1.0, 20.0, 4.0, 0.5, key="dk_T",
+                      help="softmax(z / T): T = 1 is the usual softmax; a higher T flattens it")
+        alpha = st.slider("α (weight of the KD term)", 0.0, 1.0, 0.9, 0.05, key="dk_alpha")
+        students = {common.run_label(r): r for r in common.store().list(state="done")
+                    if r.config.get("dataset") == ds_name and r.config.get("kind") in ("kd", "scratch")}
+        student_label = st.selectbox("Compare with a trained student (optional)", ["none", *students],
+                                     key="dk_student")
+
+    idx = int(ss["dk_index"])
+    view = teacher_view(t.model, ds, idx, T)
+    student_probs = student_view = None
+    if student_label != "none":
+        try:
+            model = students[student_label].load_model("best")
+            student_view = teacher_view(model, ds, idx, T)
+            student_probs = student_view.probs_T.tolist()
+        except Exception as e:
+            common.show_error("The student cannot be loaded", e)
+
+    with left:
+        x, y = ds.split("test")
+        fig = plots.image(ds.denormalise(x[idx]).numpy(), f"Test image #{idx}", ds.classes[int(y[idx])])
+        st.plotly_chart(fig, key="dk_image")
+        st.caption(plots.caption(fig))
+        verdict = "right" if view.predicted == view.true_class else "wrong"
+        st.markdown(f"True class **{ds.classes[view.true_class]}**; the teacher predicts "
+                    f"**{ds.classes[view.predicted]}** ({verdict}).")
+
+    with right:
+        common.objective(T, alpha)
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Entropy at T = 1", f"{view.entropy_t1:.3f} nats")
+        m2.metric(f"Entropy at T = {T:g}", f"{view.entropy_T:.3f} nats",
+                  delta=f"{view.entropy_T - view.entropy_t1:+.3f}", delta_color="off")
+        m3.metric("Max possible entropy", f"{torch.log(torch.tensor(float(len(ds.classes)))).item():.3f} nats")
+        fig = plots.probability_bars(ds.classes, view.probs_t1.tolist(), view.probs_T.tolist(), T, view.true_class,
+                                     student_probs, "student")
+        st.plotly_chart(fig, key="dk_bars")
+        st.caption(plots.caption(fig))
+        fig = plots.dark_knowledge_ranking(ds.classes, view.probs_T.tolist(), view.true_class, T)
+        st.plotly_chart(fig, key="dk_ranking")
+        st.caption(plots.caption(fig))
+        top = ", ".join(f"{c} ({100 * p:.1f}%)" for c, p in view.wrong_ranking[:3])
+        st.info(f"At T = {T:g} the teacher says this {ds.classes[view.true_class]} looks most like: {top}.")
+
+        st.subheader("Why multiply by T²?")
+        z_s = student_view.logits if student_view is not None else torch.zeros_like(view.logits)
+        temps = [1, 1.5, 2, 3, 4, 6, 8, 12, 16, 20]
+        sc = t_squared_scaling(z_s[None], view.logits[None], temps)
+        fig = plots.temperature_scaling(sc["temperature"], sc["kd_with"], sc["kd_without"], sc["grad_with"],
+                                        sc["grad_without"])
+        st.plotly_chart(fig, key="dk_tsq")
+        who = "the chosen student" if student_view is not None else "an untrained student (all logits 0)"
+        st.caption(plots.caption(fig) + f" Computed for this image, between the teacher and {who}.")

@@ -1,0 +1,22 @@
+"""The sidebar every page shares: the objective, the job queue and where runs are stored."""
+
+import streamlit as st
+
+from workbench.losses import OBJECTIVE
+from workbench.ui import common
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.markdown("### KD Workbench")
+        st.caption("Knowledge distillation you can see, measure and compare.")
+        st.code(OBJECTIVE, language=None, wrap_lines=True)
+        st.caption("α = 0: scratch baseline · α = 1: pure distillation")
+        store = common.store()
+        try:
+            active = [r for r in store.list() if r.state in ("queued", "running")]
+        except Exception as e:
+            common.show_error("The run store cannot be read", e)
+            return
+        running = [r for r in active if r.state == "running"]
+        st.caption(f"Jobs: {len(running)} running, {len(active) - len(running)} queued · runs in `{store.root}`")

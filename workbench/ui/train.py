@@ -1,0 +1,174 @@
+"""Train: launch a distillation job (and its scratch twin) and watch it live."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from workbench import plots
+from workbench.models import ModelConfig, ModelError, load_checkpoint
+from workbench.runs import FINISHED, new_run_id
+from workbench.train import TrainConfig, check_setup
+from workbench.ui import common
+
+GROUP_PREFIX = "train"
+
+
+def _teacher_section(ds_name: str, ds) -> str | None:
+    """Pick a teacher: shipped, a teacher run, or an uploaded .safetensors file."""
+    source = st.radio("Teacher", ["shipped or trained", "upload .safetensors"], horizontal=True, key="tr_tsource")
+    if source == "upload .safetensors":
+        up = st.file_uploader("Teacher weights (.safetensors only)", type=["safetensors"], key="tr_upload")
+        cfg_text = st.text_input("Model config, if the file does not carry one (JSON)",
+                                 placeholder='{"family": "cnn", "depth": 1, "width": 32}', key="tr_upload_cfg")
+        if up is None:
+            st.caption("The file is read as safetensors, never unpickled. Files saved by KD Workbench carry their "
+                       "model config; for others, give it above.")
+            return None
+        try:
+            config = ModelConfig.from_dict(json.loads(cfg_text)) if cfg_text.strip() else None
+            data = up.getvalue()
+            model, _ = load_checkpoint(data, config, ds.input_shape if config else None,
+                                       ds.num_classes if config else None)
+        except (ModelError, ValueError, json.JSONDecodeError) as e:
+            common.show_error("This upload cannot be used as a teacher", e)
+            return None
+        common.uploads_dir().mkdir(parents=True, exist_ok=True)
+        path = common.uploads_dir() / common.safe_upload_name(up.name)
+        from workbench.models import save_checkpoint
+
+        save_checkpoint(model, path)  # re-saved with its config in the header
+        st.success(f"Loaded {model.kdw_config.label()} from {up.name}.")
+        return str(path)
+    choices = common.teacher_choices(ds_name)
+    if not choices:
+        st.warning(f"No teacher for {ds_name}: train one with `kdw teacher --dataset {ds_name}` or upload one.")
+        return None
+    return choices[st.selectbox("Teacher model", list(choices), key="tr_teacher")]
+
+
+def _form() -> tuple[list[TrainConfig], str] | None:
+    ss = st.session_state
+    ds_name = common.dataset_picker("tr_dataset")
+    ds = common.dataset(ds_name)
+    teacher = _teacher_section(ds_name, ds)
+    student = common.student_picker("tr_student", ds.input_shape, ds.num_classes)
+    c1, c2 = st.columns(2)
+    T = c1.slider("Temperature T", 1.0, 20.0, 4.0, 0.5, key="tr_T")
+    alpha = c2.slider("α (weight of the KD term)", 0.0, 1.0, 0.9, 0.05, key="tr_alpha")
+    common.objective(T, alpha)
+    default_epochs = 10 if ds_name == "fashion-mnist" else 20
+    c1, c2, c3 = st.columns(3)
+    epochs = c1.number_input("Epochs", 1, 200, default_epochs, key="tr_epochs")
+    lr = c2.number_input("Learning rate", 1e-5, 1.0, 3e-3, format="%.4f", key="tr_lr")
+    batch = c3.selectbox("Batch size", [32, 64, 128, 256, 512], index=2, key="tr_batch")
+    c1, c2, c3 = st.columns(3)
+    seed = c1.number_input("Seed", 0, 10_000, 0, key="tr_seed")
+    device = c2.selectbox("Device", common.device_choices(), key="tr_device",
+                          help="only devices this machine has are listed")
+    budget = c3.number_input("Visible labels (0 = all)", 0, len(ds.x_train), 1000 if ds_name == "fashion-mnist" else 0,
+                             step=100, key="tr_labels",
+                             help="A label budget: the scratch student sees only these labels; the distilled one "
+                                  "also learns from the teacher on every other training image.")
+    twin = st.checkbox("Also train the scratch baseline (same student and budget, α = 0)", value=True, key="tr_twin")
+    if teacher is None:
+        return None
+    common_fields = dict(dataset=ds_name, model=student, teacher=teacher, temperature=float(T), epochs=int(epochs),
+                         lr=float(lr), batch_size=int(batch), seed=int(seed), device=device,
+                         labels=int(budget) if budget else None)
+    try:
+        configs = [TrainConfig(kind="kd", alpha=float(alpha), **common_fields)]
+        if twin:
+            configs.insert(0, TrainConfig(kind="scratch", alpha=0.0, **common_fields))
+    except ValueError as e:
+        common.show_error("These settings cannot be trained", e)
+        return None
+    return configs, ds_name
+
+
+def _launch(configs: list[TrainConfig]) -> None:
+    store = common.store()
+    try:
+        check_setup(configs[-1], store)
+    except Exception as e:
+        common.show_error("Cannot launch", e)
+        return
+    group = new_run_id(GROUP_PREFIX)
+    runner = common.runner()
+    for c in configs:
+        d = c.to_dict() | {"group": group, "model_label": c.model.label(), "command": "app: Train page"}
+        runner.submit(d, prefix=c.kind)
+    st.session_state["tr_group"] = group
+    st.toast(f"Queued {len(configs)} job(s) as {group}.")
+
+
+def _current_group() -> str | None:
+    """The group this session launched, else the newest Train-page group in the store (survives reloads)."""
+    ss = st.session_state
+    if ss.get("tr_group"):
+        return ss["tr_group"]
+    groups = [r.config.get("group") for r in common.store().list()
+              if str(r.config.get("group") or "").startswith(GROUP_PREFIX + "-")]
+    return groups[-1] if groups else None
+
+
+def _live_panel() -> None:
+    group = _current_group()
+    if not group:
+        st.info("No jobs yet. Set up a run on the left and press **Launch**.")
+        return
+    runs = common.store().list(group=group)
+    st.subheader(f"Jobs · {group}")
+    active = [r for r in runs if r.state not in FINISHED]
+    queue = [r for r in common.store().list() if r.state in ("queued", "running") and r.config.get("group") != group]
+    if queue:
+        st.caption(f"{len(queue)} other job(s) ahead in or beside this queue; jobs run one at a time.")
+    for r in runs:
+        st_ = r.status()
+        prog = (st_.get("progress") or {})
+        frac = 1.0 if st_["state"] == "done" else float(prog.get("fraction", 0.0))
+        text = {"queued": "queued, waiting for the jobs before it",
+                "running": f"running on {prog.get('device', '…')}: epoch {prog.get('epoch', 0)}/{prog.get('epochs', '?')}",
+                "done": "done", "failed": "failed", "cancelled": "cancelled"}[st_["state"]]
+        st.progress(frac, text=f"{common.run_label(r)} — {text}")
+        if st_["state"] == "failed":
+            st.error(f"{r.run_id} failed: {st_.get('error')}")
+    series = {f"{r.config.get('kind')} {r.config.get('model_label', '')} seed {r.config.get('seed')}": r.metrics()
+              for r in runs}
+    series = {k: v for k, v in series.items() if v}
+    if series:
+        colors = {k: plots.KD if k.startswith("kd") else plots.SCRATCH for k in series}
+        fig = plots.training_curves(series, colors)
+        st.plotly_chart(fig, key="tr_curves")
+        st.caption(plots.caption(fig))
+    if not active and not any(r.state in ("queued", "running") for r in queue) and st.session_state.get("tr_polling"):
+        st.session_state["tr_polling"] = False
+        st.rerun()  # everything finished: one full rerun stops the polling
+    if active:
+        if st.button("Cancel these jobs", key="tr_cancel", type="secondary"):
+            for r in active:
+                common.runner().cancel(r.run_id)
+            st.toast("Cancel sent.")
+    else:
+        done = [r for r in runs if r.state == "done"]
+        if done:
+            accs = ", ".join(f"{r.config.get('kind')}: {100 * r.summary['test']['accuracy']:.2f}%" for r in done
+                             if r.summary.get("test"))
+            st.success(f"Finished. Test accuracy (best-val epoch): {accs}. Open **Compare** for the full table.")
+
+
+def page() -> None:
+    st.title("Train")
+    st.markdown("Distil a teacher into a student. Each launch runs as a background job (one at a time), so the "
+                "page stays responsive and you can reload it or open it in another tab.")
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        form = _form()
+        launch = st.button("Launch", type="primary", key="tr_launch", disabled=form is None)
+        if launch and form is not None:
+            _launch(form[0])
+    with right:
+        polling = launch or any(r.state in ("queued", "running") for r in common.store().list())
+        st.session_state["tr_polling"] = polling
+        st.fragment(_live_panel, run_every=1.0 if polling else None)()
