@@ -40,7 +40,7 @@ app: setup
 	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true
 
 lab: setup
-	$(VENV)/bin/jupyter lab --ip $(HOST) --notebook-dir notebooks
+	KDW_RUNS_DIR=$(CURDIR)/runs $(VENV)/bin/jupyter lab --ip $(HOST) --notebook-dir notebooks
 
 test: setup
 	$(PY) -m pytest tests

@@ -102,50 +102,26 @@ def _train_config(args, kind: str, seed: int, **over):
     return TrainConfig(**fields)
 
 
+def _command() -> str:
+    """The command line that launched this process, when it was kdw."""
+    if sys.argv and sys.argv[0].endswith(("kdw", "__main__.py")):
+        return " ".join(["kdw", *sys.argv[1:]])
+    return ""
+
+
 def run_config_dict(config) -> dict:
-    d = config.to_dict()
-    d["model_label"] = config.model.label()
-    d["command"] = " ".join(["kdw", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("kdw", "__main__.py")) else ""
-    return d
-
-
-class CommandError(RuntimeError):
-    """A command could not do what was asked; the message is for the user."""
-
-
-class TqdmCallback:
-    """A tqdm bar over the steps, with the epoch's validation accuracy in the postfix."""
-
-    def __init__(self, desc: str, position: int = 0):
-        self.desc, self.bar = desc, None
-
-    def __call__(self, event):
-        from tqdm.auto import tqdm
-
-        if event["event"] == "start":
-            self.bar = tqdm(total=event["total_steps"], desc=self.desc, unit="step", leave=True,
-                            dynamic_ncols=True, mininterval=0.5)
-        elif event["event"] == "step" and self.bar is not None:
-            self.bar.update(1)
-        elif event["event"] == "epoch" and self.bar is not None:
-            self.bar.set_postfix(epoch=event["epoch"], loss=f"{event['train_loss']:.3f}",
-                                 val_acc=f"{100 * event['val_acc']:.2f}%")
-        elif event["event"] == "end" and self.bar is not None:
-            self.bar.close()
+    return config.record(_command())
 
 
 def _run_foreground(store, config, prefix: str, run_id=None, quiet=False):
     """Create a run and execute it in this process with a progress bar; returns the run."""
-    from .jobs import execute_run
+    from .jobs import run_in_process
+    from .train import TqdmProgress
 
-    run = store.create(run_config_dict(config), run_id=run_id, prefix=prefix)
     desc = f"{config.kind:7s} {config.model.label()}" + (f" T={config.temperature:g} α={config.alpha:g}"
                                                          if config.kind == "kd" else "")
-    callbacks = [] if quiet else [TqdmCallback(desc)]
-    state = execute_run(run, store, callbacks, reraise_interrupt=True)
-    if state != "done":
-        raise CommandError(f"run {run.run_id} {state}: {run.status().get('error')}")
-    return run
+    return run_in_process(store, config, [] if quiet else [TqdmProgress(desc)], run_id=run_id, prefix=prefix,
+                          command=_command())
 
 
 def cmd_train(args, kind: str) -> int:
@@ -325,12 +301,14 @@ def cmd_sweep(args) -> int:
     if args.widths or args.depths:
         print(format_table(size_table(runs), aggregated=True))
     else:
+        from .compare import _pct, _signed_pct
+
         sc = scratch_cell(runs)
-        print(f"\nscratch: {100 * sc['test_acc']:.2f} ± {100 * sc['test_acc_std']:.2f} % over {sc['seeds']} seed(s)")
+        print(f"\nscratch (α = 0): {_pct(sc['test_acc'], sc['test_acc_std'])} % over {sc['seeds']} seed(s)")
         print(f"{'T':>6s} {'α':>6s} {'test acc %':>16s} {'KD gain (pts)':>16s}")
         for c in grid_table(runs):
-            print(f"{c['temperature']:6g} {c['alpha']:6g} {100 * c['test_acc']:8.2f} ± {100 * c['test_acc_std']:5.2f} "
-                  f"{100 * c['kd_gain']:+8.2f} ± {100 * c['kd_gain_std']:5.2f}")
+            print(f"{c['temperature']:6g} {c['alpha']:6g} {_pct(c['test_acc'], c['test_acc_std']):>16s} "
+                  f"{_signed_pct(c['kd_gain'], c['kd_gain_std']):>16s}")
     print(f"\nkdw compare --group {group} --aggregate   |   kdw report --group {group}")
     return 0
 

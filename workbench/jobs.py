@@ -39,7 +39,7 @@ def friendly_error(e: BaseException) -> str:
     if type(e).__name__ in ("OutOfMemoryError",):
         return f"the GPU ran out of memory ({msg.splitlines()[0]}); use a smaller batch size or model"
     first = msg.splitlines()[0]
-    known = ("TrainingError", "ModelError", "DataError", "RunStoreError", "ValueError", "CommandError")
+    known = ("TrainingError", "ModelError", "DataError", "RunStoreError", "ValueError", "RunFailed")
     return first if type(e).__name__ in known else f"{type(e).__name__}: {first}"
 
 
@@ -109,6 +109,23 @@ def _log_traceback(run: Run) -> None:
             traceback.print_exc(file=f)
     except OSError:
         pass
+
+
+class RunFailed(RuntimeError):
+    """An in-process run ended failed or cancelled; the message says why."""
+
+
+def run_in_process(store: RunStore, config, callbacks=(), *, run_id: str | None = None, prefix: str | None = None,
+                   command: str = "") -> Run:
+    """Create a run for `config` and execute it here (blocking); returns the finished run.
+
+    For the CLI, notebooks and benchmarks. Ctrl-C marks the run cancelled and propagates.
+    """
+    run = store.create(config.record(command), run_id=run_id, prefix=prefix or config.kind)
+    state = execute_run(run, store, callbacks, reraise_interrupt=True)
+    if state != "done":
+        raise RunFailed(f"run {run.run_id} {state}: {run.status().get('error')}")
+    return run
 
 
 # ---------------------------------------------------------------------------

@@ -92,6 +92,10 @@ class TrainConfig:
         d["model"] = self.model.to_dict()
         return d
 
+    def record(self, command: str = "") -> dict:
+        """What a run's config.json holds: the config, the student's label and how it was launched."""
+        return self.to_dict() | {"model_label": self.model.label(), "command": command}
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f for f in cls.__dataclass_fields__}
@@ -147,6 +151,27 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 
 def resolve_augment(config: TrainConfig, dataset) -> str:
     return dataset.default_augment if config.augment == "auto" else config.augment
+
+
+class TqdmProgress:
+    """A callback drawing a tqdm bar over the steps, with the epoch's validation accuracy beside it."""
+
+    def __init__(self, desc: str = "training"):
+        self.desc, self.bar = desc, None
+
+    def __call__(self, event: dict) -> None:
+        from tqdm.auto import tqdm
+
+        if event["event"] == "start":
+            self.bar = tqdm(total=event["total_steps"], desc=self.desc, unit="step", leave=True,
+                            dynamic_ncols=True, mininterval=0.5)
+        elif event["event"] == "step" and self.bar is not None:
+            self.bar.update(1)
+        elif event["event"] == "epoch" and self.bar is not None:
+            self.bar.set_postfix(epoch=event["epoch"], loss=f"{event['train_loss']:.3f}",
+                                 val_acc=f"{100 * event['val_acc']:.2f}%")
+        elif event["event"] == "end" and self.bar is not None:
+            self.bar.close()
 
 
 def _emit(callbacks, event: dict) -> None:

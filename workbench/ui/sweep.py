@@ -46,7 +46,7 @@ def _submit(configs: list[TrainConfig], group: str) -> None:
         return
     runner = common.runner()
     for c in configs:
-        runner.submit(c.to_dict() | {"model_label": c.model.label(), "command": "app: Sweep page"}, prefix=c.kind)
+        runner.submit(c.record("app: Sweep page"), prefix=c.kind)
     st.session_state["sw_group"] = group
     st.toast(f"Queued {len(configs)} runs as {group}.")
 

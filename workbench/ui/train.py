@@ -97,8 +97,7 @@ def _launch(configs: list[TrainConfig]) -> None:
     group = new_run_id(GROUP_PREFIX)
     runner = common.runner()
     for c in configs:
-        d = c.to_dict() | {"group": group, "model_label": c.model.label(), "command": "app: Train page"}
-        runner.submit(d, prefix=c.kind)
+        runner.submit(c.record("app: Train page") | {"group": group}, prefix=c.kind)
     st.session_state["tr_group"] = group
     st.toast(f"Queued {len(configs)} job(s) as {group}.")
 

@@ -1,0 +1,315 @@
+"""Jupyter widgets: the app's views in a notebook, on the same core and the same plots.
+
+- `TemperatureExplorer()`: a teacher's softened probabilities for one image as T moves.
+- `DistillPanel()`: set up a distillation (and its scratch twin), train it, watch the curves.
+- `compare(runs)` and `sweep_heatmap(runs)`: the app's comparison and sweep figures.
+
+Training runs as a job through the same runner as the app (a subprocess writing to the
+run store), and a background thread polls the store to redraw. We chose that over
+training inside the kernel because the notebook never freezes, Stop is a clean cancel,
+the runs outlive a kernel restart, and the app and the notebook share one code path.
+`DistillPanel.wait()` blocks until the jobs finish, for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import ipywidgets as W
+import plotly.graph_objects as go
+import torch
+
+from . import plots
+from .compare import aggregate, comparison_rows, find_scratch_twins, table_columns
+from .data import available_datasets, load_dataset
+from .explain import objective_text, teacher_view
+from .jobs import LocalQueueRunner
+from .models import FAMILIES, ModelConfig, build_model, count_params
+from .runs import FINISHED, Run, RunStore, new_run_id
+from .sweep import grid_table
+from .teachers import load_teacher, shipped_teachers
+from .train import TrainConfig, available_devices, check_setup
+
+SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
+
+
+def _redraw(widget: go.FigureWidget, fig: go.Figure) -> None:
+    """Replace a FigureWidget's content with a figure from `plots` (so both always match)."""
+    with widget.batch_update():
+        widget.data = ()
+        widget.add_traces(list(fig.data))
+        widget.layout = fig.layout
+
+
+def _teacher_options(dataset: str, store: RunStore) -> list[tuple[str, str]]:
+    opts = [(f"{c['name']} (shipped)", c["name"]) for c in shipped_teachers(dataset)]
+    opts += [(f"{r.run_id} (teacher run)", r.run_id) for r in store.list(kind="teacher", state="done")
+             if r.config.get("dataset") == dataset]
+    return opts
+
+
+def _datasets() -> list[str]:
+    return [k for k, v in available_datasets().items() if v is None]
+
+
+class TemperatureExplorer(W.VBox):
+    """Pick a data set, a shipped teacher, an image and T; see the softened probabilities live."""
+
+    def __init__(self, dataset: str | None = None, store: RunStore | None = None):
+        self.store = store or RunStore()
+        names = _datasets()
+        self.dataset = W.Dropdown(options=names, value=dataset or ("fashion-mnist" if "fashion-mnist" in names
+                                                                    else "digits"), description="data set")
+        self.teacher = W.Dropdown(description="teacher")
+        self.index = W.BoundedIntText(value=0, min=0, max=0, description="test image")
+        self.random = W.Button(description="random image")
+        self.temperature = W.FloatSlider(value=4.0, min=1.0, max=20.0, step=0.5, description="T",
+                                         continuous_update=True)
+        self.info = W.HTML()
+        self.image = go.FigureWidget()
+        self.bars = go.FigureWidget()
+        self.ranking = go.FigureWidget()
+        self.dataset.observe(self._on_dataset, "value")
+        for w in (self.teacher, self.index, self.temperature):
+            w.observe(lambda _: self.refresh(), "value")
+        self.random.on_click(lambda _: setattr(self.index, "value", int(torch.randint(0, self.index.max + 1, (1,)))))
+        controls = W.VBox([self.dataset, self.teacher, W.HBox([self.index, self.random]), self.temperature, self.info])
+        super().__init__([W.HBox([controls, self.image]), self.bars, self.ranking])
+        self._on_dataset()
+
+    def _on_dataset(self, _=None) -> None:
+        self._ds = load_dataset(self.dataset.value)
+        self.index.max = len(self._ds.x_test) - 1
+        opts = _teacher_options(self.dataset.value, self.store)
+        self.teacher.options = opts
+        if opts:
+            self.teacher.value = opts[0][1]
+        self.refresh()
+
+    def refresh(self) -> None:
+        if not self.teacher.value:
+            self.info.value = f"<b>No teacher for {self.dataset.value}.</b> Train one with <code>kdw teacher</code>."
+            return
+        ds, T = self._ds, float(self.temperature.value)
+        model = load_teacher(self.teacher.value, self.store).model
+        v = teacher_view(model, ds, int(self.index.value), T)
+        x, y = ds.split("test")
+        _redraw(self.image, plots.image(ds.denormalise(x[int(self.index.value)]).numpy(),
+                                        f"Test image #{self.index.value}", ds.classes[v.true_class]))
+        _redraw(self.bars, plots.probability_bars(ds.classes, v.probs_t1.tolist(), v.probs_T.tolist(), T,
+                                                  v.true_class))
+        _redraw(self.ranking, plots.dark_knowledge_ranking(ds.classes, v.probs_T.tolist(), v.true_class, T))
+        top = ", ".join(f"{c} ({100 * p:.1f}%)" for c, p in v.wrong_ranking[:3])
+        self.info.value = (f"true: <b>{ds.classes[v.true_class]}</b>, predicted: <b>{ds.classes[v.predicted]}</b><br>"
+                           f"entropy at T = 1: {v.entropy_t1:.3f} nats; at T = {T:g}: {v.entropy_T:.3f} nats<br>"
+                           f"looks most like: {top}")
+
+
+class DistillPanel(W.VBox):
+    """Controls for a distillation run and its scratch twin, a Train and a Stop button, live curves, the table."""
+
+    def __init__(self, dataset: str | None = None, store: RunStore | None = None, poll_s: float = 0.5):
+        self.store = store or RunStore()
+        self.runner = LocalQueueRunner(self.store)
+        self.poll_s = poll_s
+        self.run_ids: list[str] = []
+        self._thread: threading.Thread | None = None
+        names = _datasets()
+        self.dataset = W.Dropdown(options=names, value=dataset or ("fashion-mnist" if "fashion-mnist" in names
+                                                                    else "digits"), description="data set")
+        self.teacher = W.Dropdown(description="teacher")
+        self.family = W.Dropdown(options=list(FAMILIES), value="mlp", description="student")
+        self.depth = W.BoundedIntText(value=1, min=1, max=56, description="depth")
+        self.width = W.BoundedFloatText(value=64, min=0.25, max=1024, description="width")
+        self.size = W.HTML()
+        self.temperature = W.FloatSlider(value=4.0, min=1.0, max=20.0, step=0.5, description="T", **SLIDER)
+        self.alpha = W.FloatSlider(value=0.9, min=0.0, max=1.0, step=0.05, description="α (KD weight)", **SLIDER)
+        self.objective = W.HTML()
+        self.epochs = W.BoundedIntText(value=10, min=1, max=500, description="epochs")
+        self.labels = W.BoundedIntText(value=0, min=0, max=10**7, description="labels (0 = all)",
+                                       style={"description_width": "initial"})
+        self.device = W.Dropdown(options=available_devices(), value="auto", description="device")
+        self.seed = W.BoundedIntText(value=0, min=0, max=10**6, description="seed")
+        self.scratch = W.Checkbox(value=True, description="also train the scratch twin (α = 0)", indent=False)
+        self.train_button = W.Button(description="Train", button_style="primary", icon="play")
+        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
+        self.status = W.HTML()
+        self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, description="progress")
+        self.curves = go.FigureWidget()
+        self.table = W.Output()
+        self.dataset.observe(self._on_dataset, "value")
+        for w in (self.family, self.depth, self.width):
+            w.observe(lambda _: self._on_model(), "value")
+        for w in (self.temperature, self.alpha):
+            w.observe(lambda _: self._on_objective(), "value")
+        self.train_button.on_click(lambda _: self.train())
+        self.stop_button.on_click(lambda _: self.stop())
+        left = W.VBox([self.dataset, self.teacher, self.family, W.HBox([self.depth, self.width]), self.size,
+                       self.temperature, self.alpha, self.objective, W.HBox([self.epochs, self.labels]),
+                       W.HBox([self.device, self.seed]), self.scratch,
+                       W.HBox([self.train_button, self.stop_button]), self.progress, self.status])
+        super().__init__([W.HBox([left, self.curves]), self.table])
+        self._on_dataset()
+        self._on_objective()
+
+    # -- controls ----------------------------------------------------------------
+    def _on_dataset(self, _=None) -> None:
+        self._ds = load_dataset(self.dataset.value)
+        opts = _teacher_options(self.dataset.value, self.store)
+        self.teacher.options = opts
+        if opts:
+            self.teacher.value = opts[0][1]
+        self.epochs.value = 10 if self.dataset.value == "fashion-mnist" else 20
+        self._on_model()
+
+    def model_config(self) -> ModelConfig:
+        spec = FAMILIES[self.family.value]
+        depth = int(self.depth.value) if spec.default_depth is not None else None
+        if spec.depth_choices and depth not in spec.depth_choices:
+            depth = spec.default_depth
+        width = self.width.value if spec.default_width is not None else None
+        if width is not None and self.family.value != "mobilenet_v2":
+            width = int(width)
+        return ModelConfig(self.family.value, depth, width)
+
+    def _on_model(self) -> None:
+        try:
+            cfg = self.model_config()
+            m = build_model(cfg, self._ds.input_shape, self._ds.num_classes)
+            from .compare import format_flops
+            from .evaluate import flops_per_sample
+
+            self.size.value = (f"<b>{cfg.label()}</b>: {count_params(m):,} parameters · "
+                               f"{format_flops(flops_per_sample(m, self._ds.input_shape))} per image")
+        except ValueError as e:
+            self.size.value = f"<span style='color:#c00'>{e}</span>"
+
+    def _on_objective(self) -> None:
+        self.objective.value = (f"<code>{objective_text(self.temperature.value, self.alpha.value)}</code><br>"
+                                "<small>α = 0: scratch · α = 1: pure distillation</small>")
+
+    def configs(self) -> list[TrainConfig]:
+        common = dict(dataset=self.dataset.value, model=self.model_config(), teacher=self.teacher.value,
+                      temperature=float(self.temperature.value), epochs=int(self.epochs.value),
+                      labels=int(self.labels.value) or None, device=self.device.value, seed=int(self.seed.value))
+        out = [TrainConfig(kind="kd", alpha=float(self.alpha.value), **common)]
+        if self.scratch.value:
+            out.insert(0, TrainConfig(kind="scratch", alpha=0.0, **common))
+        return out
+
+    # -- jobs -------------------------------------------------------------------------
+    def train(self) -> list[str]:
+        """Queue the KD run (and its scratch twin) and start following them; returns their run ids."""
+        try:
+            configs = self.configs()
+            check_setup(configs[-1], self.store)
+        except Exception as e:
+            from .jobs import friendly_error
+
+            self.status.value = f"<span style='color:#c00'>Cannot train: {friendly_error(e)}</span>"
+            return []
+        group = new_run_id("notebook")
+        self.run_ids = [self.runner.submit(c.record("notebook: DistillPanel") | {"group": group}, prefix=c.kind)
+                        for c in configs]
+        self.train_button.disabled, self.stop_button.disabled = True, False
+        self.status.value = f"queued {', '.join(self.run_ids)}"
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+        return self.run_ids
+
+    def stop(self) -> None:
+        for rid in self.run_ids:
+            if self.runner.status(rid)["state"] not in FINISHED:
+                self.runner.cancel(rid)
+        self.status.value = "stop sent"
+
+    def wait(self, timeout: float = 600.0) -> list[dict]:
+        """Block until the queued runs finish; returns their statuses."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return [self.runner.status(rid) for rid in self.run_ids]
+
+    def _follow(self) -> None:
+        while True:
+            finished = self.refresh()
+            if finished:
+                break
+            time.sleep(self.poll_s)
+        self.train_button.disabled, self.stop_button.disabled = False, True
+
+    def refresh(self) -> bool:
+        """Redraw progress, status and curves from the run store; True once every run has finished."""
+        runs = [self.store.get(rid) for rid in self.run_ids]
+        statuses = [r.status() for r in runs]
+        fractions = [1.0 if s["state"] in FINISHED else float((s.get("progress") or {}).get("fraction", 0.0))
+                     for s in statuses]
+        self.progress.value = sum(fractions) / max(1, len(fractions))
+        parts = []
+        for r, s in zip(runs, statuses):
+            msg = f"{r.config.get('kind')}: {s['state']}"
+            if s["state"] == "failed":
+                msg += f" <span style='color:#c00'>({s.get('error')})</span>"
+            parts.append(msg)
+        self.status.value = " · ".join(parts)
+        series = {f"{r.config.get('kind')} {r.config.get('model_label')}": r.metrics() for r in runs}
+        series = {k: v for k, v in series.items() if v}
+        if series:
+            colors = {k: plots.KD if k.startswith("kd") else plots.SCRATCH for k in series}
+            _redraw(self.curves, plots.training_curves(series, colors))
+        done = all(s["state"] in FINISHED for s in statuses)
+        if done:
+            finished = [r for r in runs if r.state == "done"]
+            self.table.outputs = ()
+            if finished:  # append_display_data is safe from this polling thread; `with output:` is not
+                self.table.append_display_data(comparison_table(finished))
+        return done
+
+
+def _as_runs(runs, store: RunStore | None = None) -> list[Run]:
+    store = store or RunStore()
+    if isinstance(runs, str):  # a group name
+        return store.list(group=runs)
+    return [store.get(r) if isinstance(r, str) else r for r in runs]
+
+
+def comparison_table(runs, aggregated: bool = False):
+    """The comparison table as a pandas DataFrame (KD runs paired with their scratch twins)."""
+    import pandas as pd
+
+    rows = comparison_rows(runs)
+    shown = aggregate(rows) if aggregated else rows
+    return pd.DataFrame([{name: fn(r) for name, fn in table_columns(aggregated)} for r in shown])
+
+
+def compare(runs, store: RunStore | None = None, aggregated: bool = False) -> W.VBox:
+    """The app's Compare view: the table, training curves, Pareto plots and confusion matrices.
+
+    `runs`: run ids, Run objects, or a group name.
+    """
+    store = store or RunStore()
+    runs = _as_runs(runs, store)
+    runs = runs + [r for r in find_scratch_twins(runs, store) if r not in runs]
+    rows = comparison_rows(runs)
+    out = W.Output()
+    out.append_display_data(comparison_table(runs, aggregated))
+    device = next((r["device"] for r in rows if r.get("device")), None)
+    figs = [plots.training_curves({f"{r.config.get('kind')} {r.config.get('model_label')} {r.run_id}": r.metrics()
+                                   for r in runs if r.metrics()}),
+            plots.pareto(rows, "latency_ms", device), plots.pareto(rows, "size_mb")]
+    kd = next((r for r in runs if r.config.get("kind") == "kd" and r.state == "done"), None)
+    if kd is not None and kd.summary.get("teacher"):
+        classes = load_dataset(kd.config["dataset"], kd.config.get("data_dir")).classes
+        figs.append(plots.confusion_matrices({"teacher": kd.summary["teacher"]["test"]["confusion_matrix"],
+                                              f"kd {kd.config.get('model_label')}": kd.summary["test"]["confusion_matrix"]},
+                                             classes))
+    return W.VBox([out, *[go.FigureWidget(f) for f in figs]])
+
+
+def sweep_heatmap(runs, store: RunStore | None = None) -> W.HBox:
+    """The app's sweep heatmaps: mean test accuracy and KD gain over T × α (seed spread on hover)."""
+    cells = grid_table(_as_runs(runs, store))
+    if not cells:
+        raise ValueError("no finished KD runs in these runs: run a sweep first (workbench.sweep or `kdw sweep`)")
+    return W.HBox([go.FigureWidget(plots.sweep_heatmap(cells, "test_acc")),
+                   go.FigureWidget(plots.sweep_heatmap(cells, "kd_gain"))])
