@@ -125,3 +125,24 @@ def test_softmax_t_flattens_with_temperature_and_entropy_grows():
     h = [entropy(softmax_t(z, T)).item() for T in (1, 2, 5, 20)]
     assert h == sorted(h)
     assert h[-1] < math.log(3) + 1e-9
+
+
+@pytest.mark.parametrize("T, alpha", [(1.0, 0.5), (4.0, 0.9), (8.0, 1.0), (2.0, 0.0)])
+def test_fused_objective_matches_the_reference_in_value_and_gradient(T, alpha):
+    from workbench.losses import fused_distillation_objective
+
+    torch.manual_seed(7)
+    z_s = torch.randn(32, 10, dtype=torch.float64)
+    z_t = 3 * torch.randn(32, 10, dtype=torch.float64)
+    y = torch.randint(0, 10, (32,))
+    y[::3] = -1  # some unlabelled samples
+    a = z_s.clone().requires_grad_(True)
+    ref = distillation_objective(a, z_t, y, T, alpha)
+    ref.backward()
+    b = z_s.clone().requires_grad_(True)
+    fused = fused_distillation_objective(b, torch.log_softmax(z_t / T, 1), y, T, alpha)
+    fused.backward()
+    assert fused.item() == pytest.approx(ref.item(), rel=1e-12, abs=1e-12)
+    assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda z: fused_distillation_objective(z, torch.log_softmax(z_t / T, 1), y, T,
+                                                                           alpha), (z_s.clone().requires_grad_(True),))

@@ -111,8 +111,11 @@ def test_label_budget_scratch_sees_only_n_labels_kd_sees_every_image(store):
 
 
 def test_non_finite_loss_stops_the_run_and_marks_it_failed(store, monkeypatch):
-    monkeypatch.setattr(train_mod, "distillation_objective",
-                        lambda s, t, y, T, a: (s * float("nan")).sum())
+    def nan_loss(s, t, y, T, a):
+        return (s * float("nan")).sum()
+
+    monkeypatch.setattr(train_mod, "distillation_objective", nan_loss)
+    monkeypatch.setattr(train_mod, "fused_distillation_objective", nan_loss)
     run, state = _run(store, kind="kd")
     assert state == "failed"
     assert "diverged" in run.status()["error"]

@@ -143,18 +143,26 @@ _MEMORY_MAX = 16
 
 
 @torch.inference_mode()
-def compute_logits(model: nn.Module, x: torch.Tensor, view: str = "plain", batch_size: int = 1024) -> torch.Tensor:
-    """(N, K) float32 logits of `model` on `x` under a deterministic view."""
+def compute_logits(model: nn.Module, x: torch.Tensor, view: str = "plain", batch_size: int = 256) -> torch.Tensor:
+    """(N, K) float32 logits of `model` on `x` under a deterministic view.
+
+    Conv nets run in channels_last, at batch 256: measured 3.3x faster on 2 CPU cores than
+    contiguous tensors at batch 1024 (docs/performance.md).
+    """
+    from .models import is_convnet
+
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     model.eval()
     device = next(model.parameters()).device
+    fmt = torch.channels_last if is_convnet(model) and x.ndim == 4 else torch.contiguous_format
+    model.to(memory_format=fmt)
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(device)
         if view == "flip":
             xb = batch_flip_lr(xb, torch.ones(len(xb), dtype=torch.bool, device=device))
-        out.append(model(xb).float())
+        out.append(model(xb.contiguous(memory_format=fmt)).float())
     return torch.cat(out)
 
 

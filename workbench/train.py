@@ -21,7 +21,8 @@ import torch
 
 from .data import AUGMENTATIONS, DATASETS, BatchLoader, label_mask, load_dataset
 from .evaluate import classification_metrics, model_profile, predict_logits
-from .losses import OBJECTIVE, check_alpha, check_temperature, distillation_objective
+from .losses import (OBJECTIVE, check_alpha, check_temperature, distillation_objective,
+                     fused_distillation_objective)
 from .models import ModelConfig, build_model, count_params, is_convnet
 from .teachers import Teacher, cached_logits, check_fits, load_teacher
 
@@ -54,6 +55,7 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda, then mps, then cpu
     amp: bool = True  # bf16 autocast where the device supports it (CUDA)
     compile: bool = False  # torch.compile the student (opt-in)
+    teacher_cache: bool = True  # look the teacher's logits up per view instead of running it on every batch
     group: str | None = None  # a tag that ties runs together (a demo, a sweep)
     profile: bool = True  # measure latency/throughput at the end
 
@@ -201,11 +203,11 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
         teacher = load_teacher(config.teacher, store)
         check_fits(teacher.model, dataset)
         teacher.model.to(device)
-    cached = {}  # view -> (N_train, K) logits on the device
-    if config.kind == "kd" and "crop" not in augment:
+    log_p_t = None  # (views, N_train, K): log softmax(z_t / T) per deterministic view, on the device
+    if config.kind == "kd" and config.teacher_cache and "crop" not in augment:
         views = ["plain", "flip"] if "flip" in augment else ["plain"]
-        for view in views:
-            cached[view] = cached_logits(teacher, dataset, "train", view, cache_dir, device)
+        log_p_t = torch.stack([torch.log_softmax(cached_logits(teacher, dataset, "train", v, cache_dir, device)
+                                                 / config.temperature, 1) for v in views])
 
     # ---- student ---------------------------------------------------------------------
     torch.manual_seed(config.seed)  # same init for a scratch student and its KD twin
@@ -259,17 +261,16 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = forward(x)  # (B, K)
             logits = logits.float()
-            t_logits = None
-            if config.kind == "kd":
-                if cached:  # look the teacher up: flipped samples take the flipped view's logits
-                    t_logits = cached["plain"][idx]
-                    if flip is not None:
-                        t_logits = torch.where(flip[:, None], cached["flip"][idx], t_logits)
-                else:  # random crops cannot be enumerated: run the frozen teacher on this batch
-                    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                                         enabled=amp_dtype is not None):
-                        t_logits = teacher.model(x).float()
-            loss = distillation_objective(logits, t_logits, y_seen, T, alpha)
+            if config.kind != "kd":
+                loss = distillation_objective(logits, None, y_seen, T, 0.0)  # cross-entropy alone
+            elif log_p_t is not None:  # look the teacher up: flipped samples take the flipped view
+                lp = log_p_t[0, idx] if flip is None else log_p_t[flip.long(), idx]  # (B, K)
+                loss = fused_distillation_objective(logits, lp, y_seen, T, alpha)
+            else:  # random crops cannot be enumerated: run the frozen teacher on this batch
+                with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                                     enabled=amp_dtype is not None):
+                    t_logits = teacher.model(x).float()
+                loss = distillation_objective(logits, t_logits, y_seen, T, alpha)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
