@@ -123,3 +123,21 @@ def test_pages_work_without_fashion_mnist_and_say_how_to_get_it(monkeypatch):
     _no_errors(at)
     assert at.selectbox(key="dk_dataset").options == ["digits"]
     assert any("dataset-fashion-mnist" in c.value for c in at.caption)
+
+
+def test_train_page_method_dropdown_shows_the_methods_own_hyperparameters():
+    at = page_app("train").run()
+    at.selectbox(key="tr_dataset").select("digits").run()
+    at.selectbox(key="tr_method").select("rkd").run()
+    _no_errors(at)
+    assert at.slider(key="tr_T").disabled and at.slider(key="tr_alpha").disabled
+    assert any("Relational Knowledge Distillation" in c.value for c in at.caption)
+    assert at.number_input(key="tr_method_rkd_distance_weight").value == 25.0
+    at.number_input(key="tr_method_rkd_angle_weight").set_value(0.0).run()
+    assert any("0·angle" in c.value for c in at.caption)
+    at.selectbox(key="tr_student_family").select("mlp").run()
+    at.selectbox(key="tr_method").select("at").run()
+    at.button(key="tr_launch").click().run()
+    assert any("needs convolutional stages" in e.value for e in at.error)  # refused before any job exists
+    at.radio(key="tr_strategy").set_value("teacher assistant").run()
+    assert at.selectbox(key="tr_assistant_family").value == "cnn"

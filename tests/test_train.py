@@ -50,8 +50,8 @@ def test_teacher_stays_frozen_in_eval_mode(store, monkeypatch):
     held = {}
     real = train_mod.load_teacher
 
-    def spy(spec, store=None, config=None):
-        t = real(spec, store, config)
+    def spy(spec, store=None, config=None, **kw):
+        t = real(spec, store, config, **kw)
         held["teacher"] = t
         held["before"] = {k: v.clone() for k, v in t.model.state_dict().items()}
         return t

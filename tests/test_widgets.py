@@ -30,6 +30,14 @@ def test_distill_panel_shows_live_size_and_objective():
     assert p.temperature.continuous_update is False and p.alpha.continuous_update is False
     p.family.value = "resnet"
     assert "resnet(d=" in p.size.value
+    p.method.value = "fitnet"
+    assert p.temperature.disabled and "Romero" in p.method_info.value and "100" in p.objective.value
+    p.method_params.value = "beta=20"
+    assert "20" in p.objective.value
+    cfg = p.configs()[-1]
+    assert cfg.method == "fitnet" and cfg.method_params == {"beta": 20}
+    p.method_params.value = "gamma=1"
+    assert "no hyperparameters" in p.objective.value
 
 
 @pytest.mark.slow

@@ -48,6 +48,15 @@ def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
                            help=f"weight of the KD term in [0, 1] (default {kd_alpha})")
             g.add_argument("--no-scratch", action="store_true",
                            help="do not also train the scratch twin (same student and budget, α = 0)")
+            from .methods import METHODS
+
+            g.add_argument("--method", default="kd", choices=list(METHODS), metavar="METHOD",
+                           help="distillation method: " + ", ".join(f"{k} ({v.title})" for k, v in METHODS.items())
+                                + " (default: kd). `kdw methods` lists their hyperparameters")
+            g.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                           help="a method hyperparameter, e.g. --param beta=100 (repeatable)")
+            g.add_argument("--teacher-weights", type=float, nargs="+", default=None,
+                           help="weights of an ensemble teacher given as --teacher a,b (default: equal)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -88,14 +97,18 @@ def _train_config(args, kind: str, seed: int, **over):
                              f"{args.dataset}` and pass its run id with --teacher")
     fields = dict(
         kind=kind, dataset=args.dataset, data_dir=args.data_dir, teacher=teacher,
-        model=ModelConfig(args.model, args.depth, args.width if args.width is None or not
-                          float(args.width).is_integer() or args.model == "mobilenet_v2" else int(args.width),
-                          args.pretrained),
+        model=ModelConfig(args.model, args.depth, args.width, args.pretrained),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, labels=_parse_labels(args.labels), augment=args.augment, seed=seed,
         device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
     if kind == "kd":
-        fields.update(temperature=args.temperature, alpha=args.alpha)
+        from .methods import parse_params
+
+        fields.update(temperature=args.temperature, alpha=args.alpha, method=args.method,
+                      method_params=parse_params(args.param),
+                      teacher_weights=tuple(args.teacher_weights) if args.teacher_weights else None)
+        if args.method == "dml" and not getattr(args, "teacher", None):
+            fields["teacher"] = None  # online distillation needs no teacher
     else:
         fields.update(alpha=0.0)
     fields.update(over)
@@ -313,6 +326,52 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from .methods import METHODS
+
+    for name, m in METHODS.items():
+        print(f"{name:7s} {m.title}: {m.description}")
+        print(f"        {m.citation}")
+        if m.uses_config_t_alpha:
+            print("        hyperparameters: -T/--temperature, --alpha (the project's α convention)")
+        for k, v in m.defaults.items():
+            print(f"        --param {k}={v}" + (f"   ({m.help[k]})" if k in m.help else ""))
+    return 0
+
+
+def cmd_chain(args, strategy: str) -> int:
+    """born-again generations or a teacher-assistant chain, run in order."""
+    from .jobs import LocalQueueRunner, run_in_process
+    from .models import ModelConfig
+    from .runs import RunStore, new_run_id
+    from .strategies import born_again_chain, submit_chain, takd_chain, teacher_model_config
+    from .train import TqdmProgress, check_setup
+
+    store = RunStore(args.runs_dir)
+    store.ensure_writable()
+    base = _train_config(args, "kd", args.seed)
+    check_setup(base, store)
+    group = args.group or new_run_id(strategy)
+    if strategy == "ban":
+        chain = born_again_chain(base, args.generations, teacher_model_config(base.teacher, store), group)
+    else:
+        assistant = ModelConfig(args.assistant_model, args.assistant_depth, args.assistant_width)
+        chain = takd_chain(base, assistant, group)
+    if args.background:
+        ids = submit_chain(LocalQueueRunner(store), chain, _command())
+        print(f"queued {' -> '.join(ids)} (group {group})")
+        return 0
+    runs = []
+    for rid, cfg in chain:
+        desc = f"{cfg.model.label()} <- {cfg.teacher}"
+        runs.append(run_in_process(store, cfg, [TqdmProgress(desc)], run_id=rid, command=_command()))
+    from .compare import comparison_rows, format_table
+
+    print(format_table(comparison_rows(runs)))
+    print(f"\nchain {' -> '.join(r.run_id for r in runs)} (group {group})")
+    return 0
+
+
 def cmd_export(args) -> int:
     """Copy a finished run's best weights into assets/teachers with a card that says how to reproduce it."""
     import platform
@@ -411,6 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="kdw-report.html")
     s.add_argument("--title", default="KD Workbench report")
     _add_common(s)
+    s = add("methods", "list the distillation methods with their papers and hyperparameters")
+    s = add("born-again", "born-again networks: generations of students with the teacher's architecture")
+    _add_train_args(s, "kd")
+    s.add_argument("--generations", type=int, default=2)
+    s = add("takd", "teacher-assistant KD: teacher -> assistant -> student")
+    _add_train_args(s, "kd")
+    s.add_argument("--assistant-model", default="cnn")
+    s.add_argument("--assistant-depth", type=int, default=None)
+    s.add_argument("--assistant-width", type=float, default=None)
     s = add("teachers", "list the shipped teachers")
     s = add("export", "export a finished teacher run into assets/teachers with its card")
     s.add_argument("run_id", metavar="RUN")
@@ -434,13 +502,14 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    if args.command in ("teacher", "distill", "scratch", "sweep") and args.seeds < 1:
+    if args.command in ("teacher", "distill", "scratch", "sweep", "born-again", "takd") and args.seeds < 1:
         parser.error("--seeds must be >= 1")
     handlers = {"teacher": lambda a: cmd_train(a, "teacher"), "distill": lambda a: cmd_train(a, "kd"),
                 "scratch": lambda a: cmd_train(a, "scratch"), "runs": cmd_runs, "compare": cmd_compare,
                 "demo": cmd_demo, "job": cmd_job, "worker": cmd_worker, "cancel": cmd_cancel,
                 "teachers": cmd_teachers, "export": cmd_export, "sweep": cmd_sweep,
-                "report": cmd_report}
+                "report": cmd_report, "methods": cmd_methods, "born-again": lambda a: cmd_chain(a, "ban"),
+                "takd": lambda a: cmd_chain(a, "takd")}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "run_id": run.run_id if run else "",
         "model": summary.get("model_label") or summary.get("label") or config.get("model_label", ""),
         "dataset": summary.get("dataset") or config.get("dataset"),
+        "method": (config.get("method") or "kd") if role == "kd" else None,
         "temperature": config.get("temperature") if role == "kd" else None,
         "alpha": config.get("alpha") if role == "kd" else None,
         "labels": config.get("labels"),
@@ -53,7 +54,9 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "train_s": summary.get("train_s"),
         "_twin": twin_key(config) if role != "teacher" else None,
         "_group": twin_key(config, with_seed=False) + (repr(config.get("temperature")), repr(config.get("alpha")),
-                                                       role) if role != "teacher" else ("teacher",),
+                                                       role, repr(config.get("method")),
+                                                       repr(sorted((config.get("method_params") or {}).items())))
+        if role != "teacher" else ("teacher",),
     }
 
 
@@ -122,7 +125,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for members in groups.values():
         first = members[0]
-        agg = {k: first[k] for k in ("role", "model", "dataset", "temperature", "alpha", "labels", "epochs",
+        agg = {k: first[k] for k in ("role", "method", "model", "dataset", "temperature", "alpha", "labels", "epochs",
                                      "device", "threads")}
         agg["seeds"] = len(members)
         agg["run_ids"] = [m["run_id"] for m in members]
@@ -133,7 +136,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
             agg["verdict"] = gain_verdict(agg["kd_gain"], agg["kd_gain_std"], agg["seeds"])
         out.append(agg)
     return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, str(r["model"]),
-                                      r.get("temperature") or 0, r.get("alpha") or 0))
+                                      str(r.get("method") or ""), r.get("temperature") or 0, r.get("alpha") or 0))
 
 
 def gain_verdict(gain: float | None, std: float | None, n: int) -> str:
@@ -185,8 +188,9 @@ def table_columns(aggregated: bool) -> list[tuple[str, callable]]:
     cols = [
         ("role", lambda r: r["role"]),
         ("model", lambda r: str(r["model"])),
-        ("T", lambda r: _num(r.get("temperature"), "g")),
-        ("α", lambda r: _num(r.get("alpha"), "g")),
+        ("method", lambda r: r.get("method") or "—"),
+        ("T", lambda r: _num(r.get("temperature"), "g") if r.get("method") in (None, "kd") else "—"),
+        ("α", lambda r: _num(r.get("alpha"), "g") if r.get("method") in (None, "kd") else "—"),
         ("labels", lambda r: "all" if r.get("labels") is None else _num(r.get("labels"), "g")),
     ]
     if aggregated:
@@ -220,6 +224,6 @@ def format_table(rows: list[dict], aggregated: bool = False) -> str:
     foot = [f"latency/throughput: fp32 on {'; '.join(devices) or 'cpu'}. FLOPs count a multiply-add as 2. "
             "size = fp32 safetensors file.",
             "test acc (best val) = the epoch with the best validation accuracy; KD gain = KD − scratch, same seed(s)."]
-    verdicts = [f"{r['model']} T={r['temperature']} α={r['alpha']}: {r['verdict']}" for r in rows
-                if aggregated and r.get("verdict")]
+    verdicts = [f"{r['model']} {r.get('method') or 'kd'} T={r['temperature']} α={r['alpha']}: {r['verdict']}"
+                for r in rows if aggregated and r.get("verdict")]
     return "\n".join(lines + [""] + foot + verdicts)

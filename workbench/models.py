@@ -71,6 +71,8 @@ class ModelConfig:
                 raise ModelError(f"{self.family} has no width knob")
             if not self.width > 0:
                 raise ModelError(f"width must be > 0, got {self.width}")
+        if self.width is not None and self.family != "mobilenet_v2" and float(self.width).is_integer():
+            object.__setattr__(self, "width", int(self.width))  # 16.0 and 16 are the same model
         if self.pretrained and self.family not in ("resnet18", "mobilenet_v2"):
             raise ModelError("pretrained weights exist only for resnet18 and mobilenet_v2")
 
@@ -204,7 +206,7 @@ def _mobilenet_v2(input_shape, num_classes, width: float, pretrained: bool):
     m.features[0][0] = nn.Conv2d(input_shape[0], stem_out, 3, 1, 1, bias=False)  # keep small images' resolution
     m.classifier[-1] = nn.Linear(m.classifier[-1].in_features, num_classes)
     m.stages = {"stage1": "features.3", "stage2": "features.6", "stage3": "features.13",
-                "stage4": "features.18", "embedding": "classifier.0"}
+                "stage4": "features.18", "embedding": "classifier:in"}
     return m
 
 

@@ -67,7 +67,7 @@ class Teacher:
 
     @property
     def config(self) -> ModelConfig:
-        return self.model.kdw_config
+        return self.model.kdw_config  # an ensemble reports its first member's
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -87,12 +87,54 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_teacher(spec: str, store=None, config: ModelConfig | None = None) -> Teacher:
-    """Resolve a teacher spec (see the module docstring) to a frozen model."""
+class EnsembleTeacher(nn.Module):
+    """Several teachers as one: its logits are T·log Σᵢ wᵢ·softmax(zᵢ/T).
+
+    So softmax(logits / T) is exactly the weighted average of the members' softened
+    distributions (the multi-teacher target of You et al., KDD 2017), and the whole training
+    path, the logit cache included, works unchanged. Its top-1 class is the mixture's at T.
+    """
+
+    def __init__(self, members: list[nn.Module], weights: list[float], temperature: float):
+        super().__init__()
+        if len(weights) != len(members) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ModelError(f"teacher weights must be {len(members)} non-negative numbers, got {weights}")
+        self.members = nn.ModuleList(members)
+        total = float(sum(weights))
+        self.register_buffer("log_w", torch.log(torch.tensor([w / total for w in weights])))
+        self.temperature = float(temperature)
+        first = members[0]
+        for m in members[1:]:
+            if tuple(m.kdw_input_shape) != tuple(first.kdw_input_shape) or m.kdw_num_classes != first.kdw_num_classes:
+                raise ModelError("every teacher of an ensemble must take the same input and classes")
+        self.kdw_input_shape, self.kdw_num_classes = first.kdw_input_shape, first.kdw_num_classes
+        self.kdw_config = first.kdw_config
+
+    def forward(self, x):  # (B, C, H, W) -> (B, K)
+        T = self.temperature
+        log_p = torch.stack([torch.log_softmax(m(x).float() / T, 1) for m in self.members])  # (M, B, K)
+        return T * torch.logsumexp(log_p + self.log_w.view(-1, 1, 1), dim=0)
+
+
+def load_teacher(spec: str, store=None, config: ModelConfig | None = None, temperature: float = 4.0,
+                 weights=None) -> Teacher:
+    """Resolve a teacher spec (see the module docstring) to a frozen model.
+
+    A comma-separated spec (``a,b``) is an ensemble: the weighted average of the members'
+    softened distributions at `temperature` (equal weights unless `weights` are given).
+    """
     from .runs import RunStore, RunStoreError
 
     if not spec:
         raise ModelError("no teacher given")
+    if "," in spec:
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+        members = [load_teacher(p, store) for p in parts]
+        w = list(weights) if weights else [1.0] * len(members)
+        model = freeze(EnsembleTeacher([m.model for m in members], w, temperature))
+        label = "ensemble(" + " + ".join(m.label for m in members) + ")"
+        digest = hashlib.sha256(("|".join(m.digest for m in members) + f"|{w}|{temperature}").encode()).hexdigest()[:20]
+        return Teacher(model, spec, "ensemble", label, digest, {"members": [m.spec for m in members], "weights": w})
     store = store or RunStore()
     name = spec.split(":", 1)[1] if spec.startswith(("shipped:", "run:")) else spec
     shipped = {c["name"]: c for c in shipped_teachers()}

@@ -21,8 +21,10 @@ import torch
 
 from .data import AUGMENTATIONS, DATASETS, BatchLoader, label_mask, load_dataset
 from .evaluate import classification_metrics, model_profile, predict_logits
+from .hooks import FeatureHooks
 from .losses import (OBJECTIVE, check_alpha, check_temperature, distillation_objective,
                      fused_distillation_objective)
+from .methods import StepContext, build_method
 from .models import ModelConfig, build_model, count_params, is_convnet
 from .teachers import Teacher, cached_logits, check_fits, load_teacher
 
@@ -58,6 +60,9 @@ class TrainConfig:
     teacher_cache: bool = True  # look the teacher's logits up per view instead of running it on every batch
     group: str | None = None  # a tag that ties runs together (a demo, a sweep)
     profile: bool = True  # measure latency/throughput at the end
+    method: str = "kd"  # a name from workbench.methods.METHODS (kd runs only)
+    method_params: dict = field(default_factory=dict)  # overrides of the method's paper defaults
+    teacher_weights: tuple | None = None  # weights of an ensemble teacher ("a,b"); equal if None
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -68,8 +73,16 @@ class TrainConfig:
             raise ValueError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         check_temperature(self.temperature)
         check_alpha(self.alpha)
-        if self.kind == "kd" and not self.teacher:
+        from .methods import method_info
+
+        info = method_info(self.method)
+        if self.kind != "kd" and self.method != "kd":
+            raise ValueError(f"method {self.method!r} applies to kd runs, not {self.kind} runs")
+        if self.kind == "kd" and not self.teacher and info.needs_teacher:
             raise ValueError("a kd run needs a teacher")
+        info(self.method_params)  # unknown hyperparameters are an error now, not mid-run
+        if self.teacher_weights is not None:
+            object.__setattr__(self, "teacher_weights", tuple(float(w) for w in self.teacher_weights))
         if self.kind != "kd" and self.alpha != 0.0:
             object.__setattr__(self, "alpha", 0.0)  # teacher and scratch runs never use the KD term
         if self.epochs < 1:
@@ -92,6 +105,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_dict()
+        d["teacher_weights"] = list(self.teacher_weights) if self.teacher_weights is not None else None
         return d
 
     def record(self, command: str = "") -> dict:
@@ -141,10 +155,12 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> floa
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    # no weight decay on biases and norm parameters, as usual
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, extra: torch.nn.Module | None = None
+                   ) -> torch.optim.Optimizer:
+    """AdamW or SGD over the model and a method's learnable parts (`extra`), no decay on 1-d parameters."""
+    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    decay = [p for p in params if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
@@ -200,14 +216,20 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
     # ---- teacher: frozen, eval mode, logits cached per deterministic view ------------
     teacher: Teacher | None = None
     if config.teacher:
-        teacher = load_teacher(config.teacher, store)
+        teacher = load_teacher(config.teacher, store, temperature=config.temperature, weights=config.teacher_weights)
         check_fits(teacher.model, dataset)
         teacher.model.to(device)
-    log_p_t = None  # (views, N_train, K): log softmax(z_t / T) per deterministic view, on the device
-    if config.kind == "kd" and config.teacher_cache and "crop" not in augment:
-        views = ["plain", "flip"] if "flip" in augment else ["plain"]
+    method = build_method(config.method, config.method_params, config.temperature, config.alpha) \
+        if config.kind == "kd" else None
+    cacheable = method is not None and method.logits_only and teacher is not None and config.teacher_cache \
+        and "crop" not in augment
+    views = ["plain", "flip"] if "flip" in augment else ["plain"]
+    log_p_t = t_cache = None
+    if cacheable and method.name == "kd":  # (views, N_train, K): log softmax(z_t / T), for the fused objective
         log_p_t = torch.stack([torch.log_softmax(cached_logits(teacher, dataset, "train", v, cache_dir, device)
                                                  / config.temperature, 1) for v in views])
+    elif cacheable:  # (views, N_train, K) raw logits for the other logit methods
+        t_cache = torch.stack([cached_logits(teacher, dataset, "train", v, cache_dir, device) for v in views])
 
     # ---- student ---------------------------------------------------------------------
     torch.manual_seed(config.seed)  # same init for a scratch student and its KD twin
@@ -215,9 +237,19 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
     channels_last = device.type == "cuda" and is_convnet(student)
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
-    forward = torch.compile(student) if config.compile else student
+    s_hooks = t_hooks = None
+    if method is not None:
+        method.setup(student, teacher.model if teacher else None, dataset.input_shape, dataset.num_classes,
+                     len(ds.x_train))
+        method.to(device)
+        if method.student_features:
+            s_hooks = FeatureHooks(student, list(method.student_features)).add()
+        if method.teacher_features:
+            t_hooks = FeatureHooks(teacher.model, list(method.teacher_features)).add()
+    # hooks need the eager module; torch.compile is for the plain logit path
+    forward = torch.compile(student) if config.compile and s_hooks is None else student
     amp_dtype = autocast_dtype(device, config.amp)
-    optimizer = make_optimizer(student, config)
+    optimizer = make_optimizer(student, config, extra=method)
 
     # ---- label budget and batches ----------------------------------------------------
     visible = label_mask(dataset.y_train, config.labels, seed=config.seed).to(device)  # (N,) bool
@@ -266,11 +298,19 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
             elif log_p_t is not None:  # look the teacher up: flipped samples take the flipped view
                 lp = log_p_t[0, idx] if flip is None else log_p_t[flip.long(), idx]  # (B, K)
                 loss = fused_distillation_objective(logits, lp, y_seen, T, alpha)
-            else:  # random crops cannot be enumerated: run the frozen teacher on this batch
-                with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                                     enabled=amp_dtype is not None):
-                    t_logits = teacher.model(x).float()
-                loss = distillation_objective(logits, t_logits, y_seen, T, alpha)
+            else:  # every other method, and views that cannot be enumerated (random crops)
+                t_logits, t_feats = None, {}
+                if t_cache is not None:
+                    t_logits = t_cache[0, idx] if flip is None else t_cache[flip.long(), idx]
+                elif teacher is not None and method.needs_teacher:  # the frozen teacher on this batch
+                    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                                         enabled=amp_dtype is not None):
+                        t_logits = teacher.model(x).float()
+                    t_feats = t_hooks.pop() if t_hooks else {}
+                ctx = StepContext(x=x, targets=y_seen, idx=idx, s_logits=logits, t_logits=t_logits,
+                                  s_feats=s_hooks.pop() if s_hooks else {}, t_feats=t_feats,
+                                  progress=step / total_steps)
+                loss = method.loss(ctx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -313,6 +353,9 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
         _emit(callbacks, {"event": "epoch", **row, "best_epoch": best["epoch"]})
 
     # ---- test the best-validation and the last epoch ----------------------------------
+    for hooks in (s_hooks, t_hooks):
+        if hooks is not None:
+            hooks.remove()
     last_state = copy.deepcopy(student.state_dict())
     k = dataset.num_classes
     last_test = classification_metrics(predict_logits(student, ds.x_test), dataset.y_test, k, test_teacher)
@@ -334,6 +377,9 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
         "augment": augment,
         "device": str(device),
     }
+    if method is not None:
+        summary["method"] = {"name": method.name, "params": method.p, "objective": method.objective_text(),
+                             "title": method.title, "citation": method.citation}
     if config.profile:
         summary["profile"] = model_profile(copy.deepcopy(student).float(), dataset.input_shape, "cpu")
     if teacher is not None:
@@ -370,7 +416,12 @@ def check_setup(config: TrainConfig, store=None) -> None:
     the device exists, and a label budget fits the training set."""
     pick_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir)
+    teacher = None
     if config.teacher:
-        teacher = load_teacher(config.teacher, store)
+        teacher = load_teacher(config.teacher, store, temperature=config.temperature, weights=config.teacher_weights)
         check_fits(teacher.model, dataset)
     label_mask(dataset.y_train, config.labels, seed=config.seed)
+    if config.kind == "kd":  # a method that cannot work with these models says so now (e.g. AT on an MLP)
+        student = build_model(config.model, dataset.input_shape, dataset.num_classes)
+        build_method(config.method, config.method_params, config.temperature, config.alpha).setup(
+            student, teacher.model if teacher else None, dataset.input_shape, dataset.num_classes, len(dataset.x_train))

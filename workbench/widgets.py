@@ -25,6 +25,7 @@ from .compare import aggregate, comparison_rows, find_scratch_twins, table_colum
 from .data import available_datasets, load_dataset
 from .explain import objective_text, teacher_view
 from .jobs import LocalQueueRunner
+from .methods import METHODS, parse_params
 from .models import FAMILIES, ModelConfig, build_model, count_params
 from .runs import FINISHED, Run, RunStore, new_run_id
 from .sweep import grid_table
@@ -125,6 +126,10 @@ class DistillPanel(W.VBox):
         self.size = W.HTML()
         self.temperature = W.FloatSlider(value=4.0, min=1.0, max=20.0, step=0.5, description="T", **SLIDER)
         self.alpha = W.FloatSlider(value=0.9, min=0.0, max=1.0, step=0.05, description="α (KD weight)", **SLIDER)
+        self.method = W.Dropdown(options=[(f"{k} · {v.title}", k) for k, v in METHODS.items()], value="kd",
+                                 description="method")
+        self.method_params = W.Text(value="", description="params", placeholder="e.g. beta=100, stage=stage3")
+        self.method_info = W.HTML()
         self.objective = W.HTML()
         self.epochs = W.BoundedIntText(value=10, min=1, max=500, description="epochs")
         self.labels = W.BoundedIntText(value=0, min=0, max=10**7, description="labels (0 = all)",
@@ -141,11 +146,12 @@ class DistillPanel(W.VBox):
         self.dataset.observe(self._on_dataset, "value")
         for w in (self.family, self.depth, self.width):
             w.observe(lambda _: self._on_model(), "value")
-        for w in (self.temperature, self.alpha):
+        for w in (self.temperature, self.alpha, self.method, self.method_params):
             w.observe(lambda _: self._on_objective(), "value")
         self.train_button.on_click(lambda _: self.train())
         self.stop_button.on_click(lambda _: self.stop())
         left = W.VBox([self.dataset, self.teacher, self.family, W.HBox([self.depth, self.width]), self.size,
+                       self.method, self.method_info, self.method_params,
                        self.temperature, self.alpha, self.objective, W.HBox([self.epochs, self.labels]),
                        W.HBox([self.device, self.seed]), self.scratch,
                        W.HBox([self.train_button, self.stop_button]), self.progress, self.status])
@@ -185,15 +191,33 @@ class DistillPanel(W.VBox):
         except ValueError as e:
             self.size.value = f"<span style='color:#c00'>{e}</span>"
 
+    def params(self) -> dict:
+        pairs = [p.strip() for p in self.method_params.value.split(",") if p.strip()]
+        return parse_params(pairs)
+
     def _on_objective(self) -> None:
-        self.objective.value = (f"<code>{objective_text(self.temperature.value, self.alpha.value)}</code><br>"
-                                "<small>α = 0: scratch · α = 1: pure distillation</small>")
+        m = METHODS[self.method.value]
+        defaults = ", ".join(f"{k}={v}" for k, v in m.defaults.items()) or "T and α above"
+        self.method_info.value = f"<small>{m.description}. <i>{m.citation}</i><br>defaults: {defaults}</small>"
+        self.temperature.disabled = self.alpha.disabled = not m.uses_config_t_alpha
+        if m.uses_config_t_alpha:
+            self.objective.value = (f"<code>{objective_text(self.temperature.value, self.alpha.value)}</code><br>"
+                                    "<small>α = 0: scratch · α = 1: pure distillation</small>")
+            return
+        try:
+            self.objective.value = f"<code>{m(self.params()).objective_text()}</code>"
+        except ValueError as e:
+            self.objective.value = f"<span style='color:#c00'>{e}</span>"
 
     def configs(self) -> list[TrainConfig]:
         common = dict(dataset=self.dataset.value, model=self.model_config(), teacher=self.teacher.value,
                       temperature=float(self.temperature.value), epochs=int(self.epochs.value),
                       labels=int(self.labels.value) or None, device=self.device.value, seed=int(self.seed.value))
-        out = [TrainConfig(kind="kd", alpha=float(self.alpha.value), **common)]
+        m = METHODS[self.method.value]
+        if not m.needs_teacher:
+            common["teacher"] = None
+        out = [TrainConfig(kind="kd", alpha=float(self.alpha.value), method=m.name, method_params=self.params(),
+                           **common)]
         if self.scratch.value:
             out.insert(0, TrainConfig(kind="scratch", alpha=0.0, **common))
         return out

@@ -177,3 +177,29 @@ def device_choices() -> list[str]:
 
 def threads_note() -> str:
     return f"{torch.get_num_threads()} CPU threads"
+
+
+def method_picker(key: str):
+    """The distillation method, its description and citation, and its own hyperparameters."""
+    from workbench.methods import METHODS
+
+    names = list(METHODS)
+    name = st.selectbox("Method", names, key=key, format_func=lambda n: f"{n} · {METHODS[n].title}",
+                        help="Every method adds its term to the cross-entropy on the visible labels.")
+    m = METHODS[name]
+    st.caption(f"{m.description}. *{m.citation}*")
+    params = {}
+    if m.defaults:
+        with st.expander(f"{m.title} hyperparameters (defaults from its paper or its authors' code)"):
+            cols = st.columns(2)
+            for i, (k, v) in enumerate(m.defaults.items()):
+                col, help_ = cols[i % 2], m.help.get(k)
+                if isinstance(v, str):
+                    params[k] = col.text_input(k, v, key=f"{key}_{name}_{k}", help=help_)
+                elif isinstance(v, int):
+                    params[k] = int(col.number_input(k, value=v, step=1, key=f"{key}_{name}_{k}", help=help_))
+                else:
+                    params[k] = float(col.number_input(k, value=float(v), format="%g", key=f"{key}_{name}_{k}",
+                                                       help=help_))
+    changed = {k: v for k, v in params.items() if v != m.defaults[k]}
+    return m, changed

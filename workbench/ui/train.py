@@ -9,6 +9,7 @@ import streamlit as st
 from workbench import plots
 from workbench.models import ModelConfig, ModelError, load_checkpoint
 from workbench.runs import FINISHED, new_run_id
+from workbench.strategies import born_again_chain, takd_chain, teacher_model_config
 from workbench.train import TrainConfig, check_setup
 from workbench.ui import common
 
@@ -54,10 +55,26 @@ def _form() -> tuple[list[TrainConfig], str] | None:
     ds = common.dataset(ds_name)
     teacher = _teacher_section(ds_name, ds)
     student = common.student_picker("tr_student", ds.input_shape, ds.num_classes)
+    method, params = common.method_picker("tr_method")
     c1, c2 = st.columns(2)
-    T = c1.slider("Temperature T", 1.0, 20.0, 4.0, 0.5, key="tr_T")
-    alpha = c2.slider("α (weight of the KD term)", 0.0, 1.0, 0.9, 0.05, key="tr_alpha")
-    common.objective(T, alpha)
+    T = c1.slider("Temperature T", 1.0, 20.0, 4.0, 0.5, key="tr_T", disabled=not method.uses_config_t_alpha)
+    alpha = c2.slider("α (weight of the KD term)", 0.0, 1.0, 0.9, 0.05, key="tr_alpha",
+                      disabled=not method.uses_config_t_alpha)
+    if method.uses_config_t_alpha:
+        common.objective(T, alpha)
+    else:
+        st.caption(f"Objective of **{method.title}**: {method(params).objective_text()}. "
+                   "T and α above belong to vanilla KD; this method uses its own hyperparameters.")
+    strategy = st.radio("Strategy", ["single run", "born-again generations", "teacher assistant"], horizontal=True,
+                        key="tr_strategy", help="born-again: students with the teacher's architecture, each taught by "
+                                                "the previous generation (Furlanello et al. 2018); teacher assistant: "
+                                                "teacher → assistant → student (Mirzadeh et al. 2020)")
+    chain_opts = {}
+    if strategy == "born-again generations":
+        chain_opts["generations"] = st.number_input("Generations", 1, 5, 2, key="tr_generations")
+    elif strategy == "teacher assistant":
+        chain_opts["assistant"] = common.student_picker("tr_assistant", ds.input_shape, ds.num_classes,
+                                                        default=ModelConfig("cnn", depth=1, width=16))
     default_epochs = 10 if ds_name == "fashion-mnist" else 20
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs", 1, 200, default_epochs, key="tr_epochs")
@@ -72,34 +89,42 @@ def _form() -> tuple[list[TrainConfig], str] | None:
                              help="A label budget: the scratch student sees only these labels; the distilled one "
                                   "also learns from the teacher on every other training image.")
     twin = st.checkbox("Also train the scratch baseline (same student and budget, α = 0)", value=True, key="tr_twin")
-    if teacher is None:
+    if teacher is None and method.needs_teacher:
         return None
     common_fields = dict(dataset=ds_name, model=student, teacher=teacher, temperature=float(T), epochs=int(epochs),
                          lr=float(lr), batch_size=int(batch), seed=int(seed), device=device,
                          labels=int(budget) if budget else None)
+    group = new_run_id(GROUP_PREFIX)
     try:
-        configs = [TrainConfig(kind="kd", alpha=float(alpha), **common_fields)]
+        kd = TrainConfig(kind="kd", alpha=float(alpha), method=method.name, method_params=params, group=group,
+                         **common_fields)
+        if strategy == "born-again generations":
+            chain = born_again_chain(kd, int(chain_opts["generations"]), teacher_model_config(teacher, common.store()),
+                                     group)
+        elif strategy == "teacher assistant":
+            chain = takd_chain(kd, chain_opts["assistant"], group)
+        else:
+            chain = [(None, kd)]
         if twin:
-            configs.insert(0, TrainConfig(kind="scratch", alpha=0.0, **common_fields))
-    except ValueError as e:
+            chain.insert(0, (None, TrainConfig(kind="scratch", alpha=0.0, group=group, **common_fields)))
+    except (ValueError, ModelError) as e:
         common.show_error("These settings cannot be trained", e)
         return None
-    return configs, ds_name
+    return chain, ds_name
 
 
-def _launch(configs: list[TrainConfig]) -> None:
+def _launch(chain: list[tuple[str | None, TrainConfig]]) -> None:
     store = common.store()
     try:
-        check_setup(configs[-1], store)
+        check_setup(next(c for _, c in chain if c.kind == "kd"), store)  # the first KD run has the real teacher
     except Exception as e:
         common.show_error("Cannot launch", e)
         return
-    group = new_run_id(GROUP_PREFIX)
     runner = common.runner()
-    for c in configs:
-        runner.submit(c.record("app: Train page") | {"group": group}, prefix=c.kind)
-    st.session_state["tr_group"] = group
-    st.toast(f"Queued {len(configs)} job(s) as {group}.")
+    for rid, c in chain:
+        runner.submit(c.record("app: Train page"), run_id=rid, prefix=c.kind)
+    st.session_state["tr_group"] = chain[0][1].group
+    st.toast(f"Queued {len(chain)} job(s) as {chain[0][1].group}.")
 
 
 def _current_group() -> str | None:
