@@ -141,3 +141,27 @@ def test_train_page_method_dropdown_shows_the_methods_own_hyperparameters():
     assert any("needs convolutional stages" in e.value for e in at.error)  # refused before any job exists
     at.radio(key="tr_strategy").set_value("teacher assistant").run()
     assert at.selectbox(key="tr_assistant_family").value == "cnn"
+
+
+@pytest.mark.parametrize("name, want", [("teacher.safetensors", "teacher.safetensors"),
+                                        ("../../etc/passwd", "passwd.safetensors"),
+                                        ("my teacher (v2).safetensors", "my-teacher-v2-.safetensors"),
+                                        ("..", "teacher.safetensors")])
+def test_uploaded_file_names_are_reduced_to_safe_names(name, want):
+    from workbench.ui.common import safe_upload_name
+
+    got = safe_upload_name(name)
+    assert got == want and "/" not in got and not got.startswith(".")
+
+
+def test_an_uploaded_non_safetensors_file_is_refused_without_unpickling(tmp_path):
+    import io
+
+    import torch as _torch
+
+    from workbench.models import ModelError, load_checkpoint
+
+    buf = io.BytesIO()
+    _torch.save({"w": _torch.zeros(1)}, buf)  # what a .pt upload would contain
+    with pytest.raises(ModelError, match="not a valid safetensors checkpoint"):
+        load_checkpoint(buf.getvalue())

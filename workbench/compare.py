@@ -91,8 +91,9 @@ def comparison_rows(runs: list[Run], extra_scratch: list[Run] = ()) -> list[dict
     teacher_rows = [t for t in teachers.values() if not any(r["role"] == "teacher" and r["model"] == t["model"]
                                                              and r["test_acc"] == t["test_acc"] for r in rows)]
     out = teacher_rows + rows
-    return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, str(r["model"]),
-                                      r.get("temperature") or 0, r.get("alpha") or 0, r.get("seed") or 0))
+    return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, r.get("params") or 0,
+                                      str(r["model"]), str(r.get("method") or ""), r.get("temperature") or 0,
+                                      r.get("alpha") or 0, r.get("seed") or 0))
 
 
 def find_scratch_twins(runs: list[Run], store) -> list[Run]:
@@ -135,8 +136,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
         if agg["role"] == "kd":
             agg["verdict"] = gain_verdict(agg["kd_gain"], agg["kd_gain_std"], agg["seeds"])
         out.append(agg)
-    return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, str(r["model"]),
-                                      str(r.get("method") or ""), r.get("temperature") or 0, r.get("alpha") or 0))
+    return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, r.get("params") or 0,
+                                      str(r["model"]), str(r.get("method") or ""), r.get("temperature") or 0,
+                                      r.get("alpha") or 0))
 
 
 def gain_verdict(gain: float | None, std: float | None, n: int) -> str:

@@ -164,7 +164,10 @@ def student_picker(key: str, input_shape, num_classes: int, default: ModelConfig
 def run_label(run: Run) -> str:
     c = run.config
     kind = c.get("kind", "?")
-    extra = f" T={c.get('temperature')} α={c.get('alpha')}" if kind == "kd" else ""
+    method = c.get("method") or "kd"
+    extra = ""
+    if kind == "kd":
+        extra = f" T={c.get('temperature')} α={c.get('alpha')}" if method == "kd" else f" [{method}]"
     seed = f" seed {c.get('seed')}" if c.get("seed") is not None else ""
     return f"{ROLE_NAMES.get(kind, kind)} {c.get('model_label', '')}{extra}{seed} · {run.run_id}"
 
