@@ -40,7 +40,8 @@ app: setup
 	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true
 
 lab: setup
-	KDW_RUNS_DIR=$(CURDIR)/runs $(VENV)/bin/jupyter lab --ip $(HOST) --notebook-dir notebooks
+	KDW_RUNS_DIR=$(CURDIR)/runs $(VENV)/bin/jupyter lab --ip $(HOST) --notebook-dir notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
 test: setup
 	$(PY) -m pytest tests
