@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.kdw-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PORT   ?= 8501
 HOST   ?= 127.0.0.1
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
 
 .PHONY: setup system demo demo-fast app lab test test-fast teachers results benchmarks clean help
 
@@ -17,7 +18,7 @@ help:
 	@echo "make test    run the test suite"
 	@echo "make lab     open JupyterLab on notebooks/"
 
-setup: $(STAMP) system
+setup: $(STAMP) $(LAB_OVERRIDES) system
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[app,notebook,dev]'
 	@touch $(STAMP)
+
+# JupyterLab defaults for the notebooks: start the notebook's kernel without asking, no news pop-up (offline).
+$(LAB_OVERRIDES): etc/jupyterlab/overrides.json $(STAMP)
+	@mkdir -p $(dir $@)
+	cp $< $@
 
 # Debian packages: Fashion-MNIST's IDX files and Chromium for the browser tests.
 system:

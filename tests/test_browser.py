@@ -6,71 +6,28 @@ Without Chromium the test is skipped, except under CI (CI=true), where that is a
 """
 
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from browser import ARGS, CHROMIUM, free_port, need_browser, start_server, stop_server
 from conftest import ARTIFACTS, ROOT, kdw
 
 pytestmark = pytest.mark.slow
-CHROMIUM = os.environ.get("KDW_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-        "--no-first-run", "--disable-component-update", "--disable-sync"]
-
-
-def _need_browser():
-    missing = []
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        missing.append("the playwright Python package")
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
-    if missing:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"browser test cannot run under CI: missing {', '.join(missing)}")
-        pytest.skip(f"missing {', '.join(missing)}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(runs_dir, tmp_path):
-    _need_browser()
-    port = _free_port()
+    need_browser()
+    port = free_port()
     env = dict(os.environ, KDW_RUNS_DIR=str(runs_dir), PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
-                             "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.terminate()
-        raise AssertionError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text())
+    proc = start_server([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
+                         "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+                         "--browser.gatherUsageStats", "false"], url + "/_stcore/health", tmp_path / "streamlit.log",
+                        env, ROOT, timeout=60, ok=lambda body: body == b"ok")
     yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def _select(page, label: str, option: str):

@@ -98,3 +98,18 @@ def test_unwritable_runs_folder_is_refused(tmp_path):
 
 def test_compare_unknown_run_is_a_clear_error(runs_dir):
     _fails("compare", "nope", "--runs-dir", str(runs_dir), match="no run 'nope'")
+
+
+def test_profile_re_measures_a_finished_run_and_its_teacher(runs_dir):
+    kdw("distill", *FAST, "--no-scratch", "--run-id", "timed", "--runs-dir", str(runs_dir))
+    summary = json.loads((runs_dir / "timed" / "summary.json").read_text())
+    assert "profile" not in summary  # trained with --no-profile
+    out = kdw("profile", "timed", "--runs-dir", str(runs_dir)).stdout
+    assert "timed:" in out and "samples/s" in out and "teacher" in out
+    summary = json.loads((runs_dir / "timed" / "summary.json").read_text())
+    for prof in (summary["profile"], summary["teacher"]["profile"]):
+        assert prof["latency_ms"] > 0 and prof["throughput"] > 0 and prof["device"] == "cpu"
+        assert 0.0 <= prof["cpu_busy_elsewhere"] <= 1.0  # Linux: read from /proc/stat
+    table = kdw("compare", "timed", "--runs-dir", str(runs_dir)).stdout
+    assert "latency ms" in table
+    _fails("profile", "--runs-dir", str(runs_dir), match="name runs to profile")

@@ -61,3 +61,14 @@ def test_latency_refuses_fewer_passes_than_the_guide_asks():
     model = build_model(ModelConfig("mlp", depth=1, width=16), (1, 8, 8), 10)
     with pytest.raises(ValueError, match=">= 5 warm-up and >= 30"):
         latency_ms(model, (1, 8, 8), reps=10)
+
+
+def test_time_forward_times_at_least_reps_and_keeps_going_for_fast_models():
+    from workbench.evaluate import time_forward
+
+    model = build_model(ModelConfig("mlp", depth=1, width=16), (1, 8, 8), 10)
+    x = torch.randn(1, 1, 8, 8)
+    assert len(time_forward(model, x, warmup=1, reps=30)) == 30  # no time floor: exactly reps
+    times = time_forward(model, x, warmup=1, reps=30, min_time_s=0.05, max_reps=5000)
+    assert len(times) > 30 and (sum(times) >= 0.05 or len(times) == 5000)
+    assert len(time_forward(model, x, warmup=1, reps=30, min_time_s=10.0, max_reps=40)) == 40  # capped

@@ -372,6 +372,50 @@ def cmd_chain(args, strategy: str) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    """Re-measure the latency and throughput of finished runs (student and teacher), e.g. on a quiet machine."""
+    import copy
+
+    from .evaluate import BUSY_LIMIT, model_profile
+    from .models import load_checkpoint
+    from .runs import RunStore
+    from .teachers import load_teacher
+
+    store = RunStore(args.runs_dir)
+    runs = [store.get(r) for r in args.runs] + (store.list(group=args.group) if args.group else [])
+    if not runs:
+        raise ValueError("name runs to profile (see `kdw runs`), or --group G")
+    busy = []
+    for run in runs:
+        if run.state != "done":
+            print(f"{run.run_id}: {run.state}, skipped (only finished runs have weights to time)")
+            continue
+        summary = run.summary
+        model, meta = load_checkpoint(run.weights_path("best"))
+        shape = tuple(json.loads(meta["kdw_input_shape"]))
+        summary["profile"] = model_profile(model.float(), shape, "cpu")
+        line = f"{run.run_id}: {summary['profile']['latency_ms']:.3f} ms (b=1), " \
+               f"{summary['profile']['throughput']:,.0f} samples/s (b=256)"
+        busy.append(summary["profile"].get("cpu_busy_elsewhere") or 0)
+        teacher = summary.get("teacher")
+        if teacher:
+            try:
+                t = load_teacher(teacher["spec"], store)
+                prof = model_profile(copy.deepcopy(t.model).float(), shape, "cpu")
+                prof["params"] = teacher.get("params", prof["params"])
+                teacher["profile"] = prof
+                busy.append(prof.get("cpu_busy_elsewhere") or 0)
+                line += f"; teacher {prof['latency_ms']:.3f} ms, {prof['throughput']:,.0f} samples/s"
+            except Exception as e:  # the teacher may be gone: keep its old figures
+                line += f"; teacher not re-measured ({e})"
+        run.write_summary(summary)
+        print(line)
+    if busy and max(busy) > BUSY_LIMIT:
+        print(f"warning: other processes used up to {100 * max(busy):.0f}% of the CPU meanwhile; "
+              "these timings are unreliable too", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args) -> int:
     """Copy a finished run's best weights into assets/teachers with a card that says how to reproduce it."""
     import platform
@@ -470,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="kdw-report.html")
     s.add_argument("--title", default="KD Workbench report")
     _add_common(s)
+    s = add("profile", "re-measure latency and throughput of finished runs (student and teacher) on this CPU")
+    s.add_argument("runs", nargs="*", metavar="RUN")
+    s.add_argument("--group", default=None, help="every run of this group")
+    _add_common(s)
     s = add("methods", "list the distillation methods with their papers and hyperparameters")
     s = add("born-again", "born-again networks: generations of students with the teacher's architecture")
     _add_train_args(s, "kd")
@@ -508,7 +556,7 @@ def main(argv=None) -> int:
                 "scratch": lambda a: cmd_train(a, "scratch"), "runs": cmd_runs, "compare": cmd_compare,
                 "demo": cmd_demo, "job": cmd_job, "worker": cmd_worker, "cancel": cmd_cancel,
                 "teachers": cmd_teachers, "export": cmd_export, "sweep": cmd_sweep,
-                "report": cmd_report, "methods": cmd_methods, "born-again": lambda a: cmd_chain(a, "ban"),
+                "report": cmd_report, "methods": cmd_methods, "profile": cmd_profile, "born-again": lambda a: cmd_chain(a, "ban"),
                 "takd": lambda a: cmd_chain(a, "takd")}
     try:
         return handlers[args.command](args)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 
+from .evaluate import BUSY_LIMIT
 from .runs import Run
 
 # what must match for a scratch run to be a KD run's fair baseline
@@ -51,6 +52,7 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "ece": test.get("ece"),
         "device": prof.get("device_name"),
         "threads": prof.get("threads"),
+        "cpu_busy": prof.get("cpu_busy_elsewhere"),
         "train_s": summary.get("train_s"),
         "_twin": twin_key(config) if role != "teacher" else None,
         "_group": twin_key(config, with_seed=False) + (repr(config.get("temperature")), repr(config.get("alpha")),
@@ -214,6 +216,19 @@ def table_columns(aggregated: bool) -> list[tuple[str, callable]]:
     return cols
 
 
+def timing_warning(rows: list[dict]) -> str | None:
+    """A warning naming the rows whose CPU timings were taken while other processes were busy, else None."""
+    busy = [r for r in rows if (r.get("cpu_busy") or 0) > BUSY_LIMIT]
+    if not busy:
+        return None
+    names = ", ".join(sorted({f"{r['role']} {r['model']}" + (f" (seed {r['seed']})" if r.get("seed") is not None
+                                                              else "") for r in busy}))
+    worst = max(r["cpu_busy"] for r in busy)
+    return (f"Latency and throughput of {names} were measured while other processes used up to {100 * worst:.0f}% "
+            f"of the CPU, so they are unreliable: compare sizes and FLOPs instead, or re-measure on a quiet machine "
+            f"(kdw profile RUN).")
+
+
 def format_table(rows: list[dict], aggregated: bool = False) -> str:
     """A plain-text table, with a footer naming the device and what the columns mean."""
     cols = table_columns(aggregated)
@@ -228,4 +243,5 @@ def format_table(rows: list[dict], aggregated: bool = False) -> str:
             "test acc (best val) = the epoch with the best validation accuracy; KD gain = KD − scratch, same seed(s)."]
     verdicts = [f"{r['model']} {r.get('method') or 'kd'} T={r['temperature']} α={r['alpha']}: {r['verdict']}"
                 for r in rows if aggregated and r.get("verdict")]
-    return "\n".join(lines + [""] + foot + verdicts)
+    warning = timing_warning(rows)
+    return "\n".join(lines + [""] + foot + ([f"warning: {warning}"] if warning else []) + verdicts)

@@ -17,6 +17,7 @@ Every model figure is labelled with the device, dtype and thread count it was me
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -163,14 +164,21 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def time_forward(model: nn.Module, x: torch.Tensor, warmup: int = 5, reps: int = 30) -> list[float]:
-    """Seconds of each of `reps` forward passes on `x`, after `warmup` untimed ones."""
+def time_forward(model: nn.Module, x: torch.Tensor, warmup: int = 5, reps: int = 30,
+                 min_time_s: float = 0.0, max_reps: int | None = None) -> list[float]:
+    """Seconds of each timed forward pass on `x`, after `warmup` untimed ones.
+
+    At least `reps` passes are timed; while their total is under `min_time_s`, timing goes on
+    (up to `max_reps`, default 20·reps). Fast models thus get hundreds of readings, so that
+    their median survives the odd pass that the OS scheduler stalls on a busy machine.
+    """
     model.eval()
     device = x.device
     for _ in range(warmup):
         model(x)
-    times = []
-    for _ in range(reps):
+    max_reps = max(reps, max_reps if max_reps is not None else 20 * reps)
+    times: list[float] = []
+    while len(times) < reps or (sum(times) < min_time_s and len(times) < max_reps):
         _sync(device)
         t0 = time.perf_counter()
         model(x)
@@ -180,20 +188,21 @@ def time_forward(model: nn.Module, x: torch.Tensor, warmup: int = 5, reps: int =
 
 
 def latency_ms(model: nn.Module, input_shape, device: torch.device | str = "cpu",
-               warmup: int = 5, reps: int = 30) -> float:
-    """Median batch-1 forward latency in milliseconds."""
+               warmup: int = 5, reps: int = 30, min_time_s: float = 0.2) -> float:
+    """Median batch-1 forward latency in milliseconds (≥ `reps` passes, ≥ `min_time_s` of them when fast)."""
     if warmup < 5 or reps < 30:
         raise ValueError("GUIDE.md asks for >= 5 warm-up and >= 30 timed passes")
     p = next(model.parameters())
     x = torch.randn(1, *input_shape, device=p.device, dtype=p.dtype)
-    return 1e3 * statistics.median(time_forward(model, x, warmup, reps))
+    return 1e3 * statistics.median(time_forward(model, x, warmup, reps, min_time_s))
 
 
-def throughput(model: nn.Module, input_shape, batch_size: int = 256, warmup: int = 2, reps: int = 10) -> float:
-    """Samples per second at `batch_size`, from the median of `reps` timed passes."""
+def throughput(model: nn.Module, input_shape, batch_size: int = 256, warmup: int = 2, reps: int = 10,
+               min_time_s: float = 0.3) -> float:
+    """Samples per second at `batch_size`, from the median of ≥ `reps` timed passes (≥ `min_time_s` when fast)."""
     p = next(model.parameters())
     x = torch.randn(batch_size, *input_shape, device=p.device, dtype=p.dtype)
-    return batch_size / statistics.median(time_forward(model, x, warmup, reps))
+    return batch_size / statistics.median(time_forward(model, x, warmup, reps, min_time_s))
 
 
 def model_profile(model: nn.Module, input_shape, device: torch.device | str = "cpu",
@@ -212,6 +221,47 @@ def model_profile(model: nn.Module, input_shape, device: torch.device | str = "c
     }
     out["size_mb"] = out["size_bytes"] / 1e6
     if timing:
-        out["latency_ms"] = latency_ms(model, input_shape, device)
-        out["throughput"] = throughput(model, input_shape)
+        with OtherCpuLoad() as load:
+            out["latency_ms"] = latency_ms(model, input_shape, device)
+            out["throughput"] = throughput(model, input_shape)
+        if device.type == "cpu" and load.fraction is not None:
+            out["cpu_busy_elsewhere"] = round(load.fraction, 3)
     return out
+
+
+BUSY_LIMIT = 0.25  # above this share of the CPU used by other processes, CPU timings are flagged
+
+
+class OtherCpuLoad:
+    """The share of the machine's CPU time that *other* processes used while the block ran (Linux).
+
+    Reads the busy jiffies of all cores from /proc/stat before and after (steal included: the
+    time a hypervisor gave to other machines), subtracts this process's own CPU time, and divides by wall time × cores. CPU timings taken while other
+    work competes for the cores are unreliable (a multi-threaded pass waits for its slowest
+    thread), so `model_profile` records the figure and the tables flag rows above `BUSY_LIMIT`.
+    `fraction` is None where /proc/stat does not exist.
+    """
+
+    fraction: float | None = None
+
+    @staticmethod
+    def _busy_seconds() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        busy = sum(fields[:8]) - idle  # guest time is already inside user time
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> "OtherCpuLoad":
+        self._busy0, self._own0, self._t0 = self._busy_seconds(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy1, own1, wall = self._busy_seconds(), time.process_time(), time.perf_counter() - self._t0
+        if self._busy0 is None or busy1 is None or wall <= 0:
+            return
+        other = (busy1 - self._busy0) - (own1 - self._own0)
+        self.fraction = min(1.0, max(0.0, other / (wall * (os.cpu_count() or 1))))

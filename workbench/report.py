@@ -14,7 +14,7 @@ import time
 import torch
 
 from . import __version__, plots
-from .compare import aggregate, comparison_rows, table_columns
+from .compare import aggregate, comparison_rows, table_columns, timing_warning
 from .losses import OBJECTIVE
 from .runs import Run
 
@@ -74,7 +74,9 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     verdicts = "".join(f"<li>{html.escape(str(r['model']))}, T = {r['temperature']}, α = {r['alpha']}: "
                        f"{html.escape(r['verdict'])}</li>" for r in agg if r.get("verdict"))
-    css = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;"
+    warning = timing_warning(rows)
+    warning = f'<p class="warning"><b>Warning:</b> {html.escape(warning)}</p>' if warning else ""
+    css = (".warning{background:#fff4e5;border-left:4px solid #f0a020;padding:.5rem .8rem}body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;"
            "color:#222;padding:0 1rem}table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}"
            "th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:right}th{background:#f4f4f4}"
            "td:nth-child(-n+2){text-align:left}tr.role-teacher{background:#eef4fb}tr.role-kd{background:#fdf0f0}"
@@ -92,8 +94,9 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
 <ul>{verdicts}</ul>
 <p>Test accuracy "(best val)" is the epoch with the best accuracy on the fixed validation split; "(last)" is the
 final epoch. KD gain is the distilled student's accuracy minus its scratch twin's (same student, budget and seed).
-Latency is the median of 30 batch-1 forward passes after 5 warm-ups, fp32 on {html.escape(str(device))};
+Latency is the median of at least 30 batch-1 forward passes after 5 warm-ups, fp32 on {html.escape(str(device))};
 throughput is at batch 256. FLOPs count a multiply-add as 2. Size is the fp32 safetensors file (MB = 10⁶ bytes).</p>
+{warning}
 <h2>Every run</h2>
 {_table_html(rows, aggregated=False)}
 <h2>Plots</h2>

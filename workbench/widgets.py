@@ -33,6 +33,12 @@ from .teachers import load_teacher, shipped_teachers
 from .train import TrainConfig, available_devices, check_setup
 
 SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
+COLUMN = dict(width="440px", min_width="440px")  # the controls' column, wide enough for every label
+
+
+def _half(**kw) -> dict:
+    """Keyword arguments for one of two widgets side by side in the controls' column."""
+    return dict(layout=W.Layout(width="215px"), style={"description_width": "70px"}, **kw)
 
 
 def _redraw(widget: go.FigureWidget, fig: go.Figure) -> None:
@@ -63,10 +69,10 @@ class TemperatureExplorer(W.VBox):
         self.dataset = W.Dropdown(options=names, value=dataset or ("fashion-mnist" if "fashion-mnist" in names
                                                                     else "digits"), description="data set")
         self.teacher = W.Dropdown(description="teacher")
-        self.index = W.BoundedIntText(value=0, min=0, max=0, description="test image")
-        self.random = W.Button(description="random image")
+        self.index = W.BoundedIntText(value=0, min=0, max=0, description="test image", layout=W.Layout(width="230px"))
+        self.random = W.Button(description="random image", layout=W.Layout(width="140px"))
         self.temperature = W.FloatSlider(value=4.0, min=1.0, max=20.0, step=0.5, description="T",
-                                         continuous_update=True)
+                                         continuous_update=True, layout=W.Layout(width="400px"))
         self.info = W.HTML()
         self.image = go.FigureWidget()
         self.bars = go.FigureWidget()
@@ -75,7 +81,8 @@ class TemperatureExplorer(W.VBox):
         for w in (self.teacher, self.index, self.temperature):
             w.observe(lambda _: self.refresh(), "value")
         self.random.on_click(lambda _: setattr(self.index, "value", int(torch.randint(0, self.index.max + 1, (1,)))))
-        controls = W.VBox([self.dataset, self.teacher, W.HBox([self.index, self.random]), self.temperature, self.info])
+        controls = W.VBox([self.dataset, self.teacher, W.HBox([self.index, self.random]), self.temperature, self.info],
+                          layout=W.Layout(**COLUMN))
         super().__init__([W.HBox([controls, self.image]), self.bars, self.ranking])
         self._on_dataset()
 
@@ -121,21 +128,25 @@ class DistillPanel(W.VBox):
                                                                     else "digits"), description="data set")
         self.teacher = W.Dropdown(description="teacher")
         self.family = W.Dropdown(options=list(FAMILIES), value="mlp", description="student")
-        self.depth = W.BoundedIntText(value=1, min=1, max=56, description="depth")
-        self.width = W.BoundedFloatText(value=64, min=0.25, max=1024, description="width")
+        self.depth = W.BoundedIntText(value=1, min=1, max=56, description="depth", **_half())
+        self.width = W.BoundedFloatText(value=64, min=0.25, max=1024, description="width", **_half())
         self.size = W.HTML()
-        self.temperature = W.FloatSlider(value=4.0, min=1.0, max=20.0, step=0.5, description="T", **SLIDER)
-        self.alpha = W.FloatSlider(value=0.9, min=0.0, max=1.0, step=0.05, description="α (KD weight)", **SLIDER)
+        self.temperature = W.FloatSlider(value=4.0, min=1.0, max=20.0, step=0.5, description="T",
+                                         layout=W.Layout(width="420px"), **SLIDER)
+        self.alpha = W.FloatSlider(value=0.9, min=0.0, max=1.0, step=0.05, description="α (KD weight)",
+                                   layout=W.Layout(width="420px"), **SLIDER)
         self.method = W.Dropdown(options=[(f"{k} · {v.title}", k) for k, v in METHODS.items()], value="kd",
                                  description="method")
         self.method_params = W.Text(value="", description="params", placeholder="e.g. beta=100, stage=stage3")
         self.method_info = W.HTML()
         self.objective = W.HTML()
-        self.epochs = W.BoundedIntText(value=10, min=1, max=500, description="epochs")
-        self.labels = W.BoundedIntText(value=0, min=0, max=10**7, description="labels (0 = all)",
-                                       style={"description_width": "initial"})
-        self.device = W.Dropdown(options=available_devices(), value="auto", description="device")
-        self.seed = W.BoundedIntText(value=0, min=0, max=10**6, description="seed")
+        self.epochs = W.BoundedIntText(value=10, min=1, max=500, description="epochs", **_half())
+        self.labels = W.BoundedIntText(value=0, min=0, max=10**7, description="labels", **_half(),
+                                       tooltip="visible training labels; 0 = all (Hinton's transfer set otherwise)")
+        self.device = W.Dropdown(options=available_devices(), value="auto", description="device", **_half())
+        self.seed = W.BoundedIntText(value=0, min=0, max=10**6, description="seed", **_half())
+        self.labels_hint = W.HTML("<small>labels 0 = all; N keeps N training labels, and the teacher labels the "
+                                  "rest for the KD student (Hinton's transfer set)</small>")
         self.scratch = W.Checkbox(value=True, description="also train the scratch twin (α = 0)", indent=False)
         self.train_button = W.Button(description="Train", button_style="primary", icon="play")
         self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
@@ -153,8 +164,9 @@ class DistillPanel(W.VBox):
         left = W.VBox([self.dataset, self.teacher, self.family, W.HBox([self.depth, self.width]), self.size,
                        self.method, self.method_info, self.method_params,
                        self.temperature, self.alpha, self.objective, W.HBox([self.epochs, self.labels]),
-                       W.HBox([self.device, self.seed]), self.scratch,
-                       W.HBox([self.train_button, self.stop_button]), self.progress, self.status])
+                       self.labels_hint, W.HBox([self.device, self.seed]), self.scratch,
+                       W.HBox([self.train_button, self.stop_button]), self.progress, self.status],
+                      layout=W.Layout(**COLUMN))
         super().__init__([W.HBox([left, self.curves]), self.table])
         self._on_dataset()
         self._on_objective()

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from workbench import plots
-from workbench.compare import aggregate, comparison_rows, find_scratch_twins, table_columns
+from workbench.compare import aggregate, comparison_rows, find_scratch_twins, table_columns, timing_warning
 from workbench.report import build_report
 from workbench.ui import common
 
@@ -55,8 +55,11 @@ def page() -> None:
     device = next((f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")), "cpu")
     st.dataframe(_table(shown, agg_mode), hide_index=True, key="cmp_table")
     st.caption(f"Test accuracy on the best-validation epoch and on the last epoch. KD gain = distilled − scratch twin "
-               f"(same seed), in points. Latency: median of 30 batch-1 passes, fp32; throughput at batch 256; both "
+               f"(same seed), in points. Latency: median of ≥ 30 batch-1 passes, fp32; throughput at batch 256; both "
                f"on {device}. FLOPs count a multiply-add as 2; size is the fp32 safetensors file.")
+    warning = timing_warning(rows)
+    if warning:
+        st.warning(warning, icon=":material/speed:")
     for r in shown:
         if r.get("verdict"):
             st.caption(f"{r['model']} T={r['temperature']} α={r['alpha']}: **{r['verdict']}**")
