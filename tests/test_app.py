@@ -37,6 +37,8 @@ def test_dark_knowledge_page_shows_softened_probabilities_on_digits():
     at.selectbox(key="dk_dataset").select("digits").run()
     _no_errors(at)
     assert at.slider(key="dk_T").value == 4.0
+    assert at.number_input(key="dk_index").value == 1  # digits' test image 0 fools the teacher; 1 does not
+    assert any("(right)" in m.value for m in at.markdown)
     assert _charts(at) >= 4  # image, bars, ranking, T² chart
     h1 = float(at.metric[0].value.split()[0])
     at.slider(key="dk_T").set_value(10.0).run()

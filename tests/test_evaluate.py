@@ -72,3 +72,14 @@ def test_time_forward_times_at_least_reps_and_keeps_going_for_fast_models():
     times = time_forward(model, x, warmup=1, reps=30, min_time_s=0.05, max_reps=5000)
     assert len(times) > 30 and (sum(times) >= 0.05 or len(times) == 5000)
     assert len(time_forward(model, x, warmup=1, reps=30, min_time_s=10.0, max_reps=40)) == 40  # capped
+
+
+def test_first_correct_index_skips_images_the_model_gets_wrong(digits):
+    from workbench.explain import first_correct_index
+    from workbench.teachers import load_teacher
+
+    model = load_teacher("digits-cnn").model
+    idx = first_correct_index(model, digits)
+    x, y = digits.split("test")
+    preds = model(x[: idx + 1]).argmax(1)
+    assert preds[idx] == y[idx] and bool((preds[:idx] != y[:idx]).all())

@@ -11,6 +11,7 @@ from workbench.widgets import DistillPanel, TemperatureExplorer, compare, sweep_
 def test_temperature_explorer_redraws_when_t_moves():
     w = TemperatureExplorer(dataset="digits")
     assert w.teacher.value == "digits-cnn"
+    assert w.index.value == 1  # the first test image the teacher gets right (image 0 fools it)
     before = list(w.bars.data[1].y)
     w.temperature.value = 12.0
     after = list(w.bars.data[1].y)

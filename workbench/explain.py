@@ -54,6 +54,21 @@ def teacher_view(model: torch.nn.Module, dataset, index: int, temperature: float
     return soften(logits, temperature, dataset.classes, int(y[index]))
 
 
+@torch.inference_mode()
+def first_correct_index(model: torch.nn.Module, dataset, split: str = "test", limit: int = 256) -> int:
+    """The first image of a split that the model classifies correctly (0 if none of the first `limit` is).
+
+    The teaching views open on it, so that the first thing a class sees is a confident, right
+    teacher whose small probabilities carry the dark knowledge; a wrong one is a click away.
+    """
+    x, y = dataset.split(split)
+    x, y = x[:limit], y[:limit]
+    model.eval()
+    device = next(model.parameters()).device
+    right = (model(x.to(device)).argmax(1).cpu() == y).nonzero().flatten()
+    return int(right[0]) if len(right) else 0
+
+
 def t_squared_scaling(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatures) -> dict:
     """The KD term and the norm of its gradient w.r.t. the student's logits, with and without T², per T.
 

@@ -23,7 +23,7 @@ import torch
 from . import plots
 from .compare import aggregate, comparison_rows, find_scratch_twins, table_columns
 from .data import available_datasets, load_dataset
-from .explain import objective_text, teacher_view
+from .explain import first_correct_index, objective_text, teacher_view
 from .jobs import LocalQueueRunner
 from .methods import METHODS, parse_params
 from .models import FAMILIES, ModelConfig, build_model, count_params
@@ -93,6 +93,7 @@ class TemperatureExplorer(W.VBox):
         self.teacher.options = opts
         if opts:
             self.teacher.value = opts[0][1]
+            self.index.value = first_correct_index(load_teacher(self.teacher.value, self.store).model, self._ds)
         self.refresh()
 
     def refresh(self) -> None:

@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 from workbench import plots
-from workbench.explain import t_squared_scaling, teacher_view
+from workbench.explain import first_correct_index, t_squared_scaling, teacher_view
 from workbench.ui import common
 
 
@@ -20,7 +20,6 @@ def page() -> None:
                 "*other* classes say which ones this image resembles. Dividing the logits by a temperature T "
                 "before the softmax makes those visible; the student learns from them.")
     ss = st.session_state
-    ss.setdefault("dk_index", 0)
 
     left, right = st.columns([1, 2], gap="large")
     with left:
@@ -37,6 +36,9 @@ def page() -> None:
             common.show_error("This teacher cannot be loaded", e)
             return
         n_test = len(ds.x_test)
+        if "dk_index" not in ss or ss.get("dk_index_dataset") != ds_name:  # open on an image the teacher gets right
+            ss["dk_index"] = first_correct_index(t.model, ds)
+            ss["dk_index_dataset"] = ds_name
         ss["dk_index"] = min(ss["dk_index"], n_test - 1)
         c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
         c1.number_input(f"Test image (0–{n_test - 1})", 0, n_test - 1, key="dk_index")
