@@ -273,6 +273,11 @@ def test_teacher_assistant_chain_runs_teacher_assistant_student(store):
     runs = [run_in_process(store, cfg, run_id=rid) for rid, cfg in chain]
     assert runs[1].config["teacher"] == runs[0].run_id
     assert all(r.summary["test"]["accuracy"] > 0.5 for r in runs)
+    from workbench.compare import comparison_rows
+
+    rows = comparison_rows(runs)  # the assistant is listed once, as a KD run, not again as a teacher
+    assert [r["role"] for r in rows].count("teacher") == 1 and len(rows) == 3
+    assert rows[0]["run_id"] == base.teacher
 
 
 def test_dml_needs_no_teacher_and_trains_its_peers(store):

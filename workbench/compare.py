@@ -90,8 +90,12 @@ def comparison_rows(runs: list[Run], extra_scratch: list[Run] = ()) -> list[dict
             twin = scratch[r["_twin"]]
             r["kd_gain"] = r["test_acc"] - twin["test_acc"]
             r["twin"] = twin["run_id"]
-    teacher_rows = [t for t in teachers.values() if not any(r["role"] == "teacher" and r["model"] == t["model"]
-                                                             and r["test_acc"] == t["test_acc"] for r in rows)]
+    # a teacher that is itself one of the listed runs (a teacher run, or a TAKD assistant) already has its row
+    listed = {r["run_id"] for r in rows}
+    teacher_rows = [t for t in teachers.values()
+                    if t["run_id"] not in listed
+                    and not any(r["role"] == "teacher" and r["model"] == t["model"] and r["test_acc"] == t["test_acc"]
+                                for r in rows)]
     out = teacher_rows + rows
     return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, r.get("params") or 0,
                                       str(r["model"]), str(r.get("method") or ""), r.get("temperature") or 0,
