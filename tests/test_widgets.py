@@ -21,6 +21,20 @@ def test_temperature_explorer_redraws_when_t_moves():
     assert "Test image #7" in w.image.layout.title.text
 
 
+def test_temperature_explorer_loads_its_teacher_once_and_redraws_once_per_change(monkeypatch):
+    import workbench.widgets as widgets
+
+    loads, draws = [], []
+    real_load, real_refresh = widgets.load_teacher, TemperatureExplorer.refresh
+    monkeypatch.setattr(widgets, "load_teacher", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setattr(TemperatureExplorer, "refresh", lambda self: draws.append(1) or real_refresh(self))
+    w = TemperatureExplorer(dataset="digits")
+    assert len(draws) == 1  # picking the teacher and the first right image does not redraw on the way
+    for T in (2.0, 3.0, 5.0):
+        w.temperature.value = T
+    assert loads == ["digits-cnn"] and len(draws) == 4
+
+
 def test_distill_panel_shows_live_size_and_objective():
     p = DistillPanel(dataset="digits")
     first = p.size.value

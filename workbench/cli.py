@@ -197,16 +197,21 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
-    from .compare import aggregate, comparison_rows, find_scratch_twins, format_table
+def _named_runs(args, purpose: str):
+    """The store, and the runs named on the command line plus every run of --group (an error if none)."""
     from .runs import RunStore
 
     store = RunStore(args.runs_dir)
-    runs = [store.get(r) for r in args.runs]
-    if args.group:
-        runs += store.list(group=args.group)
+    runs = [store.get(r) for r in args.runs] + (store.list(group=args.group) if args.group else [])
     if not runs:
-        raise ValueError("name runs to compare (see `kdw runs`), or --group G")
+        raise ValueError(f"name runs {purpose} (see `kdw runs`), or --group G")
+    return store, runs
+
+
+def cmd_compare(args) -> int:
+    from .compare import aggregate, comparison_rows, find_scratch_twins, format_table
+
+    store, runs = _named_runs(args, "to compare")
     rows = comparison_rows(runs + find_scratch_twins(runs, store))  # a KD run's scratch twin joins the table
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], indent=2, default=str))
@@ -263,12 +268,8 @@ def cmd_teachers(args) -> int:
 def cmd_report(args) -> int:
     from .data import load_dataset
     from .report import write_report
-    from .runs import RunStore
 
-    store = RunStore(args.runs_dir)
-    runs = [store.get(r) for r in args.runs] + (store.list(group=args.group) if args.group else [])
-    if not runs:
-        raise ValueError("name runs for the report (see `kdw runs`), or --group G")
+    _, runs = _named_runs(args, "for the report")
     classes = None
     try:
         classes = load_dataset(runs[0].config["dataset"], runs[0].config.get("data_dir")).classes
@@ -374,17 +375,12 @@ def cmd_chain(args, strategy: str) -> int:
 
 def cmd_profile(args) -> int:
     """Re-measure the latency and throughput of finished runs (student and teacher), e.g. on a quiet machine."""
-    import copy
-
     from .evaluate import BUSY_LIMIT, model_profile
     from .models import load_checkpoint
-    from .runs import RunStore
     from .teachers import load_teacher
+    from .train import teacher_profile
 
-    store = RunStore(args.runs_dir)
-    runs = [store.get(r) for r in args.runs] + (store.list(group=args.group) if args.group else [])
-    if not runs:
-        raise ValueError("name runs to profile (see `kdw runs`), or --group G")
+    store, runs = _named_runs(args, "to profile")
     busy = []
     for run in runs:
         if run.state != "done":
@@ -400,10 +396,7 @@ def cmd_profile(args) -> int:
         teacher = summary.get("teacher")
         if teacher:
             try:
-                t = load_teacher(teacher["spec"], store)
-                prof = model_profile(copy.deepcopy(t.model).float(), shape, "cpu")
-                prof["params"] = teacher.get("params", prof["params"])
-                teacher["profile"] = prof
+                prof = teacher["profile"] = teacher_profile(load_teacher(teacher["spec"], store), shape)
                 busy.append(prof.get("cpu_busy_elsewhere") or 0)
                 line += f"; teacher {prof['latency_ms']:.3f} ms, {prof['throughput']:,.0f} samples/s"
             except Exception as e:  # the teacher may be gone: keep its old figures

@@ -76,12 +76,13 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
                        f"{html.escape(r['verdict'])}</li>" for r in agg if r.get("verdict"))
     warning = timing_warning(rows)
     warning = f'<p class="warning"><b>Warning:</b> {html.escape(warning)}</p>' if warning else ""
-    css = (".warning{background:#fff4e5;border-left:4px solid #f0a020;padding:.5rem .8rem}body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;"
+    css = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;"
            "color:#222;padding:0 1rem}table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}"
            "th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:right}th{background:#f4f4f4}"
            "td:nth-child(-n+2){text-align:left}tr.role-teacher{background:#eef4fb}tr.role-kd{background:#fdf0f0}"
            "figure{margin:1.5rem 0}figcaption{color:#555;font-size:.9rem}code{background:#f4f4f4;padding:0 .3rem}"
-           "pre{background:#f8f8f8;padding:.5rem;overflow:auto}")
+           "pre{background:#f8f8f8;padding:.5rem;overflow:auto}"
+           ".warning{background:#fff4e5;border-left:4px solid #f0a020;padding:.5rem .8rem}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{css}</style><script type="text/javascript">{get_plotlyjs()}</script></head>

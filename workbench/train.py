@@ -402,9 +402,15 @@ def teacher_summary(teacher: Teacher, dataset, test_logits: torch.Tensor, profil
         "params": sum(p.numel() for p in teacher.model.parameters()),  # frozen, so count them all
     }
     if profile:
-        out["profile"] = model_profile(copy.deepcopy(teacher.model).float(), dataset.input_shape, "cpu")
-        out["profile"]["params"] = out["params"]
+        out["profile"] = teacher_profile(teacher, dataset.input_shape)
     return out
+
+
+def teacher_profile(teacher: Teacher, input_shape) -> dict:
+    """`model_profile` of a teacher on the CPU, counting its frozen parameters too."""
+    prof = model_profile(copy.deepcopy(teacher.model).float(), input_shape, "cpu")
+    prof["params"] = sum(p.numel() for p in teacher.model.parameters())
+    return prof
 
 
 def with_overrides(config: TrainConfig, **kw) -> TrainConfig:

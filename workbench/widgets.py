@@ -36,9 +36,9 @@ SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
 COLUMN = dict(width="440px", min_width="440px")  # the controls' column, wide enough for every label
 
 
-def _half(**kw) -> dict:
+def _half() -> dict:
     """Keyword arguments for one of two widgets side by side in the controls' column."""
-    return dict(layout=W.Layout(width="215px"), style={"description_width": "70px"}, **kw)
+    return dict(layout=W.Layout(width="215px"), style={"description_width": "70px"})
 
 
 def _redraw(widget: go.FigureWidget, fig: go.Figure) -> None:
@@ -78,8 +78,10 @@ class TemperatureExplorer(W.VBox):
         self.bars = go.FigureWidget()
         self.ranking = go.FigureWidget()
         self.dataset.observe(self._on_dataset, "value")
+        self._models: dict[str, torch.nn.Module] = {}  # teacher spec -> model, loaded once (T moves redraw often)
+        self._quiet = False  # set while _on_dataset changes several controls, so that it redraws once
         for w in (self.teacher, self.index, self.temperature):
-            w.observe(lambda _: self.refresh(), "value")
+            w.observe(lambda _: self._quiet or self.refresh(), "value")
         self.random.on_click(lambda _: setattr(self.index, "value", int(torch.randint(0, self.index.max + 1, (1,)))))
         controls = W.VBox([self.dataset, self.teacher, W.HBox([self.index, self.random]), self.temperature, self.info],
                           layout=W.Layout(**COLUMN))
@@ -90,19 +92,28 @@ class TemperatureExplorer(W.VBox):
         self._ds = load_dataset(self.dataset.value)
         self.index.max = len(self._ds.x_test) - 1
         opts = _teacher_options(self.dataset.value, self.store)
-        self.teacher.options = opts
-        if opts:
-            self.teacher.value = opts[0][1]
-            self.index.value = first_correct_index(load_teacher(self.teacher.value, self.store).model, self._ds)
+        self._quiet = True
+        try:
+            self.teacher.options = opts
+            if opts:
+                self.teacher.value = opts[0][1]
+                self.index.value = first_correct_index(self._teacher_model(), self._ds)
+        finally:
+            self._quiet = False
         self.refresh()
+
+    def _teacher_model(self) -> torch.nn.Module:
+        spec = self.teacher.value
+        if spec not in self._models:
+            self._models[spec] = load_teacher(spec, self.store).model
+        return self._models[spec]
 
     def refresh(self) -> None:
         if not self.teacher.value:
             self.info.value = f"<b>No teacher for {self.dataset.value}.</b> Train one with <code>kdw teacher</code>."
             return
         ds, T = self._ds, float(self.temperature.value)
-        model = load_teacher(self.teacher.value, self.store).model
-        v = teacher_view(model, ds, int(self.index.value), T)
+        v = teacher_view(self._teacher_model(), ds, int(self.index.value), T)
         x, y = ds.split("test")
         _redraw(self.image, plots.image(ds.denormalise(x[int(self.index.value)]).numpy(),
                                         f"Test image #{self.index.value}", ds.classes[v.true_class]))
