@@ -95,8 +95,8 @@ def objective_text(temperature: float, alpha: float) -> str:
 
 
 def objective_latex(temperature: float, alpha: float) -> str:
-    """The objective with the current numbers filled in, as LaTeX (two short lines)."""
+    """The objective with the current numbers filled in, as LaTeX (three short lines, for narrow columns)."""
     T, a = f"{temperature:g}", f"{alpha:g}"
-    return (rf"\begin{{aligned}}\mathcal{{L}} &= (1 - {a})\,\mathrm{{CE}}(z_s, y) + {a}\cdot {T}^2\,"
+    return (rf"\begin{{aligned}}\mathcal{{L}} &= (1 - {a})\,\mathrm{{CE}}(z_s, y) \\ &\quad + {a}\cdot {T}^2\,"
             rf"\mathrm{{KL}}(p_t \,\|\, p_s) \\ p_t &= \mathrm{{softmax}}(z_t/{T}),\ "
             rf"p_s = \mathrm{{softmax}}(z_s/{T})\end{{aligned}}")
