@@ -15,7 +15,7 @@ from workbench.jobs import run_in_process
 from workbench.methods import METHODS, build_method, parse_params
 from workbench.models import ModelConfig
 from workbench.strategies import born_again_chain, takd_chain, teacher_model_config
-from workbench.train import TrainConfig
+from workbench.train import TrainConfig, train
 
 # ---------------------------------------------------------------------------
 # committed values: a missing entry is an error, and only tests/fixtures/loss_cases.py --write rewrites them
@@ -214,17 +214,40 @@ CNN = ModelConfig("cnn", depth=1, width=8)
 BASE = dict(kind="kd", dataset="digits", model=CNN, teacher="digits-cnn", epochs=4, batch_size=64, profile=False)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_every_method_trains_on_digits_and_beats_chance(store, name):
+# the hyperparameters that switch each method's distillation off; a method missing here fails the test below
+ZERO_DISTILLATION = {"kd": {"alpha": 0.0}, "lskd": {"kd_weight": 0.0}, "dkd": {"alpha": 0.0, "beta": 0.0},
+                     "dist": {"beta": 0.0, "gamma": 0.0}, "fitnet": {"beta": 0.0}, "at": {"beta": 0.0},
+                     "pkt": {"beta": 0.0}, "rkd": {"beta": 0.0}, "sp": {"beta": 0.0}, "crd": {"beta": 0.0},
+                     "dml": {"mutual_weight": 0.0}}
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "ce"])
+def test_every_method_trains_and_its_distillation_term_matters(store, name):
+    """Beats chance on digits, logs a non-zero distillation term, and differs measurably from the same run with
+    that term's weight at zero (same seed): a method whose distillation term silently dropped out would fail."""
+    assert name in ZERO_DISTILLATION, f"say which hyperparameters switch {name}'s distillation off"
     cfg = TrainConfig(**{**BASE, "method": name, "teacher": None if name == "dml" else "digits-cnn"})
     run = run_in_process(store, cfg)
     sm = run.summary
     assert sm["test"]["accuracy"] > 0.5, sm["test"]["accuracy"]  # chance is 0.1
-    assert sm["method"]["name"] == name and sm["method"]["objective"]
+    assert sm["method"]["name"] == name and sm["method"]["objective"].startswith("L = ")
+    rows = run.metrics()
+    distill = [k for k in rows[0] if k.startswith("loss_") and k != "loss_ce"]
+    assert distill and all(abs(r[k]) > 1e-6 for r in rows for k in distill), rows
     # learnable parts of a method (adapters, heads, peers) never reach the exported student
     loaded = run.load_model("best")
     assert set(loaded.state_dict()) == set(run.load_model("last").state_dict())
     assert not any(k.startswith(("adapter", "embed", "peers", "memory")) for k in loaded.state_dict())
+
+    off_rows = []
+    off = train(cfg.with_params(**ZERO_DISTILLATION[name]), store=store,
+                callbacks=[lambda e: off_rows.append(e) if e["event"] == "epoch" else None])
+    assert all(r[k] == 0.0 for r in off_rows for k in distill)
+    real, switched_off = loaded.state_dict(), off["_model"].state_dict()  # both: the best-validation weights
+    gap = max((real[k].float() - switched_off[k].float()).abs().max().item() for k in real
+              if real[k].is_floating_point())
+    assert gap > 1e-3, f"{name} trains the same with its distillation weight at zero (max parameter gap {gap})"
+    assert abs(rows[-1]["val_loss"] - off_rows[-1]["val_loss"]) > 1e-4
 
 
 def test_method_hyperparameters_are_validated_and_parsed():
@@ -234,6 +257,10 @@ def test_method_hyperparameters_are_validated_and_parsed():
     with pytest.raises(ValueError, match="unknown method"):
         TrainConfig(**{**BASE, "method": "magic"})
     assert build_method("rkd", {"angle_weight": 0}).p["angle_weight"] == 0.0
+    for bad, message in [({"peers": 2.5}, "whole number"), ({"temperature": float("nan")}, "finite"),
+                         ({"peers": "two"}, "must be a number"), ({"peers": 1}, "at least 2 peers")]:
+        with pytest.raises(ValueError, match=message):
+            build_method("dml", bad)
 
 
 def test_attention_transfer_on_an_mlp_student_says_why_not(store):
@@ -294,3 +321,27 @@ def test_crd_scores_by_matmul_equal_the_gathered_rows():
     idx = torch.randint(0, 50, (4, 6))
     want = torch.bmm(bank[idx], v[:, :, None]).squeeze(2)
     assert torch.allclose(CRD._scores(bank, v, idx), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("kd", lambda s, t, y: losses.distillation_objective(s, t, y, 4.0, 0.9)),
+    ("lskd", lambda s, t, y: 0.1 * losses.masked_cross_entropy(s, y) + 9.0 * losses.logit_standardized_kd_loss(s, t, 2.0)),
+    ("dkd", lambda s, t, y: losses.masked_cross_entropy(s, y) + losses.dkd_loss(s, t, y, 1.0, 8.0, 4.0)),
+    ("dist", lambda s, t, y: losses.masked_cross_entropy(s, y) + losses.dist_loss(s, t)),
+])
+def test_logit_methods_on_their_teacher_targets_equal_the_pure_losses(name, reference):
+    """A method fed `teacher_target(z_t)` (what the cache holds) gives the loss functions' value and gradient."""
+    from workbench.methods import StepContext
+
+    torch.manual_seed(5)
+    z_s, z_t = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
+    y = torch.tensor([0, 3, -1, 9, 2, -1])
+    m = build_method(name)
+    ctx = StepContext(x=torch.zeros(6, 1), targets=y, idx=torch.arange(6), s_logits=z_s, t_target=m.teacher_target(z_t),
+                      progress=1.0)
+    got = m.loss(ctx)
+    (g_got,) = torch.autograd.grad(got, z_s)
+    want = reference(z_s, z_t, y)
+    (g_want,) = torch.autograd.grad(want, z_s)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert torch.allclose(g_got, g_want, atol=1e-6)

@@ -13,7 +13,7 @@ from workbench.runs import RunStore, RunStoreError, atomic_write_json, new_run_i
 def test_create_writes_config_with_schema_version_and_queued_status(store):
     run = store.create({"kind": "kd", "dataset": "digits"}, run_id="my-run_1.0")
     assert run.path == store.root / "my-run_1.0"
-    assert run.config["schema_version"] == 1 and run.config["run_id"] == "my-run_1.0"
+    assert run.config["schema_version"] == 2 and run.config["run_id"] == "my-run_1.0"
     assert run.status()["state"] == "queued"
     assert [r.run_id for r in store.list()] == ["my-run_1.0"]
 

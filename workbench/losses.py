@@ -3,7 +3,7 @@
 Every function takes tensors and returns a scalar tensor. The docstrings give the
 formula, the paper, and a checked example (run by the tests as doctests).
 
-Our α convention (GUIDE.md): α weights the *distillation* term,
+Our α convention (docs/conventions.md): α weights the *distillation* term,
 
     L = (1 − α) · CE(z_s, y) + α · T² · KL( softmax(z_t / T) ‖ softmax(z_s / T) )
 
@@ -89,9 +89,31 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """
     _check_logits(student_logits, teacher_logits)
     check_temperature(temperature)
+    return soft_kl(student_logits, F.log_softmax(teacher_logits.detach() / temperature, dim=-1), temperature)
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    r"""`kd_loss` with the teacher given as its softened log-probabilities log softmax(z_t/T).
+
+    .. math::
+        T^2 \cdot \frac{1}{B} \sum_{b,k} p^t_{bk}\left(\log p^t_{bk} - \log\mathrm{softmax}(z_s/T)_{bk}\right),
+        \quad \log p^t = \texttt{teacher\_log\_probs}
+
+    This is the form a cached teacher takes: its targets are computed once per data set and view.
+
+    Args:
+        student_logits: (B, K).
+        teacher_log_probs: (B, K) log-probabilities; constants.
+        temperature: T > 0.
+
+    >>> z_s, z_t = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    >>> round(soft_kl(z_s, torch.log_softmax(z_t / 4.0, 1), 4.0).item(), 4)  # = kd_loss(z_s, z_t, 4.0)
+    0.3459
+    """
+    _check_logits(student_logits, teacher_log_probs)
+    check_temperature(temperature)
     log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
-    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    kl = F.kl_div(log_p_s, teacher_log_probs.detach(), reduction="batchmean", log_target=True)
     return kl * temperature ** 2
 
 
@@ -154,11 +176,13 @@ def distillation_objective(student_logits: torch.Tensor, teacher_logits: torch.T
     return (1.0 - alpha) * ce + alpha * kd_loss(student_logits, teacher_logits, temperature)
 
 
-class _FusedObjective(torch.autograd.Function):
-    """`distillation_objective` from cached teacher log-probabilities, with its gradient in closed form.
+class _FusedKD(torch.autograd.Function):
+    """((1 − α)·CE, α·T²·KL) from cached teacher log-probabilities, with the gradient in closed form.
 
     d/dz_s of (1 − α)·CE = (1 − α)·(softmax(z_s) − onehot(y))·[y labelled] / n_labelled
     d/dz_s of α·T²·KL   = α·T·(softmax(z_s/T) − p_t) / B
+    The weights are applied inside, in double precision, as the single-objective form always did, so
+    that splitting the objective into its two terms changes no bit of a training run.
     """
 
     @staticmethod
@@ -174,10 +198,10 @@ class _FusedObjective(torch.autograd.Function):
         kl = (p_t * (log_p_t - log_s)).sum() / B
         ctx.save_for_backward(log_q, log_s, p_t, safe, labelled, n_lab)
         ctx.temperature, ctx.alpha = temperature, alpha
-        return (1.0 - alpha) * ce + alpha * temperature ** 2 * kl
+        return (1.0 - alpha) * ce, alpha * temperature ** 2 * kl
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_ce, grad_kd):
         log_q, log_s, p_t, safe, labelled, n_lab = ctx.saved_tensors
         T, alpha = ctx.temperature, ctx.alpha
         B = log_q.shape[0]
@@ -185,17 +209,46 @@ class _FusedObjective(torch.autograd.Function):
         g_ce.scatter_add_(1, safe[:, None], -torch.ones_like(safe[:, None], dtype=g_ce.dtype))
         g_ce *= labelled[:, None] * ((1.0 - alpha) / n_lab)
         g_kd = (log_s.exp() - p_t) * (alpha * T / B)
-        return grad_out * (g_ce + g_kd), None, None, None, None
+        return grad_ce * g_ce + grad_kd * g_kd, None, None, None, None
+
+
+def fused_kd_terms(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, targets: torch.Tensor,
+                   temperature: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Vanilla KD's two weighted terms, ((1 − α)·CE, α·T²·KL), as one autograd node.
+
+    .. math::
+        \mathrm{CE} = \frac{1}{n_\text{lab}}\sum_{b:\,y_b \ne -1} -\log\mathrm{softmax}(z_s)_{b,y_b},\qquad
+        \mathrm{KL} = \frac{1}{B}\sum_{b,k} p^t_{bk}\left(\log p^t_{bk} - \log\mathrm{softmax}(z_s/T)_{bk}\right)
+
+    Equal in value and gradient to (1 − α)·`masked_cross_entropy(z_s, y)` and α·`soft_kl(z_s, log p_t, T)`;
+    the gradient with respect to the student's logits is written out, so the loss's autograd graph is one
+    node. The teacher comes as its softened log-probabilities log softmax(z_t/T), as the cache holds them.
+
+    Args:
+        student_logits: (B, K).
+        teacher_log_probs: (B, K) log softmax(z_t / T); constants.
+        targets: (B,), −1 for unlabelled.
+        temperature: T > 0.
+        alpha: weight of the KD term, in [0, 1].
+
+    >>> z_s, y = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0])
+    >>> ce, kd = fused_kd_terms(z_s, torch.log_softmax(torch.tensor([[0.0, 1.0, 0.0]]) / 4.0, 1), y, 4.0, 0.5)
+    >>> round(ce.item(), 4), round(kd.item(), 4)  # 0.5·CE and 0.5·kd_loss(z_s, z_t, 4.0)
+    (0.2757, 0.173)
+    """
+    check_temperature(temperature)
+    check_alpha(alpha)
+    _check_logits(student_logits, teacher_log_probs)
+    if targets.shape != student_logits.shape[:1]:
+        raise ValueError(f"targets must be (B,) = {tuple(student_logits.shape[:1])}, got {tuple(targets.shape)}")
+    return _FusedKD.apply(student_logits, teacher_log_probs.detach(), targets, float(temperature), float(alpha))
 
 
 def fused_distillation_objective(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor,
                                  targets: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
-    r"""The same value and gradient as `distillation_objective`, faster when the teacher is cached.
+    r"""The same value and gradient as `distillation_objective`, from cached teacher log-probabilities.
 
-    Takes the teacher's *softened log-probabilities* log softmax(z_t/T) (computed once per cached
-    view) instead of its logits, and computes the gradient with respect to the student's logits
-    in closed form, so the autograd graph of the loss is one node. The training loop uses it for
-    cached teachers; the tests check it against `distillation_objective` in value and gradient.
+    The sum of the two terms of `fused_kd_terms`.
 
     Args:
         student_logits: (B, K).
@@ -209,17 +262,19 @@ def fused_distillation_objective(student_logits: torch.Tensor, teacher_log_probs
     >>> round(fused_distillation_objective(z_s, log_p_t, y, 4.0, 0.5).item(), 4)
     0.4487
     """
-    check_temperature(temperature)
-    check_alpha(alpha)
-    _check_logits(student_logits, teacher_log_probs)
-    return _FusedObjective.apply(student_logits, teacher_log_probs.detach(), targets, float(temperature), float(alpha))
+    ce, kd = fused_kd_terms(student_logits, teacher_log_probs, targets, temperature, alpha)
+    return ce + kd
 
 
 # ---------------------------------------------------------------------------
 # logit methods beyond vanilla KD
 
-def _zscore(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """(z − mean) / (eps + std), per row, with the unbiased std (the LS-KD authors' code)."""
+def zscore(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """(z − mean) / (eps + std) over the last dimension, with the unbiased std (the LS-KD authors' code).
+
+    >>> zscore(torch.tensor([[1.0, 2.0, 3.0]])).round(decimals=4).tolist()
+    [[-1.0, 0.0, 1.0]]
+    """
     mean = logits.mean(dim=-1, keepdim=True)
     std = logits.std(dim=-1, keepdim=True)  # unbiased (n − 1)
     return (logits - mean) / (eps + std)
@@ -252,7 +307,7 @@ def logit_standardized_kd_loss(student_logits: torch.Tensor, teacher_logits: tor
     1.09
     """
     _check_logits(student_logits, teacher_logits)
-    return kd_loss(_zscore(student_logits), _zscore(teacher_logits.detach()), temperature)
+    return kd_loss(zscore(student_logits), zscore(teacher_logits.detach()), temperature)
 
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -283,13 +338,32 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets
     >>> round(dkd_loss(z_s, z_t, torch.tensor([0]), 1.0, 8.0, 1.0).item(), 4)
     3.7785
     """
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, targets, temperature)
+    return alpha * tckd + beta * nckd
+
+
+def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The two unweighted parts of `dkd_loss`, (TCKD, NCKD), each including its T² factor.
+
+    Args:
+        student_logits, teacher_logits: (B, K).
+        targets: (B,) class indices (−1: unlabelled, skipped).
+        temperature: T > 0.
+
+    >>> z_s, z_t = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[3.0, 0.0, 1.0]])
+    >>> tckd, nckd = dkd_terms(z_s, z_t, torch.tensor([0]), 1.0)
+    >>> round((tckd + 8 * nckd).item(), 4)  # = dkd_loss(z_s, z_t, y, 1.0, 8.0, 1.0)
+    3.7785
+    """
     _check_logits(student_logits, teacher_logits)
     check_temperature(temperature)
     keep = targets >= 0
     if not bool(keep.all()):
         student_logits, teacher_logits, targets = student_logits[keep], teacher_logits[keep], targets[keep]
     if len(targets) == 0:
-        return student_logits.sum() * 0.0
+        zero = student_logits.sum() * 0.0
+        return zero, zero
     z_s, z_t = student_logits / temperature, teacher_logits.detach() / temperature
     gt = F.one_hot(targets, z_s.shape[1]).bool()  # (B, K)
     p_s, p_t = torch.softmax(z_s, 1), torch.softmax(z_t, 1)
@@ -299,7 +373,7 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets
     log_q_s = torch.log_softmax(z_s - 1000.0 * gt, 1)  # softmax over the non-target classes
     log_q_t = torch.log_softmax(z_t - 1000.0 * gt, 1)
     nckd = F.kl_div(log_q_s, log_q_t, reduction="batchmean", log_target=True)
-    return temperature ** 2 * (alpha * tckd + beta * nckd)
+    return temperature ** 2 * tckd, temperature ** 2 * nckd
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -352,7 +426,7 @@ def _flat(f: torch.Tensor) -> torch.Tensor:
     return f.reshape(f.shape[0], -1)
 
 
-def _match_spatial(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def match_spatial(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive-average-pool the larger of two (B, C, H, W) maps to the other's size."""
     if s.ndim == 4 and t.ndim == 4 and s.shape[2:] != t.shape[2:]:
         if s.shape[2] * s.shape[3] > t.shape[2] * t.shape[3]:
@@ -385,7 +459,7 @@ def fitnet_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor,
     """
     _check_batch(student_feature, teacher_feature)
     s = adapter(student_feature) if adapter is not None else student_feature
-    s, t = _match_spatial(s, teacher_feature.detach())
+    s, t = match_spatial(s, teacher_feature.detach())
     if s.shape != t.shape:
         raise ValueError(f"after the adapter the student feature {tuple(s.shape)} must match the teacher's "
                          f"{tuple(t.shape)}")
@@ -420,7 +494,7 @@ def at_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, p: int
     if student_feature.ndim != 4 or teacher_feature.ndim != 4:
         raise ValueError(f"at_loss needs (B, C, H, W) maps, got {tuple(student_feature.shape)} and "
                          f"{tuple(teacher_feature.shape)}")
-    s, t = _match_spatial(student_feature, teacher_feature.detach())
+    s, t = match_spatial(student_feature, teacher_feature.detach())
     return (attention_map(s, p) - attention_map(t, p)).pow(2).mean()
 
 

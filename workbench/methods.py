@@ -1,14 +1,20 @@
-"""Distillation methods behind one interface, so the training loop stays one loop.
+"""Every run's objective is a Method: cross-entropy alone, vanilla KD, and the rest, behind one interface.
 
-A method declares what it needs (the teacher's logits only, or named features of both
-models), its hyperparameters with the defaults of its paper or its authors' code, and its
-loss. Learnable pieces (FitNets' regressor, CRD's embedding heads and memory, DML's peers)
-live in the method, are trained with the student, and are left out of the exported student.
+A method declares what it needs from the teacher (`teacher_input`: nothing, its logits, or
+named features of both models), how it wants the teacher's logits presented
+(`teacher_target`, e.g. log softmax(z_t/T) for KD), its hyperparameters with the defaults of
+its paper or its authors' code, and its objective as named, weighted terms (`terms`). The
+training loop sums the terms, logs each one, and never looks at a method's name: a method
+whose teacher input is "logits" gets its targets from the teacher-logit cache when the
+augmentation allows it, and from the teacher on the batch otherwise.
 
-Every method's objective adds its term(s) to the student's cross-entropy on the visible
-labels. ``kd`` uses the project's α convention, L = (1 − α)·CE + α·T²·KL, with T and α from
-the run's config; the others use their papers' weights, listed in each entry below and in
-docs/methods.md. ``METHODS`` maps names to classes; ``build_method`` makes one for a run.
+Learnable pieces (FitNets' regressor, CRD's embedding heads and memory, DML's peers) live in
+the method, are trained with the student, and are left out of the exported student.
+
+``ce`` is the objective of teacher and scratch runs. ``kd`` uses the project's α convention
+(docs/conventions.md), L = (1 − α)·CE + α·T²·KL, with T and α as its own hyperparameters;
+the others use their papers' weights, listed in each class and in docs/methods.md.
+``METHODS`` maps names to classes; ``build_method`` makes one for a run.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from torch import nn
 
 from . import losses
 
+TEACHER_INPUTS = ("none", "logits", "features")
+
 
 @dataclass
 class StepContext:
@@ -31,14 +39,31 @@ class StepContext:
     targets: torch.Tensor  # (B,) labels, −1 where the label budget hides them
     idx: torch.Tensor  # (B,) positions in the training split
     s_logits: torch.Tensor  # (B, K)
-    t_logits: torch.Tensor | None  # (B, K) or None (no teacher)
+    t_target: torch.Tensor | None = None  # (B, K) method.teacher_target(teacher logits), None without a teacher
     s_feats: dict = field(default_factory=dict)
     t_feats: dict = field(default_factory=dict)
     progress: float = 0.0  # fraction of all training steps done
 
 
+def _coerce(method: str, key: str, default, value):
+    """`value` as the type of `default`: a finite float, a whole number, or a string; else ValueError."""
+    if isinstance(default, str):
+        return str(value).strip()
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{method}: {key} must be a number, got {value!r}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{method}: {key} must be a finite number, got {value!r}")
+    if isinstance(default, int):
+        if f != int(f):
+            raise ValueError(f"{method}: {key} must be a whole number, got {value!r}")
+        return int(f)
+    return f
+
+
 class Method(nn.Module):
-    """Base class. Subclasses set the class attributes and implement `loss`."""
+    """Base class. Subclasses set the class attributes and implement `terms`."""
 
     name = "base"
     title = ""
@@ -46,36 +71,88 @@ class Method(nn.Module):
     description = ""
     defaults: dict = {}
     help: dict = {}
-    needs_teacher = True
-    uses_config_t_alpha = False  # True: T and α come from the run's config (the kd family)
-    logits_only = True  # False: needs features, so the teacher runs on every batch
+    needs_teacher = True  # False: the method trains without a pretrained teacher (ce, dml)
+    teacher_input = "logits"  # none | logits | features (features: the teacher runs on every batch, with hooks)
+    temperature_key: str | None = None  # the hyperparameter that softens distributions, if there is one
 
-    def __init__(self, params: dict | None = None, temperature: float = 4.0, alpha: float = 0.9):
+    def __init__(self, params: dict | None = None):
         super().__init__()
         params = dict(params or {})
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise ValueError(f"{self.name} has no hyperparameters {sorted(unknown)}; it takes "
-                             f"{sorted(self.defaults) or 'none'}")
-        self.p = {**self.defaults, **{k: type(self.defaults[k])(v) for k, v in params.items()}}
-        self.temperature, self.alpha = float(temperature), float(alpha)
+                             f"{', '.join(sorted(self.defaults)) or 'none'}")
+        self.p = {k: _coerce(self.name, k, d, params.get(k, d)) for k, d in self.defaults.items()}
+        self.check()
 
     # features each model must expose (names for workbench.hooks), decided in setup()
     student_features: tuple[str, ...] = ()
     teacher_features: tuple[str, ...] = ()
 
+    def check(self) -> None:
+        """Raise ValueError for hyperparameters out of range (called at construction)."""
+
+    @property
+    def temperature(self) -> float | None:
+        return float(self.p[self.temperature_key]) if self.temperature_key else None
+
     def setup(self, student: nn.Module, teacher: nn.Module | None, input_shape, num_classes: int,
               n_train: int) -> None:
         """Build learnable parts from the models' feature shapes (called once, before training)."""
 
-    def loss(self, ctx: StepContext) -> torch.Tensor:
+    def teacher_target(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """What the method wants to see of the teacher's logits (B, K) -> (B, K); per sample, so it is
+        computed once over the cached logits of the whole training set. The identity by default."""
+        return teacher_logits
+
+    def terms(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """The objective as named, weighted scalar terms; the training loop sums them."""
         raise NotImplementedError
 
+    def loss(self, ctx: StepContext) -> torch.Tensor:
+        return sum(self.terms(ctx).values())
+
     def objective_text(self) -> str:
+        """The objective with this method's values filled in, as plain text."""
         return ""
+
+    def objective_latex(self) -> str | None:
+        """The same as LaTeX where a page wants to typeset it (None: show the text)."""
+        return None
 
     def ce(self, ctx: StepContext) -> torch.Tensor:
         return losses.masked_cross_entropy(ctx.s_logits, ctx.targets)
+
+
+def resolved_params(name: str, params: dict | None = None) -> dict:
+    """A method's hyperparameters: its defaults with `params` applied (validated)."""
+    return build_method(name, params).p
+
+
+class CE(Method):
+    """Cross-entropy on the visible labels: the objective of teacher runs and of scratch students."""
+
+    name = "ce"
+    title = "Cross-entropy (no teacher)"
+    citation = "The supervised baseline: the student trained without the teacher (α = 0 in vanilla KD)."
+    description = "cross-entropy on the visible labels only"
+    needs_teacher = False
+    teacher_input = "none"
+
+    def terms(self, ctx):
+        return {"ce": self.ce(ctx)}
+
+    def objective_text(self):
+        return "L = CE(z_s, y)"
+
+    def objective_latex(self):
+        return r"\mathcal{L} = \mathrm{CE}(z_s, y)"
+
+
+def _ce(p: dict) -> str:
+    """The cross-entropy part of an objective's text, with its weight when it is not 1."""
+    w = p.get("ce_weight", 1.0)
+    return "CE" if w == 1 else f"{w:g}·CE"
 
 
 def _stage(model: nn.Module, wanted: str, fallback: str = "embedding") -> str:
@@ -89,17 +166,48 @@ def _stage(model: nn.Module, wanted: str, fallback: str = "embedding") -> str:
 # logit methods
 
 class KD(Method):
+    """Vanilla KD: (1 − α)·CE + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)).
+
+    Its teacher target is the softened log-probabilities log softmax(z_t/T), cached once per
+    view. With `closed_form` (the default) the two terms come from one autograd node whose
+    gradient is written out (`losses.fused_kd_terms`); the tests check it against the plain
+    autograd path in value, gradient and parameters after an optimiser step.
+    """
+
     name = "kd"
     title = "Vanilla KD"
     citation = "Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. arXiv:1503.02531, 2015."
     description = "match the teacher's softened probabilities: (1 − α)·CE + α·T²·KL"
-    uses_config_t_alpha = True
+    defaults = {"temperature": 4.0, "alpha": 0.9}
+    help = {"temperature": "T > 0 softens both distributions in the KD term",
+            "alpha": "weight of the KD term in [0, 1]: 0 = scratch, 1 = pure distillation"}
+    temperature_key = "temperature"
+    closed_form = True  # False: the same terms through plain autograd (for tests and debugging)
 
-    def loss(self, ctx):
-        return losses.distillation_objective(ctx.s_logits, ctx.t_logits, ctx.targets, self.temperature, self.alpha)
+    def check(self):
+        losses.check_temperature(self.p["temperature"])
+        losses.check_alpha(self.p["alpha"])
+
+    def teacher_target(self, teacher_logits):
+        return torch.log_softmax(teacher_logits.float() / self.p["temperature"], 1)  # (B, K) log p_t
+
+    def terms(self, ctx):
+        T, a = self.p["temperature"], self.p["alpha"]
+        if self.closed_form:
+            ce, kd = losses.fused_kd_terms(ctx.s_logits, ctx.t_target, ctx.targets, T, a)
+        else:
+            ce, kd = (1.0 - a) * self.ce(ctx), a * losses.soft_kl(ctx.s_logits, ctx.t_target, T)
+        return {"ce": ce, "kd": kd}
 
     def objective_text(self):
-        return f"(1 − {self.alpha:g})·CE + {self.alpha:g}·{self.temperature:g}²·KL(p_t ‖ p_s)"
+        T, a = f"{self.p['temperature']:g}", f"{self.p['alpha']:g}"
+        return f"L = (1 − {a})·CE(z_s, y) + {a}·{T}²·KL(softmax(z_t/{T}) ‖ softmax(z_s/{T}))"
+
+    def objective_latex(self):
+        T, a = f"{self.p['temperature']:g}", f"{self.p['alpha']:g}"
+        return (rf"\begin{{aligned}}\mathcal{{L}} &= (1 - {a})\,\mathrm{{CE}}(z_s, y) \\ &\quad + {a}\cdot {T}^2\,"
+                rf"\mathrm{{KL}}(p_t \,\|\, p_s) \\ p_t &= \mathrm{{softmax}}(z_t/{T}),\ "
+                rf"p_s = \mathrm{{softmax}}(z_s/{T})\end{{aligned}}")
 
 
 class LSKD(Method):
@@ -111,13 +219,21 @@ class LSKD(Method):
     help = {"ce_weight": "weight of the cross-entropy (authors' code: 0.1)",
             "kd_weight": "weight of the KD term (README: --kd-weight 9)",
             "temperature": "base temperature (README: --base-temp 2)"}
+    temperature_key = "temperature"
 
-    def loss(self, ctx):
-        return self.p["ce_weight"] * self.ce(ctx) + self.p["kd_weight"] * losses.logit_standardized_kd_loss(
-            ctx.s_logits, ctx.t_logits, self.p["temperature"])
+    def check(self):
+        losses.check_temperature(self.p["temperature"])
+
+    def teacher_target(self, teacher_logits):
+        return torch.log_softmax(losses.zscore(teacher_logits.float()) / self.p["temperature"], 1)
+
+    def terms(self, ctx):
+        ls = losses.soft_kl(losses.zscore(ctx.s_logits), ctx.t_target, self.p["temperature"])
+        return {"ce": self.p["ce_weight"] * self.ce(ctx), "kd": self.p["kd_weight"] * ls}
 
     def objective_text(self):
-        return f"{self.p['ce_weight']:g}·CE + {self.p['kd_weight']:g}·T²·KL(z-scored, T = {self.p['temperature']:g})"
+        return (f"L = {self.p['ce_weight']:g}·CE + {self.p['kd_weight']:g}·T²·KL(z-scored logits), "
+                f"T = {self.p['temperature']:g}")
 
 
 class DKD(Method):
@@ -128,14 +244,22 @@ class DKD(Method):
     defaults = {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20 / 240}
     help = {"alpha": "TCKD weight", "beta": "NCKD weight", "temperature": "T",
             "warmup": "fraction of training over which the DKD weight ramps up (paper: 20 of 240 epochs)"}
+    temperature_key = "temperature"
 
-    def loss(self, ctx):
+    def check(self):
+        losses.check_temperature(self.p["temperature"])
+        if not 0 <= self.p["warmup"] < 1:
+            raise ValueError(f"dkd: warmup is a fraction of training in [0, 1), got {self.p['warmup']}")
+
+    def terms(self, ctx):
         ramp = min(ctx.progress / self.p["warmup"], 1.0) if self.p["warmup"] > 0 else 1.0
-        return self.p["ce_weight"] * self.ce(ctx) + ramp * losses.dkd_loss(
-            ctx.s_logits, ctx.t_logits, ctx.targets, self.p["alpha"], self.p["beta"], self.p["temperature"])
+        tckd, nckd = losses.dkd_terms(ctx.s_logits, ctx.t_target, ctx.targets, self.p["temperature"])
+        return {"ce": self.p["ce_weight"] * self.ce(ctx), "tckd": ramp * self.p["alpha"] * tckd,
+                "nckd": ramp * self.p["beta"] * nckd}
 
     def objective_text(self):
-        return (f"CE + warm-up·({self.p['alpha']:g}·TCKD + {self.p['beta']:g}·NCKD), T = {self.p['temperature']:g}")
+        return (f"L = {_ce(self.p)} + warm-up·({self.p['alpha']:g}·TCKD + {self.p['beta']:g}·NCKD), "
+                f"T = {self.p['temperature']:g}")
 
 
 class DIST(Method):
@@ -145,13 +269,20 @@ class DIST(Method):
     description = "match inter- and intra-class relations (Pearson correlation) instead of exact probabilities"
     defaults = {"ce_weight": 1.0, "beta": 1.0, "gamma": 1.0, "tau": 1.0}
     help = {"beta": "inter-class weight", "gamma": "intra-class weight", "tau": "temperature"}
+    temperature_key = "tau"
 
-    def loss(self, ctx):
-        return self.p["ce_weight"] * self.ce(ctx) + losses.dist_loss(ctx.s_logits, ctx.t_logits, self.p["beta"],
-                                                                     self.p["gamma"], self.p["tau"])
+    def check(self):
+        losses.check_temperature(self.p["tau"])
+
+    def terms(self, ctx):
+        tau = self.p["tau"]
+        return {"ce": self.p["ce_weight"] * self.ce(ctx),
+                "inter": losses.dist_loss(ctx.s_logits, ctx.t_target, self.p["beta"], 0.0, tau),
+                "intra": losses.dist_loss(ctx.s_logits, ctx.t_target, 0.0, self.p["gamma"], tau)}
 
     def objective_text(self):
-        return f"CE + τ²·({self.p['beta']:g}·inter + {self.p['gamma']:g}·intra), τ = {self.p['tau']:g}"
+        return (f"L = {_ce(self.p)} + τ²·({self.p['beta']:g}·inter + {self.p['gamma']:g}·intra), "
+                f"τ = {self.p['tau']:g}")
 
 
 # ---------------------------------------------------------------------------
@@ -173,7 +304,7 @@ class FitNet(Method):
     description = "regress an intermediate teacher feature (the hint) from the student's, through an adapter"
     defaults = {"ce_weight": 1.0, "beta": 100.0, "student_stage": "auto", "teacher_stage": "auto"}
     help = {"beta": "hint weight (RepDistiller: -b 100)", "student_stage": "stage name (auto: stage2, else embedding)"}
-    logits_only = False
+    teacher_input = "features"
 
     def setup(self, student, teacher, input_shape, num_classes, n_train):
         from .hooks import feature_shapes
@@ -186,15 +317,15 @@ class FitNet(Method):
             t_shape = (t_shape[0], min(s_shape[1], t_shape[1]), min(s_shape[2], t_shape[2]))
         self.adapter = make_adapter(s_shape, t_shape)
 
-    def loss(self, ctx):
+    def terms(self, ctx):
         (s,), (t,) = ctx.s_feats.values(), ctx.t_feats.values()
         if s.ndim == 4 and t.ndim == 4:
-            s, t = losses._match_spatial(s.float(), t.float())
-        return self.p["ce_weight"] * self.ce(ctx) + self.p["beta"] * losses.fitnet_loss(s.float(), t.float(),
-                                                                                        self.adapter)
+            s, t = losses.match_spatial(s.float(), t.float())
+        return {"ce": self.p["ce_weight"] * self.ce(ctx),
+                "hint": self.p["beta"] * losses.fitnet_loss(s.float(), t.float(), self.adapter)}
 
     def objective_text(self):
-        return f"CE + {self.p['beta']:g}·‖r(f_s) − f_t‖² (hint)"
+        return f"L = {_ce(self.p)} + {self.p['beta']:g}·‖r(f_s) − f_t‖² (hint)"
 
 
 class AT(Method):
@@ -204,7 +335,7 @@ class AT(Method):
     description = "match the spatial attention maps (channel mean of squared activations) of each stage"
     defaults = {"ce_weight": 1.0, "beta": 1000.0, "p": 2}
     help = {"beta": "weight (RepDistiller: -b 1000)", "p": "power of the activations"}
-    logits_only = False
+    teacher_input = "features"
 
     def setup(self, student, teacher, input_shape, num_classes, n_train):
         from .hooks import feature_shapes
@@ -220,19 +351,19 @@ class AT(Method):
                              "pick a cnn, resnet or torchvision student (an MLP has no feature maps)")
         self.student_features = self.teacher_features = tuple(common)
 
-    def loss(self, ctx):
+    def terms(self, ctx):
         at = sum(losses.at_loss(ctx.s_feats[n].float(), ctx.t_feats[n].float(), self.p["p"])
                  for n in self.student_features)
-        return self.p["ce_weight"] * self.ce(ctx) + self.p["beta"] * at
+        return {"ce": self.p["ce_weight"] * self.ce(ctx), "at": self.p["beta"] * at}
 
     def objective_text(self):
-        return f"CE + {self.p['beta']:g}·Σ_stages mean(a(f_s) − a(f_t))²"
+        return f"L = {_ce(self.p)} + {self.p['beta']:g}·Σ_stages mean(a(f_s) − a(f_t))²"
 
 
 class _EmbeddingMethod(Method):
     """A relation method on the pooled embeddings (or another named stage)."""
 
-    logits_only = False
+    teacher_input = "features"
     stage_default = "embedding"
 
     def setup(self, student, teacher, input_shape, num_classes, n_train):
@@ -252,11 +383,11 @@ class PKT(_EmbeddingMethod):
     defaults = {"ce_weight": 1.0, "beta": 30000.0, "stage": "embedding"}
     help = {"beta": "weight (RepDistiller: -b 30000)"}
 
-    def loss(self, ctx):
-        return self.p["ce_weight"] * self.ce(ctx) + self.p["beta"] * losses.pkt_loss(*self.pair(ctx))
+    def terms(self, ctx):
+        return {"ce": self.p["ce_weight"] * self.ce(ctx), "pkt": self.p["beta"] * losses.pkt_loss(*self.pair(ctx))}
 
     def objective_text(self):
-        return f"CE + {self.p['beta']:g}·KL(P_t ‖ P_s) over cosine similarities"
+        return f"L = {_ce(self.p)} + {self.p['beta']:g}·KL(P_t ‖ P_s) over cosine similarities"
 
 
 class RKD(_EmbeddingMethod):
@@ -267,12 +398,13 @@ class RKD(_EmbeddingMethod):
     defaults = {"ce_weight": 1.0, "beta": 1.0, "distance_weight": 25.0, "angle_weight": 50.0, "stage": "embedding"}
     help = {"distance_weight": "w_D (paper: 25)", "angle_weight": "w_A (paper: 50)"}
 
-    def loss(self, ctx):
-        return self.p["ce_weight"] * self.ce(ctx) + self.p["beta"] * losses.rkd_loss(
-            *self.pair(ctx), self.p["distance_weight"], self.p["angle_weight"])
+    def terms(self, ctx):
+        return {"ce": self.p["ce_weight"] * self.ce(ctx), "rkd": self.p["beta"] * losses.rkd_loss(
+            *self.pair(ctx), self.p["distance_weight"], self.p["angle_weight"])}
 
     def objective_text(self):
-        return f"CE + {self.p['distance_weight']:g}·distance + {self.p['angle_weight']:g}·angle (smooth L1)"
+        return (f"L = {_ce(self.p)} + {self.p['beta']:g}·({self.p['distance_weight']:g}·distance + "
+                f"{self.p['angle_weight']:g}·angle) (smooth L1)")
 
 
 class SP(_EmbeddingMethod):
@@ -291,11 +423,11 @@ class SP(_EmbeddingMethod):
             return stages[0] if stages else "embedding"
         self.student_features, self.teacher_features = (last(student),), (last(teacher),)
 
-    def loss(self, ctx):
-        return self.p["ce_weight"] * self.ce(ctx) + self.p["beta"] * losses.sp_loss(*self.pair(ctx))
+    def terms(self, ctx):
+        return {"ce": self.p["ce_weight"] * self.ce(ctx), "sp": self.p["beta"] * losses.sp_loss(*self.pair(ctx))}
 
     def objective_text(self):
-        return f"CE + {self.p['beta']:g}·‖G_t − G_s‖²_F / B²"
+        return f"L = {_ce(self.p)} + {self.p['beta']:g}·‖G_t − G_s‖²_F / B²"
 
 
 class CRD(_EmbeddingMethod):
@@ -335,7 +467,7 @@ class CRD(_EmbeddingMethod):
         self.register_buffer("memory_t", torch.rand(n_train, d).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("z", torch.full((2,), -1.0))  # normalising constants, set on the first batch
 
-    def loss(self, ctx):
+    def terms(self, ctx):
         s, t = self.pair(ctx)
         v_s = F.normalize(self.embed_s(s.flatten(1)), dim=1)  # (B, d)
         v_t = F.normalize(self.embed_t(t.flatten(1)), dim=1)
@@ -352,7 +484,7 @@ class CRD(_EmbeddingMethod):
                 pos = bank[ctx.idx] * self.p["nce_m"] + v.detach() * (1 - self.p["nce_m"])
                 bank[ctx.idx] = F.normalize(pos, dim=1)
         nce = losses.crd_nce_loss(out_s / self.z[0], self.n_data) + losses.crd_nce_loss(out_t / self.z[1], self.n_data)
-        return self.p["ce_weight"] * self.ce(ctx) + self.p["beta"] * nce
+        return {"ce": self.p["ce_weight"] * self.ce(ctx), "crd": self.p["beta"] * nce}
 
     @staticmethod
     def _scores(bank: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -364,7 +496,7 @@ class CRD(_EmbeddingMethod):
         return torch.bmm(bank[idx], v[:, :, None]).squeeze(2)
 
     def objective_text(self):
-        return f"CE + {self.p['beta']:g}·(NCE_student + NCE_teacher), K = {self.k if hasattr(self, 'k') else self.p['nce_k']}"
+        return f"L = {_ce(self.p)} + {self.p['beta']:g}·(NCE_student + NCE_teacher), K = {self.k if hasattr(self, 'k') else self.p['nce_k']}"
 
 
 # ---------------------------------------------------------------------------
@@ -383,36 +515,43 @@ class DML(Method):
     title = "Deep mutual learning"
     citation = "Zhang, Xiang, Hospedales, Lu. Deep Mutual Learning. CVPR 2018."
     description = "two or more students learn from each other online, with no pretrained teacher"
-    defaults = {"peers": 2, "temperature": 1.0}
-    help = {"peers": "number of students, this one included", "temperature": "T of the mutual KL"}
+    defaults = {"peers": 2, "temperature": 1.0, "mutual_weight": 1.0}
+    help = {"peers": "number of students, this one included", "temperature": "T of the mutual KL",
+            "mutual_weight": "weight of the mutual KL terms (paper: 1)"}
     needs_teacher = False
+    teacher_input = "none"
+    temperature_key = "temperature"
+
+    def check(self):
+        if self.p["peers"] < 2:
+            raise ValueError(f"dml needs at least 2 peers, got {self.p['peers']}")
+        losses.check_temperature(self.p["temperature"])
 
     def setup(self, student, teacher, input_shape, num_classes, n_train):
         from .models import build_model
 
-        if self.p["peers"] < 2:
-            raise ValueError("dml needs at least 2 peers")
         cfg = student.kdw_config
         device = next(student.parameters()).device
         self.peers = nn.ModuleList([build_model(cfg, input_shape, num_classes).to(device)
                                     for _ in range(int(self.p["peers"]) - 1)])
 
-    def loss(self, ctx):
+    def terms(self, ctx):
         T = self.p["temperature"]
         logits = [ctx.s_logits] + [peer(ctx.x).float() for peer in self.peers]
         n = len(logits)
-        total = 0.0
-        for i, z in enumerate(logits):
-            ce = losses.masked_cross_entropy(z, ctx.targets)
-            mutual = sum(losses.kd_loss(z, logits[j].detach(), T) for j in range(n) if j != i) / (n - 1)
-            total = total + ce + mutual
-        return total
+        ce = sum(losses.masked_cross_entropy(z, ctx.targets) for z in logits)
+        mutual = sum(losses.kd_loss(z, logits[j].detach(), T) for i, z in enumerate(logits)
+                     for j in range(n) if j != i) / (n - 1)
+        return {"ce": ce, "mutual": self.p["mutual_weight"] * mutual}
 
     def objective_text(self):
-        return f"Σ_i [CE(z_i) + mean_j KL(p_j ‖ p_i)], {int(self.p['peers'])} peers"
+        return (f"L = Σ_i [CE(z_i) + {self.p['mutual_weight']:g}·mean_j KL(p_j ‖ p_i)], "
+                f"{int(self.p['peers'])} peers, T = {self.p['temperature']:g}")
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (KD, LSKD, DKD, DIST, FitNet, AT, PKT, RKD, SP, CRD, DML)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (CE, KD, LSKD, DKD, DIST, FitNet, AT, PKT, RKD, SP, CRD,
+                                                        DML)}
+DISTILLATION_METHODS = tuple(n for n in METHODS if n != "ce")  # what a kd run may use
 
 
 def method_info(name: str) -> type[Method]:
@@ -421,8 +560,8 @@ def method_info(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def build_method(name: str, params: dict | None = None, temperature: float = 4.0, alpha: float = 0.9) -> Method:
-    return method_info(name)(params, temperature, alpha)
+def build_method(name: str, params: dict | None = None) -> Method:
+    return method_info(name)(params)
 
 
 def parse_params(pairs: list[str] | None) -> dict:

@@ -4,7 +4,7 @@
         config.json          everything needed to repeat the run (schema version included)
         status.json          queued | running | done | failed | cancelled, pid, times, error
         metrics.jsonl        one JSON object per epoch, appended and flushed
-        summary.json         final figures (GUIDE.md §1)
+        summary.json         final figures (docs/conventions.md)
         student.safetensors  weights of the best-validation epoch
         last.safetensors     weights of the last epoch
         log.txt              the job's stdout/stderr, when it ran as a job
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: T and α live in the method's parameters (1 kept them on the config)
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -89,20 +89,38 @@ def read_json(path: Path, default=None):
         raise RunStoreError(f"{path} is not valid JSON ({e})") from None
 
 
+def migrate_config(config: dict) -> dict:
+    """A run's config of any schema version, in the current one.
+
+    Schema 1 kept T and α on the config itself: a kd run's become its method's parameters, and
+    teacher and scratch runs (whose α was 0) get the ``ce`` method. Idempotent on current configs.
+    """
+    d = dict(config)
+    T, alpha = d.pop("temperature", None), d.pop("alpha", None)
+    if d.get("kind", "kd") != "kd":
+        if d.get("method") in (None, "kd"):
+            d["method"], d["method_params"] = "ce", {}
+    elif d.get("method") in (None, "kd"):
+        params = dict(d.get("method_params") or {})
+        if T is not None:
+            params.setdefault("temperature", T)
+        if alpha is not None:
+            params.setdefault("alpha", alpha)
+        d["method"], d["method_params"] = "kd", params
+    return d
+
+
 def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists and has not exited (a zombie counts as gone)."""
+    import psutil
+
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
+    except psutil.AccessDenied:
         return True
 
 
@@ -120,7 +138,8 @@ class Run:
     # -- config -------------------------------------------------------------
     @property
     def config(self) -> dict:
-        return read_json(self.path / "config.json", {}) or {}
+        """config.json, migrated to the current schema (see `migrate_config`)."""
+        return migrate_config(read_json(self.path / "config.json", {}) or {})
 
     # -- status -------------------------------------------------------------
     def status(self) -> dict:
@@ -218,8 +237,8 @@ class Run:
             "state": st.get("state"),
             "dataset": cfg.get("dataset"),
             "model": cfg.get("model_label", ""),
-            "temperature": cfg.get("temperature"),
-            "alpha": cfg.get("alpha"),
+            "method": cfg.get("method"),
+            "params": cfg.get("method_params") or {},
             "seed": cfg.get("seed"),
             "labels": cfg.get("labels"),
             "group": cfg.get("group"),

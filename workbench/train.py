@@ -1,31 +1,36 @@
-"""One training loop for teachers, scratch students and distilled students.
+"""One training loop for every run: teachers, scratch students and distilled students.
 
-    L = (1 − α)·CE(z_s, y) + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))
+Every run has a Method (workbench.methods) that owns its objective: ``ce`` for teacher and
+scratch runs, ``kd`` (L = (1 − α)·CE + α·T²·KL, T and α among its hyperparameters) or
+another method for distilled students. The loop sums the method's named terms and logs each
+one; it never branches on a method's name.
 
-A `TrainConfig` says everything about a run; `train(config)` runs it and returns the
-summary. kind = "teacher" and kind = "scratch" train on labels alone (α is 0); kind =
-"kd" distils from a frozen teacher. With a label budget (`labels`), only that many
+A `TrainConfig` says everything about a run; `train(config)` runs it in four stages, each a
+function: `prepare` (device, data, teacher, method, student, batches; `check_setup` is this
+stage, so a launch that checks first loads the teacher once), `start` (the teacher's cached
+targets, hooks, optimiser), `train_epoch` and `evaluate` per epoch, and `finish` (test of the
+best and the last epoch, summary, profile). With a label budget (`labels`), only that many
 training labels are visible: teacher and scratch runs train on those alone, with as many
-optimiser steps as a full epoch would take, while a KD run also sees every unlabelled
-image, where the teacher's soft targets are its only signal (Hinton's transfer set).
+optimiser steps as a full epoch would take, while a KD run also sees every unlabelled image,
+where the teacher's signal is all it gets (Hinton's transfer set).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from .data import AUGMENTATIONS, DATASETS, BatchLoader, label_mask, load_dataset
+from .data import AUGMENTATIONS, DATASETS, BatchLoader, Dataset, label_mask, load_dataset
 from .evaluate import classification_metrics, model_profile, predict_logits
 from .hooks import FeatureHooks
-from .losses import (OBJECTIVE, check_alpha, check_temperature, distillation_objective,
-                     fused_distillation_objective)
-from .methods import StepContext, build_method
+from .methods import DISTILLATION_METHODS, Method, StepContext, build_method, method_info
 from .models import ModelConfig, build_model, count_params, is_convnet
+from .runs import migrate_config
 from .teachers import Teacher, cached_logits, check_fits, load_teacher
 
 KINDS = ("teacher", "scratch", "kd")
@@ -39,13 +44,13 @@ class TrainingError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    kind: str = "kd"  # teacher | scratch | kd
+    kind: str = "kd"  # teacher | scratch | kd: the run's role in a comparison
     dataset: str = "digits"  # a name from workbench.data.DATASETS
     data_dir: str | None = None  # folder for image-folder / local copies
     model: ModelConfig = field(default_factory=lambda: ModelConfig("mlp", depth=1, width=64))  # the model trained
     teacher: str | None = None  # shipped teacher name, run id or .safetensors path (kd; scratch: for agreement)
-    temperature: float = 4.0  # T, softens both distributions in the KD term
-    alpha: float = 0.9  # weight of the KD term; 0 = scratch, 1 = pure distillation
+    method: str | None = None  # a name from workbench.methods.METHODS; default: ce (teacher, scratch), kd (kd)
+    method_params: dict = field(default_factory=dict)  # the method's hyperparameters (T and α for kd); stored resolved
     epochs: int = 10  # passes over the training set (over the transfer set with a label budget)
     batch_size: int = 128
     lr: float = 3e-3  # peak learning rate (warm-up, then cosine to 0)
@@ -57,11 +62,9 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda, then mps, then cpu
     amp: bool = True  # bf16 autocast where the device supports it (CUDA)
     compile: bool = False  # torch.compile the student (opt-in)
-    teacher_cache: bool = True  # look the teacher's logits up per view instead of running it on every batch
+    teacher_cache: bool = True  # look the teacher's targets up per view instead of running it on every batch
     group: str | None = None  # a tag that ties runs together (a demo, a sweep)
     profile: bool = True  # measure latency/throughput at the end
-    method: str = "kd"  # a name from workbench.methods.METHODS (kd runs only)
-    method_params: dict = field(default_factory=dict)  # overrides of the method's paper defaults
     teacher_weights: tuple | None = None  # weights of an ensemble teacher ("a,b"); equal if None
 
     def __post_init__(self):
@@ -71,27 +74,28 @@ class TrainConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        check_temperature(self.temperature)
-        check_alpha(self.alpha)
-        from .methods import method_info
-
+        if self.method is None:
+            object.__setattr__(self, "method", "kd" if self.kind == "kd" else "ce")
         info = method_info(self.method)
-        if self.kind != "kd" and self.method != "kd":
-            raise ValueError(f"method {self.method!r} applies to kd runs, not {self.kind} runs")
+        if self.kind != "kd" and self.method != "ce":
+            raise ValueError(f"{self.kind} runs train on labels alone (method ce), not {self.method!r}")
+        if self.kind == "kd" and self.method not in DISTILLATION_METHODS:
+            raise ValueError(f"a kd run needs a distillation method ({', '.join(DISTILLATION_METHODS)}), "
+                             f"not {self.method!r}")
         if self.kind == "kd" and not self.teacher and info.needs_teacher:
-            raise ValueError("a kd run needs a teacher")
-        info(self.method_params)  # unknown hyperparameters are an error now, not mid-run
+            raise ValueError(f"a kd run with {self.method} needs a teacher")
+        # unknown or out-of-range hyperparameters are an error now, not mid-run; stored resolved
+        object.__setattr__(self, "method_params", info(self.method_params).p)
         if self.teacher_weights is not None:
-            object.__setattr__(self, "teacher_weights", tuple(float(w) for w in self.teacher_weights))
-        if self.kind != "kd" and self.alpha != 0.0:
-            object.__setattr__(self, "alpha", 0.0)  # teacher and scratch runs never use the KD term
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
+            object.__setattr__(self, "teacher_weights", tuple(_finite("teacher weight", w)
+                                                              for w in self.teacher_weights))
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a whole number >= 1, got {self.epochs}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {self.batch_size}")
+        if not _finite("lr", self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
+        if _finite("weight_decay", self.weight_decay) < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -99,8 +103,27 @@ class TrainConfig:
             raise ValueError(f"augment must be auto or one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.labels is not None and not self.labels > 0:
+        if self.labels is not None and not _finite("labels", self.labels) > 0:
             raise ValueError(f"labels must be a positive count or a fraction in (0, 1], got {self.labels}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed must be a whole number in [0, 2^63), got {self.seed}")
+
+    @property
+    def temperature(self) -> float | None:
+        """The method's temperature (T for kd), or None for a method without one."""
+        key = method_info(self.method).temperature_key
+        return float(self.method_params[key]) if key else None
+
+    def build_method(self) -> Method:
+        return build_method(self.method, self.method_params)
+
+    def objective(self) -> str:
+        """The run's own objective with its values, as plain text."""
+        return self.build_method().objective_text()
+
+    def with_params(self, **params) -> "TrainConfig":
+        """This config with some of the method's hyperparameters changed."""
+        return replace(self, method_params={**self.method_params, **params})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,13 +132,25 @@ class TrainConfig:
         return d
 
     def record(self, command: str = "") -> dict:
-        """What a run's config.json holds: the config, the student's label and how it was launched."""
-        return self.to_dict() | {"model_label": self.model.label(), "command": command}
+        """What a run's config.json holds: the config, the student's label, the objective and how it was launched."""
+        return self.to_dict() | {"model_label": self.model.label(), "objective": self.objective(), "command": command}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a config.json of any schema version (older ones kept T and α on the config)."""
+        d = migrate_config(d)
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _finite(name: str, v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {v!r}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return f
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -172,7 +207,7 @@ def resolve_augment(config: TrainConfig, dataset) -> str:
 
 
 class TqdmProgress:
-    """A callback drawing a tqdm bar over the steps, with the epoch's validation accuracy beside it."""
+    """A callback drawing a tqdm bar over the steps, with the epoch's loss terms and validation accuracy."""
 
     def __init__(self, desc: str = "training"):
         self.desc, self.bar = desc, None
@@ -181,13 +216,14 @@ class TqdmProgress:
         from tqdm.auto import tqdm
 
         if event["event"] == "start":
+            tqdm.write(f"{self.desc}: {event['objective']}", file=sys.stderr)  # beside the bar, not in the table
             self.bar = tqdm(total=event["total_steps"], desc=self.desc, unit="step", leave=True,
                             dynamic_ncols=True, mininterval=0.5)
         elif event["event"] == "step" and self.bar is not None:
             self.bar.update(1)
         elif event["event"] == "epoch" and self.bar is not None:
-            self.bar.set_postfix(epoch=event["epoch"], loss=f"{event['train_loss']:.3f}",
-                                 val_acc=f"{100 * event['val_acc']:.2f}%")
+            terms = {k[5:]: f"{v:.3f}" for k, v in event.items() if k.startswith("loss_")}
+            self.bar.set_postfix(epoch=event["epoch"], **terms, val_acc=f"{100 * event['val_acc']:.2f}%")
         elif event["event"] == "end" and self.bar is not None:
             self.bar.close()
 
@@ -197,199 +233,276 @@ def _emit(callbacks, event: dict) -> None:
         cb(event)
 
 
-def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=None) -> dict:
-    """Train `config` to the end and return its summary (also written to `run` if given).
+# ---------------------------------------------------------------------------
+# the stages of a run
 
-    `callbacks` are called with event dicts: {"event": "start" | "step" | "epoch" | "end", ...}.
-    A non-finite loss raises TrainingError after recording the epoch's metrics.
+@dataclass
+class Session:
+    """Everything one run needs while it trains; made by `prepare`, completed by `start`."""
+
+    config: TrainConfig
+    device: torch.device
+    dataset: Dataset  # on the CPU
+    ds: Dataset  # the same tensors on the training device
+    augment: str
+    teacher: Teacher | None
+    method: Method
+    student: torch.nn.Module
+    visible: torch.Tensor  # (N_train,) bool: labels the run may see
+    loader: BatchLoader
+    setup_s: float = 0.0
+    # filled in by start()
+    forward: torch.nn.Module | None = None  # the student, or its torch.compile'd version
+    optimizer: torch.optim.Optimizer | None = None
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    t_targets: torch.Tensor | None = None  # (views, N_train, K) method.teacher_target of the cached logits
+    views: tuple[str, ...] = ("plain",)
+    val_teacher: torch.Tensor | None = None  # (N_val, K) teacher logits, CPU
+    test_teacher: torch.Tensor | None = None
+    s_hooks: FeatureHooks | None = None
+    t_hooks: FeatureHooks | None = None
+    started: bool = False
+    # progress
+    step: int = 0
+    train_s: float = 0.0
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "val_loss": math.inf, "epoch": 0, "state": None})
+    history: list = field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * len(self.loader)
+
+
+def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, teacher: Teacher | None = None
+            ) -> Session:
+    """Stage 1: device, seeds, data, the frozen teacher, the method and the student, the batches.
+
+    Cheap next to training, and complete enough to refuse what cannot work (a teacher that does
+    not fit the data, a label budget larger than the training set, AT on an MLP), so `check_setup`
+    is this function. Pass `teacher` to reuse one already loaded.
     """
-    t_setup = time.perf_counter()
-    # ---- setup: device, seeds, data -------------------------------------------------
+    t0 = time.perf_counter()
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir)
-    ds = dataset.to(device)
-    augment = resolve_augment(config, dataset)
-    cache_dir = (store.cache_dir / "teacher-logits") if store is not None else None
-
-    # ---- teacher: frozen, eval mode, logits cached per deterministic view ------------
-    teacher: Teacher | None = None
-    if config.teacher:
-        teacher = load_teacher(config.teacher, store, temperature=config.temperature, weights=config.teacher_weights)
+    method = config.build_method()
+    if config.teacher and teacher is None:
+        teacher = load_teacher(config.teacher, store, temperature=method.temperature or 1.0,
+                               weights=config.teacher_weights)
+    if teacher is not None:
         check_fits(teacher.model, dataset)
         teacher.model.to(device)
-    method = build_method(config.method, config.method_params, config.temperature, config.alpha) \
-        if config.kind == "kd" else None
-    cacheable = method is not None and method.logits_only and teacher is not None and config.teacher_cache \
-        and "crop" not in augment
-    views = ["plain", "flip"] if "flip" in augment else ["plain"]
-    log_p_t = t_cache = None
-    if cacheable and method.name == "kd":  # (views, N_train, K): log softmax(z_t / T), for the fused objective
-        log_p_t = torch.stack([torch.log_softmax(cached_logits(teacher, dataset, "train", v, cache_dir, device)
-                                                 / config.temperature, 1) for v in views])
-    elif cacheable:  # (views, N_train, K) raw logits for the other logit methods
-        t_cache = torch.stack([cached_logits(teacher, dataset, "train", v, cache_dir, device) for v in views])
+    visible = label_mask(dataset.y_train, config.labels, seed=config.seed)  # (N,) bool
+    ds = dataset.to(device)
+    augment = resolve_augment(config, dataset)
 
-    # ---- student ---------------------------------------------------------------------
-    torch.manual_seed(config.seed)  # same init for a scratch student and its KD twin
+    torch.manual_seed(config.seed)  # the same init for a scratch student and its distilled twin
     student = build_model(config.model, dataset.input_shape, dataset.num_classes).to(device)
-    channels_last = device.type == "cuda" and is_convnet(student)
-    if channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    s_hooks = t_hooks = None
-    if method is not None:
-        method.setup(student, teacher.model if teacher else None, dataset.input_shape, dataset.num_classes,
-                     len(ds.x_train))
-        method.to(device)
-        if method.student_features:
-            s_hooks = FeatureHooks(student, list(method.student_features)).add()
-        if method.teacher_features:
-            t_hooks = FeatureHooks(teacher.model, list(method.teacher_features)).add()
-    # hooks need the eager module; torch.compile is for the plain logit path
-    forward = torch.compile(student) if config.compile and s_hooks is None else student
-    amp_dtype = autocast_dtype(device, config.amp)
-    optimizer = make_optimizer(student, config, extra=method)
+    method.setup(student, teacher.model if teacher else None, dataset.input_shape, dataset.num_classes,
+                 len(ds.x_train))  # a method that cannot work with these models says so here
+    method.to(device)
 
-    # ---- label budget and batches ----------------------------------------------------
-    visible = label_mask(dataset.y_train, config.labels, seed=config.seed).to(device)  # (N,) bool
     steps_per_epoch = len(ds.x_train) // min(config.batch_size, len(ds.x_train))
     if config.kind == "kd":  # the transfer set: every training image, labels where visible
         loader = BatchLoader(ds.x_train, ds.y_train, config.batch_size, augment=augment, seed=config.seed)
     else:  # labels alone, with the same number of steps as a full epoch
         loader = BatchLoader(ds.x_train, ds.y_train, config.batch_size, augment=augment, seed=config.seed,
                              indices=visible.nonzero().squeeze(1), steps=steps_per_epoch)
-    steps_per_epoch = len(loader)
-    total_steps = config.epochs * steps_per_epoch
-    T, alpha = config.temperature, config.alpha
+    return Session(config, device, dataset, ds, augment, teacher, method, student, visible.to(device), loader,
+                   setup_s=time.perf_counter() - t0)
 
-    val_teacher = test_teacher = None
+
+def check_setup(config: TrainConfig, store=None, teacher: Teacher | None = None) -> Session:
+    """Fail fast, before any run folder exists: the data set loads, the teacher loads and fits it,
+    the device exists, the label budget fits, and the method works with these models.
+    Returns the prepared session, which `train(..., session=)` can go on with."""
+    return prepare(config, store, teacher=teacher)
+
+
+def start(s: Session, store=None) -> None:
+    """Stage 2: the teacher's targets from the cache, feature hooks, compilation and the optimiser."""
+    t0 = time.perf_counter()
+    config, method, teacher = s.config, s.method, s.teacher
+    cache_dir = (store.cache_dir / "teacher-logits") if store is not None else None
+    s.views = ("plain", "flip") if "flip" in s.augment else ("plain",)
+    cacheable = method.teacher_input == "logits" and teacher is not None and config.teacher_cache \
+        and "crop" not in s.augment  # random crops cannot be enumerated, so their logits cannot be cached
+    if cacheable:  # (views, N_train, K): what the method asked for, computed once per view
+        s.t_targets = torch.stack([method.teacher_target(cached_logits(teacher, s.dataset, "train", v, cache_dir,
+                                                                       s.device)) for v in s.views])
     if teacher is not None:
-        val_teacher = cached_logits(teacher, dataset, "val", "plain", cache_dir, "cpu")
-        test_teacher = cached_logits(teacher, dataset, "test", "plain", cache_dir, "cpu")
-    setup_s = time.perf_counter() - t_setup
-    _emit(callbacks, {"event": "start", "total_steps": total_steps, "epochs": config.epochs,
-                      "steps_per_epoch": steps_per_epoch, "device": str(device), "augment": augment,
-                      "params": count_params(student), "visible_labels": int(visible.sum()),
-                      "objective": OBJECTIVE, "setup_s": setup_s})
+        s.val_teacher = cached_logits(teacher, s.dataset, "val", "plain", cache_dir, "cpu")
+        s.test_teacher = cached_logits(teacher, s.dataset, "test", "plain", cache_dir, "cpu")
+    s.channels_last = s.device.type == "cuda" and is_convnet(s.student)
+    if s.channels_last:
+        s.student = s.student.to(memory_format=torch.channels_last)
+    if method.student_features:
+        s.s_hooks = FeatureHooks(s.student, list(method.student_features)).add()
+    if method.teacher_features and teacher is not None:
+        s.t_hooks = FeatureHooks(teacher.model, list(method.teacher_features)).add()
+    # hooks need the eager module; torch.compile is for the plain logit path
+    s.forward = torch.compile(s.student) if config.compile and s.s_hooks is None else s.student
+    s.amp_dtype = autocast_dtype(s.device, config.amp)
+    s.optimizer = make_optimizer(s.student, config, extra=method)
+    s.setup_s += time.perf_counter() - t0
+    s.started = True
 
-    best = {"val_acc": -1.0, "val_loss": math.inf, "epoch": 0, "state": None}
-    history = []
-    step = 0
-    train_s = 0.0
-    for epoch in range(1, config.epochs + 1):
-        # ---- train one epoch (no host-device sync inside: sums stay on the device) ----
-        student.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = torch.zeros((), device=device, dtype=torch.long)
-        for x, y, idx, flip in loader:
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, total_steps, config.lr)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y_seen = torch.where(visible[idx], y, -1)  # (B,) -1 = label hidden by the budget
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = forward(x)  # (B, K)
-            logits = logits.float()
-            if config.kind != "kd":
-                loss = distillation_objective(logits, None, y_seen, T, 0.0)  # cross-entropy alone
-            elif log_p_t is not None:  # look the teacher up: flipped samples take the flipped view
-                lp = log_p_t[0, idx] if flip is None else log_p_t[flip.long(), idx]  # (B, K)
-                loss = fused_distillation_objective(logits, lp, y_seen, T, alpha)
-            else:  # every other method, and views that cannot be enumerated (random crops)
-                t_logits, t_feats = None, {}
-                if t_cache is not None:
-                    t_logits = t_cache[0, idx] if flip is None else t_cache[flip.long(), idx]
-                elif teacher is not None and method.needs_teacher:  # the frozen teacher on this batch
-                    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                                         enabled=amp_dtype is not None):
-                        t_logits = teacher.model(x).float()
-                    t_feats = t_hooks.pop() if t_hooks else {}
-                ctx = StepContext(x=x, targets=y_seen, idx=idx, s_logits=logits, t_logits=t_logits,
-                                  s_feats=s_hooks.pop() if s_hooks else {}, t_feats=t_feats,
-                                  progress=step / total_steps)
-                loss = method.loss(ctx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            labelled = y_seen >= 0
-            correct += ((logits.detach().argmax(1) == y) & labelled).sum()
-            seen += labelled.sum()
-            step += 1
-            _emit(callbacks, {"event": "step", "step": step, "total_steps": total_steps, "epoch": epoch})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        epoch_s = time.perf_counter() - t0
-        train_s += epoch_s
 
-        # ---- evaluate on validation; keep the best epoch -------------------------------
-        train_loss = (loss_sum / steps_per_epoch).item()  # one sync per epoch
-        val_logits = predict_logits(forward, ds.x_val, device=device)
-        val_y = dataset.y_val
-        val_loss = torch.nn.functional.cross_entropy(val_logits, val_y).item()
-        val_acc = (val_logits.argmax(1) == val_y).float().mean().item()
-        row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": train_loss, "train_acc": (correct.float() / seen.clamp_min(1)).item(),
-               "val_loss": val_loss, "val_acc": val_acc, "epoch_s": epoch_s, "train_s": train_s}
-        if val_teacher is not None:
-            row["val_agreement"] = (val_logits.argmax(1) == val_teacher.argmax(1)).float().mean().item()
-        history.append(row)
-        if not math.isfinite(train_loss):
-            _emit(callbacks, {"event": "epoch", **row})
-            raise TrainingError(f"the loss became {train_loss} in epoch {epoch}: training diverged. "
-                                f"Lower the learning rate (now {config.lr}) or the temperature.")
-        # ties in accuracy (common on small validation sets) go to the lower validation loss
-        improved = val_acc > best["val_acc"] or (val_acc == best["val_acc"] and val_loss < best["val_loss"])
-        if improved:
-            best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch,
-                    "state": copy.deepcopy(student.state_dict())}
-        if run is not None:
-            if improved:
-                run.save_weights(student, "best", epoch=epoch)
-            run.save_weights(student, "last", epoch=epoch)
-        _emit(callbacks, {"event": "epoch", **row, "best_epoch": best["epoch"]})
+def _autocast(s: Session):
+    return torch.autocast(s.device.type, dtype=s.amp_dtype or torch.float32, enabled=s.amp_dtype is not None)
 
-    # ---- test the best-validation and the last epoch ----------------------------------
-    for hooks in (s_hooks, t_hooks):
+
+def teacher_batch(s: Session, x: torch.Tensor, idx: torch.Tensor, flip: torch.Tensor | None):
+    """(target, features) of the teacher for one batch: looked up in the cache, or the frozen teacher run on it."""
+    if s.method.teacher_input == "none" or s.teacher is None:
+        return None, {}
+    if s.t_targets is not None:  # flipped samples take the flipped view
+        return (s.t_targets[0, idx] if flip is None else s.t_targets[flip.long(), idx]), {}  # (B, K)
+    with torch.no_grad(), _autocast(s):
+        z_t = s.teacher.model(x).float()  # (B, K)
+    return s.method.teacher_target(z_t), (s.t_hooks.pop() if s.t_hooks else {})
+
+
+def train_step(s: Session, x, y, idx, flip) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One forward/backward/update; returns the detached terms and the logits (no host-device sync)."""
+    for g in s.optimizer.param_groups:  # learning rate: warm-up then cosine
+        g["lr"] = lr_at(s.step, s.total_steps, s.config.lr)
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y_seen = torch.where(s.visible[idx], y, -1)  # (B,) -1 = label hidden by the budget
+    with _autocast(s):
+        logits = s.forward(x)  # (B, K)
+    logits = logits.float()
+    t_target, t_feats = teacher_batch(s, x, idx, flip)
+    ctx = StepContext(x=x, targets=y_seen, idx=idx, s_logits=logits, t_target=t_target,
+                      s_feats=s.s_hooks.pop() if s.s_hooks else {}, t_feats=t_feats,
+                      progress=s.step / s.total_steps)
+    terms = s.method.terms(ctx)
+    loss = sum(terms.values())
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.optimizer.step()
+    s.step += 1
+    return {k: v.detach() for k, v in terms.items()}, logits.detach()
+
+
+def train_epoch(s: Session, epoch: int, callbacks=()) -> dict:
+    """Stage 3a: one pass over the batches. Sums stay on the device; one sync at the end."""
+    s.student.train()
+    t0 = time.perf_counter()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=s.device, dtype=torch.long)
+    seen = torch.zeros((), device=s.device, dtype=torch.long)
+    for x, y, idx, flip in s.loader:
+        terms, logits = train_step(s, x, y, idx, flip)
+        for k, v in terms.items():
+            sums[k] = sums[k] + v if k in sums else v.clone()
+        labelled = s.visible[idx]
+        correct += ((logits.argmax(1) == y) & labelled).sum()
+        seen += labelled.sum()
+        _emit(callbacks, {"event": "step", "step": s.step, "total_steps": s.total_steps, "epoch": epoch})
+    if s.device.type == "cuda":
+        torch.cuda.synchronize()  # timing brackets the work, not its queueing
+    epoch_s = time.perf_counter() - t0
+    s.train_s += epoch_s
+    n = len(s.loader)
+    term_means = {k: (v / n).item() for k, v in sums.items()}  # one sync per term per epoch
+    return {"epoch": epoch, "step": s.step, "lr": s.optimizer.param_groups[0]["lr"],
+            "train_loss": sum(term_means.values()), **{f"loss_{k}": v for k, v in term_means.items()},
+            "train_acc": (correct.float() / seen.clamp_min(1)).item(), "epoch_s": epoch_s, "train_s": s.train_s}
+
+
+def evaluate(s: Session) -> dict:
+    """Stage 3b: validation loss and accuracy (and agreement with the teacher) of the current student."""
+    val_logits = predict_logits(s.forward, s.ds.x_val, device=s.device)  # (N_val, K) on the CPU
+    val_y = s.dataset.y_val
+    out = {"val_loss": torch.nn.functional.cross_entropy(val_logits, val_y).item(),
+           "val_acc": (val_logits.argmax(1) == val_y).float().mean().item()}
+    if s.val_teacher is not None:
+        out["val_agreement"] = (val_logits.argmax(1) == s.val_teacher.argmax(1)).float().mean().item()
+    return out
+
+
+def finish(s: Session, run=None, profile: bool = True) -> dict:
+    """Stage 4: test the best-validation and the last epoch, profile, write the summary."""
+    for hooks in (s.s_hooks, s.t_hooks):
         if hooks is not None:
             hooks.remove()
+    student, dataset, k = s.student, s.dataset, s.dataset.num_classes
     last_state = copy.deepcopy(student.state_dict())
-    k = dataset.num_classes
-    last_test = classification_metrics(predict_logits(student, ds.x_test), dataset.y_test, k, test_teacher)
-    student.load_state_dict(best["state"])
-    best_test = classification_metrics(predict_logits(student, ds.x_test), dataset.y_test, k, test_teacher)
+    last_test = classification_metrics(predict_logits(student, s.ds.x_test), dataset.y_test, k, s.test_teacher)
+    student.load_state_dict(s.best["state"])
+    best_test = classification_metrics(predict_logits(student, s.ds.x_test), dataset.y_test, k, s.test_teacher)
+    method = s.method
     summary = {
-        "kind": config.kind,
-        "model": config.model.to_dict(),
-        "model_label": config.model.label(),
+        "kind": s.config.kind,
+        "model": s.config.model.to_dict(),
+        "model_label": s.config.model.label(),
         "dataset": dataset.name,
-        "best_epoch": best["epoch"],
-        "epochs_done": config.epochs,
-        "val_acc_best": best["val_acc"],
+        "best_epoch": s.best["epoch"],
+        "epochs_done": len(s.history),
+        "val_acc_best": s.best["val_acc"],
         "test": best_test,  # the best-validation epoch
         "test_last": last_test,  # the last epoch
-        "train_s": train_s,
-        "setup_s": setup_s,
-        "visible_labels": int(visible.sum()),
-        "augment": augment,
-        "device": str(device),
+        "train_s": s.train_s,
+        "setup_s": s.setup_s,
+        "visible_labels": int(s.visible.sum()),
+        "augment": s.augment,
+        "device": str(s.device),
+        "method": {"name": method.name, "params": method.p, "objective": method.objective_text(),
+                   "title": method.title, "citation": method.citation},
     }
-    if method is not None:
-        summary["method"] = {"name": method.name, "params": method.p, "objective": method.objective_text(),
-                             "title": method.title, "citation": method.citation}
-    if config.profile:
+    if profile:
         summary["profile"] = model_profile(copy.deepcopy(student).float(), dataset.input_shape, "cpu")
-    if teacher is not None:
-        summary["teacher"] = teacher_summary(teacher, dataset, test_teacher, config.profile)
+    if s.teacher is not None:
+        summary["teacher"] = teacher_summary(s.teacher, dataset, s.test_teacher, profile)
     student.load_state_dict(last_state)
     if run is not None:
         run.write_summary(summary)
+    student.load_state_dict(s.best["state"])
+    return summary
+
+
+def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=None, teacher: Teacher | None = None,
+          session: Session | None = None) -> dict:
+    """Train `config` to the end and return its summary (also written to `run` if given).
+
+    `callbacks` are called with event dicts: {"event": "start" | "step" | "epoch" | "end", ...}.
+    `session` continues from `check_setup`; `teacher` reuses a loaded teacher. A non-finite loss
+    raises TrainingError after recording the epoch's metrics.
+    """
+    s = session if session is not None else prepare(config, store, dataset, teacher)
+    if s.config != config:
+        raise ValueError("the session was prepared for another config")
+    start(s, store)
+    _emit(callbacks, {"event": "start", "total_steps": s.total_steps, "epochs": config.epochs,
+                      "steps_per_epoch": len(s.loader), "device": str(s.device), "augment": s.augment,
+                      "params": count_params(s.student), "visible_labels": int(s.visible.sum()),
+                      "method": s.method.name, "objective": s.method.objective_text(), "setup_s": s.setup_s})
+    for epoch in range(1, config.epochs + 1):
+        row = train_epoch(s, epoch, callbacks) | evaluate(s)
+        s.history.append(row)
+        if not math.isfinite(row["train_loss"]):
+            _emit(callbacks, {"event": "epoch", **row})
+            raise TrainingError(f"the loss became {row['train_loss']} in epoch {epoch}: training diverged. "
+                                f"Lower the learning rate (now {config.lr}) or the temperature.")
+        # evaluate/checkpoint: ties in accuracy (common on small validation sets) go to the lower validation loss
+        best = s.best
+        improved = row["val_acc"] > best["val_acc"] or (row["val_acc"] == best["val_acc"]
+                                                        and row["val_loss"] < best["val_loss"])
+        if improved:
+            s.best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch,
+                      "state": copy.deepcopy(s.student.state_dict())}
+        if run is not None:
+            if improved:
+                run.save_weights(s.student, "best", epoch=epoch)
+            run.save_weights(s.student, "last", epoch=epoch)
+        _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})
+    summary = finish(s, run, config.profile)
     _emit(callbacks, {"event": "end", "summary": summary})
-    student.load_state_dict(best["state"])
-    summary["_model"] = student  # for in-process callers; never serialised
+    summary["_model"] = s.student  # the best-validation weights, for in-process callers; never serialised
     return summary
 
 
@@ -411,23 +524,3 @@ def teacher_profile(teacher: Teacher, input_shape) -> dict:
     prof = model_profile(copy.deepcopy(teacher.model).float(), input_shape, "cpu")
     prof["params"] = sum(p.numel() for p in teacher.model.parameters())
     return prof
-
-
-def with_overrides(config: TrainConfig, **kw) -> TrainConfig:
-    return replace(config, **kw)
-
-
-def check_setup(config: TrainConfig, store=None) -> None:
-    """Fail fast, before any run folder exists: the data set loads, the teacher loads and fits it,
-    the device exists, and a label budget fits the training set."""
-    pick_device(config.device)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    teacher = None
-    if config.teacher:
-        teacher = load_teacher(config.teacher, store, temperature=config.temperature, weights=config.teacher_weights)
-        check_fits(teacher.model, dataset)
-    label_mask(dataset.y_train, config.labels, seed=config.seed)
-    if config.kind == "kd":  # a method that cannot work with these models says so now (e.g. AT on an MLP)
-        student = build_model(config.model, dataset.input_shape, dataset.num_classes)
-        build_method(config.method, config.method_params, config.temperature, config.alpha).setup(
-            student, teacher.model if teacher else None, dataset.input_shape, dataset.num_classes, len(dataset.x_train))
