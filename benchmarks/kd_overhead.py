@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from workbench.data import load_dataset
-from workbench.demo import DEMOS
+from workbench.recipes import DEMOS, scratch_twin
 from workbench.evaluate import device_name
 from workbench.models import build_model
 from workbench.runs import RunStore
@@ -82,7 +82,8 @@ def tutorial_epochs(config: TrainConfig, dataset, store: RunStore, epochs: int) 
                 g["lr"] = lr_at(step, total, config.lr)
             with torch.no_grad():
                 t_logits = teacher(x)
-            loss = distillation_objective(student(x), t_logits, y, config.temperature, config.alpha)
+            p = config.method_params
+            loss = distillation_objective(student(x), t_logits, y, p["temperature"], p["alpha"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -107,14 +108,13 @@ def main(argv=None) -> int:
     store = RunStore(args.runs_dir)
     dataset = load_dataset(args.dataset)
     base = TrainConfig(kind="kd", dataset=args.dataset, model=setting.student, teacher=setting.teacher,
-                       temperature=setting.temperature, alpha=setting.alpha, epochs=args.epochs,
+                       method_params={"temperature": setting.temperature, "alpha": setting.alpha}, epochs=args.epochs,
                        batch_size=setting.batch_size, lr=setting.lr, device=args.device, profile=False)
     # warm the teacher-logit cache once, as a sweep or a second run would find it
     train(TrainConfig(**{**base.to_dict(), "epochs": 1}), store=store, dataset=dataset)
 
     variants = {
-        "a": ("student alone (scratch)", lambda: epoch_times(TrainConfig(**{**base.to_dict(), "kind": "scratch",
-                                                                         "alpha": 0.0}), store, dataset)),
+        "a": ("student alone (scratch)", lambda: epoch_times(scratch_twin(base), store, dataset)),
         "b": ("KD, cached teacher logits", lambda: epoch_times(base, store, dataset)),
         "c": ("KD, teacher on every batch", lambda: epoch_times(TrainConfig(**{**base.to_dict(),
                                                                            "teacher_cache": False}), store, dataset)),

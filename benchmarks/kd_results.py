@@ -7,7 +7,7 @@
 Each setting trains a scratch student and a distilled student (same student, budget,
 optimiser, augmentation and seeds) from the shipped Fashion-MNIST teacher, and prints a
 Markdown table of mean ± std over seeds, the paired KD gain, and the verdict
-(GUIDE.md: a gain smaller than its spread is "no measurable gain"). Runs land in
+(docs/conventions.md: a gain smaller than its spread is "no measurable gain"). Runs land in
 benchmarks/out/runs (or --runs-dir); a rerun with the same folder starts afresh per setting.
 Raw rows are written to benchmarks/out/kd_results.json.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from workbench.compare import aggregate, comparison_rows
-from workbench.demo import DEMOS
+from workbench.recipes import DEMOS, distill_configs
 from workbench.jobs import run_in_process
 from workbench.models import ModelConfig
 from workbench.runs import RunStore
@@ -52,11 +52,11 @@ def run_setting(store: RunStore, name: str, seeds: int) -> list[dict]:
     desc, student, epochs, labels, T, alpha = SETTINGS[name]
     runs = []
     for seed in range(seeds):
-        for kind in ("scratch", "kd"):
-            cfg = TrainConfig(kind=kind, dataset="fashion-mnist", model=student, teacher=FM.teacher, epochs=epochs,
-                              labels=labels, temperature=T, alpha=alpha if kind == "kd" else 0.0, seed=seed,
-                              group=f"results-{name}", lr=FM.lr, batch_size=FM.batch_size)
-            runs.append(run_in_process(store, cfg, prefix=f"{name}-{kind}", command="benchmarks/kd_results.py"))
+        kd = TrainConfig(kind="kd", dataset="fashion-mnist", model=student, teacher=FM.teacher, epochs=epochs,
+                         labels=labels, method_params={"temperature": T, "alpha": alpha}, seed=seed,
+                         group=f"results-{name}", lr=FM.lr, batch_size=FM.batch_size)
+        for cfg in distill_configs(kd):  # the scratch twin, then the distilled run
+            runs.append(run_in_process(store, cfg, prefix=f"{name}-{cfg.kind}", command="benchmarks/kd_results.py"))
     return aggregate(comparison_rows(runs))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from workbench.jobs import run_in_process
-from workbench.methods import METHODS
+from workbench.methods import DISTILLATION_METHODS, METHODS
 from workbench.models import ModelConfig
 from workbench.runs import RunStore
 from workbench.train import TrainConfig
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--only", nargs="*", default=None, choices=list(METHODS))
+    p.add_argument("--only", nargs="*", default=None, choices=list(DISTILLATION_METHODS))
     p.add_argument("--labels", type=int, default=None, help="label budget (default: all labels)")
     p.add_argument("--runs-dir", default=str(Path(__file__).parent / "out" / "methods-runs"))
     args = p.parse_args(argv)
@@ -51,12 +51,12 @@ def main(argv=None) -> int:
     student = ModelConfig("cnn", depth=1, width=8)
     base = dict(dataset="fashion-mnist", model=student, teacher="fashion-mnist-cnn", epochs=args.epochs,
                 labels=args.labels, profile=False)
-    names = args.only or list(METHODS)
+    names = args.only or list(DISTILLATION_METHODS)
     acc: dict[str, list[float]] = {"scratch": []}
     secs: dict[str, list[float]] = {"scratch": []}
     t0 = time.perf_counter()
     for seed in range(args.seeds):
-        run = run_in_process(store, TrainConfig(kind="scratch", alpha=0.0, seed=seed, **base), command="benchmarks/methods.py")
+        run = run_in_process(store, TrainConfig(kind="scratch", seed=seed, **base), command="benchmarks/methods.py")
         acc["scratch"].append(run.summary["test"]["accuracy"])
         secs["scratch"].append(run.summary["train_s"])
         for name in names:

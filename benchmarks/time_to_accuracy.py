@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from workbench.data import load_dataset
-from workbench.demo import DEMOS, demo_configs
+from workbench.recipes import DEMOS, demo_configs
 from workbench.evaluate import device_name
 from workbench.runs import RunStore
 from workbench.teachers import _MEMORY

@@ -33,7 +33,7 @@ def test_distill_trains_the_scratch_twin_and_compare_pairs_them(runs_dir):
     runs = json.loads(kdw("runs", "--json", "--runs-dir", str(runs_dir)).stdout)
     assert sorted(r["kind"] for r in runs) == ["kd", "scratch"]
     kd = next(r for r in runs if r["kind"] == "kd")
-    assert kd["temperature"] == 3.0 and kd["alpha"] == 0.8
+    assert kd["method"] == "kd" and kd["params"] == {"temperature": 3.0, "alpha": 0.8}
     rows = json.loads(kdw("compare", kd["run_id"], "--json", "--runs-dir", str(runs_dir)).stdout)
     roles = [r["role"] for r in rows]
     assert roles == ["teacher", "scratch", "kd"]  # the twin is found in the store
@@ -44,10 +44,21 @@ def test_distill_trains_the_scratch_twin_and_compare_pairs_them(runs_dir):
     assert "kd" in kdw("runs", "--runs-dir", str(runs_dir)).stdout
 
 
-def test_scratch_command_is_alpha_zero(runs_dir):
-    kdw("scratch", *FAST, "--run-id", "plain", "--runs-dir", str(runs_dir))
+def test_scratch_command_trains_on_labels_alone(runs_dir):
+    proc = kdw("scratch", *FAST, "--run-id", "plain", "--runs-dir", str(runs_dir))
     cfg = json.loads((runs_dir / "plain" / "config.json").read_text())
-    assert cfg["kind"] == "scratch" and cfg["alpha"] == 0.0
+    assert cfg["kind"] == "scratch" and cfg["method"] == "ce" and cfg["objective"] == "L = CE(z_s, y)"
+    assert "L = CE(z_s, y)" in proc.stderr  # the start line shows the run's own objective
+
+
+def test_distill_start_line_and_flags_follow_the_method(runs_dir):
+    proc = kdw("distill", *FAST, "--method", "dkd", "-T", "2", "--no-scratch", "--run-id", "d1",
+               "--runs-dir", str(runs_dir))
+    assert "L = CE + warm-up·(1·TCKD + 8·NCKD), T = 2" in proc.stderr
+    assert json.loads((runs_dir / "d1" / "config.json").read_text())["method_params"]["temperature"] == 2.0
+    _fails("distill", *FAST, "--method", "dkd", "--alpha", "0.5", "--runs-dir", str(runs_dir),
+           match="--alpha is vanilla KD's weight")
+    _fails("distill", *FAST, "--method", "rkd", "-T", "2", "--runs-dir", str(runs_dir), match="rkd has no temperature")
 
 
 def _fails(*args, match):

@@ -1,4 +1,4 @@
-"""Metrics by value, and model figures measured as GUIDE.md defines them."""
+"""Metrics by value, and model figures measured as docs/conventions.md defines them."""
 
 import pytest
 import torch
@@ -57,7 +57,7 @@ def test_model_profile_names_device_dtype_threads_and_file_size():
     assert prof["latency_ms"] > 0 and prof["throughput"] > 0
 
 
-def test_latency_refuses_fewer_passes_than_the_guide_asks():
+def test_latency_refuses_fewer_passes_than_the_conventions_ask():
     model = build_model(ModelConfig("mlp", depth=1, width=16), (1, 8, 8), 10)
     with pytest.raises(ValueError, match=">= 5 warm-up and >= 30"):
         latency_ms(model, (1, 8, 8), reps=10)

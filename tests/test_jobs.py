@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -84,10 +86,35 @@ def test_a_failing_job_records_a_readable_error(store):
 def test_submit_validates_before_touching_the_store(store):
     runner = LocalQueueRunner(store)
     with pytest.raises(ValueError, match="temperature"):
-        runner.submit({**TINY.to_dict(), "temperature": -1})
+        runner.submit({**TINY.to_dict(), "method_params": {"temperature": -1}})
     assert store.list() == []
 
 
 def test_friendly_error_is_one_line():
     assert friendly_error(ValueError("bad thing\nmore detail")) == "bad thing"
     assert friendly_error(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_the_app_the_cli_and_the_widgets_import_without_fcntl(tmp_path):
+    """Windows has no fcntl: block it, and everything a user imports must still import (the queue lock is filelock)."""
+    code = ("import sys; sys.modules['fcntl'] = None\n"
+            "import workbench.cli, workbench.ui.train, workbench.ui.compare, workbench.widgets, workbench.jobs\n"
+            "from workbench.evaluate import OtherCpuLoad\n"
+            "with OtherCpuLoad() as load: sum(range(10000))\n"
+            "print('ok', load.fraction is None or 0 <= load.fraction <= 1)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok True"
+
+
+def test_worker_subprocesses_never_import_from_the_callers_folder(tmp_path, store):
+    """A ./workbench/__main__.py planted in the working directory must not run as the job."""
+    from workbench.jobs import _python_cmd, _trusted_cwd
+
+    planted = tmp_path / "workbench"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("")
+    (planted / "__main__.py").write_text("print('PLANTED')\n")
+    proc = subprocess.run([*_python_cmd(), "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+                          if sys.version_info >= (3, 11) else _trusted_cwd())
+    assert "PLANTED" not in proc.stdout and "usage: kdw" in proc.stdout

@@ -50,7 +50,7 @@ def test_distill_panel_shows_live_size_and_objective():
     p.method_params.value = "beta=20"
     assert "20" in p.objective.value
     cfg = p.configs()[-1]
-    assert cfg.method == "fitnet" and cfg.method_params == {"beta": 20}
+    assert cfg.method == "fitnet" and cfg.method_params["beta"] == 20 and cfg.method_params["ce_weight"] == 1.0
     p.method_params.value = "gamma=1"
     assert "no hyperparameters" in p.objective.value
 
@@ -65,7 +65,9 @@ def test_distill_panel_trains_through_the_job_runner_and_fills_the_figure(runs_d
     assert len(ids) == 2
     statuses = p.wait(300)
     assert all(s["state"] == "done" for s in statuses), statuses
-    assert len(p.curves.data) == 4  # loss and accuracy for scratch and KD
+    names = [t.name for t in p.curves.data]
+    assert len(names) == 6, names  # objective and accuracy of both runs, and the distilled run's two terms
+    assert sum(n.endswith(": ce term") for n in names) == 1 and sum(n.endswith(": kd term") for n in names) == 1
     assert p.progress.value == 1.0 and not p.train_button.disabled
     assert p.table.outputs  # the comparison table was displayed
     box = compare(ids, RunStore(runs_dir))

@@ -11,10 +11,11 @@ import time
 from .losses import OBJECTIVE
 
 EPILOG = f"""\
-objective (α weights the distillation term):
+vanilla KD's objective (--method kd; α weights the distillation term):
   {OBJECTIVE}
   α = 0 is the student trained without the teacher (scratch); α = 1 is pure distillation.
   (torchdistill and the Keras example put their α on the cross-entropy instead.)
+  Every other method's objective, with its hyperparameters: `kdw methods`.
 """
 
 
@@ -25,8 +26,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     from .train import TrainConfig
 
-    d = TrainConfig(kind="scratch", alpha=0.0)
-    kd_alpha = TrainConfig.__dataclass_fields__["alpha"].default
+    d = TrainConfig(kind="scratch")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", help="digits | fashion-mnist | cifar10 | image-folder (default: digits)")
     g.add_argument("--data-dir", default=None, help="folder holding the data set's files")
@@ -43,18 +43,23 @@ def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
         g.add_argument("--teacher", default=None,
                        help="shipped teacher name, teacher run id or .safetensors file (default: the shipped one)")
         if kind == "kd":
-            g.add_argument("-T", "--temperature", type=float, default=d.temperature, help=f"T > 0 (default {d.temperature})")
-            g.add_argument("--alpha", type=float, default=kd_alpha,
-                           help=f"weight of the KD term in [0, 1] (default {kd_alpha})")
-            g.add_argument("--no-scratch", action="store_true",
-                           help="do not also train the scratch twin (same student and budget, α = 0)")
-            from .methods import METHODS
+            from .methods import DISTILLATION_METHODS, METHODS
 
-            g.add_argument("--method", default="kd", choices=list(METHODS), metavar="METHOD",
-                           help="distillation method: " + ", ".join(f"{k} ({v.title})" for k, v in METHODS.items())
+            kd = METHODS["kd"].defaults
+            g.add_argument("--method", default="kd", choices=list(DISTILLATION_METHODS), metavar="METHOD",
+                           help="distillation method: " + ", ".join(f"{k} ({METHODS[k].title})"
+                                                                     for k in DISTILLATION_METHODS)
                                 + " (default: kd). `kdw methods` lists their hyperparameters")
+            g.add_argument("-T", "--temperature", type=float, default=None,
+                           help=f"the method's temperature (kd default {kd['temperature']:g}; also lskd, dkd, dml); "
+                                "the same as --param temperature=T")
+            g.add_argument("--alpha", type=float, default=None,
+                           help=f"vanilla KD's weight of the KD term in [0, 1] (default {kd['alpha']:g}); "
+                                "the same as --param alpha=A with --method kd")
             g.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                            help="a method hyperparameter, e.g. --param beta=100 (repeatable)")
+            g.add_argument("--no-scratch", action="store_true",
+                           help="do not also train the scratch twin (same student and budget, method ce)")
             g.add_argument("--teacher-weights", type=float, nargs="+", default=None,
                            help="weights of an ensemble teacher given as --teacher a,b (default: equal)")
     g = p.add_argument_group("optimisation")
@@ -84,15 +89,40 @@ def _parse_labels(v):
     return f if f <= 1.0 else int(f)
 
 
+def method_params_from_args(args) -> dict:
+    """--param pairs, with -T and --alpha folded in as the method's own hyperparameters."""
+    from .methods import METHODS, parse_params
+
+    params = parse_params(args.param)
+    info = METHODS[args.method]
+    if args.temperature is not None:
+        if not info.temperature_key:
+            raise ValueError(f"{args.method} has no temperature; its hyperparameters are "
+                             f"{', '.join(info.defaults) or 'none'} (`kdw methods`)")
+        params[info.temperature_key] = args.temperature
+    if args.alpha is not None:
+        if args.method != "kd":
+            raise ValueError(f"--alpha is vanilla KD's weight of the KD term; {args.method} takes its own weights "
+                             f"with --param ({', '.join(info.defaults)})")
+        params["alpha"] = args.alpha
+    return params
+
+
 def _train_config(args, kind: str, seed: int, **over):
+    from .data import DATASETS
     from .models import ModelConfig
     from .teachers import default_teacher
     from .train import TrainConfig
 
+    if args.dataset not in DATASETS:  # before any advice about teachers for it
+        raise ValueError(f"unknown data set {args.dataset!r}; choose one of {', '.join(DATASETS)}")
     teacher = getattr(args, "teacher", None)
+    method = getattr(args, "method", None) if kind == "kd" else None
     if kind != "teacher" and not teacher:
         teacher = default_teacher(args.dataset)
-        if kind == "kd" and not teacher:
+        from .recipes import uses_teacher
+
+        if kind == "kd" and not teacher and uses_teacher(method):
             raise ValueError(f"no shipped teacher for {args.dataset}; train one with `kdw teacher --dataset "
                              f"{args.dataset}` and pass its run id with --teacher")
     fields = dict(
@@ -102,15 +132,8 @@ def _train_config(args, kind: str, seed: int, **over):
         optimizer=args.optimizer, labels=_parse_labels(args.labels), augment=args.augment, seed=seed,
         device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
     if kind == "kd":
-        from .methods import parse_params
-
-        fields.update(temperature=args.temperature, alpha=args.alpha, method=args.method,
-                      method_params=parse_params(args.param),
+        fields.update(method=method, method_params=method_params_from_args(args),
                       teacher_weights=tuple(args.teacher_weights) if args.teacher_weights else None)
-        if args.method == "dml" and not getattr(args, "teacher", None):
-            fields["teacher"] = None  # online distillation needs no teacher
-    else:
-        fields.update(alpha=0.0)
     fields.update(over)
     return TrainConfig(**fields)
 
@@ -126,45 +149,38 @@ def run_config_dict(config) -> dict:
     return config.record(_command())
 
 
-def _run_foreground(store, config, prefix: str, run_id=None, quiet=False):
-    """Create a run and execute it in this process with a progress bar; returns the run."""
-    from .jobs import run_in_process
-    from .train import TqdmProgress
-
-    desc = f"{config.kind:7s} {config.model.label()}" + (f" T={config.temperature:g} α={config.alpha:g}"
-                                                         if config.kind == "kd" else "")
-    return run_in_process(store, config, [] if quiet else [TqdmProgress(desc)], run_id=run_id, prefix=prefix,
-                          command=_command())
-
-
 def cmd_train(args, kind: str) -> int:
     from .compare import comparison_rows, format_table
-    from .jobs import LocalQueueRunner
-    from .runs import RunStore
+    from .jobs import LocalQueueRunner, run_foreground
+    from .recipes import distill_configs
+    from .runs import RunStore, validate_run_id
+    from .train import check_setup
 
+    if args.run_id is not None:
+        validate_run_id(args.run_id)  # before seconds of loading data and teachers
     store = RunStore(args.runs_dir)
     store.ensure_writable()
     configs = []
     for i in range(args.seeds):
-        seed = args.seed + i
-        if kind == "kd" and not args.no_scratch:
-            configs.append(_train_config(args, "scratch", seed))
-        configs.append(_train_config(args, kind, seed))
+        c = _train_config(args, kind, args.seed + i)
+        configs += distill_configs(c, scratch=not args.no_scratch) if kind == "kd" else [c]
     if args.run_id and len(configs) > 1:
         raise ValueError("--run-id names one run; drop it, or use --no-scratch and --seeds 1")
-    from .train import check_setup
-
-    for c in {c.teacher: c for c in configs}.values():  # one check per teacher
-        check_setup(c, store)
-    prefix = {"teacher": "teacher", "scratch": "scratch", "kd": "kd"}
+    if args.run_id and store.exists(args.run_id):
+        raise ValueError(f"run {args.run_id} already exists in {store.root}; choose another --run-id")
+    teachers = {}  # one check, and one load, per teacher
+    for c in configs:
+        if c.teacher not in teachers or c.kind == "kd":
+            teachers[c.teacher] = check_setup(c, store, teacher=teachers.get(c.teacher)).teacher
     if args.background:
         runner = LocalQueueRunner(store)
         for c in configs:
-            rid = runner.submit(run_config_dict(c), run_id=args.run_id, prefix=prefix[c.kind])
+            rid = runner.submit(run_config_dict(c), run_id=args.run_id, prefix=c.kind)
             print(f"queued {rid}")
         print(f"follow with `kdw runs --runs-dir {store.root}`")
         return 0
-    runs = [_run_foreground(store, c, prefix[c.kind], args.run_id) for c in configs]
+    runs = [run_foreground(store, c, run_id=args.run_id, command=_command(), teacher=teachers.get(c.teacher))
+            for c in configs]
     print()
     print(format_table(comparison_rows(runs)))
     print(f"\nruns saved under {store.root}: {' '.join(r.run_id for r in runs)}")
@@ -182,19 +198,24 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {store.root}")
         return 0
-    header = f"{'run id':40s} {'kind':8s} {'state':9s} {'dataset':14s} {'model':18s} {'T':>4s} {'α':>4s} {'seed':>4s} {'test acc':>8s}"
+    header = f"{'run id':40s} {'kind':8s} {'state':9s} {'dataset':14s} {'model':18s} {'method':16s} {'seed':>4s} {'test acc':>8s}"
     print(header)
     print("-" * len(header))
     for r in runs:
         i = r.info()
         acc = "" if i["test_acc_best"] is None else f"{100 * i['test_acc_best']:.2f}%"
-        t = "" if i["kind"] != "kd" else f"{i['temperature']:g}"
-        a = "" if i["kind"] != "kd" else f"{i['alpha']:g}"
         print(f"{i['run_id']:40s} {i['kind']:8s} {i['state']:9s} {str(i['dataset']):14s} {i['model']:18s} "
-              f"{t:>4s} {a:>4s} {str(i['seed']):>4s} {acc:>8s}")
+              f"{method_label(i['method'], i['params']):16s} {str(i['seed']):>4s} {acc:>8s}")
         if i["state"] == "failed" and i["error"]:
             print(f"    error: {i['error']}")
     return 0
+
+
+def method_label(method: str | None, params: dict) -> str:
+    """kd T=4 α=0.9 for vanilla KD, the method's name otherwise."""
+    if method == "kd" and "temperature" in params and "alpha" in params:
+        return f"kd T={params['temperature']:g} α={params['alpha']:g}"
+    return method or ""
 
 
 def _named_runs(args, purpose: str):
@@ -223,7 +244,7 @@ def cmd_compare(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(fast=args.fast, seeds=args.seeds, runs_dir=args.runs_dir, device=args.device)
+    return run_demo(fast=args.fast, seeds=args.seeds, runs_dir=args.runs_dir, device=args.device, command=_command())
 
 
 def cmd_job(args) -> int:
@@ -282,8 +303,8 @@ def cmd_report(args) -> int:
 
 def cmd_sweep(args) -> int:
     """A T x alpha grid, or a size sweep (--widths/--depths), each with scratch twins."""
-    from .compare import format_table
-    from .jobs import LocalQueueRunner
+    from .compare import format_gain, format_pct, format_table
+    from .jobs import LocalQueueRunner, run_foreground
     from .models import ModelConfig
     from .runs import RunStore, new_run_id
     from .sweep import grid_configs, grid_table, scratch_cell, size_configs, size_table
@@ -292,7 +313,7 @@ def cmd_sweep(args) -> int:
     store = RunStore(args.runs_dir)
     store.ensure_writable()
     base = _train_config(args, "kd", args.seed)
-    check_setup(base, store)
+    teacher = check_setup(base, store).teacher
     seeds = list(range(args.seed, args.seed + args.seeds))
     if args.widths or args.depths:
         group = args.group or new_run_id("size")
@@ -310,19 +331,17 @@ def cmd_sweep(args) -> int:
         print(f"queued; follow with `kdw runs --group {group}`")
         return 0
     for c in configs:
-        _run_foreground(store, c, c.kind)
+        run_foreground(store, c, command=_command(), teacher=teacher if c.teacher == base.teacher else None)
     runs = store.list(group=group)
     if args.widths or args.depths:
         print(format_table(size_table(runs), aggregated=True))
     else:
-        from .compare import _pct, _signed_pct
-
         sc = scratch_cell(runs)
-        print(f"\nscratch (α = 0): {_pct(sc['test_acc'], sc['test_acc_std'])} % over {sc['seeds']} seed(s)")
+        print(f"\nscratch (α = 0): {format_pct(sc['test_acc'], sc['test_acc_std'])} % over {sc['seeds']} seed(s)")
         print(f"{'T':>6s} {'α':>6s} {'test acc %':>16s} {'KD gain (pts)':>16s}")
         for c in grid_table(runs):
-            print(f"{c['temperature']:6g} {c['alpha']:6g} {_pct(c['test_acc'], c['test_acc_std']):>16s} "
-                  f"{_signed_pct(c['kd_gain'], c['kd_gain_std']):>16s}")
+            print(f"{c['temperature']:6g} {c['alpha']:6g} {format_pct(c['test_acc'], c['test_acc_std']):>16s} "
+                  f"{format_gain(c['kd_gain'], c['kd_gain_std']):>16s}")
     print(f"\nkdw compare --group {group} --aggregate   |   kdw report --group {group}")
     return 0
 
@@ -333,10 +352,12 @@ def cmd_methods(args) -> int:
     for name, m in METHODS.items():
         print(f"{name:7s} {m.title}: {m.description}")
         print(f"        {m.citation}")
-        if m.uses_config_t_alpha:
-            print("        hyperparameters: -T/--temperature, --alpha (the project's α convention)")
+        print(f"        objective: {m().objective_text()}")
         for k, v in m.defaults.items():
-            print(f"        --param {k}={v}" + (f"   ({m.help[k]})" if k in m.help else ""))
+            short = " (or -T)" if k == m.temperature_key else " (or --alpha)" if name == "kd" and k == "alpha" else ""
+            print(f"        --param {k}={v:g}{short}" if isinstance(v, float) else f"        --param {k}={v}{short}",
+                  end="")
+            print(f"   ({m.help[k]})" if k in m.help else "")
     return 0
 
 
@@ -351,6 +372,8 @@ def cmd_chain(args, strategy: str) -> int:
     store = RunStore(args.runs_dir)
     store.ensure_writable()
     base = _train_config(args, "kd", args.seed)
+    if not base.teacher:
+        raise ValueError(f"{strategy} chains need a teacher; {base.method} trains without one")
     check_setup(base, store)
     group = args.group or new_run_id(strategy)
     if strategy == "ban":
@@ -451,6 +474,7 @@ def cmd_export(args) -> int:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d", time.gmtime(cfg.get("created", time.time()))),
         "command": cfg.get("command") or "",
+        "objective": cfg.get("objective") or "",
         "export_command": f"kdw export {run.run_id} --name {name}",
     }
     from .models import read_checkpoint

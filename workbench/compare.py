@@ -28,14 +28,21 @@ def twin_key(config: dict, with_seed: bool = True) -> tuple:
 def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
     test, last = summary.get("test", {}), summary.get("test_last", {})
     prof = summary.get("profile", {})
+    method, params = config.get("method"), config.get("method_params") or {}
+    temperature = None
+    if role == "kd" and method:
+        from .methods import METHODS
+
+        key = METHODS[method].temperature_key if method in METHODS else None
+        temperature = params.get(key) if key else None
     return {
         "role": role,
         "run_id": run.run_id if run else "",
         "model": summary.get("model_label") or summary.get("label") or config.get("model_label", ""),
         "dataset": summary.get("dataset") or config.get("dataset"),
-        "method": (config.get("method") or "kd") if role == "kd" else None,
-        "temperature": config.get("temperature") if role == "kd" else None,
-        "alpha": config.get("alpha") if role == "kd" else None,
+        "method": method if role == "kd" else None,
+        "temperature": temperature,
+        "alpha": params.get("alpha") if role == "kd" and method == "kd" else None,
         "labels": config.get("labels"),
         "seed": config.get("seed"),
         "epochs": config.get("epochs"),
@@ -55,14 +62,12 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "cpu_busy": prof.get("cpu_busy_elsewhere"),
         "train_s": summary.get("train_s"),
         "_twin": twin_key(config) if role != "teacher" else None,
-        "_group": twin_key(config, with_seed=False) + (repr(config.get("temperature")), repr(config.get("alpha")),
-                                                       role, repr(config.get("method")),
-                                                       repr(sorted((config.get("method_params") or {}).items())))
+        "_group": twin_key(config, with_seed=False) + (role, repr(method), repr(sorted(params.items())))
         if role != "teacher" else ("teacher",),
     }
 
 
-def comparison_rows(runs: list[Run], extra_scratch: list[Run] = ()) -> list[dict]:
+def comparison_rows(runs: list[Run]) -> list[dict]:
     """One row per finished run and per distinct teacher, KD gains filled in where a twin exists."""
     rows, teachers = [], {}
     for run in runs:
@@ -81,10 +86,6 @@ def comparison_rows(runs: list[Run], extra_scratch: list[Run] = ()) -> list[dict
             trow["run_id"] = t.get("spec", "")
             teachers[t.get("digest")] = trow
     scratch = {r["_twin"]: r for r in rows if r["role"] == "scratch"}
-    for run in extra_scratch:
-        if run.state == "done" and run.summary:
-            r = _row(run, "scratch", run.summary, run.config)
-            scratch.setdefault(r["_twin"], r)
     for r in rows:
         if r["role"] == "kd" and r["_twin"] in scratch and r["test_acc"] is not None:
             twin = scratch[r["_twin"]]
@@ -148,7 +149,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def gain_verdict(gain: float | None, std: float | None, n: int) -> str:
-    """GUIDE.md: a gain smaller than its spread is 'no measurable gain'."""
+    """docs/conventions.md: a gain smaller than its spread is 'no measurable gain'."""
     if gain is None:
         return "no scratch twin"
     if n < 2 or std is None:
@@ -161,13 +162,15 @@ def gain_verdict(gain: float | None, std: float | None, n: int) -> str:
 # ---------------------------------------------------------------------------
 # text tables
 
-def _pct(v, std=None):
+def format_pct(v, std=None) -> str:
+    """A fraction as percent with two decimals, with its spread if given ('—' for None)."""
     if v is None:
         return "—"
     return f"{100 * v:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
-def _signed_pct(v, std=None):
+def format_gain(v, std=None) -> str:
+    """A difference of fractions as signed points, with its spread if given ('—' for None)."""
     if v is None:
         return "—"
     return f"{100 * v:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
@@ -197,8 +200,8 @@ def table_columns(aggregated: bool) -> list[tuple[str, callable]]:
         ("role", lambda r: r["role"]),
         ("model", lambda r: str(r["model"])),
         ("method", lambda r: r.get("method") or "—"),
-        ("T", lambda r: _num(r.get("temperature"), "g") if r.get("method") in (None, "kd") else "—"),
-        ("α", lambda r: _num(r.get("alpha"), "g") if r.get("method") in (None, "kd") else "—"),
+        ("T", lambda r: _num(r.get("temperature"), "g")),
+        ("α", lambda r: _num(r.get("alpha"), "g")),
         ("labels", lambda r: "all" if r.get("labels") is None else _num(r.get("labels"), "g")),
     ]
     if aggregated:
@@ -206,15 +209,15 @@ def table_columns(aggregated: bool) -> list[tuple[str, callable]]:
     else:
         cols.append(("seed", lambda r: _num(r.get("seed"), "d")))
     cols += [
-        ("test acc % (best val)", lambda r: _pct(r["test_acc"], s(r, "test_acc"))),
-        ("test acc % (last)", lambda r: _pct(r["test_acc_last"], s(r, "test_acc_last"))),
-        ("KD gain (pts)", lambda r: _signed_pct(r.get("kd_gain"), s(r, "kd_gain"))),
+        ("test acc % (best val)", lambda r: format_pct(r["test_acc"], s(r, "test_acc"))),
+        ("test acc % (last)", lambda r: format_pct(r["test_acc_last"], s(r, "test_acc_last"))),
+        ("KD gain (pts)", lambda r: format_gain(r.get("kd_gain"), s(r, "kd_gain"))),
         ("params", lambda r: _num(r.get("params"), ",.0f")),
         ("size MB", lambda r: _num(r.get("size_mb"), ".3f")),
         ("FLOPs", lambda r: format_flops(r.get("flops"))),
         ("latency ms (b=1)", lambda r: _num(r.get("latency_ms"), ".3f")),
         ("samples/s (b=256)", lambda r: _num(r.get("throughput"), ",.0f")),
-        ("agreement %", lambda r: _pct(r.get("agreement"))),
+        ("agreement %", lambda r: format_pct(r.get("agreement"))),
         ("ECE", lambda r: _num(r.get("ece"), ".3f")),
     ]
     return cols
@@ -233,6 +236,16 @@ def timing_warning(rows: list[dict]) -> str | None:
             f"(kdw profile RUN).")
 
 
+def verdict_subject(row: dict) -> str:
+    """What an aggregated row's verdict is about: student, method and its T and α where it has them."""
+    bits = [str(row["model"]), row.get("method") or ""]
+    if row.get("temperature") is not None:
+        bits.append(f"T={row['temperature']:g}")
+    if row.get("alpha") is not None:
+        bits.append(f"α={row['alpha']:g}")
+    return " ".join(b for b in bits if b)
+
+
 def format_table(rows: list[dict], aggregated: bool = False) -> str:
     """A plain-text table, with a footer naming the device and what the columns mean."""
     cols = table_columns(aggregated)
@@ -245,7 +258,6 @@ def format_table(rows: list[dict], aggregated: bool = False) -> str:
     foot = [f"latency/throughput: fp32 on {'; '.join(devices) or 'cpu'}. FLOPs count a multiply-add as 2. "
             "size = fp32 safetensors file.",
             "test acc (best val) = the epoch with the best validation accuracy; KD gain = KD − scratch, same seed(s)."]
-    verdicts = [f"{r['model']} {r.get('method') or 'kd'} T={r['temperature']} α={r['alpha']}: {r['verdict']}"
-                for r in rows if aggregated and r.get("verdict")]
+    verdicts = [f"{verdict_subject(r)}: {r['verdict']}" for r in rows if aggregated and r.get("verdict")]
     warning = timing_warning(rows)
     return "\n".join(lines + [""] + foot + ([f"warning: {warning}"] if warning else []) + verdicts)

@@ -1,6 +1,6 @@
 """Evaluation: accuracy and calibration from logits, and model figures (size, FLOPs, latency).
 
-Definitions follow GUIDE.md §1:
+Definitions (docs/conventions.md):
 
 - *params*: trainable parameter count.
 - *size*: bytes of the saved fp32 safetensors file, shown in MB (10⁶ bytes).
@@ -191,7 +191,7 @@ def latency_ms(model: nn.Module, input_shape, device: torch.device | str = "cpu"
                warmup: int = 5, reps: int = 30, min_time_s: float = 0.2) -> float:
     """Median batch-1 forward latency in milliseconds (≥ `reps` passes, ≥ `min_time_s` of them when fast)."""
     if warmup < 5 or reps < 30:
-        raise ValueError("GUIDE.md asks for >= 5 warm-up and >= 30 timed passes")
+        raise ValueError("docs/conventions.md asks for >= 5 warm-up and >= 30 timed passes")
     p = next(model.parameters())
     x = torch.randn(1, *input_shape, device=p.device, dtype=p.dtype)
     return 1e3 * statistics.median(time_forward(model, x, warmup, reps, min_time_s))
@@ -233,13 +233,14 @@ BUSY_LIMIT = 0.25  # above this share of the CPU used by other processes, CPU ti
 
 
 class OtherCpuLoad:
-    """The share of the machine's CPU time that *other* processes used while the block ran (Linux).
+    """The share of the machine's CPU time that *other* processes used while the block ran.
 
-    Reads the busy jiffies of all cores from /proc/stat before and after (steal included: the
-    time a hypervisor gave to other machines), subtracts this process's own CPU time, and divides by wall time × cores. CPU timings taken while other
-    work competes for the cores are unreliable (a multi-threaded pass waits for its slowest
-    thread), so `model_profile` records the figure and the tables flag rows above `BUSY_LIMIT`.
-    `fraction` is None where /proc/stat does not exist.
+    Takes the busy time of all cores from `psutil.cpu_times()` before and after (steal
+    included: the time a hypervisor gave to other machines), subtracts this process's own CPU
+    time, and divides by wall time × cores. CPU timings taken while other work competes for the
+    cores are unreliable (a multi-threaded pass waits for its slowest thread), so
+    `model_profile` records the figure and the tables flag rows above `BUSY_LIMIT`. `fraction`
+    stays None where the system does not report it ("unknown").
     """
 
     fraction: float | None = None
@@ -247,13 +248,14 @@ class OtherCpuLoad:
     @staticmethod
     def _busy_seconds() -> float | None:
         try:
-            with open("/proc/stat") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
+            import psutil
+
+            t = psutil.cpu_times()
+        except Exception:  # no psutil, or a platform it cannot read
             return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        busy = sum(fields[:8]) - idle  # guest time is already inside user time
-        return busy / os.sysconf("SC_CLK_TCK")
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        guest = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # already inside user time on Linux
+        return sum(t) - idle - guest
 
     def __enter__(self) -> "OtherCpuLoad":
         self._busy0, self._own0, self._t0 = self._busy_seconds(), time.process_time(), time.perf_counter()

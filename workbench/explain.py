@@ -86,17 +86,3 @@ def t_squared_scaling(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         out["grad_with"].append(grad.norm().item())
         out["grad_without"].append(grad.norm().item() / T ** 2)
     return out
-
-
-def objective_text(temperature: float, alpha: float) -> str:
-    """The objective with the current numbers filled in, as plain text."""
-    return (f"L = (1 − {alpha:g})·CE(z_s, y) + {alpha:g}·{temperature:g}²·KL(softmax(z_t/{temperature:g}) ‖ "
-            f"softmax(z_s/{temperature:g}))")
-
-
-def objective_latex(temperature: float, alpha: float) -> str:
-    """The objective with the current numbers filled in, as LaTeX (three short lines, for narrow columns)."""
-    T, a = f"{temperature:g}", f"{alpha:g}"
-    return (rf"\begin{{aligned}}\mathcal{{L}} &= (1 - {a})\,\mathrm{{CE}}(z_s, y) \\ &\quad + {a}\cdot {T}^2\,"
-            rf"\mathrm{{KL}}(p_t \,\|\, p_s) \\ p_t &= \mathrm{{softmax}}(z_t/{T}),\ "
-            rf"p_s = \mathrm{{softmax}}(z_s/{T})\end{{aligned}}")

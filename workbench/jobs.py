@@ -7,14 +7,14 @@ epochs finished so far stay in metrics.jsonl.
 
 The UIs go through a `Runner` (submit, status, cancel). The default `LocalQueueRunner`
 queues runs in the store and starts one detached worker process (``kdw worker``) that
-runs queued jobs one after another, each as a ``python -m workbench job RUN_ID``
+runs queued jobs one after another, each as a ``python -P -m workbench job RUN_ID``
 subprocess, so several launches never fight over one GPU or two cores, and a page
 reload or a second tab finds them again. A cluster backend would be another Runner.
+The queue lock is a `filelock.FileLock`, so this works on Linux, macOS and Windows.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import socket
@@ -68,7 +68,7 @@ class _Progress:
         return (self.run.status().get("progress") or {}).get("total_steps", 1)
 
 
-def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: bool = False) -> str:
+def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: bool = False, teacher=None) -> str:
     """Run `run`'s config here and now; returns the final state (done, failed or cancelled)."""
     from .train import TrainConfig, train
 
@@ -79,7 +79,7 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
     run.set_status("running", pid=os.getpid(), host=socket.gethostname(), started=time.time(), error=None)
     try:
         config = TrainConfig.from_dict(run.config)
-        train(config, run=run, store=store, callbacks=[_Progress(run), *callbacks])
+        train(config, run=run, store=store, callbacks=[_Progress(run), *callbacks], teacher=teacher)
         run.set_status("done")
         return "done"
     except KeyboardInterrupt:
@@ -116,16 +116,32 @@ class RunFailed(RuntimeError):
 
 
 def run_in_process(store: RunStore, config, callbacks=(), *, run_id: str | None = None, prefix: str | None = None,
-                   command: str = "") -> Run:
+                   command: str = "", teacher=None) -> Run:
     """Create a run for `config` and execute it here (blocking); returns the finished run.
 
     For the CLI, notebooks and benchmarks. Ctrl-C marks the run cancelled and propagates.
+    `teacher` reuses a teacher already loaded in this process.
     """
     run = store.create(config.record(command), run_id=run_id, prefix=prefix or config.kind)
-    state = execute_run(run, store, callbacks, reraise_interrupt=True)
+    state = execute_run(run, store, callbacks, reraise_interrupt=True, teacher=teacher)
     if state != "done":
         raise RunFailed(f"run {run.run_id} {state}: {run.status().get('error')}")
     return run
+
+
+def run_foreground(store: RunStore, config, *, run_id: str | None = None, quiet: bool = False, command: str = "",
+                   teacher=None) -> Run:
+    """`run_in_process` with a progress bar that starts with the run's own objective (the CLI and the demo)."""
+    from .train import TqdmProgress
+
+    desc = f"{config.kind:7s} {config.model.label()}" + (f" [{config.method}]" if config.kind == "kd" else "")
+    return run_in_process(store, config, [] if quiet else [TqdmProgress(desc)], run_id=run_id, prefix=config.kind,
+                          command=command, teacher=teacher)
+
+
+def active_runs(store: RunStore) -> list[Run]:
+    """Queued and running runs, oldest first (the sidebar, the Train page and `kdw runs`)."""
+    return [r for r in store.list() if r.state in ("queued", "running")]
 
 
 # ---------------------------------------------------------------------------
@@ -140,10 +156,17 @@ class Runner(Protocol):
 
 
 def _python_cmd() -> list[str]:
-    return [sys.executable, "-m", "workbench"]
+    """`python -m workbench` that never imports from the caller's working directory (-P, Python >= 3.11;
+    on 3.10 the subprocesses start in `_trusted_cwd()` instead)."""
+    return [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "workbench"]
 
 
-class LocalQueueRunner:
+def _trusted_cwd() -> str:
+    """The folder that holds the installed workbench package: a child started here imports only that."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+class LocalQueueRunner(Runner):
     """Queue runs in the store; one detached worker process runs them one at a time."""
 
     def __init__(self, store: RunStore | None = None):
@@ -172,21 +195,23 @@ class LocalQueueRunner:
             except (ProcessLookupError, TypeError):
                 run.set_status("cancelled", error="cancelled by the user")
 
-    def queued(self) -> list[Run]:
-        return [r for r in self.store.list() if r.state == "queued"]
+    def ensure_worker(self) -> bool:
+        """Start a detached worker unless one holds the queue lock; True if one was started.
 
-    def active(self) -> list[Run]:
-        return [r for r in self.store.list() if r.state in ("queued", "running")]
-
-    def ensure_worker(self) -> None:
-        """Start a detached worker; it exits at once if another one holds the queue lock."""
+        A worker that holds the lock sees runs queued meanwhile: it looks at the queue once more
+        after releasing the lock (see `worker_loop`).
+        """
         self.store.ensure_writable()
-        log = open(self.store.root / ".worker.log", "a")
-        env = dict(os.environ, KDW_RUNS_DIR=str(self.store.root))
-        subprocess.Popen([*_python_cmd(), "worker", "--runs-dir", str(self.store.root)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True, env=env, cwd=os.getcwd())
-        log.close()
+        lock = _try_lock(self.store.root / ".queue.lock")
+        if lock is None:
+            return False
+        lock.release()
+        with open(self.store.root / ".worker.log", "a") as log:
+            env = dict(os.environ, KDW_RUNS_DIR=str(self.store.root))
+            subprocess.Popen([*_python_cmd(), "worker", "--runs-dir", str(self.store.root)],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True, env=env, cwd=_trusted_cwd())
+        return True
 
     def wait(self, run_id: str, timeout: float = 600.0, poll: float = 0.2) -> dict:
         """Block until a run finishes (for scripts and tests); returns its status."""
@@ -199,17 +224,19 @@ class LocalQueueRunner:
         raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
 
 
-def _lock(path: Path):
-    f = open(path, "a+")
+def _try_lock(path: Path):
+    """The queue lock if nobody holds it (a held `filelock.FileLock`), else None."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return f
-    except OSError:
-        f.close()
+        lock.acquire(timeout=0)
+    except Timeout:
         return None
+    return lock
 
 
-def worker_loop(store: RunStore, idle_exit: bool = True) -> int:
+def worker_loop(store: RunStore) -> int:
     """Run queued jobs oldest first, one at a time, while holding the queue lock.
 
     Returns the number of jobs run. After the queue empties it releases the lock and
@@ -219,7 +246,7 @@ def worker_loop(store: RunStore, idle_exit: bool = True) -> int:
     lock_path = store.root / ".queue.lock"
     done = 0
     while True:
-        lock = _lock(lock_path)
+        lock = _try_lock(lock_path)
         if lock is None:
             return done  # another worker owns the queue
         try:
@@ -228,20 +255,18 @@ def worker_loop(store: RunStore, idle_exit: bool = True) -> int:
                 if not queued:
                     break
                 run = queued[0]
-                log = open(run.log_path(), "a")
-                proc = subprocess.Popen([*_python_cmd(), "job", run.run_id, "--runs-dir", str(store.root)],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        env=dict(os.environ, KDW_RUNS_DIR=str(store.root)))
-                log.close()
+                with open(run.log_path(), "a") as log:
+                    proc = subprocess.Popen([*_python_cmd(), "job", run.run_id, "--runs-dir", str(store.root)],
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            env=dict(os.environ, KDW_RUNS_DIR=str(store.root)), cwd=_trusted_cwd())
                 proc.wait()
                 if run.state in ("queued", "running"):  # the job died before recording its end
                     run.set_status("failed", error=f"the job process exited with code {proc.returncode} "
                                                    "before finishing; see log.txt")
                 done += 1
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
-        if not any(r.state == "queued" for r in store.list()) or not idle_exit:
+            lock.release()
+        if not any(r.state == "queued" for r in store.list()):
             return done
 
 

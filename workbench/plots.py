@@ -13,7 +13,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 TEACHER, SCRATCH, KD = "#4C78A8", "#9D9D9D", "#E45756"
-ROLE_COLORS = {"teacher": TEACHER, "scratch": SCRATCH, "kd": KD}
+ROLE_COLORS = {"teacher": TEACHER, "scratch": SCRATCH, "kd": KD}  # one colour per role, everywhere
+ROLE_NAMES = {"teacher": "teacher", "scratch": "scratch", "kd": "distilled"}  # one name per role, everywhere
+TERM_DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")  # a run's loss terms, after its solid total
 PALETTE = ["#E45756", "#4C78A8", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#FF9DA6", "#9D755D",
            "#EECA3B", "#BAB0AC"]
 
@@ -119,23 +121,49 @@ def temperature_scaling(temperatures, kd_with, kd_without, grad_with, grad_witho
 # ---------------------------------------------------------------------------
 # training curves
 
-def training_curves(series: dict[str, list[dict]], colors: dict[str, str] | None = None) -> go.Figure:
-    """Per-epoch loss and validation accuracy of several runs. `series`: label -> metrics rows."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "validation accuracy"))
+def loss_terms(rows: list[dict]) -> list[str]:
+    """The names of the loss terms logged in metrics rows (``loss_ce`` -> ``ce``), in order of appearance."""
+    names: list[str] = []
+    for r in rows:
+        names += [k[5:] for k in r if k.startswith("loss_") and k[5:] not in names]
+    return names
+
+
+def training_curves(series: dict[str, list[dict]], colors: dict[str, str] | None = None,
+                    terms: bool = True) -> go.Figure:
+    """Per-epoch loss and validation accuracy of several runs. `series`: label -> metrics rows.
+
+    Left: each run's objective (solid) and, where it has more than one, its named terms (dashed,
+    dotted, ...), so a distilled run's cross-entropy can be read beside a scratch run's even though
+    its total includes the T²-scaled KD term. Right: validation accuracy.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss and its terms", "validation accuracy"))
     for i, (label, rows) in enumerate(series.items()):
         color = (colors or {}).get(label, PALETTE[i % len(PALETTE)])
         epochs = [r["epoch"] for r in rows]
         fig.add_scatter(x=epochs, y=[r.get("train_loss") for r in rows], name=label, legendgroup=label,
-                        line_color=color, mode="lines+markers", row=1, col=1)
+                        line_color=color, mode="lines+markers", row=1, col=1,
+                        hovertemplate="epoch %{x}<br>objective %{y:.4f}<extra>" + label + "</extra>")
+        names = loss_terms(rows)
+        if terms and len(names) > 1:
+            for j, term in enumerate(names):
+                fig.add_scatter(x=epochs, y=[r.get(f"loss_{term}") for r in rows], name=f"{label}: {term} term",
+                                legendgroup=label, mode="lines",
+                                line=dict(color=color, dash=TERM_DASHES[j % len(TERM_DASHES)], width=1.5),
+                                row=1, col=1, hovertemplate="epoch %{x}<br>" + term + " %{y:.4f}<extra>" + label
+                                                            + "</extra>")
         fig.add_scatter(x=epochs, y=[100 * r["val_acc"] for r in rows], name=label, legendgroup=label,
-                        showlegend=False, line_color=color, mode="lines+markers", row=1, col=2)
-    fig.update_xaxes(title="epoch")
-    fig.update_yaxes(title="loss (objective, nats)", row=1, col=1)
+                        showlegend=False, line_color=color, mode="lines+markers", row=1, col=2,
+                        hovertemplate="epoch %{x}<br>%{y:.2f}%<extra>" + label + "</extra>")
+    last = max((r["epoch"] for rows in series.values() for r in rows), default=1)
+    fig.update_xaxes(title="epoch", tick0=1, dtick=max(1, math.ceil(last / 10)))  # whole epochs, ≤ 10 ticks
+    fig.update_yaxes(title="loss (nats, as weighted in the objective)", row=1, col=1)
     fig.update_yaxes(title="accuracy (%)", row=1, col=2)
     return _finish(fig, "Training curves",
-                   "Left: the training objective per epoch (the KD runs' loss includes the T²-scaled KD term, "
-                   "so compare its shape, not its level, with scratch). Right: accuracy on the fixed validation "
-                   "split.", height=440, legend_below=True)
+                   "Left: each run's training objective per epoch (solid) and its weighted terms (dashed and "
+                   "dotted; they add up to the solid line). A distilled run's total includes the T²-scaled KD "
+                   "term, so compare its cross-entropy term with the scratch run's. Right: accuracy on the fixed "
+                   "validation split.", height=460, legend_below=True)
 
 
 # ---------------------------------------------------------------------------
@@ -170,13 +198,13 @@ def pareto(rows: list[dict], x: str = "latency_ms", device: str | None = None) -
         if not sel:
             continue
         fig.add_scatter(
-            x=[r[x] for r in sel], y=[100 * r["test_acc"] for r in sel], mode="markers", name=role,
+            x=[r[x] for r in sel], y=[100 * r["test_acc"] for r in sel], mode="markers", name=ROLE_NAMES[role],
             marker=dict(color=ROLE_COLORS[role], size=[8 + 40 * math.sqrt((r.get("params") or 0) / max_params)
                                                        for r in sel], opacity=0.75, line=dict(width=1, color="white")),
             text=[f"{r['model']}<br>{r.get('run_id', '')}" for r in sel],
             customdata=[[r.get("params"), r.get("temperature"), r.get("alpha")] for r in sel],
             hovertemplate="%{text}<br>acc %{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<br>params %{customdata[0]:,}"
-                          "<extra>" + role + "</extra>")
+                          "<extra>" + ROLE_NAMES[role] + "</extra>")
     front = pareto_front([(r[x], 100 * r["test_acc"]) for r in pts])
     if len(front) > 1:
         fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto frontier",
@@ -283,7 +311,7 @@ def size_curves(cells: list[dict], x: str = "params") -> go.Figure:
         if not sel:
             continue
         fig.add_scatter(x=[c[x] for c in sel], y=[100 * c["test_acc"] for c in sel], mode="lines+markers",
-                        name="distilled (KD)" if role == "kd" else "scratch", line_color=color,
+                        name=ROLE_NAMES[role], line_color=color,
                         error_y=dict(type="data", array=[100 * (c.get("test_acc_std") or 0) for c in sel]),
                         text=[c["model"] for c in sel],
                         hovertemplate="%{text}<br>%{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<extra></extra>")

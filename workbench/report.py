@@ -13,9 +13,8 @@ import time
 
 import torch
 
-from . import __version__, plots
-from .compare import aggregate, comparison_rows, table_columns, timing_warning
-from .losses import OBJECTIVE
+from . import __version__, plots, recipes
+from .compare import aggregate, comparison_rows, table_columns, timing_warning, verdict_subject
 from .runs import Run
 
 
@@ -53,15 +52,14 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
     agg = aggregate(rows)
     device = next((r["device"] for r in rows if r.get("device")), "cpu")
     figs = [plots.pareto(rows, "latency_ms", device), plots.pareto(rows, "size_mb")]
-    series = {f"{r.config.get('kind')} {r.config.get('model_label', '')} {r.run_id}": r.metrics() for r in runs}
-    figs.append(plots.training_curves({k: v for k, v in series.items() if v}))
+    figs.append(plots.training_curves(*recipes.curve_series(runs)))
     teacher_cm = next((r.summary.get("teacher", {}).get("test", {}).get("confusion_matrix") for r in runs
                        if r.summary.get("teacher")), None)
     student = next((r for r in runs if r.config.get("kind") == "kd"), runs[0])
     cms = {}
     if teacher_cm:
         cms["teacher"] = teacher_cm
-    cms[f"{student.config.get('kind')} {student.config.get('model_label')}"] = student.summary["test"]["confusion_matrix"]
+    cms[recipes.run_title(student.config)] = student.summary["test"]["confusion_matrix"]
     k = len(student.summary["test"]["confusion_matrix"])
     figs.append(plots.confusion_matrices(cms, classes or [str(i) for i in range(k)]))
 
@@ -72,8 +70,15 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
         f"{html.escape(json.dumps(r.config, indent=2, sort_keys=True, default=str))}</pre></details>" for r in runs)
     env_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in env.items())
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    verdicts = "".join(f"<li>{html.escape(str(r['model']))}, T = {r['temperature']}, α = {r['alpha']}: "
-                       f"{html.escape(r['verdict'])}</li>" for r in agg if r.get("verdict"))
+    verdicts = "".join(f"<li>{html.escape(verdict_subject(r))}: {html.escape(r['verdict'])}</li>"
+                       for r in agg if r.get("verdict"))
+    objectives = {}  # each distinct objective once, with the roles that used it
+    for r in runs:
+        text = r.config.get("objective") or r.summary.get("method", {}).get("objective") or ""
+        if text:
+            objectives.setdefault(text, set()).add(plots.ROLE_NAMES.get(r.config.get("kind"), "?"))
+    objective_items = "".join(f"<li>{html.escape(', '.join(sorted(roles)))}: <code>{html.escape(text)}</code></li>"
+                              for text, roles in objectives.items())
     warning = timing_warning(rows)
     warning = f'<p class="warning"><b>Warning:</b> {html.escape(warning)}</p>' if warning else ""
     css = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;"
@@ -88,8 +93,9 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
 <style>{css}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p>Generated {date} by KD Workbench {__version__}. Objective (α weights the distillation term):
-<code>{html.escape(OBJECTIVE)}</code>; α = 0 is the scratch baseline.</p>
+<p>Generated {date} by KD Workbench {__version__}. The objectives these runs trained with (in vanilla KD, α weights
+the distillation term, so α = 0 is the scratch baseline):</p>
+<ul>{objective_items}</ul>
 <h2>Summary (mean ± std over seeds)</h2>
 {_table_html(agg, aggregated=True)}
 <ul>{verdicts}</ul>

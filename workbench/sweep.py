@@ -1,4 +1,4 @@
-"""Sweeps: a T × α grid (plus seeds), and a size sweep of students, each with scratch twins.
+"""Sweeps: a T × α grid of vanilla KD (plus seeds), and a size sweep of students, each with scratch twins.
 
 `grid_configs` and `size_configs` expand a base `TrainConfig` into the runs to queue;
 `grid_table` and `size_table` fold the finished runs of a sweep into the cells the
@@ -13,30 +13,33 @@ from dataclasses import replace
 
 from .compare import aggregate, comparison_rows, mean_std
 from .models import ModelConfig
+from .recipes import distill_configs, scratch_twin
 from .runs import Run
 from .train import TrainConfig
 
 
 def grid_configs(base: TrainConfig, temperatures, alphas, seeds, group: str) -> list[TrainConfig]:
-    """KD runs for every (T, α, seed), and one scratch twin per seed (α = 0 needs no T)."""
+    """Vanilla-KD runs for every (T, α, seed), and one scratch twin per seed (α = 0 is the twin)."""
     if not temperatures or not alphas or not seeds:
         raise ValueError("a sweep needs at least one temperature, one α and one seed")
-    configs = [replace(base, kind="scratch", alpha=0.0, seed=s, group=group) for s in seeds]
+    if base.method != "kd":
+        raise ValueError(f"a T × α grid sweeps vanilla KD, not {base.method}")
+    base = replace(base, group=group)
+    configs = [scratch_twin(replace(base, seed=s)) for s in seeds]
     for T, a, s in itertools.product(temperatures, alphas, seeds):
         if a == 0.0:
             continue  # that is the scratch twin
-        configs.append(replace(base, kind="kd", temperature=float(T), alpha=float(a), seed=s, group=group))
+        configs.append(replace(base, seed=s).with_params(temperature=float(T), alpha=float(a)))
     return configs
 
 
 def size_configs(base: TrainConfig, models: list[ModelConfig], seeds, group: str) -> list[TrainConfig]:
-    """For each student size and seed: a scratch run and a KD run with the same budget."""
+    """For each student size and seed: a scratch run and a distilled run with the same budget."""
     if not models or not seeds:
         raise ValueError("a size sweep needs at least one student and one seed")
     out = []
     for m, s in itertools.product(models, seeds):
-        out.append(replace(base, kind="scratch", alpha=0.0, model=m, seed=s, group=group))
-        out.append(replace(base, kind="kd", model=m, seed=s, group=group))
+        out += distill_configs(replace(base, model=m, seed=s, group=group))
     return out
 
 

@@ -20,16 +20,16 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
-from . import plots
+from . import plots, recipes
 from .compare import aggregate, comparison_rows, find_scratch_twins, table_columns
-from .data import available_datasets, load_dataset
-from .explain import first_correct_index, objective_text, teacher_view
-from .jobs import LocalQueueRunner
-from .methods import METHODS, parse_params
+from .data import load_dataset
+from .explain import first_correct_index, teacher_view
+from .jobs import LocalQueueRunner, Runner
+from .methods import DISTILLATION_METHODS, METHODS, Method, parse_params
 from .models import FAMILIES, ModelConfig, build_model, count_params
 from .runs import FINISHED, Run, RunStore, new_run_id
 from .sweep import grid_table
-from .teachers import load_teacher, shipped_teachers
+from .teachers import load_teacher
 from .train import TrainConfig, available_devices, check_setup
 
 SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
@@ -50,14 +50,11 @@ def _redraw(widget: go.FigureWidget, fig: go.Figure) -> None:
 
 
 def _teacher_options(dataset: str, store: RunStore) -> list[tuple[str, str]]:
-    opts = [(f"{c['name']} (shipped)", c["name"]) for c in shipped_teachers(dataset)]
-    opts += [(f"{r.run_id} (teacher run)", r.run_id) for r in store.list(kind="teacher", state="done")
-             if r.config.get("dataset") == dataset]
-    return opts
+    return recipes.teacher_choices(dataset, store)
 
 
 def _datasets() -> list[str]:
-    return [k for k, v in available_datasets().items() if v is None]
+    return recipes.dataset_choices()[0]
 
 
 class TemperatureExplorer(W.VBox):
@@ -65,9 +62,8 @@ class TemperatureExplorer(W.VBox):
 
     def __init__(self, dataset: str | None = None, store: RunStore | None = None):
         self.store = store or RunStore()
-        names = _datasets()
-        self.dataset = W.Dropdown(options=names, value=dataset or ("fashion-mnist" if "fashion-mnist" in names
-                                                                    else "digits"), description="data set")
+        self.dataset = W.Dropdown(options=_datasets(), value=dataset or recipes.default_dataset(),
+                                  description="data set")
         self.teacher = W.Dropdown(description="teacher")
         self.index = W.BoundedIntText(value=0, min=0, max=0, description="test image", layout=W.Layout(width="230px"))
         self.random = W.Button(description="random image", layout=W.Layout(width="140px"))
@@ -131,13 +127,12 @@ class DistillPanel(W.VBox):
 
     def __init__(self, dataset: str | None = None, store: RunStore | None = None, poll_s: float = 0.5):
         self.store = store or RunStore()
-        self.runner = LocalQueueRunner(self.store)
+        self.runner: Runner = LocalQueueRunner(self.store)
         self.poll_s = poll_s
         self.run_ids: list[str] = []
         self._thread: threading.Thread | None = None
-        names = _datasets()
-        self.dataset = W.Dropdown(options=names, value=dataset or ("fashion-mnist" if "fashion-mnist" in names
-                                                                    else "digits"), description="data set")
+        self.dataset = W.Dropdown(options=_datasets(), value=dataset or recipes.default_dataset(),
+                                  description="data set")
         self.teacher = W.Dropdown(description="teacher")
         self.family = W.Dropdown(options=list(FAMILIES), value="mlp", description="student")
         self.depth = W.BoundedIntText(value=1, min=1, max=56, description="depth", **_half())
@@ -147,8 +142,8 @@ class DistillPanel(W.VBox):
                                          layout=W.Layout(width="420px"), **SLIDER)
         self.alpha = W.FloatSlider(value=0.9, min=0.0, max=1.0, step=0.05, description="α (KD weight)",
                                    layout=W.Layout(width="420px"), **SLIDER)
-        self.method = W.Dropdown(options=[(f"{k} · {v.title}", k) for k, v in METHODS.items()], value="kd",
-                                 description="method")
+        self.method = W.Dropdown(options=[(f"{k} · {METHODS[k].title}", k) for k in DISTILLATION_METHODS],
+                                 value="kd", description="method")
         self.method_params = W.Text(value="", description="params", placeholder="e.g. beta=100, stage=stage3")
         self.method_info = W.HTML()
         self.objective = W.HTML()
@@ -169,6 +164,7 @@ class DistillPanel(W.VBox):
         self.dataset.observe(self._on_dataset, "value")
         for w in (self.family, self.depth, self.width):
             w.observe(lambda _: self._on_model(), "value")
+        self.method.observe(lambda _: self._on_method(), "value")
         for w in (self.temperature, self.alpha, self.method, self.method_params):
             w.observe(lambda _: self._on_objective(), "value")
         self.train_button.on_click(lambda _: self.train())
@@ -181,6 +177,7 @@ class DistillPanel(W.VBox):
                       layout=W.Layout(**COLUMN))
         super().__init__([W.HBox([left, self.curves]), self.table])
         self._on_dataset()
+        self._on_method()
         self._on_objective()
 
     # -- controls ----------------------------------------------------------------
@@ -190,7 +187,9 @@ class DistillPanel(W.VBox):
         self.teacher.options = opts
         if opts:
             self.teacher.value = opts[0][1]
-        self.epochs.value = 10 if self.dataset.value == "fashion-mnist" else 20
+        defaults = recipes.dataset_defaults(self.dataset.value)
+        self.epochs.value = defaults.epochs
+        self.labels.value = defaults.labels or 0
         self._on_model()
 
     def model_config(self) -> ModelConfig:
@@ -216,35 +215,45 @@ class DistillPanel(W.VBox):
             self.size.value = f"<span style='color:#c00'>{e}</span>"
 
     def params(self) -> dict:
+        """The method's hyperparameters: the params field, with T (if the method has one) and kd's α from the sliders."""
         pairs = [p.strip() for p in self.method_params.value.split(",") if p.strip()]
-        return parse_params(pairs)
+        params = parse_params(pairs)
+        m = METHODS[self.method.value]
+        if m.temperature_key and m.temperature_key not in params:
+            params[m.temperature_key] = float(self.temperature.value)
+        if m.name == "kd" and "alpha" not in params:
+            params["alpha"] = float(self.alpha.value)
+        return params
+
+    def built_method(self) -> Method:
+        """The chosen method with the current hyperparameters (ValueError if they are invalid)."""
+        return METHODS[self.method.value](self.params())
+
+    def _on_method(self) -> None:
+        """A new method: its description, and the T slider at its default (greyed out if it has none)."""
+        m = METHODS[self.method.value]
+        defaults = ", ".join(f"{k}={v}" for k, v in m.defaults.items())
+        self.method_info.value = f"<small>{m.description}. <i>{m.citation}</i><br>defaults: {defaults}</small>"
+        self.temperature.disabled = m.temperature_key is None
+        if m.temperature_key:
+            self.temperature.value = float(m.defaults[m.temperature_key])
+        self.alpha.disabled = m.name != "kd"
 
     def _on_objective(self) -> None:
-        m = METHODS[self.method.value]
-        defaults = ", ".join(f"{k}={v}" for k, v in m.defaults.items()) or "T and α above"
-        self.method_info.value = f"<small>{m.description}. <i>{m.citation}</i><br>defaults: {defaults}</small>"
-        self.temperature.disabled = self.alpha.disabled = not m.uses_config_t_alpha
-        if m.uses_config_t_alpha:
-            self.objective.value = (f"<code>{objective_text(self.temperature.value, self.alpha.value)}</code><br>"
-                                    "<small>α = 0: scratch · α = 1: pure distillation</small>")
-            return
         try:
-            self.objective.value = f"<code>{m(self.params()).objective_text()}</code>"
+            m = self.built_method()
         except ValueError as e:
             self.objective.value = f"<span style='color:#c00'>{e}</span>"
+            return
+        note = "<br><small>α = 0: scratch · α = 1: pure distillation</small>" if m.name == "kd" else ""
+        self.objective.value = f"<code>{m.objective_text()}</code>{note}"
 
     def configs(self) -> list[TrainConfig]:
-        common = dict(dataset=self.dataset.value, model=self.model_config(), teacher=self.teacher.value,
-                      temperature=float(self.temperature.value), epochs=int(self.epochs.value),
-                      labels=int(self.labels.value) or None, device=self.device.value, seed=int(self.seed.value))
-        m = METHODS[self.method.value]
-        if not m.needs_teacher:
-            common["teacher"] = None
-        out = [TrainConfig(kind="kd", alpha=float(self.alpha.value), method=m.name, method_params=self.params(),
-                           **common)]
-        if self.scratch.value:
-            out.insert(0, TrainConfig(kind="scratch", alpha=0.0, **common))
-        return out
+        """[scratch twin, distilled run], or just the distilled run without the scratch box ticked."""
+        kd = TrainConfig(kind="kd", dataset=self.dataset.value, model=self.model_config(), teacher=self.teacher.value,
+                         method=self.method.value, method_params=self.params(), epochs=int(self.epochs.value),
+                         labels=int(self.labels.value) or None, device=self.device.value, seed=int(self.seed.value))
+        return recipes.distill_configs(kd, scratch=self.scratch.value)
 
     # -- jobs -------------------------------------------------------------------------
     def train(self) -> list[str]:
@@ -295,15 +304,13 @@ class DistillPanel(W.VBox):
         self.progress.value = sum(fractions) / max(1, len(fractions))
         parts = []
         for r, s in zip(runs, statuses):
-            msg = f"{r.config.get('kind')}: {s['state']}"
+            msg = f"{plots.ROLE_NAMES.get(r.config.get('kind'), '?')}: {s['state']}"
             if s["state"] == "failed":
                 msg += f" <span style='color:#c00'>({s.get('error')})</span>"
             parts.append(msg)
         self.status.value = " · ".join(parts)
-        series = {f"{r.config.get('kind')} {r.config.get('model_label')}": r.metrics() for r in runs}
-        series = {k: v for k, v in series.items() if v}
+        series, colors = recipes.curve_series(runs)
         if series:
-            colors = {k: plots.KD if k.startswith("kd") else plots.SCRATCH for k in series}
             _redraw(self.curves, plots.training_curves(series, colors))
         done = all(s["state"] in FINISHED for s in statuses)
         if done:
@@ -342,14 +349,13 @@ def compare(runs, store: RunStore | None = None, aggregated: bool = False) -> W.
     out = W.Output()
     out.append_display_data(comparison_table(runs, aggregated))
     device = next((r["device"] for r in rows if r.get("device")), None)
-    figs = [plots.training_curves({f"{r.config.get('kind')} {r.config.get('model_label')} {r.run_id}": r.metrics()
-                                   for r in runs if r.metrics()}),
+    figs = [plots.training_curves(*recipes.curve_series(runs)),
             plots.pareto(rows, "latency_ms", device), plots.pareto(rows, "size_mb")]
     kd = next((r for r in runs if r.config.get("kind") == "kd" and r.state == "done"), None)
     if kd is not None and kd.summary.get("teacher"):
         classes = load_dataset(kd.config["dataset"], kd.config.get("data_dir")).classes
         figs.append(plots.confusion_matrices({"teacher": kd.summary["teacher"]["test"]["confusion_matrix"],
-                                              f"kd {kd.config.get('model_label')}": kd.summary["test"]["confusion_matrix"]},
+                                              recipes.run_title(kd.config): kd.summary["test"]["confusion_matrix"]},
                                              classes))
     return W.VBox([out, *[go.FigureWidget(f) for f in figs]])
 

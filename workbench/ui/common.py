@@ -12,21 +12,20 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from workbench.data import available_datasets, load_dataset
-from workbench.explain import objective_latex
-from workbench.jobs import LocalQueueRunner, friendly_error
+from workbench import recipes
+from workbench.data import load_dataset
+from workbench.jobs import LocalQueueRunner, Runner, friendly_error
+from workbench.methods import DISTILLATION_METHODS, METHODS, Method
 from workbench.models import ModelConfig, build_model, count_params
 from workbench.runs import Run, RunStore
 from workbench.teachers import load_teacher, shipped_teachers
-
-ROLE_NAMES = {"teacher": "teacher", "scratch": "scratch (α = 0)", "kd": "distilled"}
 
 
 def store() -> RunStore:
     return RunStore()
 
 
-def runner() -> LocalQueueRunner:
+def runner() -> Runner:
     return LocalQueueRunner(store())
 
 
@@ -56,15 +55,9 @@ def _spec_mtime(spec: str) -> float:
     return run.stat().st_mtime if run.is_file() else 0.0
 
 
-def dataset_choices() -> tuple[list[str], dict[str, str]]:
-    """Embedded data sets that load here, and for each missing one, how to get it."""
-    avail = available_datasets()
-    return [k for k, v in avail.items() if v is None], {k: v for k, v in avail.items() if v is not None}
-
-
 def dataset_picker(key: str, label: str = "Data set") -> str:
-    names, missing = dataset_choices()
-    default = "fashion-mnist" if "fashion-mnist" in names else "digits"
+    names, missing = recipes.dataset_choices()
+    default = recipes.default_dataset()
     name = st.selectbox(label, names, index=names.index(default), key=key,
                         help="Embedded data sets that are installed here.")
     for ds, how in missing.items():
@@ -73,22 +66,8 @@ def dataset_picker(key: str, label: str = "Data set") -> str:
 
 
 def teacher_choices(dataset_name: str) -> dict[str, str]:
-    """label -> teacher spec: shipped teachers, finished teacher runs, uploaded files."""
-    out = {}
-    for c in shipped_teachers(dataset_name):
-        out[f"{c['name']} (shipped, {100 * c['test_accuracy']:.2f}% test)"] = c["name"]
-    for r in store().list(kind="teacher", state="done"):
-        if r.config.get("dataset") == dataset_name:
-            acc = r.summary.get("test", {}).get("accuracy")
-            out[f"{r.run_id} (teacher run{'' if acc is None else f', {100 * acc:.2f}% test'})"] = r.run_id
-    for p in sorted(uploads_dir().glob("*.safetensors")):
-        try:
-            t = teacher_for(str(p))
-        except Exception:
-            continue
-        if tuple(t.model.kdw_input_shape) == tuple(dataset(dataset_name).input_shape):
-            out[f"{p.stem} (uploaded)"] = str(p)
-    return out
+    """label -> teacher spec: shipped teachers, finished teacher runs, uploaded files that fit."""
+    return dict(recipes.teacher_choices(dataset_name, store(), uploads_dir()))
 
 
 def uploads_dir() -> Path:
@@ -105,11 +84,16 @@ def safe_upload_name(name: str) -> str:
     return f"{stem[:48]}.safetensors"
 
 
-def objective(temperature: float, alpha: float) -> None:
-    """The objective with the current T and α, and what α means here."""
-    st.latex(objective_latex(temperature, alpha))
-    st.caption("α weights the distillation term: α = 0 is the student trained without the teacher (scratch), "
-               "α = 1 is pure distillation. (torchdistill and Keras put their α on the cross-entropy.)")
+def objective(method: Method) -> None:
+    """The method's objective with its current values, and, for vanilla KD, what α means here."""
+    latex = method.objective_latex()
+    if latex:
+        st.latex(latex)
+    else:
+        st.markdown(f"Objective of **{method.title}**: `{method.objective_text()}`")
+    if method.name == "kd":
+        st.caption("α weights the distillation term: α = 0 is the student trained without the teacher (scratch), "
+                   "α = 1 is pure distillation. (torchdistill and Keras put their α on the cross-entropy.)")
 
 
 def show_error(prefix: str, e: BaseException) -> None:
@@ -162,14 +146,7 @@ def student_picker(key: str, input_shape, num_classes: int, default: ModelConfig
 
 
 def run_label(run: Run) -> str:
-    c = run.config
-    kind = c.get("kind", "?")
-    method = c.get("method") or "kd"
-    extra = ""
-    if kind == "kd":
-        extra = f" T={c.get('temperature')} α={c.get('alpha')}" if method == "kd" else f" [{method}]"
-    seed = f" seed {c.get('seed')}" if c.get("seed") is not None else ""
-    return f"{ROLE_NAMES.get(kind, kind)} {c.get('model_label', '')}{extra}{seed} · {run.run_id}"
+    return f"{recipes.run_title(run.config)} · {run.run_id}"
 
 
 def device_choices() -> list[str]:
@@ -182,17 +159,25 @@ def threads_note() -> str:
     return f"{torch.get_num_threads()} CPU threads"
 
 
-def method_picker(key: str):
-    """The distillation method, its description and citation, and its own hyperparameters."""
-    from workbench.methods import METHODS
+def method_picker(key: str) -> Method:
+    """The distillation method, its description and citation, and its own hyperparameters.
 
-    names = list(METHODS)
-    name = st.selectbox("Method", names, key=key, format_func=lambda n: f"{n} · {METHODS[n].title}",
-                        help="Every method adds its term to the cross-entropy on the visible labels.")
+    Vanilla KD's T and α are sliders (keys `{key}_T`, `{key}_alpha`), the knobs a class plays with;
+    every other method's hyperparameters sit in an expander, with its paper's defaults.
+    """
+    name = st.selectbox("Method", list(DISTILLATION_METHODS), key=key,
+                        format_func=lambda n: f"{n} · {METHODS[n].title}",
+                        help="Each method's objective adds its term(s) to the cross-entropy on the visible labels.")
     m = METHODS[name]
     st.caption(f"{m.description}. *{m.citation}*")
     params = {}
-    if m.defaults:
+    if name == "kd":
+        c1, c2 = st.columns(2)
+        params["temperature"] = c1.slider("Temperature T", 1.0, 20.0, float(m.defaults["temperature"]), 0.5,
+                                          key=f"{key}_T")
+        params["alpha"] = c2.slider("α (weight of the KD term)", 0.0, 1.0, float(m.defaults["alpha"]), 0.05,
+                                    key=f"{key}_alpha")
+    elif m.defaults:
         with st.expander(f"{m.title} hyperparameters (defaults from its paper or its authors' code)"):
             cols = st.columns(2)
             for i, (k, v) in enumerate(m.defaults.items()):
@@ -204,5 +189,4 @@ def method_picker(key: str):
                 else:
                     params[k] = float(col.number_input(k, value=float(v), format="%g", key=f"{key}_{name}_{k}",
                                                        help=help_))
-    changed = {k: v for k, v in params.items() if v != m.defaults[k]}
-    return m, changed
+    return m(params)

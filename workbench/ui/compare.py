@@ -7,8 +7,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from workbench import plots
-from workbench.compare import aggregate, comparison_rows, find_scratch_twins, table_columns, timing_warning
+from workbench import plots, recipes
+from workbench.compare import (aggregate, comparison_rows, find_scratch_twins, table_columns, timing_warning,
+                               verdict_subject)
 from workbench.report import build_report
 from workbench.ui import common
 
@@ -62,15 +63,12 @@ def page() -> None:
         st.warning(warning, icon=":material/speed:")
     for r in shown:
         if r.get("verdict"):
-            st.caption(f"{r['model']} T={r['temperature']} α={r['alpha']}: **{r['verdict']}**")
+            st.caption(f"{verdict_subject(r)}: **{r['verdict']}**")
 
     tab_curves, tab_pareto, tab_cm = st.tabs(["Training curves", "Pareto", "Confusion matrices"])
     with tab_curves:
-        series = {common.run_label(r): r.metrics() for r in runs}
-        roles = [r.config.get("kind") for r in runs]
-        colors = ({common.run_label(r): plots.ROLE_COLORS.get(r.config.get("kind"), plots.TEACHER) for r in runs}
-                  if len(set(roles)) == len(roles) else None)  # one run per role: colour by role
-        fig = plots.training_curves({k: v for k, v in series.items() if v}, colors)
+        series, colors = recipes.curve_series(runs)
+        fig = plots.training_curves(series, colors)
         st.plotly_chart(fig, key="cmp_curves")
         st.caption(plots.caption(fig))
     with tab_pareto:
@@ -87,8 +85,7 @@ def page() -> None:
         teacher = next((r.summary["teacher"] for r in runs if r.summary.get("teacher")), None)
         if teacher:
             cms[f"teacher {teacher['label']}"] = teacher["test"]["confusion_matrix"]
-        cms[f"{student.config.get('kind')} {student.config.get('model_label')}"] = \
-            student.summary["test"]["confusion_matrix"]
+        cms[recipes.run_title(student.config)] = student.summary["test"]["confusion_matrix"]
         fig = plots.confusion_matrices(cms, ds.classes)
         st.plotly_chart(fig, key="cmp_cm")
         st.caption(plots.caption(fig))

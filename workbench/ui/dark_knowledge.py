@@ -7,6 +7,7 @@ import torch
 
 from workbench import plots
 from workbench.explain import first_correct_index, t_squared_scaling, teacher_view
+from workbench.methods import KD
 from workbench.ui import common
 
 
@@ -72,7 +73,7 @@ def page() -> None:
                     f"**{ds.classes[view.predicted]}** ({verdict}).")
 
     with right:
-        common.objective(T, alpha)
+        common.objective(KD({"temperature": T, "alpha": alpha}))
         m1, m2, m3 = st.columns(3)
         m1.metric("Entropy at T = 1", f"{view.entropy_t1:.3f} nats")
         m2.metric(f"Entropy at T = {T:g}", f"{view.entropy_T:.3f} nats",

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from workbench.jobs import active_runs
 from workbench.losses import OBJECTIVE
 from workbench.ui import common
 
@@ -14,7 +15,7 @@ def sidebar() -> None:
         st.caption("α = 0: scratch baseline · α = 1: pure distillation")
         store = common.store()
         try:
-            active = [r for r in store.list() if r.state in ("queued", "running")]
+            active = active_runs(store)
         except Exception as e:
             common.show_error("The run store cannot be read", e)
             return

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench import plots
+from workbench import plots, recipes
 from workbench.compare import comparison_rows
+from workbench.jobs import active_runs
 from workbench.models import ModelConfig
 from workbench.runs import FINISHED, new_run_id
 from workbench.sweep import grid_configs, grid_table, scratch_cell, size_configs, size_table, sweep_progress
@@ -25,9 +26,10 @@ def _base(prefix: str) -> TrainConfig | None:
     teacher = choices[st.selectbox("Teacher", list(choices), key=f"{prefix}_teacher")]
     student = common.student_picker(f"{prefix}_student", ds.input_shape, ds.num_classes) if prefix == "swg" else \
         ModelConfig("mlp", depth=1, width=64)
+    defaults = recipes.dataset_defaults(ds_name)
     c1, c2, c3 = st.columns(3)
-    epochs = c1.number_input("Epochs", 1, 100, 5 if ds_name == "fashion-mnist" else 15, key=f"{prefix}_epochs")
-    budget = c2.number_input("Visible labels (0 = all)", 0, len(ds.x_train), 1000 if ds_name == "fashion-mnist" else 0,
+    epochs = c1.number_input("Epochs", 1, 100, defaults.sweep_epochs, key=f"{prefix}_epochs")
+    budget = c2.number_input("Visible labels (0 = all)", 0, len(ds.x_train), defaults.labels or 0,
                              step=100, key=f"{prefix}_labels")
     device = c3.selectbox("Device", common.device_choices(), key=f"{prefix}_device")
     try:
@@ -40,7 +42,7 @@ def _base(prefix: str) -> TrainConfig | None:
 
 def _submit(configs: list[TrainConfig], group: str) -> None:
     try:
-        check_setup(configs[0], common.store())
+        check_setup(next(c for c in configs if c.kind == "kd"), common.store())  # the one with the teacher
     except Exception as e:
         common.show_error("Cannot launch", e)
         return
@@ -81,19 +83,13 @@ def _size_form() -> None:
     seeds = c3.slider("Seeds", 1, 5, 2, key="sws_seeds")
     st.caption(f"{2 * len(models) * seeds} runs: each size trained from scratch and distilled, per seed.")
     if st.button("Launch size sweep", type="primary", key="sws_launch", disabled=base is None or not models):
-        from dataclasses import replace
-
         group = new_run_id("size")
-        _submit(size_configs(replace(base, temperature=T, alpha=alpha), models, list(range(seeds)), group), group)
+        _submit(size_configs(base.with_params(temperature=T, alpha=alpha), models, list(range(seeds)), group), group)
 
 
 def _results() -> None:
     store = common.store()
-    groups = []
-    for r in store.list():
-        g = r.config.get("group") or ""
-        if g.startswith(("sweep-", "size-")) and g not in groups:
-            groups.append(g)
+    groups = recipes.groups(store, ("sweep-", "size-"))
     if not groups:
         st.info("No sweeps yet. Set one up on the left.")
         return
@@ -149,5 +145,5 @@ def page() -> None:
         kind = st.radio("Kind", list(KINDS), format_func=KINDS.get, horizontal=True, key="sw_kind")
         _grid_form() if kind == "grid" else _size_form()
     with right:
-        polling = any(r.state in ("queued", "running") for r in common.store().list())
+        polling = bool(active_runs(common.store()))
         st.fragment(_results, run_every=2.0 if polling else None)()

@@ -6,7 +6,8 @@ import json
 
 import streamlit as st
 
-from workbench import plots
+from workbench import plots, recipes
+from workbench.jobs import active_runs
 from workbench.models import ModelConfig, ModelError, load_checkpoint
 from workbench.runs import FINISHED, new_run_id
 from workbench.strategies import born_again_chain, takd_chain, teacher_model_config
@@ -49,22 +50,19 @@ def _teacher_section(ds_name: str, ds) -> str | None:
     return choices[st.selectbox("Teacher model", list(choices), key="tr_teacher")]
 
 
-def _form() -> tuple[list[TrainConfig], str] | None:
-    ss = st.session_state
+def _form() -> list[tuple[str | None, TrainConfig]] | None:
+    """The launch form; returns the (run id, config) chain to queue, or None while it cannot be launched."""
     ds_name = common.dataset_picker("tr_dataset")
     ds = common.dataset(ds_name)
+    defaults = recipes.dataset_defaults(ds_name)
     teacher = _teacher_section(ds_name, ds)
     student = common.student_picker("tr_student", ds.input_shape, ds.num_classes)
-    method, params = common.method_picker("tr_method")
-    c1, c2 = st.columns(2)
-    T = c1.slider("Temperature T", 1.0, 20.0, 4.0, 0.5, key="tr_T", disabled=not method.uses_config_t_alpha)
-    alpha = c2.slider("α (weight of the KD term)", 0.0, 1.0, 0.9, 0.05, key="tr_alpha",
-                      disabled=not method.uses_config_t_alpha)
-    if method.uses_config_t_alpha:
-        common.objective(T, alpha)
-    else:
-        st.caption(f"Objective of **{method.title}**: {method(params).objective_text()}. "
-                   "T and α above belong to vanilla KD; this method uses its own hyperparameters.")
+    try:
+        method = common.method_picker("tr_method")
+    except ValueError as e:
+        common.show_error("These hyperparameters cannot be used", e)
+        return None
+    common.objective(method)
     strategy = st.radio("Strategy", ["single run", "born-again generations", "teacher assistant"], horizontal=True,
                         key="tr_strategy", help="born-again: students with the teacher's architecture, each taught by "
                                                 "the previous generation (Furlanello et al. 2018); teacher assistant: "
@@ -75,29 +73,28 @@ def _form() -> tuple[list[TrainConfig], str] | None:
     elif strategy == "teacher assistant":
         chain_opts["assistant"] = common.student_picker("tr_assistant", ds.input_shape, ds.num_classes,
                                                         default=ModelConfig("cnn", depth=1, width=16))
-    default_epochs = 10 if ds_name == "fashion-mnist" else 20
     c1, c2, c3 = st.columns(3)
-    epochs = c1.number_input("Epochs", 1, 200, default_epochs, key="tr_epochs")
+    epochs = c1.number_input("Epochs", 1, 200, defaults.epochs, key="tr_epochs")
     lr = c2.number_input("Learning rate", 1e-5, 1.0, 3e-3, format="%.4f", key="tr_lr")
     batch = c3.selectbox("Batch size", [32, 64, 128, 256, 512], index=2, key="tr_batch")
     c1, c2, c3 = st.columns(3)
     seed = c1.number_input("Seed", 0, 10_000, 0, key="tr_seed")
     device = c2.selectbox("Device", common.device_choices(), key="tr_device",
                           help="only devices this machine has are listed")
-    budget = c3.number_input("Visible labels (0 = all)", 0, len(ds.x_train), 1000 if ds_name == "fashion-mnist" else 0,
+    budget = c3.number_input("Visible labels (0 = all)", 0, len(ds.x_train), defaults.labels or 0,
                              step=100, key="tr_labels",
                              help="A label budget: the scratch student sees only these labels; the distilled one "
                                   "also learns from the teacher on every other training image.")
-    twin = st.checkbox("Also train the scratch baseline (same student and budget, α = 0)", value=True, key="tr_twin")
+    twin = st.checkbox("Also train the scratch baseline (same student and budget, no teacher)", value=True,
+                       key="tr_twin")
     if teacher is None and method.needs_teacher:
         return None
-    common_fields = dict(dataset=ds_name, model=student, teacher=teacher, temperature=float(T), epochs=int(epochs),
-                         lr=float(lr), batch_size=int(batch), seed=int(seed), device=device,
-                         labels=int(budget) if budget else None)
     group = new_run_id(GROUP_PREFIX)
     try:
-        kd = TrainConfig(kind="kd", alpha=float(alpha), method=method.name, method_params=params, group=group,
-                         **common_fields)
+        kd = TrainConfig(kind="kd", dataset=ds_name, model=student, teacher=teacher, method=method.name,
+                         method_params=method.p, epochs=int(epochs), lr=float(lr), batch_size=int(batch),
+                         seed=int(seed), device=device, labels=int(budget) if budget else None, group=group)
+        scratch, kd = recipes.distill_configs(kd)
         if strategy == "born-again generations":
             chain = born_again_chain(kd, int(chain_opts["generations"]), teacher_model_config(teacher, common.store()),
                                      group)
@@ -106,17 +103,17 @@ def _form() -> tuple[list[TrainConfig], str] | None:
         else:
             chain = [(None, kd)]
         if twin:
-            chain.insert(0, (None, TrainConfig(kind="scratch", alpha=0.0, group=group, **common_fields)))
+            chain.insert(0, (None, scratch))
     except (ValueError, ModelError) as e:
         common.show_error("These settings cannot be trained", e)
         return None
-    return chain, ds_name
+    return chain
 
 
 def _launch(chain: list[tuple[str | None, TrainConfig]]) -> None:
     store = common.store()
     try:
-        check_setup(next(c for _, c in chain if c.kind == "kd"), store)  # the first KD run has the real teacher
+        check_setup(next(c for _, c in chain if c.kind == "kd"), store)  # the first distilled run has the real teacher
     except Exception as e:
         common.show_error("Cannot launch", e)
         return
@@ -132,9 +129,7 @@ def _current_group() -> str | None:
     ss = st.session_state
     if ss.get("tr_group"):
         return ss["tr_group"]
-    groups = [r.config.get("group") for r in common.store().list()
-              if str(r.config.get("group") or "").startswith(GROUP_PREFIX + "-")]
-    return groups[-1] if groups else None
+    return recipes.latest_group(common.store(), GROUP_PREFIX + "-")
 
 
 def _live_panel() -> None:
@@ -145,7 +140,7 @@ def _live_panel() -> None:
     runs = common.store().list(group=group)
     st.subheader(f"Jobs · {group}")
     active = [r for r in runs if r.state not in FINISHED]
-    queue = [r for r in common.store().list() if r.state in ("queued", "running") and r.config.get("group") != group]
+    queue = [r for r in active_runs(common.store()) if r.config.get("group") != group]
     if queue:
         st.caption(f"{len(queue)} other job(s) ahead in or beside this queue; jobs run one at a time.")
     for r in runs:
@@ -158,11 +153,8 @@ def _live_panel() -> None:
         st.progress(frac, text=f"{common.run_label(r)} — {text}")
         if st_["state"] == "failed":
             st.error(f"{r.run_id} failed: {st_.get('error')}")
-    series = {f"{r.config.get('kind')} {r.config.get('model_label', '')} seed {r.config.get('seed')}": r.metrics()
-              for r in runs}
-    series = {k: v for k, v in series.items() if v}
+    series, colors = recipes.curve_series(runs)
     if series:
-        colors = {k: plots.KD if k.startswith("kd") else plots.SCRATCH for k in series}
         fig = plots.training_curves(series, colors)
         st.plotly_chart(fig, key="tr_curves")
         st.caption(plots.caption(fig))
@@ -177,8 +169,8 @@ def _live_panel() -> None:
     else:
         done = [r for r in runs if r.state == "done"]
         if done:
-            accs = ", ".join(f"{r.config.get('kind')}: {100 * r.summary['test']['accuracy']:.2f}%" for r in done
-                             if r.summary.get("test"))
+            accs = ", ".join(f"{plots.ROLE_NAMES.get(r.config.get('kind'), '?')}: "
+                             f"{100 * r.summary['test']['accuracy']:.2f}%" for r in done if r.summary.get("test"))
             st.success(f"Finished. Test accuracy (best-val epoch): {accs}. Open **Compare** for the full table.")
 
 
@@ -191,8 +183,8 @@ def page() -> None:
         form = _form()
         launch = st.button("Launch", type="primary", key="tr_launch", disabled=form is None)
         if launch and form is not None:
-            _launch(form[0])
+            _launch(form)
     with right:
-        polling = launch or any(r.state in ("queued", "running") for r in common.store().list())
+        polling = launch or bool(active_runs(common.store()))
         st.session_state["tr_polling"] = polling
         st.fragment(_live_panel, run_every=1.0 if polling else None)()

@@ -1,0 +1,205 @@
+"""Recipes the front ends share: the CLI, the app's pages, the widgets, the demo and the sweeps.
+
+Each is written once here, so the front ends keep only their widgets and layout:
+
+- `distill_configs`: a distilled run and its scratch twin (same student, budget and seed;
+  method ``ce``), with teacher-free methods (DML) handled in one place;
+- `dataset_choices` and `teacher_choices`: what can be picked on this machine;
+- `dataset_defaults`: epochs and label budget per data set;
+- `curve_series`: the per-epoch rows of runs, labelled and coloured by role, for `plots.training_curves`;
+- `groups` and `latest_group`: group queries on the run store;
+- `DEMOS` and `demo_configs`: the demo's settings, chosen from docs/results.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .methods import method_info
+from .models import ModelConfig
+from .plots import ROLE_COLORS, ROLE_NAMES
+from .runs import Run, RunStore
+from .train import TrainConfig
+
+# ---------------------------------------------------------------------------
+# a distilled run and its scratch twin
+
+
+def uses_teacher(method: str) -> bool:
+    """Whether a distillation method learns from a pretrained teacher (DML does not)."""
+    return method_info(method).needs_teacher
+
+
+def scratch_twin(kd: TrainConfig) -> TrainConfig:
+    """The student trained without the teacher: the same student, data, budget, optimiser and seed,
+    method ``ce``. It keeps the teacher (for agreement) only when the distilled run has one."""
+    return replace(kd, kind="scratch", method="ce", method_params={}, teacher_weights=kd.teacher_weights
+                   if kd.teacher else None)
+
+
+def distill_configs(kd: TrainConfig, scratch: bool = True) -> list[TrainConfig]:
+    """[scratch twin, distilled run] (or just the distilled run): the unit every front end launches.
+
+    A teacher-free method (DML) drops any teacher it was given, so neither run loads, caches or
+    profiles a teacher it never uses.
+    """
+    if kd.kind != "kd":
+        raise ValueError(f"distill_configs takes a kd config, got a {kd.kind} config")
+    if not uses_teacher(kd.method) and kd.teacher:
+        kd = replace(kd, teacher=None, teacher_weights=None)
+    return [scratch_twin(kd), kd] if scratch else [kd]
+
+
+# ---------------------------------------------------------------------------
+# data sets and teachers
+
+@dataclass(frozen=True)
+class DatasetDefaults:
+    epochs: int  # a run on the Train page, the widgets and the CLI
+    sweep_epochs: int  # each run of a sweep (many runs: shorter)
+    labels: int | None  # the label budget the pages open with (None = all)
+    batch_size: int = 128
+
+
+DATASET_DEFAULTS = {
+    "fashion-mnist": DatasetDefaults(epochs=10, sweep_epochs=5, labels=1000),
+    "digits": DatasetDefaults(epochs=20, sweep_epochs=15, labels=None),
+}
+
+
+def dataset_defaults(name: str) -> DatasetDefaults:
+    return DATASET_DEFAULTS.get(name, DatasetDefaults(epochs=10, sweep_epochs=5, labels=None))
+
+
+def dataset_choices() -> tuple[list[str], dict[str, str]]:
+    """(embedded data sets that load here, {missing data set: how to get it})."""
+    from .data import available_datasets
+
+    avail = available_datasets()
+    return [k for k, v in avail.items() if v is None], {k: v for k, v in avail.items() if v is not None}
+
+
+def default_dataset() -> str:
+    names, _ = dataset_choices()
+    return "fashion-mnist" if "fashion-mnist" in names else "digits"
+
+
+def _upload_input_shape(path: Path) -> tuple | None:
+    """The input shape a saved checkpoint declares in its header, without loading its tensors."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return tuple(json.loads((f.metadata() or {})["kdw_input_shape"]))
+    except Exception:  # not ours, or broken: not offered
+        return None
+
+
+def teacher_choices(dataset: str, store: RunStore, uploads: Path | None = None) -> list[tuple[str, str]]:
+    """(label, teacher spec) pairs: shipped teachers, finished teacher runs, and uploaded files that fit."""
+    from .data import load_dataset
+    from .teachers import shipped_teachers
+
+    out = [(f"{c['name']} (shipped, {100 * c['test_accuracy']:.2f}% test)", c["name"])
+           for c in shipped_teachers(dataset)]
+    for r in store.list(kind="teacher", state="done"):
+        if r.config.get("dataset") == dataset:
+            acc = r.summary.get("test", {}).get("accuracy")
+            out.append((f"{r.run_id} (teacher run{'' if acc is None else f', {100 * acc:.2f}% test'})", r.run_id))
+    if uploads is not None and uploads.is_dir():
+        shape = tuple(load_dataset(dataset).input_shape)
+        for p in sorted(uploads.glob("*.safetensors")):
+            if _upload_input_shape(p) == shape:
+                out.append((f"{p.stem} (uploaded)", str(p)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# runs: curves and groups
+
+def run_title(config: dict) -> str:
+    """A short name for a run in legends: role, student, method and its temperature, seed."""
+    kind = config.get("kind", "kd")
+    parts = [ROLE_NAMES.get(kind, kind), config.get("model_label", "")]
+    if kind == "kd":
+        method, p = config.get("method") or "kd", config.get("method_params") or {}
+        T, a = p.get("temperature"), p.get("alpha")
+        if method == "kd" and isinstance(T, (int, float)) and isinstance(a, (int, float)):
+            parts.append(f"T={T:g} α={a:g}")
+        else:
+            parts.append(f"[{method}]")
+    if config.get("seed") is not None:
+        parts.append(f"seed {config['seed']}")
+    return " ".join(x for x in parts if x)
+
+
+def curve_series(runs: list[Run]) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """({label: per-epoch rows}, {label: role colour}) for the runs that have logged an epoch."""
+    series, colors = {}, {}
+    for r in runs:
+        rows = r.metrics()
+        if not rows:
+            continue
+        cfg = r.config
+        label = run_title(cfg)
+        if label in series:  # two runs that read the same: tell them apart by id
+            label = f"{label} · {r.run_id}"
+        series[label] = rows
+        colors[label] = ROLE_COLORS.get(cfg.get("kind"), ROLE_COLORS["teacher"])
+    return series, colors
+
+
+def groups(store: RunStore, prefix: str | tuple[str, ...] | None = None) -> list[str]:
+    """Group names in the store, oldest first, optionally only those starting with `prefix`."""
+    out: list[str] = []
+    for r in store.list():
+        g = r.config.get("group")
+        if g and g not in out and (prefix is None or g.startswith(prefix)):
+            out.append(g)
+    return out
+
+
+def latest_group(store: RunStore, prefix: str | tuple[str, ...] | None = None) -> str | None:
+    found = groups(store, prefix)
+    return found[-1] if found else None
+
+
+# ---------------------------------------------------------------------------
+# the demo
+
+@dataclass(frozen=True)
+class DemoSetting:
+    dataset: str
+    teacher: str  # a shipped teacher's name
+    student: ModelConfig
+    labels: int | None  # visible training labels (None = all)
+    epochs: int
+    temperature: float
+    alpha: float
+    batch_size: int = 128
+    lr: float = 3e-3
+    why: str = ""
+
+
+DEMOS = {
+    "fashion-mnist": DemoSetting(
+        dataset="fashion-mnist", teacher="fashion-mnist-cnn", student=ModelConfig("mlp", depth=1, width=64),
+        labels=1000, epochs=10, temperature=4.0, alpha=0.9,
+        why="1,000 visible labels; the teacher's soft targets cover the other 53,000 training images"),
+    "digits": DemoSetting(
+        dataset="digits", teacher="digits-cnn", student=ModelConfig("mlp", depth=1, width=32),
+        labels=100, epochs=20, temperature=4.0, alpha=0.9, batch_size=64,
+        why="100 visible labels; the teacher's soft targets cover the other training images"),
+}
+
+
+def demo_configs(setting: DemoSetting, seed: int, group: str, device: str = "auto") -> list[TrainConfig]:
+    """[scratch twin, distilled run] of the demo for one seed."""
+    kd = TrainConfig(kind="kd", dataset=setting.dataset, model=setting.student, teacher=setting.teacher,
+                     method="kd", method_params={"temperature": setting.temperature, "alpha": setting.alpha},
+                     epochs=setting.epochs, labels=setting.labels, batch_size=setting.batch_size, lr=setting.lr,
+                     seed=seed, group=group, device=device)
+    return distill_configs(kd)
