@@ -6,6 +6,7 @@ from workbench.ui import compare, dark_knowledge, sweep, train
 from workbench.ui.sidebar import sidebar
 
 st.set_page_config(page_title="KD Workbench", page_icon=":material/science:", layout="wide")
+st.set_option("client.showErrorDetails", "none")  # also when started without .streamlit/config.toml
 
 pages = [
     st.Page(dark_knowledge.page, title="Dark knowledge", icon=":material/lightbulb:", url_path="dark-knowledge", default=True),
@@ -15,4 +16,10 @@ pages = [
 ]
 page = st.navigation(pages)
 sidebar()
-page.run()
+try:
+    page.run()
+except Exception as e:  # the page boundary: one sentence, never a traceback; the other pages still work
+    from workbench.jobs import friendly_error
+
+    st.error(f"This page could not be shown: {friendly_error(e)}. The other pages still work; "
+             "`kdw runs` lists anything unreadable in the run store.")

@@ -45,7 +45,12 @@ def test_model_config_round_trips_and_labels():
 @pytest.mark.parametrize("kwargs, message", [
     ({"family": "transformer"}, "unknown model family 'transformer'"),
     ({"family": "resnet", "depth": 10}, "depth must be one of"),
-    ({"family": "mlp", "width": 0}, "width must be > 0"),
+    ({"family": "mlp", "width": 0}, "a whole number between 1 and 65536, got 0"),
+    ({"family": "mlp", "width": 0.5}, "width must be a whole number, got 0.5"),
+    ({"family": "cnn", "width": 0.5}, "width must be a whole number, got 0.5"),
+    ({"family": "mlp", "width": float("inf")}, "width must be a whole number, got inf"),
+    ({"family": "mobilenet_v2", "width": float("nan")}, "multiplier in \\(0, 16\\]"),
+    ({"family": "mlp", "depth": 1.5}, "depth must be a whole number"),
     ({"family": "resnet18", "depth": 3}, "has no depth knob"),
     ({"family": "cnn", "pretrained": True}, "pretrained weights exist only"),
 ])

@@ -1,7 +1,28 @@
-"""`python -m workbench ...` is the same as `kdw ...`."""
+"""`python -m workbench ...` is the same as `kdw ...`.
 
+`worker` never imports torch: it only takes the queue lock, reads the run store and starts job
+processes. A burst of submits thus costs one small process, and a worker that finds the queue taken
+exits within milliseconds.
+"""
+
+import os
 import sys
 
-from .cli import main
+
+def _worker(argv: list[str]) -> int:
+    from .jobs import worker_loop
+    from .runs import RunStore
+
+    root = os.environ.get("KDW_RUNS_DIR") or None
+    if "--runs-dir" in argv[:-1]:
+        root = argv[argv.index("--runs-dir") + 1]
+    worker_loop(RunStore(root))
+    return 0
+
+
+if sys.argv[1:2] == ["worker"]:
+    sys.exit(_worker(sys.argv[2:]))
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

@@ -30,7 +30,9 @@ def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", help="digits | fashion-mnist | cifar10 | image-folder (default: digits)")
     g.add_argument("--data-dir", default=None, help="folder holding the data set's files")
-    g.add_argument("--labels", default=None, help="label budget: a count (1000) or a fraction (0.05); default all")
+    g.add_argument("--labels", default=None,
+                   help="label budget: a count (1000, or 1 for one label) or a fraction with a decimal point or a "
+                        "percent sign (0.05, 5%%); default all")
     g.add_argument("--augment", default="auto", help="auto | none | flip | crop | flip+crop (default: the data set's)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="cnn" if kind == "teacher" else "mlp",
@@ -79,14 +81,34 @@ def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     _add_common(p)
 
 
-def _parse_labels(v):
+def parse_labels(v: str | None):
+    """--labels: a count of labels ("1000", "1"), or a fraction written with a decimal point or a percent
+    sign ("0.05", "5%", "1.0" = all). The app's label field is a count too, so 1 means one label everywhere.
+
+    >>> parse_labels("1"), parse_labels("0.05"), parse_labels("5%"), parse_labels("1.0"), parse_labels(None)
+    (1, 0.05, 0.05, 1.0, None)
+    """
     if v is None:
         return None
+    text = str(v).strip()
     try:
-        f = float(v)
+        if text.endswith("%"):
+            frac = float(text[:-1]) / 100
+            if not 0 < frac <= 1:
+                raise ValueError
+            return frac
+        if "." in text or "e" in text.lower():
+            frac = float(text)
+            if not 0 < frac <= 1:
+                raise ValueError
+            return frac
+        count = int(text)
+        if count < 1:
+            raise ValueError
+        return count
     except ValueError:
-        raise ValueError(f"--labels must be a count or a fraction, got {v!r}") from None
-    return f if f <= 1.0 else int(f)
+        raise ValueError(f"--labels must be a count of labels (1000) or a fraction in (0, 1] written with a decimal "
+                         f"point or a percent sign (0.05, 5%), got {v!r}") from None
 
 
 def method_params_from_args(args) -> dict:
@@ -129,7 +151,7 @@ def _train_config(args, kind: str, seed: int, **over):
         kind=kind, dataset=args.dataset, data_dir=args.data_dir, teacher=teacher,
         model=ModelConfig(args.model, args.depth, args.width, args.pretrained),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        optimizer=args.optimizer, labels=_parse_labels(args.labels), augment=args.augment, seed=seed,
+        optimizer=args.optimizer, labels=parse_labels(args.labels), augment=args.augment, seed=seed,
         device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
     if kind == "kd":
         fields.update(method=method, method_params=method_params_from_args(args),
@@ -188,9 +210,13 @@ def cmd_train(args, kind: str) -> int:
 
 
 def cmd_runs(args) -> int:
+    from .jobs import ensure_worker_for_queue
+    from .recipes import groups
     from .runs import RunStore
 
     store = RunStore(args.runs_dir)
+    if ensure_worker_for_queue(store):  # queued runs and no worker: the queue had stranded
+        print("queued runs had no worker (it crashed or was killed): started one", file=sys.stderr)
     runs = store.list(kind=args.kind, group=args.group)
     if args.json:
         print(json.dumps([r.info() for r in runs], indent=2, default=str))
@@ -198,22 +224,28 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {store.root}")
         return 0
-    header = f"{'run id':40s} {'kind':8s} {'state':9s} {'dataset':14s} {'model':18s} {'method':16s} {'seed':>4s} {'test acc':>8s}"
+    header = (f"{'run id':40s} {'kind':8s} {'state':10s} {'dataset':14s} {'model':18s} {'method':16s} {'seed':>4s} "
+              f"{'test acc':>8s}")
     print(header)
     print("-" * len(header))
     for r in runs:
         i = r.info()
-        acc = "" if i["test_acc_best"] is None else f"{100 * i['test_acc_best']:.2f}%"
-        print(f"{i['run_id']:40s} {i['kind']:8s} {i['state']:9s} {str(i['dataset']):14s} {i['model']:18s} "
-              f"{method_label(i['method'], i['params']):16s} {str(i['seed']):>4s} {acc:>8s}")
-        if i["state"] == "failed" and i["error"]:
-            print(f"    error: {i['error']}")
+        acc = "" if not isinstance(i["test_acc_best"], (int, float)) else f"{100 * i['test_acc_best']:.2f}%"
+        print(f"{i['run_id']:40s} {str(i['kind']):8s} {str(i['state']):10s} {str(i['dataset']):14s} "
+              f"{str(i['model']):18s} {method_label(i['method'], i['params']):16s} {str(i['seed']):>4s} {acc:>8s}")
+        if i["state"] in ("failed", "unreadable") and i["error"]:
+            print(f"    {i['error'] if i['state'] == 'unreadable' else 'error: ' + str(i['error'])}")
+    found = groups(store)
+    if found and not args.group:
+        print(f"\ngroups ({len(found)}, for `kdw compare --group G` and `kdw report --group G`): "
+              + ", ".join(found[-10:]) + (" …" if len(found) > 10 else ""))
     return 0
 
 
 def method_label(method: str | None, params: dict) -> str:
     """kd T=4 α=0.9 for vanilla KD, the method's name otherwise."""
-    if method == "kd" and "temperature" in params and "alpha" in params:
+    if method == "kd" and isinstance(params, dict) and all(isinstance(params.get(k), (int, float))
+                                                           for k in ("temperature", "alpha")):
         return f"kd T={params['temperature']:g} α={params['alpha']:g}"
     return method or ""
 
@@ -224,6 +256,8 @@ def _named_runs(args, purpose: str):
 
     store = RunStore(args.runs_dir)
     runs = [store.get(r) for r in args.runs] + (store.list(group=args.group) if args.group else [])
+    if args.group and not any(r.config.get("group") == args.group for r in runs):
+        raise ValueError(f"no runs in group {args.group!r}; `kdw runs` lists the groups")
     if not runs:
         raise ValueError(f"name runs {purpose} (see `kdw runs`), or --group G")
     return store, runs
@@ -234,6 +268,13 @@ def cmd_compare(args) -> int:
 
     store, runs = _named_runs(args, "to compare")
     rows = comparison_rows(runs + find_scratch_twins(runs, store))  # a KD run's scratch twin joins the table
+    not_done = [r for r in runs if r.state != "done"]
+    for r in not_done:
+        st = r.status()
+        print(f"{r.run_id} is {st['state']}" + (f": {st['error']}" if st.get("error") else "") + "; left out",
+              file=sys.stderr)
+    if not rows:
+        raise ValueError("none of these runs has finished, so there is nothing to compare")
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], indent=2, default=str))
         return 0
@@ -269,8 +310,7 @@ def cmd_cancel(args) -> int:
 
     runner = LocalQueueRunner(RunStore(args.runs_dir))
     for rid in args.runs:
-        runner.cancel(rid)
-        print(f"cancel sent to {rid}")
+        print(f"{rid}: {runner.cancel(rid)}")
     return 0
 
 

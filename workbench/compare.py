@@ -25,9 +25,13 @@ def twin_key(config: dict, with_seed: bool = True) -> tuple:
     return tuple(repr(config.get(k)) for k in keys)
 
 
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
 def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
-    test, last = summary.get("test", {}), summary.get("test_last", {})
-    prof = summary.get("profile", {})
+    test, last = _dict(summary.get("test")), _dict(summary.get("test_last"))
+    prof = _dict(summary.get("profile"))
     method, params = config.get("method"), config.get("method_params") or {}
     temperature = None
     if role == "kd" and method:
@@ -78,9 +82,9 @@ def comparison_rows(runs: list[Run]) -> list[dict]:
             continue
         kind = cfg.get("kind", "kd")
         rows.append(_row(run, kind, sm, cfg))
-        t = sm.get("teacher")
+        t = _dict(sm.get("teacher"))
         if t and t.get("digest") not in teachers:
-            trow = _row(None, "teacher", {"test": t.get("test", {}), "profile": t.get("profile", {}),
+            trow = _row(None, "teacher", {"test": _dict(t.get("test")), "profile": _dict(t.get("profile")),
                                           "label": t.get("label"), "params": t.get("params"),
                                           "dataset": sm.get("dataset")}, {})
             trow["run_id"] = t.get("spec", "")

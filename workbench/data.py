@@ -394,13 +394,16 @@ def _raw_image_folder(root, size):
 def label_mask(y: torch.Tensor, labels: float | int | None, seed: int = SPLIT_SEED) -> torch.Tensor:
     """Boolean mask of the training labels a run may see.
 
-    `labels` is a count (an int > 1), a fraction in (0, 1], or None for all. The chosen
-    samples are stratified by class and seeded, so scratch and KD runs see the same ones.
+    `labels` is a count (an int, 1 meaning one label), a fraction in (0, 1] (a float), or None for
+    all. The chosen samples are stratified by class and seeded, so scratch and KD runs see the
+    same ones.
     """
     n = len(y)
     if labels is None:
         return torch.ones(n, dtype=torch.bool)
-    count = round(labels * n) if isinstance(labels, float) and labels <= 1.0 else int(labels)
+    if isinstance(labels, float) and not 0 < labels <= 1:
+        raise ValueError(f"a fraction of labels must be in (0, 1], got {labels}")
+    count = max(1, round(labels * n)) if isinstance(labels, float) else int(labels)
     if count < 1 or count > n:
         raise ValueError(f"labels must be between 1 and {n} (or a fraction in (0, 1]), got {labels}")
     held, _ = _stratified_split(y.cpu().numpy(), count / n, seed, count=count)

@@ -24,7 +24,10 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from .runs import FINISHED, Run, RunStore, RunStoreError
+from .runs import (FINISHED, HEARTBEAT_S, Run, RunStore, RunStoreError, atomic_write_json, process_identity,
+                   read_json_object, same_process)
+
+WORKER_MARKER = ".worker.json"  # the last worker started: {pid, pid_started, host}
 
 
 class Cancelled(KeyboardInterrupt):
@@ -44,42 +47,78 @@ def friendly_error(e: BaseException) -> str:
 
 
 class _Progress:
-    """Writes throttled progress (fraction of steps) into status.json."""
+    """Writes throttled progress (fraction of steps) into status.json, and notices a cancel request.
+
+    A cancel request is a file `cancel` in the run folder (`LocalQueueRunner.cancel` writes it), so a
+    job can be stopped from any machine that sees the run store, without signalling a process id.
+    """
 
     def __init__(self, run: Run, every_s: float = 0.5):
         self.run, self.every_s, self.last = run, every_s, 0.0
+        self.total = 1
 
     def __call__(self, event: dict) -> None:
         kind = event["event"]
         if kind == "start":
+            self.total = max(1, event["total_steps"])
             self.run.set_progress(step=0, total_steps=event["total_steps"], epoch=0, epochs=event["epochs"],
                                   device=event["device"], fraction=0.0)
         elif kind == "step":
             now = time.monotonic()
             if now - self.last >= self.every_s or event["step"] == event["total_steps"]:
                 self.last = now
+                if self.run.cancel_requested():
+                    raise Cancelled()
                 self.run.set_progress(step=event["step"], epoch=event["epoch"],
                                       fraction=event["step"] / event["total_steps"])
         elif kind == "epoch":
             self.run.append_metrics({k: v for k, v in event.items() if k != "event"})
-            self.run.set_progress(epoch=event["epoch"], fraction=event["step"] / max(1, self._total()))
+            self.run.set_progress(epoch=event["epoch"], fraction=event["step"] / self.total)
 
-    def _total(self) -> int:
-        return (self.run.status().get("progress") or {}).get("total_steps", 1)
+
+class _Heartbeat:
+    """Rewrites the run's status every HEARTBEAT_S seconds while it runs (long set-up, long evaluation), so
+    another machine sharing the store can tell a live job from a dead one."""
+
+    def __init__(self, run: Run):
+        import threading
+
+        self.run, self.stop = run, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.run.set_progress()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()  # no heartbeat write may land after the final status
 
 
 def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: bool = False, teacher=None) -> str:
-    """Run `run`'s config here and now; returns the final state (done, failed or cancelled)."""
+    """Run `run`'s config here and now; returns the final state (done, failed or cancelled).
+
+    The status records this process's identity (pid, start time, host); metrics.jsonl starts empty.
+    """
     from .train import TrainConfig, train
 
     def on_term(signum, frame):
         raise Cancelled()
 
     old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
-    run.set_status("running", pid=os.getpid(), host=socket.gethostname(), started=time.time(), error=None)
+    run.reset_metrics()
+    run.set_status("running", **process_identity(), started=time.time(), error=None)
     try:
         config = TrainConfig.from_dict(run.config)
-        train(config, run=run, store=store, callbacks=[_Progress(run), *callbacks], teacher=teacher)
+        with _Heartbeat(run):
+            train(config, run=run, store=store, callbacks=[_Progress(run), *callbacks], teacher=teacher)
         run.set_status("done")
         return "done"
     except KeyboardInterrupt:
@@ -152,7 +191,7 @@ class Runner(Protocol):
 
     def submit(self, config: dict, run_id: str | None = None, prefix: str = "run") -> str: ...
     def status(self, run_id: str) -> dict: ...
-    def cancel(self, run_id: str) -> None: ...
+    def cancel(self, run_id: str) -> str: ...
 
 
 def _python_cmd() -> list[str]:
@@ -183,34 +222,54 @@ class LocalQueueRunner(Runner):
     def status(self, run_id: str) -> dict:
         return self.store.get(run_id).status()
 
-    def cancel(self, run_id: str) -> None:
+    def cancel(self, run_id: str) -> str:
+        """Stop a queued or running run; returns what happened, in a few words.
+
+        A running job is asked through its run folder (a `cancel` file it checks twice a second) and, when
+        its process is alive on this host and is still the one recorded, also sent SIGTERM. A process id
+        that now belongs to another process is never signalled.
+        """
         run = self.store.get(run_id)
         st = run.status()
         if st["state"] == "queued":
             run.set_status("cancelled", error="cancelled before it started")
-        elif st["state"] == "running":
-            pid = st.get("pid")
+            return "cancelled before it started"
+        if st["state"] != "running":
+            return f"nothing to cancel: it is {st['state']}"
+        run.request_cancel()
+        if same_process(st):
             try:
-                os.kill(pid, signal.SIGTERM)  # the job marks itself cancelled
-            except (ProcessLookupError, TypeError):
-                run.set_status("cancelled", error="cancelled by the user")
+                os.kill(int(st["pid"]), signal.SIGTERM)  # the job marks itself cancelled
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+            return "cancel sent"
+        return f"cancel requested; the job on {st.get('host')} stops at its next step"
 
     def ensure_worker(self) -> bool:
-        """Start a detached worker unless one holds the queue lock; True if one was started.
+        """Start a detached worker unless one holds the queue lock or is still starting; True if one was started.
 
-        A worker that holds the lock sees runs queued meanwhile: it looks at the queue once more
-        after releasing the lock (see `worker_loop`).
+        The last worker started is recorded (`.worker.json`: pid, start time, host), so a burst of submits
+        starts one worker, not one per submit. A worker that holds the lock sees runs queued meanwhile: it
+        forgets its record and looks at the queue once more before it exits (see `worker_loop`).
         """
         self.store.ensure_writable()
         lock = _try_lock(self.store.root / ".queue.lock")
         if lock is None:
             return False
         lock.release()
+        marker = self.store.root / WORKER_MARKER
+        try:
+            last = read_json_object(marker)
+        except RunStoreError:
+            last = None
+        if last and same_process(last):
+            return False  # started moments ago, not holding the lock yet
         with open(self.store.root / ".worker.log", "a") as log:
             env = dict(os.environ, KDW_RUNS_DIR=str(self.store.root))
-            subprocess.Popen([*_python_cmd(), "worker", "--runs-dir", str(self.store.root)],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, env=env, cwd=_trusted_cwd())
+            proc = subprocess.Popen([*_python_cmd(), "worker", "--runs-dir", str(self.store.root)],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=env, cwd=_trusted_cwd())
+        atomic_write_json(marker, process_identity(proc.pid))
         return True
 
     def wait(self, run_id: str, timeout: float = 600.0, poll: float = 0.2) -> dict:
@@ -250,6 +309,7 @@ def worker_loop(store: RunStore) -> int:
         if lock is None:
             return done  # another worker owns the queue
         try:
+            fail_stale_runs(store)  # a previous worker or job that died mid-run
             while True:
                 queued = [r for r in store.list() if r.state == "queued"]
                 if not queued:
@@ -266,13 +326,58 @@ def worker_loop(store: RunStore) -> int:
                 done += 1
         finally:
             lock.release()
+        _forget_worker(store)  # from here on, a submit starts a new worker rather than wait for this one
         if not any(r.state == "queued" for r in store.list()):
             return done
 
 
+def _forget_worker(store: RunStore) -> None:
+    """Remove `.worker.json` if it names this process (a newer worker's record is left alone)."""
+    marker = store.root / WORKER_MARKER
+    try:
+        last = read_json_object(marker)
+        if last and last.get("pid") == os.getpid():
+            marker.unlink()
+    except (RunStoreError, OSError):
+        pass
+
+
 def run_job(run_id: str, store: RunStore) -> str:
-    """Entry point of a job subprocess: execute one queued run."""
+    """Entry point of a job subprocess: execute one queued run (never one that has already produced results)."""
     run = store.get(run_id)
     if run.state != "queued":
         raise RunStoreError(f"run {run_id} is {run.state}, not queued")
+    if (run.path / "summary.json").exists() or (run.path / "metrics.jsonl").exists():
+        raise RunStoreError(f"run {run_id} already has results; it is not run again")
     return execute_run(run, store)
+
+
+def fail_stale_runs(store: RunStore) -> list[str]:
+    """Write `failed` into the status of every run that says running but whose process is gone (a kill -9,
+    a reboot), so the store tells the truth without anyone having to look. Returns their ids."""
+    failed = []
+    for run in store.list():
+        try:
+            raw = (run.path / "status.json").read_text()
+        except OSError:
+            continue
+        if '"running"' not in raw:
+            continue
+        st = run.status()
+        if st.get("state") == "failed":
+            run.set_status("failed", error=st.get("error"))
+            failed.append(run.run_id)
+    return failed
+
+
+def ensure_worker_for_queue(store: RunStore) -> bool:
+    """Start a worker when runs are queued and none holds the queue lock (after a crash, or a killed worker).
+
+    Cheap enough for every `kdw runs` and every app page load; True if one was started.
+    """
+    if not store.root.is_dir() or not any(r.state == "queued" for r in store.list()):
+        return False
+    try:
+        return LocalQueueRunner(store).ensure_worker()
+    except RunStoreError:  # a read-only store: nobody can run its queue from here
+        return False

@@ -29,6 +29,7 @@ from torch import nn
 from . import losses
 
 TEACHER_INPUTS = ("none", "logits", "features")
+MAX_TEMPERATURE = 100.0  # beyond this every softened distribution is uniform to float precision, and T² overflows
 
 
 @dataclass
@@ -83,6 +84,9 @@ class Method(nn.Module):
             raise ValueError(f"{self.name} has no hyperparameters {sorted(unknown)}; it takes "
                              f"{', '.join(sorted(self.defaults)) or 'none'}")
         self.p = {k: _coerce(self.name, k, d, params.get(k, d)) for k, d in self.defaults.items()}
+        if self.temperature_key and not 0 < self.p[self.temperature_key] <= MAX_TEMPERATURE:
+            raise ValueError(f"{self.name}: temperature T must be > 0 and at most {MAX_TEMPERATURE:g}, "
+                             f"got {self.p[self.temperature_key]:g}")
         self.check()
 
     # features each model must expose (names for workbench.hooks), decided in setup()

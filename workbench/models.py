@@ -21,7 +21,9 @@ Families and knobs:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+import os
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -48,6 +50,14 @@ class ModelError(ValueError):
     """A model config or checkpoint does not fit; the message says what was expected."""
 
 
+def _whole(value, name: str) -> int:
+    """`value` as an int if it is a finite whole number (16 or 16.0), else ModelError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value):
+        raise ModelError(f"{name} must be a whole number, got {value}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     family: str = "cnn"  # one of FAMILIES
@@ -62,17 +72,24 @@ class ModelConfig:
         if self.depth is not None:
             if spec.default_depth is None:
                 raise ModelError(f"{self.family} has no depth knob")
-            if spec.depth_choices and self.depth not in spec.depth_choices:
+            depth = _whole(self.depth, "depth")
+            if spec.depth_choices and depth not in spec.depth_choices:
                 raise ModelError(f"{self.family} depth must be one of {spec.depth_choices}, got {self.depth}")
-            if self.depth < 1:
-                raise ModelError(f"depth must be >= 1, got {self.depth}")
+            if not 1 <= depth <= 1000:
+                raise ModelError(f"depth must be between 1 and 1000, got {self.depth}")
+            object.__setattr__(self, "depth", depth)
         if self.width is not None:
             if spec.default_width is None:
                 raise ModelError(f"{self.family} has no width knob")
-            if not self.width > 0:
-                raise ModelError(f"width must be > 0, got {self.width}")
-        if self.width is not None and self.family != "mobilenet_v2" and float(self.width).is_integer():
-            object.__setattr__(self, "width", int(self.width))  # 16.0 and 16 are the same model
+            if self.family == "mobilenet_v2":  # a multiplier
+                if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and 0 < self.width <= 16):
+                    raise ModelError(f"mobilenet_v2 width is a multiplier in (0, 16], got {self.width}")
+            else:  # units or channels: a whole number; 16.0 and 16 are the same model
+                width = _whole(self.width, "width")
+                if not 1 <= width <= 65536:
+                    raise ModelError(f"{self.family} width counts units or channels: a whole number between 1 and "
+                                     f"65536, got {self.width}")
+                object.__setattr__(self, "width", width)
         if self.pretrained and self.family not in ("resnet18", "mobilenet_v2"):
             raise ModelError("pretrained weights exist only for resnet18 and mobilenet_v2")
 
@@ -283,7 +300,6 @@ def save_checkpoint(model: nn.Module, path, **extra) -> int:
     from safetensors.torch import save_file
 
     save_file(state_dict_fp32(model), str(path), metadata=checkpoint_metadata(model, **extra))
-    import os
     return os.path.getsize(path)
 
 
@@ -294,32 +310,100 @@ def checkpoint_bytes(model: nn.Module) -> bytes:
     return save(state_dict_fp32(model), metadata=checkpoint_metadata(model))
 
 
+MAX_CHECKPOINT_BYTES = 2_000_000_000  # 2 GB: any model this workbench trains, far from exhausting memory
+
+
+def _where(path_or_bytes) -> str:
+    return "the uploaded file" if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
+
+
+def checkpoint_header(path_or_bytes) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """({tensor name: shape}, metadata) from a safetensors header alone, without reading any tensor.
+
+    A ModelError says what is wrong: a missing file, a file over MAX_CHECKPOINT_BYTES, or a header that
+    is not safetensors (a pickled PyTorch file, say).
+    """
+    where = _where(path_or_bytes)
+    try:
+        if isinstance(path_or_bytes, (bytes, bytearray)):
+            size, head = len(path_or_bytes), bytes(path_or_bytes[:8])
+        else:
+            size = os.path.getsize(path_or_bytes)
+            with open(path_or_bytes, "rb") as f:
+                head = f.read(8)
+        if size > MAX_CHECKPOINT_BYTES:
+            raise ModelError(f"{where} is {size / 1e9:.1f} GB, over the {MAX_CHECKPOINT_BYTES / 1e9:.0f} GB limit "
+                             "for a checkpoint")
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(size - 8, 100_000_000):
+            raise ValueError("no safetensors header")
+        if isinstance(path_or_bytes, (bytes, bytearray)):
+            raw = bytes(path_or_bytes[8:8 + n])
+        else:
+            with open(path_or_bytes, "rb") as f:
+                f.seek(8)
+                raw = f.read(n)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None) or {}
+        shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items()}
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a table")
+    except FileNotFoundError:
+        raise ModelError(f"checkpoint {where} does not exist") from None
+    except ModelError:
+        raise
+    except Exception as e:  # a foreign or broken header: say so, never guess
+        raise ModelError(f"{where} is not a valid safetensors checkpoint ({type(e).__name__}: {e}). "
+                         "KD Workbench loads weights only from .safetensors files.") from None
+    return shapes, {str(k): str(v) for k, v in meta.items()}
+
+
 def read_checkpoint(path_or_bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file, or a ModelError saying what is wrong with it."""
     from safetensors import safe_open
     from safetensors.torch import load
 
+    checkpoint_header(path_or_bytes)  # size cap and header check before any tensor is read
     try:
         if isinstance(path_or_bytes, (bytes, bytearray)):
             tensors = load(bytes(path_or_bytes))
-            meta = _header_metadata(bytes(path_or_bytes))
+            meta = checkpoint_header(path_or_bytes)[1]
         else:
             with safe_open(str(path_or_bytes), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise ModelError(f"checkpoint {path_or_bytes} does not exist") from None
-    except Exception as e:  # safetensors raises several types for a bad header
-        where = "the uploaded file" if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
-        raise ModelError(f"{where} is not a valid safetensors checkpoint ({type(e).__name__}: {e}). "
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise ModelError(f"{_where(path_or_bytes)} is not a valid safetensors checkpoint ({type(e).__name__}: {e}). "
                          "KD Workbench loads weights only from .safetensors files.") from None
     return tensors, meta
 
 
-def _header_metadata(data: bytes) -> dict[str, str]:
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    return header.get("__metadata__", {}) or {}
+def _meta_json(meta: dict, key: str, where: str):
+    try:
+        return json.loads(meta[key])
+    except (json.JSONDecodeError, TypeError):
+        raise ModelError(f"metadata key {key} of {where} is not valid JSON: {meta[key]!r}") from None
+
+
+def _meta_int(value, key: str, where: str, low: int, high: int) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not (f == f and f == int(f) and low <= f <= high):
+        raise ModelError(f"metadata key {key} of {where} must be a whole number in [{low}, {high}], got {value!r}")
+    return int(f)
+
+
+def _check_shapes(model: nn.Module, shapes: dict[str, tuple], label: str) -> None:
+    """ModelError listing the first keys that do not fit (missing, unexpected, or of another shape)."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = [f"{k}: expected {want[k]}, found {shapes[k]}" for k in want if k in shapes and shapes[k] != want[k]]
+    problems += [f"{k}: missing" for k in want if k not in shapes]
+    problems += [f"{k}: unexpected" for k in shapes if k not in want]
+    if problems:
+        more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+        raise ModelError(f"the weights do not fit {label}: " + "; ".join(problems[:4]) + more)
 
 
 def load_checkpoint(path_or_bytes, config: ModelConfig | None = None, input_shape=None,
@@ -327,28 +411,41 @@ def load_checkpoint(path_or_bytes, config: ModelConfig | None = None, input_shap
     """Rebuild a model from a safetensors checkpoint.
 
     The config, input shape and class count come from the file's metadata, or from the
-    arguments for a file saved elsewhere. Returns (model in eval mode, metadata).
+    arguments for a file saved elsewhere. The header's tensor shapes are checked against the
+    model built on the ``meta`` device (no memory) before anything is allocated, so a small
+    file that claims a huge model is refused at once. Returns (model in eval mode, metadata).
     """
-    tensors, meta = read_checkpoint(path_or_bytes)
-    try:
-        if config is None:
-            if "kdw_model" not in meta:
-                raise ModelError("the checkpoint has no model config in its metadata; "
-                                 "give the config (family, depth, width) alongside it")
-            config = ModelConfig.from_dict(json.loads(meta["kdw_model"]))
-        if input_shape is None:
-            input_shape = json.loads(meta["kdw_input_shape"]) if "kdw_input_shape" in meta else None
-        if num_classes is None:
-            num_classes = int(meta["kdw_num_classes"]) if "kdw_num_classes" in meta else None
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ModelError(f"the checkpoint's metadata is malformed ({e})") from None
+    where = _where(path_or_bytes)
+    shapes, meta = checkpoint_header(path_or_bytes)
+    if config is None:
+        if "kdw_model" not in meta:
+            raise ModelError("the checkpoint has no model config in its metadata; "
+                             "give the config (family, depth, width) alongside it")
+        try:
+            config = ModelConfig.from_dict(_meta_json(meta, "kdw_model", where))
+        except (ModelError, TypeError) as e:
+            raise ModelError(f"metadata key kdw_model of {where} is not a model config: {e}") from None
+    config = replace(config, pretrained=False)  # the weights are the file's; never fetch others
+    if input_shape is None and "kdw_input_shape" in meta:
+        input_shape = _meta_json(meta, "kdw_input_shape", where)
+    if num_classes is None and "kdw_num_classes" in meta:
+        num_classes = _meta_int(meta["kdw_num_classes"], "kdw_num_classes", where, 1, 1_000_000)
     if input_shape is None or num_classes is None:
         raise ModelError("the checkpoint does not say its input shape and class count; give them alongside it")
-    model = build_model(config, tuple(input_shape), num_classes)
+    if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
+        raise ModelError(f"metadata key kdw_input_shape of {where} must be [channels, height, width], "
+                         f"got {input_shape!r}")
+    input_shape = tuple(_meta_int(d, "kdw_input_shape", where, 1, 8192) for d in input_shape)
+    num_classes = _meta_int(num_classes, "kdw_num_classes", where, 1, 1_000_000)
+    label = f"{config.label()} for input {input_shape} and {num_classes} classes"
+    with torch.device("meta"):  # shapes only: a forged header cannot make us allocate a huge model
+        skeleton = build_model(config, input_shape, num_classes)
+    _check_shapes(skeleton, shapes, label)
+    tensors, meta = read_checkpoint(path_or_bytes)
+    model = build_model(config, input_shape, num_classes)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        raise ModelError(f"the weights do not fit {config.label()} for input {tuple(input_shape)} "
-                         f"and {num_classes} classes: {first}") from None
+        raise ModelError(f"the weights do not fit {label}: {first}") from None
     return model.eval(), meta

@@ -15,7 +15,7 @@ import torch
 
 from . import __version__, plots, recipes
 from .compare import aggregate, comparison_rows, table_columns, timing_warning, verdict_subject
-from .runs import Run
+from .runs import Run, dig
 
 
 def environment() -> dict:
@@ -45,16 +45,25 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
     """The report as one HTML string."""
     from plotly.offline import get_plotlyjs
 
-    runs = [r for r in runs if r.state == "done"]
+    usable, left_out = [], []
+    for r in runs:
+        state = r.state
+        if state == "done" and isinstance(dig(r.summary, "test", "confusion_matrix"), list):
+            usable.append(r)
+        else:
+            why = r.status().get("error") if state != "done" else "its summary.json is missing or incomplete"
+            left_out.append(f"{r.run_id}: {state}" + (f" ({why})" if why else ""))
+    runs = usable
     if not runs:
-        raise ValueError("the report needs at least one finished run")
+        raise ValueError("the report needs at least one finished run with a summary"
+                         + (f"; left out: {'; '.join(left_out)}" if left_out else ""))
     rows = comparison_rows(runs)
     agg = aggregate(rows)
     device = next((r["device"] for r in rows if r.get("device")), "cpu")
     figs = [plots.pareto(rows, "latency_ms", device), plots.pareto(rows, "size_mb")]
     figs.append(plots.training_curves(*recipes.curve_series(runs)))
-    teacher_cm = next((r.summary.get("teacher", {}).get("test", {}).get("confusion_matrix") for r in runs
-                       if r.summary.get("teacher")), None)
+    teacher_cm = next((dig(r.summary, "teacher", "test", "confusion_matrix") for r in runs
+                       if dig(r.summary, "teacher", "test", "confusion_matrix")), None)
     student = next((r for r in runs if r.config.get("kind") == "kd"), runs[0])
     cms = {}
     if teacher_cm:
@@ -81,6 +90,9 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
                               for text, roles in objectives.items())
     warning = timing_warning(rows)
     warning = f'<p class="warning"><b>Warning:</b> {html.escape(warning)}</p>' if warning else ""
+    if left_out:
+        warning += ('<p class="warning"><b>Left out</b> (not finished, or unreadable): '
+                    + html.escape("; ".join(left_out)) + "</p>")
     css = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;"
            "color:#222;padding:0 1rem}table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}"
            "th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:right}th{background:#f4f4f4}"

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA_VERSION = 2  # 2: T and α live in the method's parameters (1 kept them on the config)
-STATES = ("queued", "running", "done", "failed", "cancelled")
-FINISHED = ("done", "failed", "cancelled")
+STATES = ("queued", "running", "done", "failed", "cancelled")  # what a status.json may say
+FINISHED = ("done", "failed", "cancelled", "unreadable")  # nothing more will happen to these by itself
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -80,13 +80,54 @@ def _json_default(o):
 
 
 def read_json(path: Path, default=None):
+    """A JSON file's content, `default` if it does not exist, RunStoreError saying why if it cannot be read."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         return default
+    except OSError as e:
+        raise RunStoreError(f"unreadable: {e.strerror or e} ({path})") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunStoreError(f"unreadable: not UTF-8 text ({path})") from None
     except json.JSONDecodeError as e:
-        raise RunStoreError(f"{path} is not valid JSON ({e})") from None
+        what = "empty" if not data.strip() else f"not valid JSON ({e.msg} at line {e.lineno})"
+        raise RunStoreError(f"unreadable: {what} ({path})") from None
+
+
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object (dict) from `path`; None if the file does not exist; RunStoreError if it is anything else."""
+    obj = read_json(path, None)
+    if obj is None and path.is_file():
+        raise RunStoreError(f"unreadable: holds null, not an object ({path})")
+    if obj is not None and not isinstance(obj, dict):
+        raise RunStoreError(f"unreadable: holds a JSON {type(obj).__name__}, not an object ({path})")
+    return obj
+
+
+def dig(obj, *keys):
+    """obj[k1][k2]..., or None where a level is missing or is not a dict (a hand-edited or foreign file)."""
+    for k in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a new file, a rename) durable; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def migrate_config(config: dict) -> dict:
@@ -110,18 +151,41 @@ def migrate_config(config: dict) -> dict:
     return d
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id exists and has not exited (a zombie counts as gone)."""
+def process_identity(pid: int | None = None) -> dict:
+    """What identifies a process beyond its id, which the OS reuses: its start time and the host."""
     import psutil
 
-    if not pid:
+    pid = os.getpid() if pid is None else pid
+    try:
+        started = psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        started = None
+    return {"pid": pid, "pid_started": started, "host": socket.gethostname()}
+
+
+def same_process(status: dict) -> bool:
+    """Whether the process a status names is alive on this host and is still the one recorded (start time).
+
+    A pid alone is not an identity: after a crash the OS hands it to another process, which must never be
+    reported as the job or sent a signal.
+    """
+    import psutil
+
+    pid = status.get("pid")
+    if not pid or status.get("host") != socket.gethostname():
         return False
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        recorded = status.get("pid_started")
+        return recorded is None or abs(proc.create_time() - float(recorded)) < 1.0
+    except (psutil.Error, OSError, ValueError, TypeError):
         return False
-    except psutil.AccessDenied:
-        return True
+
+
+HEARTBEAT_S = 30.0  # a running job rewrites its status at least this often
+STALE_S = 300.0  # a run on another host whose status is older than this is reported stale, not running
 
 
 @dataclass
@@ -138,16 +202,53 @@ class Run:
     # -- config -------------------------------------------------------------
     @property
     def config(self) -> dict:
-        """config.json, migrated to the current schema (see `migrate_config`)."""
-        return migrate_config(read_json(self.path / "config.json", {}) or {})
+        """config.json, migrated to the current schema (see `migrate_config`); {} if it cannot be read."""
+        try:
+            return migrate_config(read_json_object(self.path / "config.json") or {})
+        except RunStoreError:
+            return {}
+
+    def problem(self) -> str | None:
+        """Why this run cannot be used ("unreadable: why (path)"), or None when its files read fine."""
+        for name in ("config.json", "status.json", "summary.json"):
+            try:
+                read_json_object(self.path / name)
+            except RunStoreError as e:
+                return str(e)
+        return None
 
     # -- status -------------------------------------------------------------
     def status(self) -> dict:
-        """The status, with a dead process's 'running' reported as failed."""
-        st = read_json(self.path / "status.json", None) or {"state": "queued"}
-        if st.get("state") == "running" and st.get("host") == socket.gethostname() and not pid_alive(st.get("pid")):
-            st = dict(st, state="failed", error=st.get("error") or
-                      "the job's process ended without finishing (killed, or the machine restarted)")
+        """The status, as far as the files and the process table tell.
+
+        - a config, status or summary that cannot be read: state "unreadable", with why and where;
+        - no status.json: "queued" for a new run, but "done" if it has a summary and "failed" if it has
+          metrics (the status was lost; such a run is never run again);
+        - "running" whose process is gone, or is another process by now (pid reused): "failed";
+        - "running" on another host with no heartbeat for STALE_S seconds: "failed", as stale.
+        """
+        problem = self.problem()
+        if problem:
+            return {"state": "unreadable", "error": problem}
+        st = read_json_object(self.path / "status.json")
+        if st is None:
+            if (self.path / "summary.json").is_file():
+                return {"state": "done", "note": "status.json was missing; recovered from summary.json"}
+            if (self.path / "metrics.jsonl").is_file():
+                return {"state": "failed", "error": "status.json is missing, but the run had started (metrics.jsonl "
+                                                    "exists); it is not run again"}
+            return {"state": "queued"}
+        if st.get("state") not in STATES:
+            return {"state": "unreadable", "error": f"unreadable: unknown state {st.get('state')!r} "
+                                                    f"({self.path / 'status.json'})"}
+        if st["state"] == "running":
+            if st.get("host") == socket.gethostname():
+                if not same_process(st):
+                    st = dict(st, state="failed", error=st.get("error") or
+                              "the job's process ended without finishing (killed, or the machine restarted)")
+            elif time.time() - float(st.get("updated") or 0) > STALE_S:
+                st = dict(st, state="failed", error=f"no sign of life from host {st.get('host')} for more than "
+                                                    f"{STALE_S / 60:.0f} minutes")
         return st
 
     @property
@@ -157,7 +258,10 @@ class Run:
     def set_status(self, state: str, **fields) -> dict:
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
-        st = read_json(self.path / "status.json", {}) or {}
+        try:
+            st = read_json_object(self.path / "status.json") or {}
+        except RunStoreError:
+            st = {}  # a broken status is replaced, never merged
         st.update(fields)
         st["state"] = state
         now = time.time()
@@ -169,9 +273,19 @@ class Run:
         atomic_write_json(self.path / "status.json", st)
         return st
 
+    def request_cancel(self) -> None:
+        """Ask a running job to stop: it checks for this file at every progress update."""
+        (self.path / "cancel").write_text(f"{time.time()}\n")
+
+    def cancel_requested(self) -> bool:
+        return (self.path / "cancel").exists()
+
     def set_progress(self, **fields) -> None:
         """Merge progress fields (epoch, step, fraction) into status.json without changing the state."""
-        st = read_json(self.path / "status.json", {}) or {}
+        try:
+            st = read_json_object(self.path / "status.json") or {}
+        except RunStoreError:
+            st = {}
         st.setdefault("progress", {}).update(fields)
         st["updated"] = time.time()
         atomic_write_json(self.path / "status.json", st)
@@ -183,23 +297,34 @@ class Run:
             f.flush()
 
     def metrics(self) -> list[dict]:
-        """Per-epoch rows; a torn last line (a killed writer) is skipped."""
+        """Per-epoch rows; a torn line (a killed writer), a binary line or one that is not an epoch is skipped."""
         rows = []
         try:
-            with open(self.path / "metrics.jsonl") as f:
+            with open(self.path / "metrics.jsonl", "rb") as f:
                 for line in f:
                     try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
+                        row = json.loads(line.decode("utf-8"))
+                    except (UnicodeDecodeError, json.JSONDecodeError):
                         continue
-        except FileNotFoundError:
+                    if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                        rows.append(row)
+        except OSError:
             pass
         return rows
+
+    def reset_metrics(self) -> None:
+        """Start metrics.jsonl afresh (a run that starts owns it; nothing is ever appended to another attempt's)."""
+        with open(self.path / "metrics.jsonl", "w"):
+            pass
 
     # -- summary and weights ------------------------------------------------
     @property
     def summary(self) -> dict:
-        return read_json(self.path / "summary.json", {}) or {}
+        """summary.json; {} if it is missing or cannot be read (`problem()` says why)."""
+        try:
+            return read_json_object(self.path / "summary.json") or {}
+        except RunStoreError:
+            return {}
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / "summary.json", summary)
@@ -214,7 +339,10 @@ class Run:
         target = self.weights_path(which)
         tmp = target.with_name(f".{target.name}.tmp")
         size = save_checkpoint(model, tmp, run_id=self.run_id, **meta)
+        with open(tmp, "rb+") as f:  # the bytes reach the disk before the name points at them
+            os.fsync(f.fileno())
         os.replace(tmp, target)
+        fsync_dir(self.path)
         return size
 
     def load_model(self, which: str = "best"):
@@ -243,8 +371,8 @@ class Run:
             "labels": cfg.get("labels"),
             "group": cfg.get("group"),
             "created": cfg.get("created"),
-            "test_acc_best": sm.get("test", {}).get("accuracy"),
-            "test_acc_last": sm.get("test_last", {}).get("accuracy"),
+            "test_acc_best": dig(sm, "test", "accuracy"),
+            "test_acc_last": dig(sm, "test_last", "accuracy"),
             "error": st.get("error"),
         }
 
@@ -256,14 +384,18 @@ class RunStore:
         self.root = Path(root or os.environ.get("KDW_RUNS_DIR") or "runs").absolute()
 
     def ensure_writable(self) -> None:
+        probe = self.root / f".write-test-{os.getpid()}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test-{os.getpid()}"
             probe.write_text("ok")
-            probe.unlink()
         except OSError as e:
             raise RunStoreError(f"the runs folder {self.root} is not writable ({e.strerror}). "
                                 "Set KDW_RUNS_DIR (or --runs-dir) to a folder you can write to.") from None
+        finally:
+            try:
+                probe.unlink()
+            except OSError:
+                pass
 
     def create(self, config: dict, run_id: str | None = None, prefix: str = "run") -> Run:
         """Make a new run folder holding `config` and a queued status."""
@@ -279,6 +411,8 @@ class RunStore:
                    created=config.get("created") or time.time())
         atomic_write_json(path / "config.json", cfg)
         run.set_status("queued", created=cfg["created"])
+        fsync_dir(path)
+        fsync_dir(self.root)  # the new folder survives a power cut once create() returns
         return run
 
     def get(self, run_id: str) -> Run:

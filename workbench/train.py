@@ -56,7 +56,7 @@ class TrainConfig:
     lr: float = 3e-3  # peak learning rate (warm-up, then cosine to 0)
     weight_decay: float = 5e-4
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, Nesterov)
-    labels: float | None = None  # visible training labels: a count, a fraction in (0, 1], or None for all
+    labels: int | float | None = None  # visible training labels: a count (int), a fraction in (0, 1] (float), or all
     augment: str = "auto"  # auto (the data set's default) | none | flip | crop | flip+crop
     seed: int = 0  # model init, batch order, augmentation and label subset
     device: str = "auto"  # auto = cuda, then mps, then cpu
@@ -103,8 +103,12 @@ class TrainConfig:
             raise ValueError(f"augment must be auto or one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.labels is not None and not _finite("labels", self.labels) > 0:
-            raise ValueError(f"labels must be a positive count or a fraction in (0, 1], got {self.labels}")
+        if self.labels is not None:
+            ok = (isinstance(self.labels, int) and not isinstance(self.labels, bool) and self.labels >= 1) or \
+                 (isinstance(self.labels, float) and 0 < _finite("labels", self.labels) <= 1)
+            if not ok:
+                raise ValueError(f"labels must be a count (a whole number >= 1) or a fraction in (0, 1], "
+                                 f"got {self.labels!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
             raise ValueError(f"seed must be a whole number in [0, 2^63), got {self.seed}")
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench.jobs import active_runs
+from workbench.jobs import active_runs, ensure_worker_for_queue
 from workbench.losses import OBJECTIVE
 from workbench.ui import common
 
@@ -15,6 +15,7 @@ def sidebar() -> None:
         st.caption("α = 0: scratch baseline · α = 1: pure distillation")
         store = common.store()
         try:
+            ensure_worker_for_queue(store)  # queued runs whose worker died start again on any page load
             active = active_runs(store)
         except Exception as e:
             common.show_error("The run store cannot be read", e)

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import streamlit as st
 
 from workbench import plots, recipes
 from workbench.jobs import active_runs
-from workbench.models import ModelConfig, ModelError, load_checkpoint
+from workbench.models import ModelConfig, ModelError, load_checkpoint, save_checkpoint
 from workbench.runs import FINISHED, new_run_id
 from workbench.strategies import born_again_chain, takd_chain, teacher_model_config
 from workbench.train import TrainConfig, check_setup
 from workbench.ui import common
 
 GROUP_PREFIX = "train"
+
+
+@st.cache_resource(show_spinner="Checking the upload…", max_entries=8)
+def _saved_upload(digest: str, _data: bytes, name: str, cfg_text: str, input_shape: tuple, num_classes: int,
+                  uploads: str) -> Path:
+    """Check an uploaded checkpoint (header first: a forged one is refused before anything is built) and save
+    it, with its config in the header, under the store's uploads. Cached by the file's hash, so a rerun of
+    the page never parses the same upload again."""
+    config = ModelConfig.from_dict(json.loads(cfg_text)) if cfg_text else None
+    model, _ = load_checkpoint(_data, config, input_shape if config else None, num_classes if config else None)
+    folder = Path(uploads)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / common.safe_upload_name(name)
+    save_checkpoint(model, path)
+    return path
 
 
 def _teacher_section(ds_name: str, ds) -> str | None:
@@ -29,19 +46,13 @@ def _teacher_section(ds_name: str, ds) -> str | None:
                        "model config; for others, give it above.")
             return None
         try:
-            config = ModelConfig.from_dict(json.loads(cfg_text)) if cfg_text.strip() else None
             data = up.getvalue()
-            model, _ = load_checkpoint(data, config, ds.input_shape if config else None,
-                                       ds.num_classes if config else None)
+            path = _saved_upload(hashlib.sha256(data).hexdigest(), data, up.name, cfg_text.strip(),
+                                 tuple(ds.input_shape), ds.num_classes, str(common.uploads_dir()))
         except (ModelError, ValueError, json.JSONDecodeError) as e:
             common.show_error("This upload cannot be used as a teacher", e)
             return None
-        common.uploads_dir().mkdir(parents=True, exist_ok=True)
-        path = common.uploads_dir() / common.safe_upload_name(up.name)
-        from workbench.models import save_checkpoint
-
-        save_checkpoint(model, path)  # re-saved with its config in the header
-        st.success(f"Loaded {model.kdw_config.label()} from {up.name}.")
+        st.success(f"Loaded {up.name} as {path.stem}.")
         return str(path)
     choices = common.teacher_choices(ds_name)
     if not choices:
@@ -149,10 +160,10 @@ def _live_panel() -> None:
         frac = 1.0 if st_["state"] == "done" else float(prog.get("fraction", 0.0))
         text = {"queued": "queued, waiting for the jobs before it",
                 "running": f"running on {prog.get('device', '…')}: epoch {prog.get('epoch', 0)}/{prog.get('epochs', '?')}",
-                "done": "done", "failed": "failed", "cancelled": "cancelled"}[st_["state"]]
+                }.get(st_["state"], st_["state"])
         st.progress(frac, text=f"{common.run_label(r)} — {text}")
-        if st_["state"] == "failed":
-            st.error(f"{r.run_id} failed: {st_.get('error')}")
+        if st_["state"] in ("failed", "unreadable"):
+            st.error(f"{r.run_id} {st_['state']}: {st_.get('error')}")
     series, colors = recipes.curve_series(runs)
     if series:
         fig = plots.training_curves(series, colors)
