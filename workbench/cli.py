@@ -473,6 +473,34 @@ def cmd_profile(args) -> int:
 
 
 def cmd_export(args) -> int:
+    """A finished run's student as ONNX (and int8, and pruned-then-distilled) variants, each measured in ONNX Runtime."""
+    from .compare import comparison_rows, format_table
+    from .deploy import ExportOptions, export_run
+    from .runs import RunStore
+
+    if args.format != "onnx":
+        raise ValueError(f"unknown export format {args.format!r}; the workbench exports onnx")
+    options = ExportOptions(int8=args.int8, prune=args.prune, calibration=args.calibration,
+                            finetune_epochs=args.finetune_epochs)
+    store = RunStore(args.runs_dir)
+    run = store.get(args.run_id)
+
+    def progress(name, text, fraction):
+        print(f"[{100 * fraction:3.0f}%] {name}: {text}", file=sys.stderr, flush=True)
+
+    results = export_run(run, store, options, progress, command=_command())
+    for m in results:
+        c = m["check"]
+        print(f"{m['variant']:22s} {m['size_mb']:8.3f} MB  test acc {100 * m['test']['accuracy']:6.2f}%  "
+              f"top-1 = PyTorch on {100 * c['top1_agreement']:.2f}% (max |Δlogit| {c['max_abs_logit_diff']:.2g})"
+              + (f"  [{m['quantization']}]" if m.get("quantization") else ""))
+    print()
+    print(format_table(comparison_rows([run])))
+    print(f"\nvariants under {run.path / 'variants'}; `kdw compare {run.run_id}` lists them with the run")
+    return 0
+
+
+def cmd_publish_teacher(args) -> int:
     """Copy a finished run's best weights into assets/teachers with a card that says how to reproduce it."""
     import platform
     import shutil
@@ -515,7 +543,7 @@ def cmd_export(args) -> int:
         "date": time.strftime("%Y-%m-%d", time.gmtime(cfg.get("created", time.time()))),
         "command": cfg.get("command") or "",
         "objective": cfg.get("objective") or "",
-        "export_command": f"kdw export {run.run_id} --name {name}",
+        "export_command": f"kdw publish-teacher {run.run_id} --name {name}",
     }
     from .models import read_checkpoint
 
@@ -585,7 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--assistant-depth", type=int, default=None)
     s.add_argument("--assistant-width", type=float, default=None)
     s = add("teachers", "list the shipped teachers")
-    s = add("export", "export a finished teacher run into assets/teachers with its card")
+    s = add("export", "a finished run's student as ONNX (and int8, and pruned), measured in ONNX Runtime; "
+                      "the variants live under runs/RUN/variants/")
+    s.add_argument("run_id", metavar="RUN")
+    s.add_argument("--format", default="onnx", help="onnx (the only format for now)")
+    s.add_argument("--int8", action="store_true", help="also an int8 variant (ONNX Runtime quantization: static QDQ "
+                                                       "with calibration for conv nets, dynamic for MLPs)")
+    s.add_argument("--prune", type=float, default=None, metavar="FRACTION",
+                   help="also a pruned variant: remove this fraction of each layer's channels, then distil again")
+    s.add_argument("--calibration", type=int, default=512, help="training images that calibrate int8 (default 512)")
+    s.add_argument("--finetune-epochs", type=int, default=3, help="epochs of distillation after pruning (default 3)")
+    _add_common(s)
+    s = add("publish-teacher", "copy a finished teacher run into assets/teachers with its card")
     s.add_argument("run_id", metavar="RUN")
     s.add_argument("--name", required=True, help="teacher name, e.g. fashion-mnist-cnn")
     s.add_argument("--to", default=None, help="folder (default: assets/teachers)")
@@ -612,7 +651,7 @@ def main(argv=None) -> int:
     handlers = {"teacher": lambda a: cmd_train(a, "teacher"), "distill": lambda a: cmd_train(a, "kd"),
                 "scratch": lambda a: cmd_train(a, "scratch"), "runs": cmd_runs, "compare": cmd_compare,
                 "demo": cmd_demo, "job": cmd_job, "worker": cmd_worker, "cancel": cmd_cancel,
-                "teachers": cmd_teachers, "export": cmd_export, "sweep": cmd_sweep,
+                "teachers": cmd_teachers, "export": cmd_export, "publish-teacher": cmd_publish_teacher, "sweep": cmd_sweep,
                 "report": cmd_report, "methods": cmd_methods, "profile": cmd_profile, "born-again": lambda a: cmd_chain(a, "ban"),
                 "takd": lambda a: cmd_chain(a, "takd")}
     try:

@@ -9,6 +9,7 @@ paired per-seed differences. `format_table` prints either as text.
 
 from __future__ import annotations
 
+import re
 import statistics
 
 from .evaluate import BUSY_LIMIT
@@ -65,14 +66,19 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "threads": prof.get("threads"),
         "cpu_busy": prof.get("cpu_busy_elsewhere"),
         "train_s": summary.get("train_s"),
+        "variant": None,
         "_twin": twin_key(config) if role != "teacher" else None,
         "_group": twin_key(config, with_seed=False) + (role, repr(method), repr(sorted(params.items())))
         if role != "teacher" else ("teacher",),
     }
 
 
-def comparison_rows(runs: list[Run]) -> list[dict]:
-    """One row per finished run and per distinct teacher, KD gains filled in where a twin exists."""
+def comparison_rows(runs: list[Run], variants: bool = True) -> list[dict]:
+    """One row per finished run and per distinct teacher, KD gains filled in where a twin exists.
+
+    With `variants`, each run's deployed variants (ONNX, int8, pruned; see workbench.deploy) follow its
+    row, with the figures measured by running them (role: the run's; `variant`: their name).
+    """
     rows, teachers = [], {}
     for run in runs:
         if run.state != "done":
@@ -101,10 +107,58 @@ def comparison_rows(runs: list[Run]) -> list[dict]:
                     if t["run_id"] not in listed
                     and not any(r["role"] == "teacher" and r["model"] == t["model"] and r["test_acc"] == t["test_acc"]
                                 for r in rows)]
-    out = teacher_rows + rows
-    return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, r.get("params") or 0,
-                                      str(r["model"]), str(r.get("method") or ""), r.get("temperature") or 0,
-                                      r.get("alpha") or 0, r.get("seed") or 0))
+    out = sorted(teacher_rows + rows, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0,
+                                                     r.get("params") or 0, str(r["model"]), str(r.get("method") or ""),
+                                                     r.get("temperature") or 0, r.get("alpha") or 0,
+                                                     r.get("seed") or 0))
+    if not variants:
+        return out
+    by_id = {run.run_id: run for run in runs}
+    with_variants = []
+    for r in out:  # each run's deployed variants right under it
+        with_variants.append(r)
+        if r["run_id"] in by_id:
+            with_variants += variant_rows(by_id[r["run_id"]], r)
+    return with_variants
+
+
+VARIANT_ORDER = ("onnx-fp32", "onnx-int8")  # then pruned ones, fp32 before int8
+
+
+def artifact_label(variant: str | None) -> str:
+    """'PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', ... for a variant name (None: the run itself).
+
+    >>> artifact_label(None), artifact_label("onnx-int8"), artifact_label("pruned50-onnx-fp32")
+    ('PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32')
+    """
+    if not variant:
+        return "PyTorch fp32"
+    m = re.fullmatch(r"(?:pruned(\d+)-)?onnx-(fp32|int8)", variant)
+    if not m:
+        return variant
+    return (f"pruned {m.group(1)}% · " if m.group(1) else "") + f"ONNX {m.group(2)}"
+
+
+def variant_rows(run: Run, parent: dict) -> list[dict]:
+    """One row per finished variant of `run` (deploy.list_variants), measured by running the artifact."""
+    from .deploy import list_variants
+
+    rows = []
+    for v in list_variants(run):
+        m = v["metrics"]
+        if v["state"] != "done" or not isinstance(m, dict):
+            continue
+        test, prof = _dict(m.get("test")), _dict(m.get("profile"))
+        rows.append({**parent, "variant": v["name"], "run_id": f"{run.run_id}/{v['name']}", "_parent": run.run_id,
+                     "test_acc": test.get("accuracy"), "test_acc_last": None, "best_epoch": None, "kd_gain": None,
+                     "params": m.get("params"), "size_mb": m.get("size_mb"), "flops": m.get("flops"),
+                     "latency_ms": prof.get("latency_ms"), "throughput": prof.get("throughput"),
+                     "agreement": test.get("agreement"), "ece": test.get("ece"), "device": prof.get("device_name"),
+                     "threads": prof.get("threads"), "cpu_busy": prof.get("cpu_busy_elsewhere"),
+                     "runtime": prof.get("runtime"), "quantization": m.get("quantization"),
+                     "finetune": m.get("finetune"), "_twin": None, "_group": parent["_group"] + (v["name"],)})
+    order = {n: i for i, n in enumerate(VARIANT_ORDER)}
+    return sorted(rows, key=lambda r: (order.get(r["variant"], len(order)), r["variant"]))
 
 
 def find_scratch_twins(runs: list[Run], store) -> list[Run]:
@@ -137,19 +191,17 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for members in groups.values():
         first = members[0]
-        agg = {k: first[k] for k in ("role", "method", "model", "dataset", "temperature", "alpha", "labels", "epochs",
-                                     "device", "threads")}
+        agg = {k: first.get(k) for k in ("role", "method", "model", "dataset", "temperature", "alpha", "labels",
+                                         "epochs", "device", "threads", "variant")}
         agg["seeds"] = len(members)
         agg["run_ids"] = [m["run_id"] for m in members]
         for key in ("test_acc", "test_acc_last", "kd_gain", "params", "size_mb", "flops", "latency_ms",
                     "throughput", "agreement", "ece", "train_s"):
             agg[key], agg[key + "_std"] = mean_std([m.get(key) for m in members])
-        if agg["role"] == "kd":
+        if agg["role"] == "kd" and not agg["variant"]:
             agg["verdict"] = gain_verdict(agg["kd_gain"], agg["kd_gain_std"], agg["seeds"])
         out.append(agg)
-    return sorted(out, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0, r.get("params") or 0,
-                                      str(r["model"]), str(r.get("method") or ""), r.get("temperature") or 0,
-                                      r.get("alpha") or 0))
+    return out  # in the order of `rows`, whose groups come sorted (and variants under their run)
 
 
 def gain_verdict(gain: float | None, std: float | None, n: int) -> str:
@@ -203,6 +255,7 @@ def table_columns(aggregated: bool) -> list[tuple[str, callable]]:
     cols = [
         ("role", lambda r: r["role"]),
         ("model", lambda r: str(r["model"])),
+        ("artifact", lambda r: artifact_label(r.get("variant"))),
         ("method", lambda r: r.get("method") or "—"),
         ("T", lambda r: _num(r.get("temperature"), "g")),
         ("α", lambda r: _num(r.get("alpha"), "g")),
@@ -262,6 +315,9 @@ def format_table(rows: list[dict], aggregated: bool = False) -> str:
     foot = [f"latency/throughput: fp32 on {'; '.join(devices) or 'cpu'}. FLOPs count a multiply-add as 2. "
             "size = fp32 safetensors file.",
             "test acc (best val) = the epoch with the best validation accuracy; KD gain = KD − scratch, same seed(s)."]
+    if any(r.get("variant") for r in rows):
+        foot.append("ONNX rows are measured by running the artifact in ONNX Runtime (same threads); their size counts "
+                    "every file a deployment needs.")
     verdicts = [f"{verdict_subject(r)}: {r['verdict']}" for r in rows if aggregated and r.get("verdict")]
     warning = timing_warning(rows)
     return "\n".join(lines + [""] + foot + ([f"warning: {warning}"] if warning else []) + verdicts)

@@ -163,28 +163,35 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-@torch.inference_mode()
-def time_forward(model: nn.Module, x: torch.Tensor, warmup: int = 5, reps: int = 30,
-                 min_time_s: float = 0.0, max_reps: int | None = None) -> list[float]:
-    """Seconds of each timed forward pass on `x`, after `warmup` untimed ones.
+def time_calls(fn, warmup: int = 5, reps: int = 30, min_time_s: float = 0.0, max_reps: int | None = None,
+               sync=None) -> list[float]:
+    """Seconds of each timed call of `fn()`, after `warmup` untimed ones (`sync()` brackets each reading).
 
-    At least `reps` passes are timed; while their total is under `min_time_s`, timing goes on
-    (up to `max_reps`, default 20·reps). Fast models thus get hundreds of readings, so that
-    their median survives the odd pass that the OS scheduler stalls on a busy machine.
+    At least `reps` calls are timed; while their total is under `min_time_s`, timing goes on (up to
+    `max_reps`, default 20·reps). Fast models thus get hundreds of readings, so that their median
+    survives the odd call that the OS scheduler stalls on a busy machine. Shared by PyTorch models
+    and ONNX Runtime sessions, so both are timed the same way.
     """
-    model.eval()
-    device = x.device
+    sync = sync or (lambda: None)
     for _ in range(warmup):
-        model(x)
+        fn()
     max_reps = max(reps, max_reps if max_reps is not None else 20 * reps)
     times: list[float] = []
     while len(times) < reps or (sum(times) < min_time_s and len(times) < max_reps):
-        _sync(device)
+        sync()
         t0 = time.perf_counter()
-        model(x)
-        _sync(device)
+        fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return times
+
+
+@torch.inference_mode()
+def time_forward(model: nn.Module, x: torch.Tensor, warmup: int = 5, reps: int = 30,
+                 min_time_s: float = 0.0, max_reps: int | None = None) -> list[float]:
+    """Seconds of each timed forward pass of `model` on `x` (see `time_calls`)."""
+    model.eval()
+    return time_calls(lambda: model(x), warmup, reps, min_time_s, max_reps, sync=lambda: _sync(x.device))
 
 
 def latency_ms(model: nn.Module, input_shape, device: torch.device | str = "cpu",

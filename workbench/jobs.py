@@ -331,6 +331,24 @@ def worker_loop(store: RunStore) -> int:
             return done
 
 
+def start_export(store: RunStore, run_id: str, options) -> None:
+    """`kdw export RUN ...` as a detached process (the app's Deploy panel); progress lands in each variant's
+    status.json under runs/RUN/variants/. `options` is a `deploy.ExportOptions`, checked here first."""
+    from .deploy import exportable, export_args, variants_dir
+
+    run = store.get(run_id)
+    exportable(run)
+    folder = variants_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in options.variant_names():  # visible at once, before the process has imported anything
+        (folder / name).mkdir(exist_ok=True)
+        atomic_write_json(folder / name / "status.json", {"state": "queued", "updated": time.time()})
+    with open(folder / "export.log", "a") as log:
+        subprocess.Popen([*_python_cmd(), "export", run_id, *export_args(options), "--runs-dir", str(store.root)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         env=dict(os.environ, KDW_RUNS_DIR=str(store.root)), cwd=_trusted_cwd())
+
+
 def _forget_worker(store: RunStore) -> None:
     """Remove `.worker.json` if it names this process (a newer worker's record is left alone)."""
     marker = store.root / WORKER_MARKER

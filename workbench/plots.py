@@ -188,13 +188,32 @@ AXES = {"latency_ms": "latency (ms, batch 1)", "size_mb": "size (MB, fp32 safete
         "throughput": "throughput (samples/s, batch 256)"}
 
 
+VARIANT_SYMBOLS = {"onnx-fp32": "diamond", "onnx-int8": "square", "pruned-onnx-fp32": "triangle-up",
+                   "pruned-onnx-int8": "triangle-down"}  # PyTorch rows are circles
+
+
+def _variant_kind(variant: str) -> str:
+    return ("pruned-" if variant.startswith("pruned") else "") + ("onnx-int8" if variant.endswith("int8") else "onnx-fp32")
+
+
 def pareto(rows: list[dict], x: str = "latency_ms", device: str | None = None) -> go.Figure:
-    """Accuracy against latency or size; bubble area ∝ params; the Pareto frontier drawn."""
+    """Accuracy against latency or size; bubble area ∝ params; the Pareto frontier drawn.
+
+    A run's deployed variants (rows with a `variant`) are joined to it by a thin line, PyTorch fp32 →
+    ONNX fp32 → int8 → pruned, each kind with its own marker, in the run's role colour.
+    """
     fig = go.Figure()
     pts = [r for r in rows if r.get(x) is not None and r.get("test_acc") is not None]
     max_params = max([r.get("params") or 1 for r in pts] or [1])
+    parents = {r["run_id"]: r for r in pts if not r.get("variant")}
+    for pid in dict.fromkeys(r.get("_parent") for r in pts if r.get("variant")):  # one chain per run with variants
+        chain = [parents[pid]] if pid in parents else []
+        chain += [r for r in pts if r.get("_parent") == pid]
+        fig.add_scatter(x=[r[x] for r in chain], y=[100 * r["test_acc"] for r in chain], mode="lines",
+                        line=dict(color=ROLE_COLORS.get(chain[-1]["role"], TEACHER), width=1), opacity=0.6,
+                        showlegend=False, hoverinfo="skip")
     for role in ("teacher", "scratch", "kd"):
-        sel = [r for r in pts if r["role"] == role]
+        sel = [r for r in pts if r["role"] == role and not r.get("variant")]
         if not sel:
             continue
         fig.add_scatter(
@@ -205,6 +224,17 @@ def pareto(rows: list[dict], x: str = "latency_ms", device: str | None = None) -
             customdata=[[r.get("params"), r.get("temperature"), r.get("alpha")] for r in sel],
             hovertemplate="%{text}<br>acc %{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<br>params %{customdata[0]:,}"
                           "<extra>" + ROLE_NAMES[role] + "</extra>")
+    for kind, symbol in VARIANT_SYMBOLS.items():
+        sel = [r for r in pts if r.get("variant") and _variant_kind(r["variant"]) == kind]
+        if not sel:
+            continue
+        fig.add_scatter(
+            x=[r[x] for r in sel], y=[100 * r["test_acc"] for r in sel], mode="markers",
+            name=kind.replace("-", " ").replace("onnx", "ONNX"),
+            marker=dict(symbol=symbol, size=11, color=[ROLE_COLORS.get(r["role"], TEACHER) for r in sel],
+                        line=dict(width=1, color="black")),
+            text=[f"{r['model']}<br>{r['run_id']}" for r in sel],
+            hovertemplate="%{text}<br>acc %{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<extra>" + kind + "</extra>")
     front = pareto_front([(r[x], 100 * r["test_acc"]) for r in pts])
     if len(front) > 1:
         fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto frontier",
@@ -212,9 +242,12 @@ def pareto(rows: list[dict], x: str = "latency_ms", device: str | None = None) -
     fig.update_xaxes(title=AXES.get(x, x) + (f" on {device}" if device else ""),
                      type="log" if x in ("params", "flops", "size_mb") else "linear")
     fig.update_yaxes(title="test accuracy (%)")
+    variants = any(r.get("variant") for r in pts)
     return _finish(fig, f"Accuracy against {AXES.get(x, x).split(' (')[0]}",
                    "Up and to the left is better. Bubble area is proportional to the parameter count; the dashed "
-                   "line joins the models that no other model beats on both axes.", height=420)
+                   "line joins the models that no other model beats on both axes."
+                   + (" Thin lines join a run to its deployed variants (ONNX fp32 ◆, int8 ■, pruned ▲/▼), measured "
+                      "in ONNX Runtime." if variants else ""), height=420)
 
 
 def confusion_matrices(matrices: dict[str, list[list[int]]], classes) -> go.Figure:

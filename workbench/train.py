@@ -278,13 +278,14 @@ class Session:
         return self.config.epochs * len(self.loader)
 
 
-def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, teacher: Teacher | None = None
-            ) -> Session:
+def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, teacher: Teacher | None = None,
+            student: torch.nn.Module | None = None) -> Session:
     """Stage 1: device, seeds, data, the frozen teacher, the method and the student, the batches.
 
     Cheap next to training, and complete enough to refuse what cannot work (a teacher that does
     not fit the data, a label budget larger than the training set, AT on an MLP), so `check_setup`
-    is this function. Pass `teacher` to reuse one already loaded.
+    is this function. Pass `teacher` to reuse one already loaded, and `student` to train a model you
+    built yourself (a pruned student, say) instead of `config.model`.
     """
     t0 = time.perf_counter()
     device = pick_device(config.device)
@@ -303,7 +304,9 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     augment = resolve_augment(config, dataset)
 
     torch.manual_seed(config.seed)  # the same init for a scratch student and its distilled twin
-    student = build_model(config.model, dataset.input_shape, dataset.num_classes).to(device)
+    if student is None:
+        student = build_model(config.model, dataset.input_shape, dataset.num_classes)
+    student = student.to(device)
     method.setup(student, teacher.model if teacher else None, dataset.input_shape, dataset.num_classes,
                  len(ds.x_train))  # a method that cannot work with these models says so here
     method.to(device)
@@ -470,14 +473,15 @@ def finish(s: Session, run=None, profile: bool = True) -> dict:
 
 
 def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=None, teacher: Teacher | None = None,
-          session: Session | None = None) -> dict:
+          session: Session | None = None, student: torch.nn.Module | None = None) -> dict:
     """Train `config` to the end and return its summary (also written to `run` if given).
 
     `callbacks` are called with event dicts: {"event": "start" | "step" | "epoch" | "end", ...}.
-    `session` continues from `check_setup`; `teacher` reuses a loaded teacher. A non-finite loss
-    raises TrainingError after recording the epoch's metrics.
+    `session` continues from `check_setup`; `teacher` reuses a loaded teacher; `student` trains that
+    module instead of building `config.model`. A non-finite loss raises TrainingError after recording
+    the epoch's metrics.
     """
-    s = session if session is not None else prepare(config, store, dataset, teacher)
+    s = session if session is not None else prepare(config, store, dataset, teacher, student)
     if s.config != config:
         raise ValueError("the session was prepared for another config")
     start(s, store)

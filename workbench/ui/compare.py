@@ -90,6 +90,9 @@ def page() -> None:
         st.plotly_chart(fig, key="cmp_cm")
         st.caption(plots.caption(fig))
 
+    st.subheader("Deploy")
+    _deploy_panel([r for r in runs if r.state == "done"])
+
     st.subheader("Export")
     st.caption("One self-contained HTML file: the table, the plots, every run's config, the environment and the "
                "date. It opens offline in any browser.")
@@ -98,3 +101,60 @@ def page() -> None:
     st.download_button("Export report", lambda: build_report(runs, title, classes).encode("utf-8"),
                        file_name=f"kdw-report-{time.strftime('%Y%m%d-%H%M%S')}.html", mime="text/html",
                        key="cmp_export", type="primary")
+
+
+def _deploy_panel(runs) -> None:
+    """Export a run's student as ONNX (int8, pruned) in the background, watch it, download the artifacts."""
+    from workbench.compare import artifact_label
+    from workbench.deploy import ExportOptions, list_variants, zip_variant
+    from workbench.jobs import start_export
+
+    st.caption("The student as the artifact you ship: ONNX, int8 (ONNX Runtime quantization) and pruned-then-"
+               "distilled, each measured by running it in ONNX Runtime. The variants join the table and the "
+               "Pareto plots above.")
+    if not runs:
+        return
+    labels = {common.run_label(r): r for r in runs}
+    c1, c2, c3, c4 = st.columns([3, 1, 2, 2], vertical_alignment="bottom")
+    run = labels[c1.selectbox("Run to deploy", list(labels), key="cmp_deploy_run")]
+    int8 = c2.checkbox("int8", value=True, key="cmp_deploy_int8")
+    prune = c3.slider("Prune channels", 0.0, 0.9, 0.0, 0.1, key="cmp_deploy_prune",
+                      help="0 = no pruned variant. Structured pruning by L2 magnitude (torch-pruning), then a short "
+                           "distillation with the run's teacher and method.")
+    epochs = c4.number_input("Fine-tune epochs", 0, 50, 3, key="cmp_deploy_epochs", disabled=prune == 0)
+    if st.button("Export", key="cmp_deploy_go"):
+        try:
+            start_export(common.store(), run.run_id, ExportOptions(int8=int8, prune=prune or None,
+                                                                   finetune_epochs=int(epochs)))
+            st.toast(f"Exporting {run.run_id} in the background.")
+        except Exception as e:
+            common.show_error("Cannot export", e)
+
+    def progress() -> None:
+        variants = list_variants(run)
+        busy = False
+        for v in variants:
+            label = f"{artifact_label(v['name'])} ({v['name']})"
+            if v["state"] in ("queued", "running"):
+                busy = True
+                p = v.get("progress") or {}
+                st.progress(float(p.get("fraction", 0.0)), text=f"{label}: {p.get('text', v['state'])}")
+            elif v["state"] == "failed":
+                st.error(f"{label} failed: {v['error']}")
+            elif v["state"] == "done" and v["metrics"]:
+                m = v["metrics"]
+                c1, c2 = st.columns([4, 1], vertical_alignment="center")
+                c1.caption(f"**{label}**: {100 * m['test']['accuracy']:.2f}% test, {m['size_mb']:.3f} MB, "
+                           f"{m['profile']['latency_ms']:.3f} ms at batch 1 in ONNX Runtime; top-1 equals PyTorch's on "
+                           f"{100 * m['check']['top1_agreement']:.2f}% of test images")
+                c2.download_button("Download", lambda f=v["folder"]: zip_variant(f), file_name=f"{run.run_id}-{v['name']}.zip",
+                                   mime="application/zip", key=f"cmp_dl_{run.run_id}_{v['name']}")
+        if not variants:
+            st.caption("No variants of this run yet.")
+        if not busy and st.session_state.get("cmp_deploy_polling"):
+            st.session_state["cmp_deploy_polling"] = False
+            st.rerun()  # finished: one full rerun puts the variants into the table and the plots
+
+    busy = any(v["state"] in ("queued", "running") for v in list_variants(run))
+    st.session_state["cmp_deploy_polling"] = busy
+    st.fragment(progress, run_every=1.0 if busy else None)()
