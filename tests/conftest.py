@@ -15,6 +15,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 def _isolate(tmp_path, monkeypatch):
     """Every test gets its own run store and a single thread (values are compared exactly)."""
     monkeypatch.setenv("KDW_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("KDW_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("KDW_DATA_DIR", raising=False)
     torch.set_num_threads(1)
     yield
@@ -49,3 +50,21 @@ def kdw(*args, env=None, timeout=300, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"kdw {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 12, size=(20, 24),
+                      broken: int = 0) -> Path:
+    """A folder of small generated PNGs, one subfolder per class, each class a different dominant colour."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = (rng.random((*size, 3)) * 80).astype(np.uint8)
+            a[..., c % 3] += 150
+            Image.fromarray(a).save(root / cls / f"{i}.png")
+    for i in range(broken):
+        (root / classes[0] / f"broken{i}.png").write_bytes(b"not an image")
+    return root

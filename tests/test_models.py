@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from workbench.models import (FAMILIES, ModelConfig, ModelError, build_model, count_params, load_checkpoint,
+from workbench.models import (ZOO, ModelConfig, ModelError, build_model, count_params, load_checkpoint,
                               read_checkpoint, save_checkpoint)
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", list(ZOO))
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_family_gives_logits_for_any_input_shape(family, shape):
     model = build_model(ModelConfig(family), shape, 7).eval()

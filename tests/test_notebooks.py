@@ -11,9 +11,10 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 
-def test_the_four_notebooks_exist():
+def test_the_five_notebooks_exist():
     assert [p.stem for p in NOTEBOOKS] == ["01_dark_knowledge", "02_first_distillation",
-                                           "03_temperature_and_alpha", "04_compression_tradeoffs"]
+                                           "03_temperature_and_alpha", "04_compression_tradeoffs",
+                                           "05_resnet50_to_mobilenetv2"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

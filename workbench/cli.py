@@ -28,18 +28,37 @@ def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
 
     d = TrainConfig(kind="scratch")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits", help="digits | fashion-mnist | cifar10 | image-folder (default: digits)")
-    g.add_argument("--data-dir", default=None, help="folder holding the data set's files")
+    g.add_argument("--dataset", default="digits",
+                   help="digits | fashion-mnist | cifar10 | cifar100 | image-folder | csv (default: digits)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder holding the data set's files; for image-folder, the folder of class subfolders; "
+                        "for csv, the manifest file (path,label[,split])")
     g.add_argument("--labels", default=None,
                    help="label budget: a count (1000, or 1 for one label) or a fraction with a decimal point or a "
                         "percent sign (0.05, 5%%); default all")
     g.add_argument("--augment", default="auto", help="auto | none | flip | crop | flip+crop (default: the data set's)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="the student's square input size in pixels (default: the data set's; image folders: 32). "
+                        "The teacher keeps its own size: its logits are cached at it")
+    g.add_argument("--channels", type=int, default=None, choices=[1, 3],
+                   help="the student's input channels (default: the data set's): 3 shows grey images in colour")
+    g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="image folders and CSV manifests: stream batches from the disk cache (default: only when "
+                        "the images would not fit in a quarter of the RAM)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="cnn" if kind == "teacher" else "mlp",
-                   help="mlp | cnn | resnet | mobilenet_v2 | resnet18")
-    g.add_argument("--depth", type=int, default=None, help="layers/blocks (family default if omitted)")
-    g.add_argument("--width", type=float, default=None, help="units/channels/multiplier (family default if omitted)")
-    g.add_argument("--pretrained", action="store_true", help="torchvision weights (resnet18/mobilenet_v2; online only)")
+                   help="mlp | cnn | resnet | mobilenet_v2 | resnet18, or torchvision:NAME (any torchvision "
+                        "classification model), timm:NAME, path/to/file.py:make_model or package.module:make_model "
+                        "(your factory, called with num_classes and input_shape)")
+    g.add_argument("--depth", type=int, default=None, help="layers/blocks (zoo families; family default if omitted)")
+    g.add_argument("--width", type=float, default=None,
+                   help="units/channels/multiplier (zoo families; family default if omitted)")
+    g.add_argument("--pretrained", action="store_true",
+                   help="the library's own weights (resnet18, mobilenet_v2, torchvision:, timm:; online, or from "
+                        "torch's download cache)")
+    g.add_argument("--init", default=None, metavar="PATH",
+                   help="start from these weights: .safetensors or a PyTorch state dict (.pth/.pt); a classifier "
+                        "with another class count is replaced")
     if kind != "teacher":
         g = p.add_argument_group("distillation")
         g.add_argument("--teacher", default=None,
@@ -132,7 +151,7 @@ def method_params_from_args(args) -> dict:
 
 def _train_config(args, kind: str, seed: int, **over):
     from .data import DATASETS
-    from .models import ModelConfig
+    from .models import parse_model
     from .teachers import default_teacher
     from .train import TrainConfig
 
@@ -149,7 +168,8 @@ def _train_config(args, kind: str, seed: int, **over):
                              f"{args.dataset}` and pass its run id with --teacher")
     fields = dict(
         kind=kind, dataset=args.dataset, data_dir=args.data_dir, teacher=teacher,
-        model=ModelConfig(args.model, args.depth, args.width, args.pretrained),
+        model=parse_model(args.model, args.depth, args.width, args.pretrained),
+        image_size=args.image_size, channels=args.channels, init=args.init, stream=args.stream,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, labels=parse_labels(args.labels), augment=args.augment, seed=seed,
         device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
@@ -404,7 +424,7 @@ def cmd_methods(args) -> int:
 def cmd_chain(args, strategy: str) -> int:
     """born-again generations or a teacher-assistant chain, run in order."""
     from .jobs import LocalQueueRunner, run_in_process
-    from .models import ModelConfig
+    from .models import parse_model
     from .runs import RunStore, new_run_id
     from .strategies import born_again_chain, submit_chain, takd_chain, teacher_model_config
     from .train import TqdmProgress, check_setup
@@ -419,7 +439,7 @@ def cmd_chain(args, strategy: str) -> int:
     if strategy == "ban":
         chain = born_again_chain(base, args.generations, teacher_model_config(base.teacher, store), group)
     else:
-        assistant = ModelConfig(args.assistant_model, args.assistant_depth, args.assistant_width)
+        assistant = parse_model(args.assistant_model, args.assistant_depth, args.assistant_width)
         chain = takd_chain(base, assistant, group)
     if args.background:
         ids = submit_chain(LocalQueueRunner(store), chain, _command())
@@ -450,7 +470,7 @@ def cmd_profile(args) -> int:
             print(f"{run.run_id}: {run.state}, skipped (only finished runs have weights to time)")
             continue
         summary = run.summary
-        model, meta = load_checkpoint(run.weights_path("best"))
+        model, meta = load_checkpoint(run.weights_path("best"), allow_factory=True)
         shape = tuple(json.loads(meta["kdw_input_shape"]))
         summary["profile"] = model_profile(model.float(), shape, "cpu")
         line = f"{run.run_id}: {summary['profile']['latency_ms']:.3f} ms (b=1), " \
@@ -459,7 +479,8 @@ def cmd_profile(args) -> int:
         teacher = summary.get("teacher")
         if teacher:
             try:
-                prof = teacher["profile"] = teacher_profile(load_teacher(teacher["spec"], store), shape)
+                t = load_teacher(teacher["spec"], store)
+                prof = teacher["profile"] = teacher_profile(t, tuple(t.model.kdw_input_shape))
                 busy.append(prof.get("cpu_busy_elsewhere") or 0)
                 line += f"; teacher {prof['latency_ms']:.3f} ms, {prof['throughput']:,.0f} samples/s"
             except Exception as e:  # the teacher may be gone: keep its old figures
@@ -543,6 +564,7 @@ def cmd_publish_teacher(args) -> int:
         "date": time.strftime("%Y-%m-%d", time.gmtime(cfg.get("created", time.time()))),
         "command": cfg.get("command") or "",
         "objective": cfg.get("objective") or "",
+        "init": sm.get("init"),
         "export_command": f"kdw publish-teacher {run.run_id} --name {name}",
     }
     from .models import read_checkpoint

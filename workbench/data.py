@@ -15,8 +15,20 @@ Data sets by name:
   ``dataset-fashion-mnist``); torchvision's download only with ``download=True``.
 - ``cifar10``: the python batches (``cifar-10-batches-py``) from a local folder,
   or torchvision's download with ``download=True``.
+- ``cifar100``: the python version (``cifar-100-python``) from a local folder.
 - ``image-folder``: a folder of class subfolders of images (optionally with
-  ``train/`` and ``test/`` subfolders).
+  ``train/`` and ``test/`` subfolders), decoded once into a uint8 cache on disk
+  (workbench.images).
+- ``csv``: a CSV manifest of ``path,label[,split]`` rows (``--data-dir`` is the CSV file).
+
+Image folders and manifests whose float32 tensors would take more than
+`images.memory_budget()` (a quarter of the RAM, or ``$KDW_MEMORY_BUDGET`` bytes) are
+not loaded into memory: their images stay in the uint8 cache and are streamed,
+normalised one batch at a time (`images.LazyImages`, `images.StreamLoader`).
+
+Every data set can be *viewed* at another size, channel count and normalisation
+(`Dataset.view`): that is how a torchvision model sees Fashion-MNIST at 32×32 in
+colour, or a teacher and a student see the same images at their own sizes.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
-DATASETS = ("digits", "fashion-mnist", "cifar10", "image-folder")
+DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "image-folder", "csv")
 AUGMENTATIONS = ("none", "flip", "crop", "flip+crop")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -62,6 +74,7 @@ class Dataset:
     default_augment: str = "none"  # what makes sense for this kind of image
     fingerprint: str = ""  # identifies the exact tensors (for caches keyed on data)
     source: str = ""  # where the files came from
+    skipped: list = field(default_factory=list)  # image files that could not be decoded
     _device_copies: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -72,15 +85,68 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def streamed(self) -> bool:
+        """True when the images stay on disk and are normalised a batch at a time (images.LazyImages)."""
+        return not isinstance(self.x_train, torch.Tensor)
+
+    def input_view(self):
+        from .images import View
+
+        C, H, W = self.input_shape
+        return View(C, H, tuple(self.mean), tuple(self.std))
+
+    def stats_for(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """This data set's mean and std, for images converted to `channels` (grey ↔ colour)."""
+        if channels == len(self.mean):
+            return tuple(self.mean), tuple(self.std)
+        if len(self.mean) == 1:
+            return tuple(self.mean) * channels, tuple(self.std) * channels
+        return (sum(self.mean) / len(self.mean),) * channels, (sum(self.std) / len(self.std),) * channels
+
+    def view(self, channels: int | None = None, size: int | None = None, mean=None, std=None) -> "Dataset":
+        """The same images seen with `channels`, at `size` × `size`, normalised with `mean`/`std` (default:
+        this data set's statistics); computed once and cached. The split and the order never change."""
+        from .images import View, convert
+
+        C, H, W = self.input_shape
+        channels, size = channels or C, size or H
+        if mean is None or std is None:
+            mean, std = self.stats_for(channels)
+        target = View(int(channels), int(size), tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        if target == self.input_view() and H == W:
+            return self
+        key = ("view", target)
+        if key not in self._device_copies:
+            if self.streamed:
+                tensors = {f"x_{k}": getattr(self, f"x_{k}").with_view(target) for k in ("train", "val", "test")}
+            else:
+                src = self.input_view()
+                tensors = {f"x_{k}": torch.cat([convert(x[i:i + 1024], src, target) for i in range(0, len(x), 1024)])
+                           for k, x in (("train", self.x_train), ("val", self.x_val), ("test", self.x_test))}
+            tag = hashlib.sha256(f"{self.fingerprint}|{target}".encode()).hexdigest()[:16]
+            self._device_copies[key] = Dataset(
+                name=self.name, y_train=self.y_train, y_val=self.y_val, y_test=self.y_test, classes=self.classes,
+                mean=target.mean, std=target.std, default_augment=self.default_augment, fingerprint=tag,
+                source=self.source, skipped=self.skipped, **tensors)
+        return self._device_copies[key]
+
+    def view_for(self, model) -> "Dataset":
+        """These images as `model` sees them: its input shape, and its normalisation where it declares one
+        (ImageNet's for torchvision and timm models), else this data set's statistics."""
+        C, H, W = model.kdw_input_shape
+        mean, std = getattr(model, "kdw_mean", None), getattr(model, "kdw_std", None)
+        return self.view(C, H, mean, std)
+
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {name!r}")
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
     def to(self, device: torch.device | str) -> "Dataset":
-        """The same data set with its tensors on `device` (copied once, then reused)."""
+        """The same data set with its tensors on `device` (copied once, then reused; a streamed one stays)."""
         device = torch.device(device)
-        if device.type == "cpu":
+        if device.type == "cpu" or self.streamed:
             return self
         key = str(device)
         if key not in self._device_copies:
@@ -89,7 +155,7 @@ class Dataset:
             self._device_copies[key] = Dataset(
                 name=self.name, classes=self.classes, mean=self.mean, std=self.std,
                 default_augment=self.default_augment, fingerprint=self.fingerprint,
-                source=self.source, **tensors)
+                source=self.source, skipped=self.skipped, **tensors)
         return self._device_copies[key]
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,22 +172,29 @@ _CACHE: dict[tuple, Dataset] = {}  # read-only tensors, shared on purpose: loadi
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = False,
-                 val_fraction: float = 0.1, image_size: int = 32) -> Dataset:
+                 val_fraction: float = 0.1, image_size: int | None = None, stream: bool | None = None) -> Dataset:
     """Load a data set by name into normalised tensors with a fixed validation split.
 
     Args:
-        name: one of ``digits``, ``fashion-mnist``, ``cifar10``, ``image-folder``.
-        root: where the files are (a folder); for ``image-folder`` it is required.
+        name: one of ``digits``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``image-folder``, ``csv``.
+        root: where the files are (a folder; the CSV file for ``csv``); required for ``image-folder``, ``csv``.
         download: let torchvision fetch Fashion-MNIST or CIFAR-10 (needs internet).
         val_fraction: the share of the training set held out for validation.
-        image_size: side length that ``image-folder`` images are resized to.
+        image_size: the side that ``image-folder`` and ``csv`` images are decoded at (default 32).
+        stream: keep decoded images on disk and stream them (True), load them (False), or decide by
+            size (None; see `images.memory_budget`). Only ``image-folder`` and ``csv`` stream.
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if not 0.0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
-    key = (name, str(root) if root else None, val_fraction, image_size)
-    if key in _CACHE:
+    if name in ("image-folder", "csv"):
+        image_size = image_size or 32
+        if not 4 <= int(image_size) <= 1024:
+            raise DataError(f"image size must be between 4 and 1024 pixels, got {image_size}")
+    key = (name, str(Path(root).resolve()) if root else None, val_fraction,
+           image_size if name in ("image-folder", "csv") else None, stream)
+    if key in _CACHE and name not in ("image-folder", "csv"):
         return _CACHE[key]
     if name == "digits":
         x_tr, y_tr, x_te, y_te, classes, source = _raw_digits()
@@ -132,12 +205,68 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: 
     elif name == "cifar10":
         x_tr, y_tr, x_te, y_te, source = _raw_cifar10(root, download)
         classes, augment = CIFAR10_CLASSES, "flip+crop"
+    elif name == "cifar100":
+        from .images import read_cifar100
+
+        x_tr, y_tr, x_te, y_te, classes, source = read_cifar100(root)
+        x_tr, x_te = x_tr / np.float32(255), x_te / np.float32(255)
+        augment = "flip+crop"
     else:
-        x_tr, y_tr, x_te, y_te, classes, source = _raw_image_folder(root, image_size)
-        augment = "flip"
+        return _load_decoded(name, root, int(image_size), val_fraction, stream)  # the disk cache is keyed by content
     ds = _assemble(name, x_tr, y_tr, x_te, y_te, classes, augment, val_fraction, source)
     _CACHE[key] = ds
     return ds
+
+
+def _load_decoded(name: str, root, size: int, val_fraction: float, stream: bool | None) -> Dataset:
+    """An image folder or a CSV manifest, decoded into the disk cache, in memory or streamed."""
+    from .images import LazyImages, View, decode, list_csv, list_folder, memory_budget
+
+    if not root:
+        raise DataError("image-folder needs a folder (--data-dir) holding one subfolder of images per class"
+                        if name == "image-folder" else "csv needs the manifest's path (--data-dir manifest.csv)")
+    root = Path(root)
+    if name == "csv":
+        decoded, source = decode(list_csv(root), size), str(root)
+        test = decoded.splits
+    elif (root / "train").is_dir() and (root / "test").is_dir():
+        train_l, test_l = list_folder(root / "train"), list_folder(root / "test")
+        if train_l.classes != test_l.classes:
+            raise DataError(f"{root}/train and {root}/test must have the same class folders")
+        from .images import Listing
+
+        decoded = decode(Listing(train_l.files + test_l.files, train_l.labels + test_l.labels, train_l.classes,
+                                 ["train"] * len(train_l.files) + ["test"] * len(test_l.files)), size)
+        test, source = decoded.splits, str(root)
+    else:
+        decoded, source = decode(list_folder(root), size), str(root)
+        test = None
+    y = decoded.y
+    idx = np.arange(len(y))
+    if test is None:  # hold out a stratified 20% as the test set
+        test_idx, train_idx = _stratified_split(y, 0.2, SPLIT_SEED)
+    else:
+        test_idx, train_idx = idx[test], idx[~test]
+    val_rel, tr_rel = _stratified_split(y[train_idx], val_fraction, SPLIT_SEED)
+    val_idx, train_idx = train_idx[val_rel], train_idx[tr_rel]
+    n_pixels = len(y) * 3 * size * size
+    if stream is None:
+        stream = 4 * n_pixels > memory_budget()
+    raw = View(3, size, (0.0,) * 3, (1.0,) * 3)
+    mean, std = LazyImages(decoded.path, train_idx, raw).pixel_stats()
+    view = View(3, size, mean, std)
+    if stream:
+        xs = {k: LazyImages(decoded.path, i, view) for k, i in (("train", train_idx), ("val", val_idx),
+                                                                 ("test", test_idx))}
+    else:
+        xs = {k: LazyImages(decoded.path, i, view)[:] for k, i in (("train", train_idx), ("val", val_idx),
+                                                                   ("test", test_idx))}
+    return Dataset(name=name, x_train=xs["train"], y_train=torch.from_numpy(y[train_idx]),
+                   x_val=xs["val"], y_val=torch.from_numpy(y[val_idx]), x_test=xs["test"],
+                   y_test=torch.from_numpy(y[test_idx]), classes=decoded.classes, mean=mean, std=std,
+                   default_augment="flip", fingerprint=hashlib.sha256(f"{decoded.key}|{val_fraction}".encode()
+                                                                      ).hexdigest()[:16],
+                   source=source, skipped=list(decoded.skipped))
 
 
 def available_datasets() -> dict[str, str | None]:
@@ -343,49 +472,6 @@ def _raw_cifar10(root, download):
     y_tr = np.concatenate([p[1] for p in parts])
     x_te, y_te = _load_cifar_batch(d / "test_batch")
     return x_tr, y_tr, x_te / np.float32(255), y_te, str(d)
-
-
-def _read_image_tree(folder: Path, classes: list[str], size: int):
-    from PIL import Image
-
-    xs, ys = [], []
-    for label, cls in enumerate(classes):
-        files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for p in files:
-            try:
-                with Image.open(p) as im:
-                    im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-                    xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
-            except OSError as e:
-                raise DataError(f"cannot read image {p}: {e}") from e
-            ys.append(label)
-    if not xs:
-        raise DataError(f"no images found under {folder}")
-    return np.stack(xs) / np.float32(255), np.asarray(ys, dtype=np.int64)
-
-
-def _raw_image_folder(root, size):
-    if not root:
-        raise DataError("image-folder needs a folder: pass root=/path (CLI: --data-dir /path) "
-                        "holding one subfolder of images per class")
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train_dir, test_dir = root / "train", root / "test"
-    else:
-        train_dir, test_dir = root, None
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise DataError(f"{train_dir} needs at least two class subfolders, found {classes}")
-    x, y = _read_image_tree(train_dir, classes, size)
-    if test_dir is not None:
-        x_te, y_te = _read_image_tree(test_dir, classes, size)
-        x_tr, y_tr = x, y
-    else:
-        test_idx, train_idx = _stratified_split(y, 0.2, SPLIT_SEED)
-        x_tr, y_tr, x_te, y_te = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
-    return x_tr, y_tr, x_te, y_te, tuple(classes), str(root)
 
 
 # ---------------------------------------------------------------------------

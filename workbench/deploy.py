@@ -325,7 +325,9 @@ def _teacher_test_logits(run: Run, store: RunStore, dataset) -> torch.Tensor | N
         return None
     from .teachers import cached_logits, load_teacher
 
-    return cached_logits(load_teacher(spec, store), dataset, "test", "plain", store.cache_dir / "teacher-logits", "cpu")
+    teacher = load_teacher(spec, store)
+    return cached_logits(teacher, dataset.view_for(teacher.model), "test", "plain", store.cache_dir / "teacher-logits",
+                         "cpu")
 
 
 def exportable(run: Run) -> None:
@@ -353,9 +355,11 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
     for n in names:
         _set_status(variants_dir(run) / n, "queued")
     config = run.config
-    dataset = load_dataset(config["dataset"], config.get("data_dir"))
     model = run.load_model("best").float().eval()
-    teacher_logits = _teacher_test_logits(run, store, dataset)
+    source = load_dataset(config["dataset"], config.get("data_dir"), image_size=config.get("image_size"),
+                          stream=config.get("stream"))
+    dataset = source.view_for(model)  # the images as the student saw them in training
+    teacher_logits = _teacher_test_logits(run, store, source)
     calib = calibration_images(dataset, options.calibration, options.seed) if options.int8 else None
     base = {"run_id": run.run_id, "command": command, "created": time.time()}
     results = []

@@ -98,18 +98,39 @@ def _upload_input_shape(path: Path) -> tuple | None:
         return None
 
 
-def teacher_choices(dataset: str, store: RunStore, uploads: Path | None = None) -> list[tuple[str, str]]:
-    """(label, teacher spec) pairs: shipped teachers, finished teacher runs, and uploaded files that fit."""
+def check_data_path(name: str, path: str) -> str | None:
+    """Why a user's image folder or CSV manifest cannot be used, in one sentence; None if it can."""
+    from .data import DataError
+    from .images import list_csv, list_folder
+
+    p = Path(path).expanduser()
+    try:
+        if name == "csv":
+            list_csv(p)
+        elif (p / "train").is_dir() and (p / "test").is_dir():
+            list_folder(p / "train")
+            list_folder(p / "test")
+        else:
+            list_folder(p)
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def teacher_choices(dataset: str, store: RunStore, uploads: Path | None = None, data_dir: str | None = None
+                    ) -> list[tuple[str, str]]:
+    """(label, teacher spec) pairs: shipped teachers, finished teacher runs on the same data, and uploaded files
+    that fit."""
     from .data import load_dataset
     from .teachers import shipped_teachers
 
     out = [(f"{c['name']} (shipped, {100 * c['test_accuracy']:.2f}% test)", c["name"])
            for c in shipped_teachers(dataset)]
     for r in store.list(kind="teacher", state="done"):
-        if r.config.get("dataset") == dataset:
+        if r.config.get("dataset") == dataset and (data_dir is None or r.config.get("data_dir") == data_dir):
             acc = r.summary.get("test", {}).get("accuracy")
             out.append((f"{r.run_id} (teacher run{'' if acc is None else f', {100 * acc:.2f}% test'})", r.run_id))
-    if uploads is not None and uploads.is_dir():
+    if uploads is not None and uploads.is_dir() and dataset not in ("image-folder", "csv"):
         shape = tuple(load_dataset(dataset).input_shape)
         for p in sorted(uploads.glob("*.safetensors")):
             if _upload_input_shape(p) == shape:
@@ -203,3 +224,52 @@ def demo_configs(setting: DemoSetting, seed: int, group: str, device: str = "aut
                      epochs=setting.epochs, labels=setting.labels, batch_size=setting.batch_size, lr=setting.lr,
                      seed=seed, group=group, device=device)
     return distill_configs(kd)
+
+
+# ---------------------------------------------------------------------------
+# the classic recipe: a ResNet-50 teacher distilled into MobileNetV2
+
+@dataclass(frozen=True)
+class ClassicRecipe:
+    """ResNet-50 → MobileNetV2, the textbook pair (torchvision models, ImageNet normalisation).
+
+    The teacher is fine-tuned from `teacher_init` (ImageNet weights in the classic write-ups; any state dict
+    or safetensors file) or from torchvision's own weights with `pretrained`; the student is distilled at
+    `student_size`, which may be below the teacher's `teacher_size` (its logits are cached at its own size).
+    """
+
+    dataset: str  # cifar10, image-folder, csv, or fashion-mnist (seen in colour)
+    data_dir: str | None = None
+    teacher_size: int = 224  # 224 on a GPU; 32–64 on a CPU
+    student_size: int = 224
+    teacher_epochs: int = 5
+    student_epochs: int = 10
+    teacher_init: str | None = None  # a ResNet-50 state dict (its 1,000-class head is replaced)
+    pretrained: bool = False  # torchvision's ImageNet weights instead (online, or torch's download cache)
+    temperature: float = 4.0
+    alpha: float = 0.9
+    batch_size: int = 128
+    lr: float = 1e-3  # fine-tuning: lower than training from scratch
+    device: str = "auto"
+    seed: int = 0
+
+    def teacher_config(self, group: str) -> TrainConfig:
+        from .models import parse_model
+
+        return TrainConfig(kind="teacher", dataset=self.dataset, data_dir=self.data_dir,
+                           model=parse_model("torchvision:resnet50", pretrained=self.pretrained),
+                           init=self.teacher_init, image_size=self.teacher_size, channels=3,
+                           epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.lr, device=self.device,
+                           seed=self.seed, group=group)
+
+    def student_configs(self, teacher: str, group: str, size: int | None = None) -> list[TrainConfig]:
+        """[scratch twin, distilled] MobileNetV2 at `size` (default `student_size`), taught by run `teacher`."""
+        from .models import parse_model
+
+        kd = TrainConfig(kind="kd", dataset=self.dataset, data_dir=self.data_dir, teacher=teacher,
+                         model=parse_model("torchvision:mobilenet_v2"), image_size=size or self.student_size,
+                         channels=3, method="kd", method_params={"temperature": self.temperature,
+                                                                 "alpha": self.alpha},
+                         epochs=self.student_epochs, batch_size=self.batch_size, lr=3e-3, device=self.device,
+                         seed=self.seed, group=group)
+        return distill_configs(kd)

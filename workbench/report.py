@@ -73,9 +73,18 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
     figs.append(plots.confusion_matrices(cms, classes or [str(i) for i in range(k)]))
 
     env = environment()
+    def origin(r) -> str:
+        """Where a run's weights started, and which of its layers were new (a replaced classifier)."""
+        init = r.summary.get("init")
+        if not isinstance(init, dict):
+            return ""
+        new = ", ".join(init.get("new_layers") or []) or "none"
+        return (f"<p>Started from <code>{html.escape(str(init.get('source')))}</code> "
+                f"({init.get('loaded')} tensors loaded); new layers: {html.escape(new)}.</p>")
+
     configs = "".join(
         f"<details><summary>{html.escape(r.run_id)} ({html.escape(str(r.config.get('kind')))}, "
-        f"{html.escape(str(r.config.get('model_label')))})</summary><pre>"
+        f"{html.escape(str(r.config.get('model_label')))})</summary>{origin(r)}<pre>"
         f"{html.escape(json.dumps(r.config, indent=2, sort_keys=True, default=str))}</pre></details>" for r in runs)
     env_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in env.items())
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -351,7 +351,7 @@ class Run:
         path = self.weights_path(which)
         if not path.is_file():
             raise RunStoreError(f"run {self.run_id} has no {which} weights yet (state: {self.state})")
-        return load_checkpoint(path)[0]
+        return load_checkpoint(path, allow_factory=True)[0]  # a run of this store: its own factory code
 
     def log_path(self) -> Path:
         return self.path / "log.txt"

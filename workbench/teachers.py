@@ -64,6 +64,7 @@ class Teacher:
     label: str  # model label, e.g. cnn(d=2, w=32)
     digest: str  # sha256 of the weights, keys the logit cache
     card: dict | None = None  # shipped teacher card or the teacher run's summary
+    trained_on: str | None = None  # the data set it learnt (shipped card, run config); None: unknown (a file)
 
     @property
     def config(self) -> ModelConfig:
@@ -134,14 +135,17 @@ def load_teacher(spec: str, store=None, config: ModelConfig | None = None, tempe
         model = freeze(EnsembleTeacher([m.model for m in members], w, temperature))
         label = "ensemble(" + " + ".join(m.label for m in members) + ")"
         digest = hashlib.sha256(("|".join(m.digest for m in members) + f"|{w}|{temperature}").encode()).hexdigest()[:20]
-        return Teacher(model, spec, "ensemble", label, digest, {"members": [m.spec for m in members], "weights": w})
+        known = {m.trained_on for m in members}
+        return Teacher(model, spec, "ensemble", label, digest, {"members": [m.spec for m in members], "weights": w},
+                       known.pop() if len(known) == 1 else None)
     store = store or RunStore()
     name = spec.split(":", 1)[1] if spec.startswith(("shipped:", "run:")) else spec
     shipped = {c["name"]: c for c in shipped_teachers()}
     if not spec.startswith("run:") and name in shipped:
         card = shipped[name]
         model, _ = load_checkpoint(card["path"])
-        return Teacher(freeze(model), spec, "shipped", model.kdw_config.label(), weights_digest(model), card)
+        return Teacher(freeze(model), spec, "shipped", model.kdw_config.label(), weights_digest(model), card,
+                       card.get("dataset"))
     if not spec.startswith("shipped:") and not name.endswith(".safetensors") and "/" not in name:
         try:
             run = store.get(name)
@@ -151,7 +155,10 @@ def load_teacher(spec: str, store=None, config: ModelConfig | None = None, tempe
             if run.state != "done":
                 raise ModelError(f"teacher run {name} is {run.state}, not done")
             model = run.load_model("best")
-            return Teacher(freeze(model), spec, "run", model.kdw_config.label(), weights_digest(model), run.summary)
+            cfg = run.config
+            where = data_identity(cfg.get("dataset"), cfg.get("data_dir"))
+            return Teacher(freeze(model), spec, "run", model.kdw_config.label(), weights_digest(model), run.summary,
+                           where)
     path = Path(name)
     if path.suffix == ".safetensors" or path.exists():
         meta_path = path.with_name(path.name + ".json")
@@ -160,21 +167,63 @@ def load_teacher(spec: str, store=None, config: ModelConfig | None = None, tempe
             side = json.loads(meta_path.read_text())
             config = ModelConfig.from_dict(side["model"])
             shape, classes = side.get("input_shape"), side.get("num_classes")
-        model, _ = load_checkpoint(path, config, shape, classes)
+        model, _ = load_checkpoint(path, config, shape, classes, allow_factory=True)  # a file the user named
         return Teacher(freeze(model), spec, "file", model.kdw_config.label(), weights_digest(model), None)
     known = ", ".join(sorted(shipped)) or "none shipped"
     raise ModelError(f"unknown teacher {spec!r}: not a shipped teacher ({known}), a finished run id, "
                      "or a .safetensors file")
 
 
-def check_fits(teacher_model: nn.Module, dataset: Dataset) -> None:
-    """Raise ModelError unless the teacher takes this data set's images and classes."""
+def data_identity(name: str | None, data_dir: str | None = None) -> str:
+    """What names a data set: its name, and for your own images (image-folder, csv) their resolved path."""
+    if name in ("image-folder", "csv") and data_dir:
+        return f"{name}:{Path(data_dir).expanduser().resolve()}"
+    return str(name)
+
+
+def check_fits(teacher_model: nn.Module, dataset: Dataset, trained_on: str | None = None,
+               data_dir: str | None = None) -> None:
+    """Raise ModelError unless the teacher can teach on this data set.
+
+    Its classes must match. A teacher whose data set is known (a shipped card, a teacher run) must have
+    learnt this one, and then sees the images at its own size and channels (`Dataset.view_for`); a
+    teacher from a file, whose data set is unknown, must take this data set's images as they are.
+    """
     shape, k = tuple(teacher_model.kdw_input_shape), teacher_model.kdw_num_classes
-    if shape != tuple(dataset.input_shape) or k != dataset.num_classes:
+    here = data_identity(dataset.name, data_dir)
+    c_data = dataset.input_shape[0]
+    if trained_on is not None and trained_on != here:
+        raise ModelError(f"the teacher was trained on {trained_on}, not {here}; pick a teacher trained on "
+                         f"{dataset.name} (`kdw teacher --dataset {dataset.name}`)")
+    if k != dataset.num_classes or (trained_on is None and shape != tuple(dataset.input_shape)) or \
+            (shape[0] != c_data and {shape[0], c_data} != {1, 3}):
         raise ModelError(
             f"the teacher expects input {shape} with {k} classes, but {dataset.name} has input "
             f"{tuple(dataset.input_shape)} with {dataset.num_classes} classes; pick a teacher "
             f"trained on {dataset.name} (`kdw teacher --dataset {dataset.name}`)")
+
+
+def as_teacher(model: nn.Module, name: str = "python", input_shape=None, num_classes: int | None = None,
+               trained_on: str | None = None) -> Teacher:
+    """Any `nn.Module` as a frozen teacher, for the Python API: `train(config, teacher=as_teacher(net))`.
+
+    `input_shape` (C, H, W) and `num_classes` are needed unless the module carries them (models built by
+    workbench.models do). Say `trained_on` (the data set's name) to let it see the data at its own size.
+    """
+    from .models import ModelConfig
+
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"a teacher must be a torch.nn.Module, got {type(model).__name__}")
+    if input_shape is not None:
+        model.kdw_input_shape = tuple(input_shape)
+    if num_classes is not None:
+        model.kdw_num_classes = int(num_classes)
+    if not hasattr(model, "kdw_input_shape") or not hasattr(model, "kdw_num_classes"):
+        raise ModelError("say the teacher's input_shape (C, H, W) and num_classes: as_teacher(net, input_shape=..., "
+                         "num_classes=...)")
+    if not hasattr(model, "kdw_config"):
+        model.kdw_config = ModelConfig("factory", name=f"{name}:{type(model).__name__}")  # a label, never rebuilt
+    return Teacher(freeze(model), name, "python", type(model).__name__, weights_digest(model), None, trained_on)
 
 
 # ---------------------------------------------------------------------------

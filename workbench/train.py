@@ -29,7 +29,8 @@ from .data import AUGMENTATIONS, DATASETS, BatchLoader, Dataset, label_mask, loa
 from .evaluate import classification_metrics, model_profile, predict_logits
 from .hooks import FeatureHooks
 from .methods import DISTILLATION_METHODS, Method, StepContext, build_method, method_info
-from .models import ModelConfig, build_model, count_params, is_convnet
+from .images import StreamLoader, convert
+from .models import ModelConfig, build_model, check_input, count_params, is_convnet, load_weights
 from .runs import migrate_config
 from .teachers import Teacher, cached_logits, check_fits, load_teacher
 
@@ -66,6 +67,10 @@ class TrainConfig:
     group: str | None = None  # a tag that ties runs together (a demo, a sweep)
     profile: bool = True  # measure latency/throughput at the end
     teacher_weights: tuple | None = None  # weights of an ensemble teacher ("a,b"); equal if None
+    image_size: int | None = None  # the student's square input side (None: the data set's); the teacher keeps its own
+    channels: int | None = None  # the student's input channels, 1 or 3 (None: the data set's; grey ↔ colour converts)
+    init: str | None = None  # weights to start the student from: .safetensors or a .pth/.pt state dict
+    stream: bool | None = None  # image folders / CSV: stream from the disk cache (None: when they exceed the budget)
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -111,6 +116,12 @@ class TrainConfig:
                                  f"got {self.labels!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
             raise ValueError(f"seed must be a whole number in [0, 2^63), got {self.seed}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or not 4 <= self.image_size <= 1024):
+            raise ValueError(f"image_size must be a whole number of pixels between 4 and 1024, got {self.image_size}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {self.channels}")
+        if self.init is not None and not str(self.init).strip():
+            raise ValueError("init must name a weights file")
 
     @property
     def temperature(self) -> float | None:
@@ -253,8 +264,10 @@ class Session:
     method: Method
     student: torch.nn.Module
     visible: torch.Tensor  # (N_train,) bool: labels the run may see
-    loader: BatchLoader
+    loader: BatchLoader  # or images.StreamLoader for streamed data
     setup_s: float = 0.0
+    teacher_data: Dataset | None = None  # the images as the teacher sees them (its size, channels, normalisation)
+    init: dict | None = None  # what load_weights reported: the source, and the layers that are new
     # filled in by start()
     forward: torch.nn.Module | None = None  # the student, or its torch.compile'd version
     optimizer: torch.optim.Optimizer | None = None
@@ -290,35 +303,51 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     t0 = time.perf_counter()
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir)
     method = config.build_method()
     if config.teacher and teacher is None:
         teacher = load_teacher(config.teacher, store, temperature=method.temperature or 1.0,
                                weights=config.teacher_weights)
+    if dataset is None:  # image folders decode once at the larger of the student's and the teacher's sizes
+        sizes = [s for s in (config.image_size, teacher and teacher.model.kdw_input_shape[1]) if s]
+        dataset = load_dataset(config.dataset, config.data_dir, image_size=max(sizes) if sizes else None,
+                               stream=config.stream)
+    teacher_data = None
     if teacher is not None:
-        check_fits(teacher.model, dataset)
+        check_fits(teacher.model, dataset, teacher.trained_on, config.data_dir)
         teacher.model.to(device)
+        teacher_data = dataset.view_for(teacher.model)  # the teacher sees the images at its own size
     visible = label_mask(dataset.y_train, config.labels, seed=config.seed)  # (N,) bool
-    ds = dataset.to(device)
     augment = resolve_augment(config, dataset)
 
     torch.manual_seed(config.seed)  # the same init for a scratch student and its distilled twin
+    C, H, _ = dataset.input_shape
+    shape = (config.channels or C, config.image_size or H, config.image_size or H)
     if student is None:
-        student = build_model(config.model, dataset.input_shape, dataset.num_classes)
+        student = build_model(config.model, shape, dataset.num_classes)
+    else:  # a module of the user's: it sees the data at the config's size and channels
+        student.kdw_input_shape, student.kdw_num_classes = shape, dataset.num_classes
+        student.kdw_config = getattr(student, "kdw_config", config.model)
+    if getattr(student, "kdw_mean", None) is None:  # the zoo trains on the data set's own statistics
+        student.kdw_mean, student.kdw_std = dataset.stats_for(shape[0])
+    check_input(student, shape)  # one sentence for a wrong channel count or an image too small for the model
+    init = load_weights(student, config.init) if config.init else None
+    data = dataset.view_for(student)  # what the student sees, on the CPU
     student = student.to(device)
-    method.setup(student, teacher.model if teacher else None, dataset.input_shape, dataset.num_classes,
-                 len(ds.x_train))  # a method that cannot work with these models says so here
+    method.setup(student, teacher.model if teacher else None, data.input_shape, data.num_classes,
+                 len(data.x_train))  # a method that cannot work with these models says so here
     method.to(device)
 
+    ds = data.to(device)
     steps_per_epoch = len(ds.x_train) // min(config.batch_size, len(ds.x_train))
-    if config.kind == "kd":  # the transfer set: every training image, labels where visible
-        loader = BatchLoader(ds.x_train, ds.y_train, config.batch_size, augment=augment, seed=config.seed)
-    else:  # labels alone, with the same number of steps as a full epoch
-        loader = BatchLoader(ds.x_train, ds.y_train, config.batch_size, augment=augment, seed=config.seed,
-                             indices=visible.nonzero().squeeze(1), steps=steps_per_epoch)
-    return Session(config, device, dataset, ds, augment, teacher, method, student, visible.to(device), loader,
-                   setup_s=time.perf_counter() - t0)
+    kw = dict(augment=augment, seed=config.seed)
+    if config.kind != "kd":  # labels alone, with the same number of steps as a full epoch
+        kw.update(indices=visible.nonzero().squeeze(1), steps=steps_per_epoch)
+    if data.streamed:  # images stay on disk; a DataLoader with workers reads and normalises each batch
+        loader = StreamLoader(ds.x_train, ds.y_train, config.batch_size, device=device, **kw)
+    else:  # the transfer set (kd: every training image, labels where visible) as slices of device tensors
+        loader = BatchLoader(ds.x_train, ds.y_train, config.batch_size, **kw)
+    return Session(config, device, data, ds, augment, teacher, method, student, visible.to(device), loader,
+                   setup_s=time.perf_counter() - t0, teacher_data=teacher_data, init=init)
 
 
 def check_setup(config: TrainConfig, store=None, teacher: Teacher | None = None) -> Session:
@@ -337,11 +366,11 @@ def start(s: Session, store=None) -> None:
     cacheable = method.teacher_input == "logits" and teacher is not None and config.teacher_cache \
         and "crop" not in s.augment  # random crops cannot be enumerated, so their logits cannot be cached
     if cacheable:  # (views, N_train, K): what the method asked for, computed once per view
-        s.t_targets = torch.stack([method.teacher_target(cached_logits(teacher, s.dataset, "train", v, cache_dir,
-                                                                       s.device)) for v in s.views])
+        s.t_targets = torch.stack([method.teacher_target(cached_logits(teacher, s.teacher_data, "train", v,
+                                                                       cache_dir, s.device)) for v in s.views])
     if teacher is not None:
-        s.val_teacher = cached_logits(teacher, s.dataset, "val", "plain", cache_dir, "cpu")
-        s.test_teacher = cached_logits(teacher, s.dataset, "test", "plain", cache_dir, "cpu")
+        s.val_teacher = cached_logits(teacher, s.teacher_data, "val", "plain", cache_dir, "cpu")
+        s.test_teacher = cached_logits(teacher, s.teacher_data, "test", "plain", cache_dir, "cpu")
     s.channels_last = s.device.type == "cuda" and is_convnet(s.student)
     if s.channels_last:
         s.student = s.student.to(memory_format=torch.channels_last)
@@ -367,8 +396,9 @@ def teacher_batch(s: Session, x: torch.Tensor, idx: torch.Tensor, flip: torch.Te
         return None, {}
     if s.t_targets is not None:  # flipped samples take the flipped view
         return (s.t_targets[0, idx] if flip is None else s.t_targets[flip.long(), idx]), {}  # (B, K)
+    x_t = convert(x, s.dataset.input_view(), s.teacher_data.input_view())  # the teacher's size and channels
     with torch.no_grad(), _autocast(s):
-        z_t = s.teacher.model(x).float()  # (B, K)
+        z_t = s.teacher.model(x_t).float()  # (B, K)
     return s.method.teacher_target(z_t), (s.t_hooks.pop() if s.t_hooks else {})
 
 
@@ -458,13 +488,18 @@ def finish(s: Session, run=None, profile: bool = True) -> dict:
         "visible_labels": int(s.visible.sum()),
         "augment": s.augment,
         "device": str(s.device),
+        "input_shape": list(dataset.input_shape),
         "method": {"name": method.name, "params": method.p, "objective": method.objective_text(),
                    "title": method.title, "citation": method.citation},
     }
+    if s.init is not None:
+        summary["init"] = s.init
+    if dataset.skipped:
+        summary["skipped_images"] = {"count": len(dataset.skipped), "first": dataset.skipped[:5]}
     if profile:
         summary["profile"] = model_profile(copy.deepcopy(student).float(), dataset.input_shape, "cpu")
     if s.teacher is not None:
-        summary["teacher"] = teacher_summary(s.teacher, dataset, s.test_teacher, profile)
+        summary["teacher"] = teacher_summary(s.teacher, s.teacher_data, s.test_teacher, profile)
     student.load_state_dict(last_state)
     if run is not None:
         run.write_summary(summary)

@@ -26,7 +26,7 @@ from .data import load_dataset
 from .explain import first_correct_index, teacher_view
 from .jobs import LocalQueueRunner, Runner
 from .methods import DISTILLATION_METHODS, METHODS, Method, parse_params
-from .models import FAMILIES, ModelConfig, build_model, count_params
+from .models import FAMILIES, ZOO, ModelConfig, build_model, check_input, count_params, parse_model
 from .runs import FINISHED, Run, RunStore, new_run_id
 from .sweep import grid_table
 from .teachers import load_teacher
@@ -131,10 +131,19 @@ class DistillPanel(W.VBox):
         self.poll_s = poll_s
         self.run_ids: list[str] = []
         self._thread: threading.Thread | None = None
-        self.dataset = W.Dropdown(options=_datasets(), value=dataset or recipes.default_dataset(),
-                                  description="data set")
+        self.dataset = W.Dropdown(options=_datasets() + ["image-folder", "csv"],
+                                  value=dataset or recipes.default_dataset(), description="data set")
+        self.data_dir = W.Text(description="your data", placeholder="image folder, or CSV of path,label",
+                               continuous_update=False, layout=W.Layout(width="420px"))
         self.teacher = W.Dropdown(description="teacher")
-        self.family = W.Dropdown(options=list(FAMILIES), value="mlp", description="student")
+        self.family = W.Dropdown(options=list(ZOO) + ["spec"], value="mlp", description="student",
+                                 tooltip="a built-in family, or spec: torchvision:NAME, timm:NAME, file.py:fn")
+        self.spec = W.Text(value="torchvision:resnet18", description="spec", continuous_update=False,
+                           placeholder="torchvision:NAME, timm:NAME, path/file.py:fn", layout=W.Layout(width="420px"))
+        self.image_size = W.BoundedIntText(value=0, min=0, max=512, description="size px", **_half(),
+                                           tooltip="the student's image size; 0 = the data set's")
+        self.init = W.Text(description="init", placeholder="weights to start from (optional)",
+                           continuous_update=False, **_half())
         self.depth = W.BoundedIntText(value=1, min=1, max=56, description="depth", **_half())
         self.width = W.BoundedFloatText(value=64, min=0.25, max=1024, description="width", **_half())
         self.size = W.HTML()
@@ -162,14 +171,16 @@ class DistillPanel(W.VBox):
         self.curves = go.FigureWidget()
         self.table = W.Output()
         self.dataset.observe(self._on_dataset, "value")
-        for w in (self.family, self.depth, self.width):
+        self.data_dir.observe(self._on_dataset, "value")
+        for w in (self.family, self.depth, self.width, self.spec, self.image_size):
             w.observe(lambda _: self._on_model(), "value")
         self.method.observe(lambda _: self._on_method(), "value")
         for w in (self.temperature, self.alpha, self.method, self.method_params):
             w.observe(lambda _: self._on_objective(), "value")
         self.train_button.on_click(lambda _: self.train())
         self.stop_button.on_click(lambda _: self.stop())
-        left = W.VBox([self.dataset, self.teacher, self.family, W.HBox([self.depth, self.width]), self.size,
+        left = W.VBox([self.dataset, self.data_dir, self.teacher, self.family, self.spec,
+                       W.HBox([self.depth, self.width]), W.HBox([self.image_size, self.init]), self.size,
                        self.method, self.method_info, self.method_params,
                        self.temperature, self.alpha, self.objective, W.HBox([self.epochs, self.labels]),
                        self.labels_hint, W.HBox([self.device, self.seed]), self.scratch,
@@ -182,8 +193,18 @@ class DistillPanel(W.VBox):
 
     # -- controls ----------------------------------------------------------------
     def _on_dataset(self, _=None) -> None:
-        self._ds = load_dataset(self.dataset.value)
-        opts = _teacher_options(self.dataset.value, self.store)
+        own = self.dataset.value in ("image-folder", "csv")
+        self.data_dir.layout.display = None if own else "none"
+        path = self.data_dir.value.strip() or None
+        if own:
+            problem = "give the path of your images" if not path else recipes.check_data_path(self.dataset.value, path)
+            if problem:
+                self._ds = None
+                self.size.value = f"<span style='color:#c00'>{problem}</span>"
+                self.teacher.options = []
+                return
+        self._ds = load_dataset(self.dataset.value, path if own else None)
+        opts = recipes.teacher_choices(self.dataset.value, self.store, data_dir=path if own else None)
         self.teacher.options = opts
         if opts:
             self.teacher.value = opts[0][1]
@@ -193,6 +214,9 @@ class DistillPanel(W.VBox):
         self._on_model()
 
     def model_config(self) -> ModelConfig:
+        self.spec.layout.display = None if self.family.value == "spec" else "none"
+        if self.family.value == "spec":
+            return parse_model(self.spec.value)
         spec = FAMILIES[self.family.value]
         depth = int(self.depth.value) if spec.default_depth is not None else None
         if spec.depth_choices and depth not in spec.depth_choices:
@@ -202,15 +226,25 @@ class DistillPanel(W.VBox):
             width = int(width)
         return ModelConfig(self.family.value, depth, width)
 
+    def input_shape(self, config: ModelConfig) -> tuple[int, int, int]:
+        """The student's input: the data set's, at the size field (0: unchanged), in colour for torchvision/timm."""
+        C, H, _ = self._ds.input_shape
+        size = int(self.image_size.value) or H
+        return (3 if config.family in ("torchvision", "timm") else C, size, size)
+
     def _on_model(self) -> None:
+        if self._ds is None:
+            return
         try:
             cfg = self.model_config()
-            m = build_model(cfg, self._ds.input_shape, self._ds.num_classes)
+            shape = self.input_shape(cfg)
+            m = build_model(cfg, shape, self._ds.num_classes)
+            check_input(m, shape)
             from .compare import format_flops
             from .evaluate import flops_per_sample
 
-            self.size.value = (f"<b>{cfg.label()}</b>: {count_params(m):,} parameters · "
-                               f"{format_flops(flops_per_sample(m, self._ds.input_shape))} per image")
+            self.size.value = (f"<b>{cfg.label()}</b> at {'×'.join(map(str, shape))}: {count_params(m):,} "
+                               f"parameters · {format_flops(flops_per_sample(m, shape))} per image")
         except ValueError as e:
             self.size.value = f"<span style='color:#c00'>{e}</span>"
 
@@ -250,9 +284,18 @@ class DistillPanel(W.VBox):
 
     def configs(self) -> list[TrainConfig]:
         """[scratch twin, distilled run], or just the distilled run without the scratch box ticked."""
-        kd = TrainConfig(kind="kd", dataset=self.dataset.value, model=self.model_config(), teacher=self.teacher.value,
-                         method=self.method.value, method_params=self.params(), epochs=int(self.epochs.value),
-                         labels=int(self.labels.value) or None, device=self.device.value, seed=int(self.seed.value))
+        if self._ds is None:
+            raise ValueError("choose a data set first (your own data needs a folder or a CSV file)")
+        model = self.model_config()
+        C, H, _ = self._ds.input_shape
+        shape = self.input_shape(model)
+        own = self.dataset.value in ("image-folder", "csv")
+        kd = TrainConfig(kind="kd", dataset=self.dataset.value, data_dir=self.data_dir.value.strip() if own else None,
+                         model=model, teacher=self.teacher.value, method=self.method.value,
+                         method_params=self.params(), epochs=int(self.epochs.value),
+                         labels=int(self.labels.value) or None, device=self.device.value, seed=int(self.seed.value),
+                         image_size=shape[1] if shape[1] != H or own else None,
+                         channels=shape[0] if shape[0] != C else None, init=self.init.value.strip() or None)
         return recipes.distill_configs(kd, scratch=self.scratch.value)
 
     # -- jobs -------------------------------------------------------------------------

@@ -29,9 +29,10 @@ def runner() -> Runner:
     return LocalQueueRunner(store())
 
 
-@st.cache_resource(show_spinner="Loading the data set…")
-def dataset(name: str):
-    return load_dataset(name)
+@st.cache_resource(show_spinner="Loading the data set…", max_entries=8)
+def dataset(name: str, root: str | None = None, image_size: int | None = None):
+    """A data set, loaded once per server (image folders: decoded once into the disk cache)."""
+    return load_dataset(name, root, image_size=image_size)
 
 
 @st.cache_resource(show_spinner="Loading the teacher…", max_entries=16)
@@ -65,9 +66,46 @@ def dataset_picker(key: str, label: str = "Data set") -> str:
     return name
 
 
-def teacher_choices(dataset_name: str) -> dict[str, str]:
+OWN_DATA = {"image-folder": "an image folder (one subfolder per class)", "csv": "a CSV manifest (path,label[,split])"}
+
+
+def data_source(key: str) -> tuple[str, str | None, int | None] | None:
+    """An embedded data set, or your own images: (name, folder or CSV path, decode size), or None while the path
+    is not usable (with the reason shown)."""
+    names, missing = recipes.dataset_choices()
+    choices = names + list(OWN_DATA)
+    default = recipes.default_dataset()
+    name = st.selectbox("Data set", choices, index=choices.index(default), key=key,
+                        format_func=lambda n: f"your own: {OWN_DATA[n]}" if n in OWN_DATA else n,
+                        help="Embedded data sets, or your own images through a path on this machine.")
+    for ds, how in missing.items():
+        st.caption(f"**{ds}** is not installed: {how}")
+    if name not in OWN_DATA:
+        return name, None, None
+    c1, c2 = st.columns([3, 1])
+    path = c1.text_input("Folder" if name == "image-folder" else "CSV file", key=f"{key}_path",
+                         placeholder="/path/to/images" if name == "image-folder" else "/path/to/manifest.csv")
+    size = c2.number_input("Decode at (px)", 8, 512, 32, step=8, key=f"{key}_size",
+                           help="Images are resized to this square size once and cached on disk.")
+    if not path.strip():
+        st.caption("Give the path of your data on this machine.")
+        return None
+    problem = recipes.check_data_path(name, path.strip())
+    if problem:
+        st.error(problem)
+        return None
+    return name, path.strip(), int(size)
+
+
+def dataset_from(source: tuple[str, str | None, int | None]):
+    """The data set a `data_source` names, loaded (and cached) for this server; errors are one sentence."""
+    name, root, size = source
+    return dataset(name, root, size)
+
+
+def teacher_choices(dataset_name: str, data_dir: str | None = None) -> dict[str, str]:
     """label -> teacher spec: shipped teachers, finished teacher runs, uploaded files that fit."""
-    return dict(recipes.teacher_choices(dataset_name, store(), uploads_dir()))
+    return dict(recipes.teacher_choices(dataset_name, store(), uploads_dir(), data_dir))
 
 
 def uploads_dir() -> Path:
@@ -100,48 +138,83 @@ def show_error(prefix: str, e: BaseException) -> None:
     st.error(f"{prefix}: {friendly_error(e)}")
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+@st.cache_data(show_spinner="Building the model…", max_entries=256)
 def model_figures(config: dict, input_shape: tuple, num_classes: int) -> dict:
-    """Params and FLOPs of a model config, for the live read-out beside the knobs."""
+    """Params and FLOPs of a model config at an input shape, for the live read-out beside the knobs
+    (a model that cannot take the input says why, in `error`)."""
     from workbench.evaluate import flops_per_sample
+    from workbench.models import ModelError, check_input
 
-    m = build_model(ModelConfig.from_dict(config), input_shape, num_classes)
-    return {"params": count_params(m), "flops": flops_per_sample(m, input_shape)}
+    try:
+        m = build_model(ModelConfig.from_dict(config), input_shape, num_classes)
+        check_input(m, input_shape)
+    except ModelError as e:
+        return {"error": str(e)}
+    return {"params": count_params(m), "flops": flops_per_sample(m, input_shape),
+            "modules": [n for n, _ in m.named_modules() if n][:400], "stages": getattr(m, "stages", {})}
 
 
-def student_picker(key: str, input_shape, num_classes: int, default: ModelConfig | None = None) -> ModelConfig:
-    """Family and size knobs, with params and FLOPs shown live."""
-    from workbench.models import FAMILIES
+SOURCES = {"built-in": "the workbench's families", "torchvision": "torchvision:NAME", "timm": "timm:NAME",
+           "factory": "your own factory (file.py:function)"}
+SOURCE_DEFAULTS = {"torchvision": "resnet18", "timm": "resnet10t", "factory": "my_models.py:make_model"}
+
+
+def student_picker(key: str, input_shape, num_classes: int, default: ModelConfig | None = None,
+                   label: str = "Student") -> ModelConfig | None:
+    """A model: a built-in family with its size knobs, a torchvision or timm model, or your own factory; params
+    and FLOPs (or why it cannot work) are shown live. None while the choice cannot be built."""
+    from workbench.compare import format_flops
+    from workbench.models import FAMILIES, ZOO, ModelError, parse_model
 
     default = default or ModelConfig("mlp", depth=1, width=64)
-    fams = list(FAMILIES)
-    family = st.selectbox("Student family", fams, index=fams.index(default.family), key=f"{key}_family",
-                          help="; ".join(f"{k}: {v.description}" for k, v in FAMILIES.items()))
-    spec = FAMILIES[family]
-    depth = width = None
-    c1, c2 = st.columns(2)
-    if spec.default_depth is not None:
-        if spec.depth_choices:
-            depth = c1.selectbox("Depth", spec.depth_choices, index=spec.depth_choices.index(spec.default_depth),
-                                 key=f"{key}_depth_{family}")
-        else:
-            d0 = default.depth if default.family == family and default.depth else spec.default_depth
-            depth = c1.number_input("Depth", 1, 8, int(d0), key=f"{key}_depth_{family}",
-                                    help="hidden layers (mlp) or conv blocks per stage (cnn)")
-    if spec.default_width is not None:
-        if family == "mobilenet_v2":
-            width = c2.select_slider("Width multiplier", [0.25, 0.35, 0.5, 0.75, 1.0], value=1.0,
-                                     key=f"{key}_width_{family}")
-        else:
-            w0 = default.width if default.family == family and default.width else spec.default_width
-            width = c2.number_input("Width", 2, 1024, int(w0), key=f"{key}_width_{family}",
-                                    help="hidden units (mlp) or base channels (cnn, resnet)")
-    config = ModelConfig(family, depth, width)
+    source = st.radio(f"{label} from", list(SOURCES), horizontal=True, key=f"{key}_source",
+                      format_func=lambda k: k if k != "factory" else "your own")
+    if source == "built-in":
+        fams = list(ZOO)
+        family = st.selectbox(f"{label} family", fams, index=fams.index(default.family) if default.family in fams
+                              else 0, key=f"{key}_family",
+                              help="; ".join(f"{k}: {FAMILIES[k].description}" for k in ZOO))
+        spec = FAMILIES[family]
+        depth = width = None
+        c1, c2 = st.columns(2)
+        if spec.default_depth is not None:
+            if spec.depth_choices:
+                depth = c1.selectbox("Depth", spec.depth_choices, index=spec.depth_choices.index(spec.default_depth),
+                                     key=f"{key}_depth_{family}")
+            else:
+                d0 = default.depth if default.family == family and default.depth else spec.default_depth
+                depth = c1.number_input("Depth", 1, 8, int(d0), key=f"{key}_depth_{family}",
+                                        help="hidden layers (mlp) or conv blocks per stage (cnn)")
+        if spec.default_width is not None:
+            if family == "mobilenet_v2":
+                width = c2.select_slider("Width multiplier", [0.25, 0.35, 0.5, 0.75, 1.0], value=1.0,
+                                         key=f"{key}_width_{family}")
+            else:
+                w0 = default.width if default.family == family and default.width else spec.default_width
+                width = c2.number_input("Width", 2, 1024, int(w0), key=f"{key}_width_{family}",
+                                        help="hidden units (mlp) or base channels (cnn, resnet)")
+        config = ModelConfig(family, depth, width)
+    else:
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        name = c1.text_input(SOURCES[source], SOURCE_DEFAULTS[source], key=f"{key}_name_{source}",
+                             help={"torchvision": "any classification model of torchvision.models.get_model: "
+                                                  "resnet50, mobilenet_v2, efficientnet_b0, vit_b_16, ...",
+                                   "timm": "any model name of timm.list_models()",
+                                   "factory": "path/to/file.py:function or package.module:function, called with "
+                                              "num_classes and input_shape"}[source])
+        pretrained = c2.checkbox("pretrained", key=f"{key}_pretrained_{source}", disabled=source == "factory",
+                                 help="the library's own weights (needs internet, or torch's download cache)")
+        try:
+            config = parse_model(name if source == "factory" else f"{source}:{name}", pretrained=pretrained)
+        except ModelError as e:
+            st.error(str(e))
+            return None
     figs = model_figures(config.to_dict(), tuple(input_shape), num_classes)
-    from workbench.compare import format_flops
-
-    st.caption(f"**{config.label()}**: {figs['params']:,} parameters · {format_flops(figs['flops'])} per image "
-               "(multiply-add = 2)")
+    if "error" in figs:
+        st.error(figs["error"])
+        return None
+    st.caption(f"**{config.label()}** at {'×'.join(map(str, input_shape))}: {figs['params']:,} parameters · "
+               f"{format_flops(figs['flops'])} per image (multiply-add = 2)")
     return config
 
 
@@ -159,11 +232,13 @@ def threads_note() -> str:
     return f"{torch.get_num_threads()} CPU threads"
 
 
-def method_picker(key: str) -> Method:
+def method_picker(key: str, student: dict | None = None, teacher: dict | None = None) -> Method:
     """The distillation method, its description and citation, and its own hyperparameters.
 
     Vanilla KD's T and α are sliders (keys `{key}_T`, `{key}_alpha`), the knobs a class plays with;
-    every other method's hyperparameters sit in an expander, with its paper's defaults.
+    every other method's hyperparameters sit in an expander, with its paper's defaults. A feature
+    method's layer parameters offer the models' own stage names and module paths (`student`, `teacher`:
+    what `model_figures` says of each model).
     """
     name = st.selectbox("Method", list(DISTILLATION_METHODS), key=key,
                         format_func=lambda n: f"{n} · {METHODS[n].title}",
@@ -183,7 +258,14 @@ def method_picker(key: str) -> Method:
             for i, (k, v) in enumerate(m.defaults.items()):
                 col, help_ = cols[i % 2], m.help.get(k)
                 if isinstance(v, str):
-                    params[k] = col.text_input(k, v, key=f"{key}_{name}_{k}", help=help_)
+                    which = teacher if k.startswith("teacher") else student
+                    layers = ([v] + list((which or {}).get("stages", {})) + list((which or {}).get("modules", []))
+                              if which else [])
+                    if layers:
+                        params[k] = col.selectbox(k, list(dict.fromkeys(layers)), key=f"{key}_{name}_{k}",
+                                                  help=(help_ or "") + " (a stage name or any module path)")
+                    else:
+                        params[k] = col.text_input(k, v, key=f"{key}_{name}_{k}", help=help_)
                 elif isinstance(v, int):
                     params[k] = int(col.number_input(k, value=v, step=1, key=f"{key}_{name}_{k}", help=help_))
                 else:

@@ -14,6 +14,16 @@ from workbench.report import build_report
 from workbench.ui import common
 
 
+def _classes(runs) -> list[str]:
+    """The class names of the runs' data set; class numbers if it cannot be loaded here any more."""
+    cfg = runs[0].config
+    try:
+        return list(common.dataset(cfg["dataset"], cfg.get("data_dir"), cfg.get("image_size")).classes)
+    except Exception:
+        k = len(runs[0].summary.get("test", {}).get("confusion_matrix") or [])
+        return [str(i) for i in range(k)]
+
+
 def _default_selection(runs) -> list[str]:
     """The newest group's runs, so the page opens on the latest launch."""
     if not runs:
@@ -78,7 +88,6 @@ def page() -> None:
         st.plotly_chart(fig, key="cmp_pareto")
         st.caption(plots.caption(fig))
     with tab_cm:
-        ds = common.dataset(ds_name)
         student_label = st.selectbox("Student", [common.run_label(r) for r in runs], key="cmp_cm_student")
         student = next(r for r in runs if common.run_label(r) == student_label)
         cms = {}
@@ -86,7 +95,7 @@ def page() -> None:
         if teacher:
             cms[f"teacher {teacher['label']}"] = teacher["test"]["confusion_matrix"]
         cms[recipes.run_title(student.config)] = student.summary["test"]["confusion_matrix"]
-        fig = plots.confusion_matrices(cms, ds.classes)
+        fig = plots.confusion_matrices(cms, _classes(runs))
         st.plotly_chart(fig, key="cmp_cm")
         st.caption(plots.caption(fig))
 
@@ -96,7 +105,7 @@ def page() -> None:
     st.subheader("Export")
     st.caption("One self-contained HTML file: the table, the plots, every run's config, the environment and the "
                "date. It opens offline in any browser.")
-    classes = common.dataset(ds_name).classes
+    classes = _classes(runs)
     title = f"KD Workbench report: {ds_name}"
     st.download_button("Export report", lambda: build_report(runs, title, classes).encode("utf-8"),
                        file_name=f"kdw-report-{time.strftime('%Y%m%d-%H%M%S')}.html", mime="text/html",

@@ -48,17 +48,18 @@ def page() -> None:
                       help="softmax(z / T): T = 1 is the usual softmax; a higher T flattens it")
         alpha = st.slider("α (weight of the KD term)", 0.0, 1.0, 0.9, 0.05, key="dk_alpha")
         students = {common.run_label(r): r for r in common.store().list(state="done")
-                    if r.config.get("dataset") == ds_name and r.config.get("kind") in ("kd", "scratch")}
+                    if r.config.get("dataset") == ds_name and not r.config.get("data_dir")
+                    and r.config.get("kind") in ("kd", "scratch")}
         student_label = st.selectbox("Compare with a trained student (optional)", ["none", *students],
                                      key="dk_student")
 
     idx = int(ss["dk_index"])
-    view = teacher_view(t.model, ds, idx, T)
+    view = teacher_view(t.model, ds.view_for(t.model), idx, T)
     student_probs = student_view = None
     if student_label != "none":
         try:
             model = students[student_label].load_model("best")
-            student_view = teacher_view(model, ds, idx, T)
+            student_view = teacher_view(model, ds.view_for(model), idx, T)  # at the student's own size
             student_probs = student_view.probs_T.tolist()
         except Exception as e:
             common.show_error("The student cannot be loaded", e)

@@ -34,7 +34,7 @@ def _saved_upload(digest: str, _data: bytes, name: str, cfg_text: str, input_sha
     return path
 
 
-def _teacher_section(ds_name: str, ds) -> str | None:
+def _teacher_section(ds_name: str, ds, data_dir: str | None = None) -> str | None:
     """Pick a teacher: shipped, a teacher run, or an uploaded .safetensors file."""
     source = st.radio("Teacher", ["shipped or trained", "upload .safetensors"], horizontal=True, key="tr_tsource")
     if source == "upload .safetensors":
@@ -54,22 +54,61 @@ def _teacher_section(ds_name: str, ds) -> str | None:
             return None
         st.success(f"Loaded {up.name} as {path.stem}.")
         return str(path)
-    choices = common.teacher_choices(ds_name)
+    choices = common.teacher_choices(ds_name, data_dir)
     if not choices:
-        st.warning(f"No teacher for {ds_name}: train one with `kdw teacher --dataset {ds_name}` or upload one.")
+        where = f" --data-dir {data_dir}" if data_dir else ""
+        st.warning(f"No teacher for {ds_name} yet: train one with `kdw teacher --dataset {ds_name}{where}` "
+                   "(any model, e.g. --model torchvision:resnet18), or upload one.")
         return None
     return choices[st.selectbox("Teacher model", list(choices), key="tr_teacher")]
 
 
 def _form() -> list[tuple[str | None, TrainConfig]] | None:
     """The launch form; returns the (run id, config) chain to queue, or None while it cannot be launched."""
-    ds_name = common.dataset_picker("tr_dataset")
-    ds = common.dataset(ds_name)
-    defaults = recipes.dataset_defaults(ds_name)
-    teacher = _teacher_section(ds_name, ds)
-    student = common.student_picker("tr_student", ds.input_shape, ds.num_classes)
+    source = common.data_source("tr_dataset")
+    if source is None:
+        return None
+    ds_name, data_dir, decode_size = source
     try:
-        method = common.method_picker("tr_method")
+        ds = common.dataset_from(source)
+    except Exception as e:
+        common.show_error("This data set cannot be loaded", e)
+        return None
+    if ds.skipped:
+        st.caption(f"{len(ds.skipped)} image file(s) could not be decoded and are left out, e.g. {ds.skipped[0]}.")
+    defaults = recipes.dataset_defaults(ds_name)
+    C, H, _ = ds.input_shape
+    with st.expander(f"Student input size and channels (the data set's: {C}×{H}×{H})"):
+        c1, c2 = st.columns(2)
+        size = c1.number_input("Image size (px)", 4, 512, int(H), step=4, key="tr_image_size",
+                               help="The student sees the images resized to this square size; the teacher keeps "
+                                    "its own size, and its logits are cached at it.")
+        channels = c2.selectbox("Channels", [C, 3 if C == 1 else 1], key="tr_channels",
+                                format_func=lambda c: f"{c} ({'grey' if c == 1 else 'colour'})",
+                                help="torchvision and timm models take colour: grey images are repeated.")
+    shape = (int(channels), int(size), int(size))
+    teacher = _teacher_section(ds_name, ds, data_dir)
+    student = common.student_picker("tr_student", shape, ds.num_classes)
+    init = st.text_input("Start the student from weights (optional)", key="tr_init",
+                         placeholder="/path/to/weights.safetensors or state_dict.pth",
+                         help=".safetensors or a PyTorch state dict (never a pickled model); a classifier with "
+                              "another class count is replaced, and the run's card says which layers are new.")
+    if init.strip() and not Path(init.strip()).expanduser().is_file():
+        st.error(f"No weights file at {init.strip()}.")
+        return None
+    if student is None:
+        return None
+    student_info = common.model_figures(student.to_dict(), shape, ds.num_classes)
+    teacher_info = None
+    if teacher:
+        try:
+            t = common.teacher_for(teacher)
+            teacher_info = {"stages": getattr(t.model, "stages", {}),
+                            "modules": [n for n, _ in t.model.named_modules() if n][:400]}
+        except Exception:
+            teacher_info = None
+    try:
+        method = common.method_picker("tr_method", student_info, teacher_info)
     except ValueError as e:
         common.show_error("These hyperparameters cannot be used", e)
         return None
@@ -82,8 +121,11 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
     if strategy == "born-again generations":
         chain_opts["generations"] = st.number_input("Generations", 1, 5, 2, key="tr_generations")
     elif strategy == "teacher assistant":
-        chain_opts["assistant"] = common.student_picker("tr_assistant", ds.input_shape, ds.num_classes,
-                                                        default=ModelConfig("cnn", depth=1, width=16))
+        chain_opts["assistant"] = common.student_picker("tr_assistant", shape, ds.num_classes,
+                                                        default=ModelConfig("cnn", depth=1, width=16),
+                                                        label="Assistant")
+        if chain_opts["assistant"] is None:
+            return None
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs", 1, 200, defaults.epochs, key="tr_epochs")
     lr = c2.number_input("Learning rate", 1e-5, 1.0, 3e-3, format="%.4f", key="tr_lr")
@@ -102,9 +144,12 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
         return None
     group = new_run_id(GROUP_PREFIX)
     try:
-        kd = TrainConfig(kind="kd", dataset=ds_name, model=student, teacher=teacher, method=method.name,
-                         method_params=method.p, epochs=int(epochs), lr=float(lr), batch_size=int(batch),
-                         seed=int(seed), device=device, labels=int(budget) if budget else None, group=group)
+        kd = TrainConfig(kind="kd", dataset=ds_name, data_dir=data_dir, model=student, teacher=teacher,
+                         method=method.name, method_params=method.p, epochs=int(epochs), lr=float(lr),
+                         batch_size=int(batch), seed=int(seed), device=device,
+                         labels=int(budget) if budget else None, group=group,
+                         image_size=int(size) if int(size) != H or data_dir else None,
+                         channels=int(channels) if int(channels) != C else None, init=init.strip() or None)
         scratch, kd = recipes.distill_configs(kd)
         if strategy == "born-again generations":
             chain = born_again_chain(kd, int(chain_opts["generations"]), teacher_model_config(teacher, common.store()),
