@@ -6,6 +6,7 @@ Without Chromium the test is skipped, except under CI (CI=true), where that is a
 """
 
 import os
+import re
 import sys
 
 import pytest
@@ -101,3 +102,85 @@ def test_browser_launch_watch_compare_and_export(server, runs_dir):
         offline.goto(report.as_uri())
         expect(offline.locator(".js-plotly-plot").first).to_be_visible()
         browser.close()
+
+
+CLIPPED_JS = """
+() => {
+  const out = [];
+  const main = document.querySelector('[data-testid="stMain"]') || document.body;
+  const sel = 'p, label, button, h1, h2, h3, [data-testid="stMetricValue"] div, [data-testid="stMetricLabel"] div,'
+            + ' [data-baseweb="select"] div, .katex-display';
+  const clipper = (el) => {  // the nearest box (itself included) that hides what overflows it
+    for (let a = el, i = 0; a && a !== main && i < 12; a = a.parentElement, i++) {
+      const st = getComputedStyle(a);
+      if (['hidden', 'clip'].includes(st.overflowX) || st.textOverflow === 'ellipsis') return a;
+    }
+    return null;
+  };
+  for (const el of main.querySelectorAll(sel)) {
+    if (!el.offsetParent || !el.innerText || !el.innerText.trim() || el.children.length > 0) continue;
+    const box = clipper(el);
+    if (!box) continue;
+    const r = el.getBoundingClientRect(), b = box.getBoundingClientRect();
+    if (el.scrollWidth > el.clientWidth + 2 || r.right > b.right + 2) {
+      out.push('text: ' + el.innerText.trim().slice(0, 50));
+    }
+  }
+  for (const plot of main.querySelectorAll('.js-plotly-plot')) {
+    const svg = plot.querySelector('svg.main-svg');
+    if (!svg) continue;
+    const box = svg.getBoundingClientRect();
+    const title = plot.querySelector('.gtitle');
+    const legend = plot.querySelector('.legend');
+    if (title) {
+      const t = title.getBoundingClientRect();
+      if (t.right > box.right + 1) out.push('plot title cut: ' + title.textContent.slice(0, 50));
+      if (legend) {
+        const l = legend.getBoundingClientRect();
+        const overlap = !(l.right < t.left || l.left > t.right || l.bottom < t.top || l.top > t.bottom);
+        if (overlap && l.width > 0) out.push('legend over title: ' + title.textContent.slice(0, 50));
+      }
+    }
+    for (const cb of plot.querySelectorAll('.colorbar')) {
+      if (cb.getBoundingClientRect().right > box.right + 1) out.push('colour bar cut');
+    }
+  }
+  return out;
+}
+"""
+
+
+@pytest.mark.parametrize("width, height", [(1400, 900), (1024, 768)])
+def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_dir, width, height):
+    """Classroom projector and laptop sizes: each page by its own URL, no exception, no clipped text or plot part."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    kdw("demo", "--fast", "--runs-dir", str(runs_dir))
+    kdw("sweep", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "3",
+        "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--no-profile", "--runs-dir", str(runs_dir))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(60_000)
+        problems = {}
+        for path, heading in [("/dark-knowledge?dataset=digits&image=17&T=6", "Dark knowledge"), ("/train", "Train"),
+                              ("/compare", "Compare"), ("/sweep", "Sweep")]:
+            page.goto(server + path)
+            expect(page.get_by_role("heading", name=heading)).to_be_visible()
+            if heading != "Train":  # no job was launched from the Train page in this test
+                expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            page.wait_for_timeout(2500)
+            assert page.locator('[data-testid="stException"]').count() == 0, path
+            name = heading.lower().replace(" ", "-")
+            page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
+            found = page.evaluate(CLIPPED_JS)
+            if found:
+                problems[path] = found
+            if heading == "Dark knowledge":  # the address carried the view
+                assert page.get_by_label(re.compile("^Test image")).input_value() == "17"
+                assert "T=6" in page.url and "image=17" in page.url
+            sidebar_open = page.locator('[data-testid="stSidebar"][data-collapsed="false"]').count()
+            assert sidebar_open == (1 if width >= 1100 else 0), f"sidebar at {width}px"
+        browser.close()
+    assert not problems, problems

@@ -21,8 +21,10 @@ def test_help_shows_the_objective_with_alpha_on_the_kd_term():
 def test_demo_fast_prints_teacher_scratch_and_kd_rows(runs_dir):
     proc = kdw("demo", "--fast", "--runs-dir", str(runs_dir))
     out = proc.stdout
-    for word in ("teacher", "scratch", "kd", "KD gain", "latency ms", "samples/s", "size MB", "FLOPs"):
+    for word in ("teacher", "scratch", "distilled", "KD gain", "latency ms", "size MB", "vs teacher",
+                 "The best distilled student"):
         assert word in out, out
+    assert max(len(line) for line in out.splitlines() if line.startswith(("role", "teacher", "scratch"))) <= 120
     assert "Traceback" not in proc.stderr
     runs = json.loads(kdw("runs", "--json", "--runs-dir", str(runs_dir)).stdout)
     assert sorted(r["kind"] for r in runs) == ["kd", "scratch"] and all(r["state"] == "done" for r in runs)
@@ -40,7 +42,9 @@ def test_distill_trains_the_scratch_twin_and_compare_pairs_them(runs_dir):
     kd_row = rows[-1]
     assert kd_row["kd_gain"] == pytest.approx(kd_row["test_acc"] - rows[1]["test_acc"])
     table = kdw("compare", *[r["run_id"] for r in runs], "--runs-dir", str(runs_dir)).stdout
-    assert "KD gain" in table and "test acc % (best val)" in table and "test acc % (last)" in table
+    assert "KD gain" in table and "test acc %" in table and "test acc % (last)" not in table
+    wide = kdw("compare", *[r["run_id"] for r in runs], "--wide", "--runs-dir", str(runs_dir)).stdout
+    assert "test acc % (last)" in wide and "samples/s" in wide and "FLOPs" in wide and "Agreement:" in wide
     assert "kd" in kdw("runs", "--runs-dir", str(runs_dir)).stdout
 
 

@@ -27,7 +27,7 @@ def test_busy_rows_are_named_with_the_worst_load():
     msg = timing_warning(rows)
     assert "teacher cnn(d=1, w=32)" in msg and "kd mlp(d=1, w=64) (seed 0)" in msg and "scratch" not in msg
     assert "90%" in msg and "kdw profile" in msg
-    assert "warning: Latency and throughput of" in format_table(rows)
+    assert "* warning: Latency and throughput of" in format_table(rows)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")

@@ -28,15 +28,24 @@ def _wait_state(runner, run_id, states, timeout=120):
     raise AssertionError(f"{run_id} never reached {states}: {runner.status(run_id)}")
 
 
-def test_submitted_jobs_run_one_after_another_in_subprocesses(store):
+def test_submitted_jobs_run_one_after_another_in_one_warm_worker(store):
     runner = LocalQueueRunner(store)
     a = runner.submit(TINY.to_dict(), prefix="a")
     b = runner.submit({**TINY.to_dict(), "seed": 1}, prefix="b")
     sa, sb = runner.wait(a, 180), runner.wait(b, 180)
     assert sa["state"] == "done" and sb["state"] == "done", (sa, sb)
-    assert sa["pid"] != os.getpid() and sa["pid"] != sb["pid"]  # each its own process
+    assert sa["pid"] != os.getpid() and sa["pid"] == sb["pid"]  # the worker's process, imported once
     assert sb["started"] >= sa["finished"] - 0.5  # never at the same time
     assert len(store.get(a).metrics()) == 2 and store.get(b).summary["test"]["accuracy"] > 0.3
+
+
+def test_process_isolation_runs_each_job_in_its_own_process(store, monkeypatch):
+    monkeypatch.setenv("KDW_JOB_ISOLATION", "process")
+    runner = LocalQueueRunner(store)
+    a = runner.submit(TINY.to_dict(), prefix="a")
+    b = runner.submit({**TINY.to_dict(), "seed": 1}, prefix="b")
+    sa, sb = runner.wait(a, 180), runner.wait(b, 180)
+    assert sa["state"] == "done" and sb["state"] == "done" and sa["pid"] != sb["pid"]
 
 
 def test_cancel_a_running_job_marks_it_cancelled_and_keeps_its_metrics(store):

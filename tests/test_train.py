@@ -143,14 +143,21 @@ def test_label_budget_scratch_sees_only_n_labels_kd_sees_every_image(store):
     assert s_run.metrics()[0]["step"] == k_run.metrics()[0]["step"]
 
 
-def test_non_finite_loss_stops_the_run_and_marks_it_failed(store, monkeypatch):
+def test_non_finite_loss_stops_the_run_and_marks_it_diverged(store, monkeypatch):
     from workbench.methods import KD
 
     monkeypatch.setattr(KD, "terms", lambda self, ctx: {"kd": (ctx.s_logits * float("nan")).sum()})
     run, state = _run(store, kind="kd")
-    assert state == "failed"
-    assert "diverged" in run.status()["error"]
+    assert state == "diverged" and run.state == "diverged"
+    assert "diverged" in run.status()["error"] and "10× lower" in run.status()["error"]
     assert len(run.metrics()) == 1  # the epoch that diverged is still recorded
+
+
+def test_a_run_stuck_at_chance_is_marked_diverged_not_done(store):
+    """lr = 1.0 drives a digits student to chance: that is not a green Finished."""
+    run, state = _run(store, kind="scratch", lr=1.0, epochs=3)
+    assert state == "diverged", (run.status(), [r["val_acc"] for r in run.metrics()])
+    assert "chance level" in run.status()["error"] and run.summary.get("diverged")
 
 
 def test_ctrl_c_leaves_the_run_cancelled_with_metrics_so_far(store):

@@ -21,6 +21,17 @@ vanilla KD's objective (--method kd; α weights the distillation term):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default=None, help="run store folder (default: $KDW_RUNS_DIR or ./runs)")
+    p.add_argument("--wide", action="store_true",
+                   help="tables with every column (T, α, labels, seeds, FLOPs, throughput, agreement, ECE), "
+                        "however wide the terminal")
+
+
+def _table(rows, args, aggregated: bool = False) -> str:
+    """A comparison table that fits the terminal (or every column with --wide)."""
+    from .compare import format_table, terminal_width
+
+    wide = getattr(args, "wide", False)
+    return format_table(rows, aggregated, wide=wide, width=None if wide else terminal_width())
 
 
 def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
@@ -224,7 +235,7 @@ def cmd_train(args, kind: str) -> int:
     runs = [run_foreground(store, c, run_id=args.run_id, command=_command(), teacher=teachers.get(c.teacher))
             for c in configs]
     print()
-    print(format_table(comparison_rows(runs)))
+    print(_table(comparison_rows(runs), args))
     print(f"\nruns saved under {store.root}: {' '.join(r.run_id for r in runs)}")
     return 0
 
@@ -298,14 +309,15 @@ def cmd_compare(args) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], indent=2, default=str))
         return 0
-    print(format_table(aggregate(rows) if args.aggregate else rows, aggregated=args.aggregate))
+    print(_table(aggregate(rows) if args.aggregate else rows, args, aggregated=args.aggregate))
     return 0
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(fast=args.fast, seeds=args.seeds, runs_dir=args.runs_dir, device=args.device, command=_command())
+    return run_demo(fast=args.fast, seeds=args.seeds, runs_dir=args.runs_dir, device=args.device, command=_command(),
+                    wide=args.wide)
 
 
 def cmd_job(args) -> int:
@@ -394,7 +406,7 @@ def cmd_sweep(args) -> int:
         run_foreground(store, c, command=_command(), teacher=teacher if c.teacher == base.teacher else None)
     runs = store.list(group=group)
     if args.widths or args.depths:
-        print(format_table(size_table(runs), aggregated=True))
+        print(_table(size_table(runs), args, aggregated=True))
     else:
         sc = scratch_cell(runs)
         print(f"\nscratch (α = 0): {format_pct(sc['test_acc'], sc['test_acc_std'])} % over {sc['seeds']} seed(s)")
@@ -451,7 +463,7 @@ def cmd_chain(args, strategy: str) -> int:
         runs.append(run_in_process(store, cfg, [TqdmProgress(desc)], run_id=rid, command=_command()))
     from .compare import comparison_rows, format_table
 
-    print(format_table(comparison_rows(runs)))
+    print(_table(comparison_rows(runs), args))
     print(f"\nchain {' -> '.join(r.run_id for r in runs)} (group {group})")
     return 0
 
@@ -516,7 +528,7 @@ def cmd_export(args) -> int:
               f"top-1 = PyTorch on {100 * c['top1_agreement']:.2f}% (max |Δlogit| {c['max_abs_logit_diff']:.2g})"
               + (f"  [{m['quantization']}]" if m.get("quantization") else ""))
     print()
-    print(format_table(comparison_rows([run])))
+    print(_table(comparison_rows([run]), args))
     print(f"\nvariants under {run.path / 'variants'}; `kdw compare {run.run_id}` lists them with the run")
     return 0
 

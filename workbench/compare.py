@@ -66,6 +66,7 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "threads": prof.get("threads"),
         "cpu_busy": prof.get("cpu_busy_elsewhere"),
         "train_s": summary.get("train_s"),
+        "input_shape": summary.get("input_shape"),
         "variant": None,
         "_twin": twin_key(config) if role != "teacher" else None,
         "_group": twin_key(config, with_seed=False) + (role, repr(method), repr(sorted(params.items())))
@@ -89,12 +90,12 @@ def comparison_rows(runs: list[Run], variants: bool = True) -> list[dict]:
         kind = cfg.get("kind", "kd")
         rows.append(_row(run, kind, sm, cfg))
         t = _dict(sm.get("teacher"))
-        if t and t.get("digest") not in teachers:
+        if t:  # the same teacher in several runs' summaries: one row (unify_timings picks the quietest timing)
             trow = _row(None, "teacher", {"test": _dict(t.get("test")), "profile": _dict(t.get("profile")),
                                           "label": t.get("label"), "params": t.get("params"),
                                           "dataset": sm.get("dataset")}, {})
             trow["run_id"] = t.get("spec", "")
-            teachers[t.get("digest")] = trow
+            teachers.setdefault(t.get("digest"), []).append(trow)
     scratch = {r["_twin"]: r for r in rows if r["role"] == "scratch"}
     for r in rows:
         if r["role"] == "kd" and r["_twin"] in scratch and r["test_acc"] is not None:
@@ -103,7 +104,11 @@ def comparison_rows(runs: list[Run], variants: bool = True) -> list[dict]:
             r["twin"] = twin["run_id"]
     # a teacher that is itself one of the listed runs (a teacher run, or a TAKD assistant) already has its row
     listed = {r["run_id"] for r in rows}
-    teacher_rows = [t for t in teachers.values()
+    teacher_rows = []
+    for candidates in teachers.values():
+        unify_timings(candidates)
+        teacher_rows.append(candidates[0])
+    teacher_rows = [t for t in teacher_rows
                     if t["run_id"] not in listed
                     and not any(r["role"] == "teacher" and r["model"] == t["model"] and r["test_acc"] == t["test_acc"]
                                 for r in rows)]
@@ -111,15 +116,15 @@ def comparison_rows(runs: list[Run], variants: bool = True) -> list[dict]:
                                                      r.get("params") or 0, str(r["model"]), str(r.get("method") or ""),
                                                      r.get("temperature") or 0, r.get("alpha") or 0,
                                                      r.get("seed") or 0))
-    if not variants:
-        return out
-    by_id = {run.run_id: run for run in runs}
-    with_variants = []
-    for r in out:  # each run's deployed variants right under it
-        with_variants.append(r)
-        if r["run_id"] in by_id:
-            with_variants += variant_rows(by_id[r["run_id"]], r)
-    return with_variants
+    if variants:
+        by_id = {run.run_id: run for run in runs}
+        with_variants = []
+        for r in out:  # each run's deployed variants right under it
+            with_variants.append(r)
+            if r["run_id"] in by_id:
+                with_variants += variant_rows(by_id[r["run_id"]], r)
+        out = with_variants
+    return add_teacher_ratios(unify_timings(out))
 
 
 VARIANT_ORDER = ("onnx-fp32", "onnx-int8")  # then pruned ones, fp32 before int8
@@ -156,7 +161,8 @@ def variant_rows(run: Run, parent: dict) -> list[dict]:
                      "agreement": test.get("agreement"), "ece": test.get("ece"), "device": prof.get("device_name"),
                      "threads": prof.get("threads"), "cpu_busy": prof.get("cpu_busy_elsewhere"),
                      "runtime": prof.get("runtime"), "quantization": m.get("quantization"),
-                     "finetune": m.get("finetune"), "_twin": None, "_group": parent["_group"] + (v["name"],)})
+                     "finetune": m.get("finetune"), "_twin": None, "_group": parent["_group"] + (v["name"],),
+                     "_variant_of": run.run_id})
     order = {n: i for i, n in enumerate(VARIANT_ORDER)}
     return sorted(rows, key=lambda r: (order.get(r["variant"], len(order)), r["variant"]))
 
@@ -200,8 +206,10 @@ def aggregate(rows: list[dict]) -> list[dict]:
             agg[key], agg[key + "_std"] = mean_std([m.get(key) for m in members])
         if agg["role"] == "kd" and not agg["variant"]:
             agg["verdict"] = gain_verdict(agg["kd_gain"], agg["kd_gain_std"], agg["seeds"])
+        agg["timing_unreliable"] = any(m.get("timing_unreliable") for m in members)
+        agg["cpu_busy"] = max((m.get("cpu_busy") or 0) for m in members)
         out.append(agg)
-    return out  # in the order of `rows`, whose groups come sorted (and variants under their run)
+    return add_teacher_ratios(out)  # in the order of `rows`, whose groups come sorted (and variants under their run)
 
 
 def gain_verdict(gain: float | None, std: float | None, n: int) -> str:
@@ -250,34 +258,136 @@ def _num(v, fmt):
     return "—" if v is None else format(v, fmt)
 
 
-def table_columns(aggregated: bool) -> list[tuple[str, callable]]:
+AGREEMENT_MEANS = "Agreement: how often the student picks the same class as the teacher."
+ECE_MEANS = "ECE: how far the model's confidence is from its accuracy (0 is perfectly calibrated)."
+
+
+def vs_teacher(r: dict) -> str:
+    """'11× smaller, 2.3× faster, −5.8 pts': a row against the teacher of its table (see `add_teacher_ratios`)."""
+    v = r.get("vs_teacher")
+    if not v:
+        return "—"
+    bits = []
+    if v.get("smaller"):
+        bits.append(f"{v['smaller']:.2g}× smaller" if v["smaller"] < 10 else f"{v['smaller']:.0f}× smaller")
+    if v.get("faster"):
+        speed = f"{v['faster']:.2g}×" if v["faster"] < 10 else f"{v['faster']:.0f}×"
+        bits.append(f"{speed} faster" + ("*" if _unreliable(r) else ""))
+    if v.get("acc_pts") is not None:
+        bits.append(f"{v['acc_pts']:+.1f} pts".replace("-", "−"))
+    return ", ".join(bits) or "—"
+
+
+def _unreliable(r) -> bool:
+    return bool(r.get("timing_unreliable")) or (r.get("cpu_busy") or 0) > BUSY_LIMIT
+
+
+def _timing(r, key, fmt):
+    v = _num(r.get(key), fmt)
+    return f"{v}*" if v != "—" and _unreliable(r) else v
+
+
+def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None = None) -> list[tuple[str, callable]]:
+    """The table's columns: by default what a stakeholder reads (role, model, test accuracy, KD gain, params, size,
+    latency and the ratios to the teacher); `wide` adds T, α, labels, seeds, FLOPs, throughput, agreement, ECE."""
     s = (lambda r, k: r.get(k + "_std")) if aggregated else (lambda r, k: None)
-    cols = [
-        ("role", lambda r: r["role"]),
-        ("model", lambda r: str(r["model"])),
-        ("artifact", lambda r: artifact_label(r.get("variant"))),
-        ("method", lambda r: r.get("method") or "—"),
-        ("T", lambda r: _num(r.get("temperature"), "g")),
-        ("α", lambda r: _num(r.get("alpha"), "g")),
-        ("labels", lambda r: "all" if r.get("labels") is None else _num(r.get("labels"), "g")),
-    ]
-    if aggregated:
-        cols.append(("seeds", lambda r: str(r["seeds"])))
-    else:
-        cols.append(("seed", lambda r: _num(r.get("seed"), "d")))
+    from .plots import ROLE_NAMES
+
+    rows = rows or []
+    cols = [("role", lambda r: ROLE_NAMES.get(r["role"], r["role"])), ("model", lambda r: str(r["model"]))]
+    if wide or any(r.get("variant") for r in rows):
+        cols.append(("artifact", lambda r: artifact_label(r.get("variant"))))
+    if wide or len({r.get("method") for r in rows if r["role"] == "kd"}) > 1 or any(
+            r.get("method") not in (None, "kd") for r in rows):
+        cols.append(("method", lambda r: r.get("method") or "—"))
+    if wide:
+        cols += [("T", lambda r: _num(r.get("temperature"), "g")), ("α", lambda r: _num(r.get("alpha"), "g")),
+                 ("labels", lambda r: "all" if r.get("labels") is None else _num(r.get("labels"), "g"))]
+        cols.append(("seeds", lambda r: str(r["seeds"])) if aggregated else ("seed", lambda r: _num(r.get("seed"), "d")))
+    cols.append(("test acc %", lambda r: format_pct(r["test_acc"], s(r, "test_acc"))))
+    if wide:
+        cols.append(("test acc % (last)", lambda r: format_pct(r["test_acc_last"], s(r, "test_acc_last"))))
     cols += [
-        ("test acc % (best val)", lambda r: format_pct(r["test_acc"], s(r, "test_acc"))),
-        ("test acc % (last)", lambda r: format_pct(r["test_acc_last"], s(r, "test_acc_last"))),
-        ("KD gain (pts)", lambda r: format_gain(r.get("kd_gain"), s(r, "kd_gain"))),
+        ("KD gain", lambda r: format_gain(r.get("kd_gain"), s(r, "kd_gain"))),
         ("params", lambda r: _num(r.get("params"), ",.0f")),
         ("size MB", lambda r: _num(r.get("size_mb"), ".3f")),
-        ("FLOPs", lambda r: format_flops(r.get("flops"))),
-        ("latency ms (b=1)", lambda r: _num(r.get("latency_ms"), ".3f")),
-        ("samples/s (b=256)", lambda r: _num(r.get("throughput"), ",.0f")),
-        ("agreement %", lambda r: format_pct(r.get("agreement"))),
-        ("ECE", lambda r: _num(r.get("ece"), ".3f")),
     ]
+    if wide:
+        cols.append(("FLOPs", lambda r: format_flops(r.get("flops"))))
+    cols.append(("latency ms", lambda r: _timing(r, "latency_ms", ".3f")))
+    if wide:
+        cols += [("samples/s (b=256)", lambda r: _timing(r, "throughput", ",.0f")),
+                 ("agreement %", lambda r: format_pct(r.get("agreement"))), ("ECE", lambda r: _num(r.get("ece"), ".3f"))]
+    cols.append(("vs teacher", vs_teacher))
     return cols
+
+
+def add_teacher_ratios(rows: list[dict]) -> list[dict]:
+    """Each student row's size, speed and accuracy against the teacher of the table (when there is one teacher)."""
+    teachers = [r for r in rows if r["role"] == "teacher" and not r.get("variant")]
+    if len(teachers) != 1:
+        return rows
+    t = teachers[0]
+    for r in rows:
+        if r is t:
+            continue
+        v = {}
+        if t.get("size_mb") and r.get("size_mb"):
+            v["smaller"] = t["size_mb"] / r["size_mb"]
+        if t.get("latency_ms") and r.get("latency_ms"):
+            v["faster"] = t["latency_ms"] / r["latency_ms"]
+        if t.get("test_acc") is not None and r.get("test_acc") is not None:
+            v["acc_pts"] = 100 * (r["test_acc"] - t["test_acc"])
+        r["vs_teacher"] = v
+    return rows
+
+
+def headline(rows: list[dict]) -> str | None:
+    """One sentence on the best distilled student against the teacher and its scratch twin, or None."""
+    from .plots import ROLE_NAMES
+
+    kd = [r for r in rows if r["role"] == "kd" and not r.get("variant") and r.get("test_acc") is not None]
+    teachers = [r for r in rows if r["role"] == "teacher" and not r.get("variant")]
+    if not kd or len(teachers) != 1:
+        return None
+    best, t = max(kd, key=lambda r: r["test_acc"]), teachers[0]
+    v = best.get("vs_teacher") or add_teacher_ratios([t, best])[1].get("vs_teacher") or {}
+    parts = []
+    if v.get("smaller"):
+        parts.append(f"{v['smaller']:.3g}× smaller")
+    if v.get("faster"):
+        parts.append(f"{v['faster']:.3g}× faster" + (" (timed on a busy CPU)" if best.get("timing_unreliable")
+                                                     or t.get("timing_unreliable") else ""))
+    cost = v.get("acc_pts")
+    acc = (f"{abs(cost):.2f} points {'less' if cost < 0 else 'more'} accurate "
+           f"({100 * best['test_acc']:.2f}% against {100 * t['test_acc']:.2f}%)") if cost is not None else ""
+    gain = best.get("kd_gain")
+    twin = (f"; it is {abs(100 * gain):.2f} points {'above' if gain >= 0 else 'below'} its scratch twin"
+            if gain is not None else "")
+    sizes = f"{' and '.join(parts)} than the teacher {t['model']}, and " if parts else ""
+    who = f"the teacher {t['model']}" if not parts else "the teacher"
+    return (f"The best {ROLE_NAMES['kd']} student, {best['model']}, is {sizes}"
+            f"{acc.replace(' accurate', ' accurate than ' + who, 1) if acc and not parts else acc}{twin}.")
+
+
+def unify_timings(rows: list[dict]) -> list[dict]:
+    """One measurement per model in a comparison: rows of the same architecture and input (a teacher listed by
+    several runs, identical students) all take the quietest measurement on record, whatever the order of the runs.
+    A measurement taken while other processes used more than BUSY_LIMIT of the CPU is flagged unreliable."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("latency_ms") is not None:
+            groups.setdefault((r["role"] == "teacher", str(r["model"]), r.get("dataset"), repr(r.get("input_shape")),
+                               r.get("variant"), r.get("_variant_of")), []).append(r)
+    for members in groups.values():
+        quiet = min(members, key=lambda r: (r.get("cpu_busy") or 0.0, r["latency_ms"]))
+        for r in members:
+            for k in ("latency_ms", "throughput", "cpu_busy", "device", "threads"):
+                r[k] = quiet.get(k)
+            r["timing_from"] = quiet["run_id"]
+    for r in rows:
+        r["timing_unreliable"] = (r.get("cpu_busy") or 0) > BUSY_LIMIT
+    return rows
 
 
 def timing_warning(rows: list[dict]) -> str | None:
@@ -303,21 +413,50 @@ def verdict_subject(row: dict) -> str:
     return " ".join(b for b in bits if b)
 
 
-def format_table(rows: list[dict], aggregated: bool = False) -> str:
-    """A plain-text table, with a footer naming the device and what the columns mean."""
-    cols = table_columns(aggregated)
+def format_table(rows: list[dict], aggregated: bool = False, wide: bool = False, width: int | None = None) -> str:
+    """A plain-text table with a headline and a footer naming the device and what the columns mean.
+
+    Without `wide`, the default columns (as in the app); if they are still wider than `width` characters (the
+    terminal's), the last columns are dropped and the footer says so.
+    """
+    cols = table_columns(aggregated, wide, rows)
     cells = [[name for name, _ in cols]] + [[fn(r) for _, fn in cols] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
-    lines = ["  ".join(c[i].rjust(widths[i]) if i > 1 else c[i].ljust(widths[i]) for i in range(len(cols)))
-             for c in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    dropped = []
+    keep = list(range(len(cols)))
+    if width and not wide:
+        while len(keep) > 4 and sum(widths[i] + 2 for i in keep) - 2 > width:
+            dropped.append(cols[keep.pop(-2)][0])  # the ratios to the teacher stay last; drop what is before them
+    lines = ["  ".join(c[i].rjust(widths[i]) if i > 1 else c[i].ljust(widths[i]) for i in keep) for c in cells]
+    lines.insert(1, "  ".join("-" * widths[i] for i in keep))
     devices = sorted({f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")})
-    foot = [f"latency/throughput: fp32 on {'; '.join(devices) or 'cpu'}. FLOPs count a multiply-add as 2. "
-            "size = fp32 safetensors file.",
-            "test acc (best val) = the epoch with the best validation accuracy; KD gain = KD − scratch, same seed(s)."]
+    foot = [f"test acc: the epoch with the best validation accuracy; KD gain: distilled − scratch twin, in points; "
+            f"size: the fp32 safetensors file; latency: fp32, batch 1, on {'; '.join(devices) or 'cpu'}."]
     if any(r.get("variant") for r in rows):
         foot.append("ONNX rows are measured by running the artifact in ONNX Runtime (same threads); their size counts "
                     "every file a deployment needs.")
-    verdicts = [f"{verdict_subject(r)}: {r['verdict']}" for r in rows if aggregated and r.get("verdict")]
     warning = timing_warning(rows)
-    return "\n".join(lines + [""] + foot + ([f"warning: {warning}"] if warning else []) + verdicts)
+    if warning:
+        foot.append(f"* warning: {warning}")
+    if wide:
+        foot += [AGREEMENT_MEANS, ECE_MEANS]
+    if dropped:
+        foot.append(f"({len(dropped)} column(s) left out to fit the terminal: {', '.join(reversed(dropped))}; "
+                    "--wide shows every column)")
+    elif not wide:
+        foot.append("--wide adds T, α, labels, seeds, FLOPs, throughput, agreement and ECE.")
+    verdicts = [f"{verdict_subject(r)}: {r['verdict']}" for r in rows if aggregated and r.get("verdict")]
+    head = headline(rows)
+    if width:
+        import textwrap
+
+        foot = [w for f in foot for w in textwrap.wrap(f, width, subsequent_indent="  ")]
+        head = "\n".join(textwrap.wrap(head, width)) if head else head
+    return "\n".join(([head, ""] if head else []) + lines + [""] + foot + verdicts)
+
+
+def terminal_width() -> int:
+    """The terminal's width in characters (120 when the output is not a terminal)."""
+    import shutil
+
+    return shutil.get_terminal_size(fallback=(120, 24)).columns

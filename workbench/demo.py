@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from .compare import aggregate, comparison_rows, format_table
+from .compare import aggregate, comparison_rows, format_table, terminal_width
 from .data import DataError, load_dataset
 from .jobs import run_foreground
 from .recipes import DEMOS, demo_configs
@@ -19,7 +19,8 @@ from .runs import RunStore, new_run_id
 from .teachers import load_teacher
 
 
-def run_demo(fast: bool = False, seeds: int = 1, runs_dir=None, device: str = "auto", command: str = "") -> int:
+def run_demo(fast: bool = False, seeds: int = 1, runs_dir=None, device: str = "auto", command: str = "",
+             wide: bool = False) -> int:
     setting = DEMOS["digits" if fast else "fashion-mnist"]
     t0 = time.perf_counter()
     try:
@@ -40,7 +41,9 @@ def run_demo(fast: bool = False, seeds: int = 1, runs_dir=None, device: str = "a
     runs = [run_foreground(store, c, command=command, teacher=teacher) for pair in configs for c in pair]
     rows = comparison_rows(runs)
     print()
-    print(format_table(aggregate(rows), aggregated=True) if seeds > 1 else format_table(rows))
+    width = None if wide else terminal_width()
+    print(format_table(aggregate(rows), aggregated=True, wide=wide, width=width) if seeds > 1
+          else format_table(rows, wide=wide, width=width))
     gains = [r["kd_gain"] for r in rows if r["role"] == "kd" and r["kd_gain"] is not None]
     if gains:
         g = sum(gains) / len(gains)

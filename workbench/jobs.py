@@ -42,7 +42,8 @@ def friendly_error(e: BaseException) -> str:
     if type(e).__name__ in ("OutOfMemoryError",):
         return f"the GPU ran out of memory ({msg.splitlines()[0]}); use a smaller batch size or model"
     first = msg.splitlines()[0]
-    known = ("TrainingError", "ModelError", "DataError", "RunStoreError", "ValueError", "RunFailed")
+    known = ("TrainingError", "Diverged", "ModelError", "DataError", "RunStoreError", "ValueError", "RunFailed",
+             "DeployError")
     return first if type(e).__name__ in known else f"{type(e).__name__}: {first}"
 
 
@@ -59,10 +60,18 @@ class _Progress:
 
     def __call__(self, event: dict) -> None:
         kind = event["event"]
-        if kind == "start":
+        if kind == "stage":  # before the first epoch: say what is taking the time
+            now = time.monotonic()
+            if now - self.last >= self.every_s or event["fraction"] >= 1:
+                self.last = now
+                if self.run.cancel_requested():
+                    raise Cancelled()
+                self.run.set_progress(stage=event["text"], stage_fraction=event["fraction"],
+                                      stage_eta_s=event.get("eta_s"))
+        elif kind == "start":
             self.total = max(1, event["total_steps"])
             self.run.set_progress(step=0, total_steps=event["total_steps"], epoch=0, epochs=event["epochs"],
-                                  device=event["device"], fraction=0.0)
+                                  device=event["device"], fraction=0.0, stage=None)
         elif kind == "step":
             now = time.monotonic()
             if now - self.last >= self.every_s or event["step"] == event["total_steps"]:
@@ -107,7 +116,7 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
 
     The status records this process's identity (pid, start time, host); metrics.jsonl starts empty.
     """
-    from .train import TrainConfig, train
+    from .train import Diverged, TrainConfig, train
 
     def on_term(signum, frame):
         raise Cancelled()
@@ -118,7 +127,10 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
     try:
         config = TrainConfig.from_dict(run.config)
         with _Heartbeat(run):
-            train(config, run=run, store=store, callbacks=[_Progress(run), *callbacks], teacher=teacher)
+            summary = train(config, run=run, store=store, callbacks=[_Progress(run), *callbacks], teacher=teacher)
+        if summary.get("diverged"):
+            run.set_status("diverged", error=summary["diverged"])
+            return "diverged"
         run.set_status("done")
         return "done"
     except KeyboardInterrupt:
@@ -126,6 +138,9 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
         if reraise_interrupt:
             raise
         return "cancelled"
+    except Diverged as e:
+        run.set_status("diverged", error=str(e))
+        return "diverged"
     except Exception as e:
         run.set_status("failed", error=friendly_error(e))
         _log_traceback(run)
@@ -295,12 +310,20 @@ def _try_lock(path: Path):
     return lock
 
 
-def worker_loop(store: RunStore) -> int:
+def worker_loop(store: RunStore, warm: bool | None = None) -> int:
     """Run queued jobs oldest first, one at a time, while holding the queue lock.
+
+    A *warm* worker (the default) imports PyTorch once, on its first job, and runs each job in its own
+    process, one after another: a queued digits job then costs well under a second of start-up instead of
+    several (docs/performance.md). ``KDW_JOB_ISOLATION=process`` (or `warm=False`) runs every job in a fresh
+    `python -m workbench job` process instead. A job that crashes the warm worker is marked failed by the
+    next worker, which a page load or `kdw runs` starts.
 
     Returns the number of jobs run. After the queue empties it releases the lock and
     looks once more, so a job queued in that instant is never stranded.
     """
+    if warm is None:
+        warm = os.environ.get("KDW_JOB_ISOLATION", "warm") != "process"
     store.ensure_writable()
     lock_path = store.root / ".queue.lock"
     done = 0
@@ -315,14 +338,18 @@ def worker_loop(store: RunStore) -> int:
                 if not queued:
                     break
                 run = queued[0]
-                with open(run.log_path(), "a") as log:
-                    proc = subprocess.Popen([*_python_cmd(), "job", run.run_id, "--runs-dir", str(store.root)],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            env=dict(os.environ, KDW_RUNS_DIR=str(store.root)), cwd=_trusted_cwd())
-                proc.wait()
-                if run.state in ("queued", "running"):  # the job died before recording its end
-                    run.set_status("failed", error=f"the job process exited with code {proc.returncode} "
-                                                   "before finishing; see log.txt")
+                if warm:
+                    _run_warm(run, store)
+                else:
+                    with open(run.log_path(), "a") as log:
+                        proc = subprocess.Popen([*_python_cmd(), "job", run.run_id, "--runs-dir", str(store.root)],
+                                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                                env=dict(os.environ, KDW_RUNS_DIR=str(store.root)),
+                                                cwd=_trusted_cwd())
+                    proc.wait()
+                    if run.state in ("queued", "running"):  # the job died before recording its end
+                        run.set_status("failed", error=f"the job process exited with code {proc.returncode} "
+                                                       "before finishing; see log.txt")
                 done += 1
         finally:
             lock.release()
@@ -347,6 +374,30 @@ def start_export(store: RunStore, run_id: str, options) -> None:
         subprocess.Popen([*_python_cmd(), "export", run_id, *export_args(options), "--runs-dir", str(store.root)],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                          env=dict(os.environ, KDW_RUNS_DIR=str(store.root)), cwd=_trusted_cwd())
+
+
+def start_profile(store: RunStore, run_ids: list[str]) -> None:
+    """`kdw profile RUN...` as a detached process (the Compare page's re-measure button)."""
+    for rid in run_ids:
+        store.get(rid)  # each one exists
+    with open(store.root / ".profile.log", "a") as log:
+        subprocess.Popen([*_python_cmd(), "profile", *run_ids, "--runs-dir", str(store.root)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         env=dict(os.environ, KDW_RUNS_DIR=str(store.root)), cwd=_trusted_cwd())
+
+
+def _run_warm(run: Run, store: RunStore) -> None:
+    """One queued job in this (warm) worker, its output in the run's log.txt; cancels stop it, not the worker."""
+    import contextlib
+
+    with open(run.log_path(), "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            run_job(run.run_id, store)
+        except RunStoreError as e:  # it has results already, or is no longer queued: never run twice
+            print(f"not run: {e}", file=log)
+        except Exception as e:  # nothing a job does may stop the worker
+            if run.state in ("queued", "running"):
+                run.set_status("failed", error=friendly_error(e))
 
 
 def _forget_worker(store: RunStore) -> None:

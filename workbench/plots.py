@@ -21,14 +21,33 @@ PALETTE = ["#E45756", "#4C78A8", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#F
 
 
 def _finish(fig: go.Figure, title: str, caption_text: str, height: int | None = None,
-            legend_below: bool = False) -> go.Figure:
-    legend = (dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0) if legend_below else
-              dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
-    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), meta={"caption": caption_text},
-                      margin=dict(l=60, r=20, t=70, b=50), template="plotly_white", legend=legend)
+            legend_below: bool = True) -> go.Figure:
+    """Title, caption, template; the legend goes below the plot (never over the title, at any width)."""
+    legend = (dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0.0) if legend_below else
+              dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02))
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left", automargin=True), meta={"caption": caption_text},
+                      margin=dict(l=60, r=30, t=60, b=60), template="plotly_white", legend=legend)
     if height:
         fig.update_layout(height=height)
     return fig
+
+
+def accuracy_range(values, min_span: float = 5.0) -> list[float] | None:
+    """A y-range in % around `values` at least `min_span` points tall, within [0, 100], so that a 0.1-point
+    wiggle does not look like a crash.
+
+    >>> accuracy_range([79.48, 79.60])
+    [77.04, 82.04]
+    """
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    pad = max((min_span - (hi - lo)) / 2, 0.05 * (hi - lo))
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    if hi - lo < min_span:  # against a bound: extend the other way
+        lo, hi = (max(0.0, hi - min_span), hi) if hi >= 100.0 else (lo, min(100.0, lo + min_span))
+    return [round(lo, 2), round(hi, 2)]
 
 
 def caption(fig: go.Figure) -> str:
@@ -103,19 +122,21 @@ def dark_knowledge_ranking(classes, probs_T, true_class: int, temperature: float
 
 def temperature_scaling(temperatures, kd_with, kd_without, grad_with, grad_without) -> go.Figure:
     """The KD term and its gradient norm against T, with and without the T² factor (log scale)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("KD term", "gradient norm ‖∂L/∂z_s‖"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("KD term", "gradient norm ‖∂L/∂z_s‖"),
+                        horizontal_spacing=0.16)
     fig.add_scatter(x=temperatures, y=kd_with, name="with T²", line_color=KD, row=1, col=1)
     fig.add_scatter(x=temperatures, y=kd_without, name="without T²", line=dict(color=KD, dash="dot"), row=1, col=1)
     fig.add_scatter(x=temperatures, y=grad_with, name="gradient, with T²", line_color=TEACHER, row=1, col=2)
     fig.add_scatter(x=temperatures, y=grad_without, name="gradient, without T²",
                     line=dict(color=TEACHER, dash="dot"), row=1, col=2)
-    fig.update_xaxes(title="temperature T", type="log")
-    fig.update_yaxes(type="log")
+    ticks = list(temperatures)
+    fig.update_xaxes(title="temperature T", type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    fig.update_yaxes(type="log", dtick=1, exponentformat="power")  # decades only: no minor-tick labels
     fig.update_yaxes(title="loss (nats)", row=1, col=1)
     fig.update_yaxes(title="L2 norm of the gradient", row=1, col=2)
-    return _finish(fig, "Why the T² factor: the KD term and its gradient as T grows",
+    return _finish(fig, "Why T²: the KD term and its gradient as T grows",
                    "Without T² the gradient shrinks like 1/T² (dotted) and the KD term would fade next to the "
-                   "cross-entropy; with T² (solid) it stays of the same order at every T.", height=420, legend_below=True)
+                   "cross-entropy; with T² (solid) it stays of the same order at every T.", height=440)
 
 
 # ---------------------------------------------------------------------------
@@ -158,12 +179,13 @@ def training_curves(series: dict[str, list[dict]], colors: dict[str, str] | None
     last = max((r["epoch"] for rows in series.values() for r in rows), default=1)
     fig.update_xaxes(title="epoch", tick0=1, dtick=max(1, math.ceil(last / 10)))  # whole epochs, ≤ 10 ticks
     fig.update_yaxes(title="loss (nats, as weighted in the objective)", row=1, col=1)
-    fig.update_yaxes(title="accuracy (%)", row=1, col=2)
+    fig.update_yaxes(title="accuracy (%)", row=1, col=2,
+                     range=accuracy_range([100 * r["val_acc"] for rows in series.values() for r in rows]))
     return _finish(fig, "Training curves",
                    "Left: each run's training objective per epoch (solid) and its weighted terms (dashed and "
                    "dotted; they add up to the solid line). A distilled run's total includes the T²-scaled KD "
                    "term, so compare its cross-entropy term with the scratch run's. Right: accuracy on the fixed "
-                   "validation split.", height=460, legend_below=True)
+                   "validation split.", height=480)
 
 
 # ---------------------------------------------------------------------------
@@ -239,15 +261,22 @@ def pareto(rows: list[dict], x: str = "latency_ms", device: str | None = None) -
     if len(front) > 1:
         fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto frontier",
                         line=dict(color="black", dash="dash", width=1))
+    if 0 < len(pts) <= 12:  # few enough to name every point
+        for r in pts:
+            fig.add_annotation(x=math.log10(r[x]) if x in ("params", "flops", "size_mb") and r[x] > 0 else r[x],
+                               y=100 * r["test_acc"], text=str(r["model"]).split("(")[0] if r.get("variant")
+                               else ROLE_NAMES.get(r["role"], r["role"]), showarrow=False, yshift=14,
+                               font=dict(size=10, color="#555"))
     fig.update_xaxes(title=AXES.get(x, x) + (f" on {device}" if device else ""),
                      type="log" if x in ("params", "flops", "size_mb") else "linear")
-    fig.update_yaxes(title="test accuracy (%)")
+    fig.update_yaxes(title="test accuracy (%)", range=accuracy_range([100 * r["test_acc"] for r in pts]))
     variants = any(r.get("variant") for r in pts)
     return _finish(fig, f"Accuracy against {AXES.get(x, x).split(' (')[0]}",
-                   "Up and to the left is better. Bubble area is proportional to the parameter count; the dashed "
-                   "line joins the models that no other model beats on both axes."
+                   "Up and to the left is better. Bubble area is proportional to the parameter count"
+                   + ("; the dashed line joins the models that no other model beats on both axes." if len(front) > 1
+                      else "; no model here is beaten on both axes by another, so there is no frontier to draw.")
                    + (" Thin lines join a run to its deployed variants (ONNX fp32 ◆, int8 ■, pruned ▲/▼), measured "
-                      "in ONNX Runtime." if variants else ""), height=420)
+                      "in ONNX Runtime." if variants else ""), height=440)
 
 
 def confusion_matrices(matrices: dict[str, list[list[int]]], classes) -> go.Figure:
@@ -301,14 +330,16 @@ def sweep_heatmap(cells: list[dict], value: str = "test_acc") -> go.Figure:
         z=z, x=[f"{t:g}" for t in temps], y=[f"{a:g}" for a in alphas], text=text, texttemplate="%{text}",
         customdata=hover, hovertemplate="T = %{x}, α = %{y}<br>%{customdata}<extra></extra>",
         colorscale="RdBu" if is_gain else "Viridis", zmid=0 if is_gain else None,
-        colorbar=dict(title="gain (pts)" if is_gain else "accuracy (%)")))
+        colorbar=dict(title=dict(text="gain, pts" if is_gain else "acc %", side="right"), thickness=12)))
     fig.update_xaxes(title="temperature T", type="category")
-    fig.update_yaxes(title="α (weight of the KD term)", type="category")
-    title = "KD gain over scratch (pts)" if is_gain else "Mean test accuracy (%)"
+    fig.update_yaxes(title="α (KD weight)", type="category")
+    title = "KD gain over scratch (pts)" if is_gain else "Test accuracy (%)"
     cap = ("Each cell: mean over seeds of KD accuracy minus its scratch twin's (same seed), in points; red is a "
            "loss, blue a gain. Hover for the spread." if is_gain else
            "Each cell: the mean test accuracy over seeds at that T and α. Hover for the spread and the seed count.")
-    return _finish(fig, title, cap, height=420)
+    fig = _finish(fig, title, cap, height=420)
+    fig.update_layout(margin=dict(l=70, r=80))  # room for the α axis title and the colour bar's
+    return fig
 
 
 def parallel_coordinates(rows: list[dict], dims: list[tuple[str, str]] | None = None) -> go.Figure:
@@ -322,12 +353,12 @@ def parallel_coordinates(rows: list[dict], dims: list[tuple[str, str]] | None = 
         vals = [r.get(key) for r in usable]
         if all(v is None for v in vals):
             continue
-        vals = [(v if v is not None else 0) * scale.get(key, 1) for v in vals]
-        dimensions.append(dict(label=label, values=vals))
+        vals = [round((v if v is not None else 0) * scale.get(key, 1), 4) for v in vals]
+        dimensions.append(dict(label=label, values=vals, tickformat=".3~g"))
     fig = go.Figure(go.Parcoords(
         line=dict(color=[100 * r["test_acc"] for r in usable], colorscale="Viridis", showscale=True,
-                  colorbar=dict(title="acc (%)")),
-        dimensions=dimensions))
+                  colorbar=dict(title=dict(text="acc %", side="right"), thickness=12)),
+        dimensions=dimensions, labelangle=-20, labelside="top"))
     fig = _finish(fig, "Hyperparameters and results, one line per run",
                   "Each line is a run, passing through its hyperparameters and results; drag along an axis "
                   "to filter. Colour is test accuracy.", height=460)

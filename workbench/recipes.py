@@ -157,6 +157,33 @@ def run_title(config: dict) -> str:
     return " ".join(x for x in parts if x)
 
 
+def describe_runs(runs: list[Run]) -> str:
+    """One line saying what a set of runs came from: data set, students, budget, labels and seeds."""
+    cfgs = [r.config for r in runs if r.config]
+    if not cfgs:
+        return ""
+
+    def one(key, fmt=str):
+        values = list(dict.fromkeys(fmt(c.get(key)) for c in cfgs))
+        return values[0] if len(values) == 1 else " / ".join(values[:4]) + (" …" if len(values) > 4 else "")
+
+    seeds = sorted({c.get("seed") for c in cfgs if c.get("seed") is not None})
+    labels = one("labels", lambda v: "all labels" if v is None else (f"{v:,} labels" if isinstance(v, int)
+                                                                    else f"{100 * v:g}% of the labels"))
+    students = one("model_label")
+    return (f"{one('dataset')} · {students} · {one('epochs')} epochs · {labels} · "
+            f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds[:6]))}{' …' if len(seeds) > 6 else ''}")
+
+
+def describe_config(c: TrainConfig) -> str:
+    """The exact settings of one run, in one line, as the Train page shows them before launch."""
+    labels = "all labels" if c.labels is None else (f"{c.labels:,} labels" if isinstance(c.labels, int)
+                                                    else f"{100 * c.labels:g}% of the labels")
+    size = f" at {c.image_size}px" if c.image_size else ""
+    return (f"{ROLE_NAMES.get(c.kind, c.kind)} {c.model.label()}{size} ({c.objective()}) on {c.dataset}, "
+            f"{c.epochs} epochs, {labels}, lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}")
+
+
 def curve_series(runs: list[Run]) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """({label: per-epoch rows}, {label: role colour}) for the runs that have logged an epoch."""
     series, colors = {}, {}

@@ -14,7 +14,9 @@ import time
 import torch
 
 from . import __version__, plots, recipes
-from .compare import aggregate, comparison_rows, table_columns, timing_warning, verdict_subject
+from .compare import (AGREEMENT_MEANS, ECE_MEANS, aggregate, comparison_rows, headline, table_columns,
+                      timing_warning, verdict_subject)
+from .recipes import describe_runs
 from .runs import Run, dig
 
 
@@ -28,11 +30,18 @@ def environment() -> dict:
     return env
 
 
-def _table_html(rows: list[dict], aggregated: bool) -> str:
-    cols = table_columns(aggregated)
+def _table_html(rows: list[dict], aggregated: bool, wide: bool = False) -> str:
+    """A table; timings measured on a busy CPU are greyed (class `unreliable`)."""
+    cols = table_columns(aggregated, wide, rows)
     head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in cols)
+    timing = {"latency ms", "samples/s (b=256)", "vs teacher"}
+
+    def cell(r, name, fn):
+        grey = " class='unreliable'" if name in timing and r.get("timing_unreliable") else ""
+        return f"<td{grey}>{html.escape(str(fn(r)))}</td>"
+
     body = "".join("<tr class='role-" + html.escape(r["role"]) + "'>" +
-                   "".join(f"<td>{html.escape(str(fn(r)))}</td>" for _, fn in cols) + "</tr>" for r in rows)
+                   "".join(cell(r, name, fn) for name, fn in cols) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -90,6 +99,8 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     verdicts = "".join(f"<li>{html.escape(verdict_subject(r))}: {html.escape(r['verdict'])}</li>"
                        for r in agg if r.get("verdict"))
+    line = headline(agg) or headline(rows)
+    headline_html = f'<p class="headline">{html.escape(line)}</p>' if line else ""
     objectives = {}  # each distinct objective once, with the roles that used it
     for r in runs:
         text = r.config.get("objective") or r.summary.get("method", {}).get("objective") or ""
@@ -108,7 +119,9 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
            "td:nth-child(-n+2){text-align:left}tr.role-teacher{background:#eef4fb}tr.role-kd{background:#fdf0f0}"
            "figure{margin:1.5rem 0}figcaption{color:#555;font-size:.9rem}code{background:#f4f4f4;padding:0 .3rem}"
            "pre{background:#f8f8f8;padding:.5rem;overflow:auto}"
-           ".warning{background:#fff4e5;border-left:4px solid #f0a020;padding:.5rem .8rem}")
+           ".warning{background:#fff4e5;border-left:4px solid #f0a020;padding:.5rem .8rem}"
+           ".headline{font-size:1.15rem;font-weight:600;margin:1rem 0 .3rem}.what{color:#555;margin:0 0 1rem}"
+           "td.unreliable{color:#9a9a9a;font-style:italic}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{css}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
@@ -117,16 +130,20 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
 <p>Generated {date} by KD Workbench {__version__}. The objectives these runs trained with (in vanilla KD, α weights
 the distillation term, so α = 0 is the scratch baseline):</p>
 <ul>{objective_items}</ul>
+{headline_html}
+<p class="what">{html.escape(describe_runs(runs))}</p>
 <h2>Summary (mean ± std over seeds)</h2>
 {_table_html(agg, aggregated=True)}
 <ul>{verdicts}</ul>
-<p>Test accuracy "(best val)" is the epoch with the best accuracy on the fixed validation split; "(last)" is the
-final epoch. KD gain is the distilled student's accuracy minus its scratch twin's (same student, budget and seed).
-Latency is the median of at least 30 batch-1 forward passes after 5 warm-ups, fp32 on {html.escape(str(device))};
-throughput is at batch 256. FLOPs count a multiply-add as 2. Size is the fp32 safetensors file (MB = 10⁶ bytes).</p>
+<p>Test accuracy is the epoch with the best accuracy on the fixed validation split ("(last)", in the table of every
+run, is the final epoch). KD gain is the distilled student's accuracy minus its scratch twin's (same student,
+budget and seed), in points. Latency is the median of at least 30 batch-1 forward passes after 5 warm-ups, fp32
+on {html.escape(str(device))}, each model timed once per comparison; throughput is at batch 256. FLOPs count a
+multiply-add as 2. Size is the fp32 safetensors file (MB = 10⁶ bytes). {html.escape(AGREEMENT_MEANS)}
+{html.escape(ECE_MEANS)}</p>
 {warning}
 <h2>Every run</h2>
-{_table_html(rows, aggregated=False)}
+{_table_html(rows, aggregated=False, wide=True)}
 <h2>Plots</h2>
 {''.join(_figure_html(f) for f in figs)}
 <h2>Configs</h2>

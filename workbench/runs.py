@@ -2,7 +2,7 @@
 
     runs/<run_id>/
         config.json          everything needed to repeat the run (schema version included)
-        status.json          queued | running | done | failed | cancelled, pid, times, error
+        status.json          queued | running | done | failed | cancelled | diverged, pid, times, error
         metrics.jsonl        one JSON object per epoch, appended and flushed
         summary.json         final figures (docs/conventions.md)
         student.safetensors  weights of the best-validation epoch
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA_VERSION = 2  # 2: T and α live in the method's parameters (1 kept them on the config)
-STATES = ("queued", "running", "done", "failed", "cancelled")  # what a status.json may say
-FINISHED = ("done", "failed", "cancelled", "unreadable")  # nothing more will happen to these by itself
+STATES = ("queued", "running", "done", "failed", "cancelled", "diverged")  # what a status.json may say
+FINISHED = ("done", "failed", "cancelled", "diverged", "unreadable")  # nothing more will happen to these by itself
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 

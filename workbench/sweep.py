@@ -77,6 +77,7 @@ def size_table(runs: list[Run]) -> list[dict]:
 def sweep_progress(runs: list[Run]) -> dict:
     """Counts of a sweep's runs by state, and the fraction finished."""
     states = [r.state for r in runs]
-    counts = {s: states.count(s) for s in ("queued", "running", "done", "failed", "cancelled", "unreadable")}
-    finished = counts["done"] + counts["failed"] + counts["cancelled"] + counts["unreadable"]
+    counts = {s: states.count(s) for s in ("queued", "running", "done", "failed", "cancelled", "diverged",
+                                           "unreadable")}
+    finished = sum(counts[s] for s in ("done", "failed", "cancelled", "diverged", "unreadable"))
     return {**counts, "total": len(runs), "fraction": finished / len(runs) if runs else 0.0}

@@ -43,6 +43,26 @@ class TrainingError(RuntimeError):
     """Training stopped (non-finite loss, bad setup); the message says why."""
 
 
+class Diverged(TrainingError):
+    """The loss became NaN or infinite: the run is marked diverged, not failed, and says what to try."""
+
+
+def divergence(history: list[dict], num_classes: int, lr: float) -> str | None:
+    """Why a finished run counts as diverged, or None: after two epochs or more, its validation accuracy is
+    at chance level (at most 1.5/K) and its validation loss no better than guessing uniformly (0.9·ln K).
+
+    >>> divergence([{"val_acc": 0.16, "val_loss": 40.0}, {"val_acc": 0.11, "val_loss": 2.4}], 10, 1.0)[:40]
+    'validation accuracy ended at chance leve'
+    """
+    if len(history) < 2:
+        return None
+    last = history[-1]
+    if last["val_acc"] <= 1.5 / num_classes and last["val_loss"] >= 0.9 * math.log(num_classes):
+        return (f"validation accuracy ended at chance level ({100 * last['val_acc']:.1f}% with {num_classes} "
+                f"classes): training diverged. Try a learning rate 10× lower (now {lr:g}).")
+    return None
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     kind: str = "kd"  # teacher | scratch | kd: the run's role in a comparison
@@ -357,7 +377,7 @@ def check_setup(config: TrainConfig, store=None, teacher: Teacher | None = None)
     return prepare(config, store, teacher=teacher)
 
 
-def start(s: Session, store=None) -> None:
+def start(s: Session, store=None, callbacks=()) -> None:
     """Stage 2: the teacher's targets from the cache, feature hooks, compilation and the optimiser."""
     t0 = time.perf_counter()
     config, method, teacher = s.config, s.method, s.teacher
@@ -365,12 +385,34 @@ def start(s: Session, store=None) -> None:
     s.views = ("plain", "flip") if "flip" in s.augment else ("plain",)
     cacheable = method.teacher_input == "logits" and teacher is not None and config.teacher_cache \
         and "crop" not in s.augment  # random crops cannot be enumerated, so their logits cannot be cached
-    if cacheable:  # (views, N_train, K): what the method asked for, computed once per view
-        s.t_targets = torch.stack([method.teacher_target(cached_logits(teacher, s.teacher_data, "train", v,
-                                                                       cache_dir, s.device)) for v in s.views])
-    if teacher is not None:
-        s.val_teacher = cached_logits(teacher, s.teacher_data, "val", "plain", cache_dir, "cpu")
-        s.test_teacher = cached_logits(teacher, s.teacher_data, "test", "plain", cache_dir, "cpu")
+    jobs = ([("train", v) for v in s.views] if cacheable else []) + ([("val", "plain"), ("test", "plain")]
+                                                                      if teacher is not None else [])
+    sizes = {"train": len(s.teacher_data.x_train), "val": len(s.teacher_data.x_val),
+             "test": len(s.teacher_data.x_test)} if teacher is not None else {}
+    total, done, t_stage = sum(sizes[j] for j, _ in jobs) or 1, 0, time.perf_counter()
+
+    def stage(split):  # the wait before the first epoch, explained: the teacher's logits, first run only
+        def report(n, _):
+            frac = (done + n) / total
+            spent = time.perf_counter() - t_stage
+            _emit(callbacks, {"event": "stage", "text": "computing the teacher's logits (first run only; cached "
+                              "for every later run)", "fraction": frac,
+                              "eta_s": spent / frac * (1 - frac) if frac > 0 else None})
+        return report
+
+    targets = []
+    for split, v in jobs:
+        logits = cached_logits(teacher, s.teacher_data, split, v, cache_dir, s.device if split == "train" else "cpu",
+                               progress=stage(split))
+        done += sizes[split]
+        if split == "train":  # (N_train, K): what the method asked for, once per view
+            targets.append(method.teacher_target(logits))
+        elif split == "val":
+            s.val_teacher = logits
+        else:
+            s.test_teacher = logits
+    if targets:
+        s.t_targets = torch.stack(targets)  # (views, N_train, K)
     s.channels_last = s.device.type == "cuda" and is_convnet(s.student)
     if s.channels_last:
         s.student = s.student.to(memory_format=torch.channels_last)
@@ -519,7 +561,7 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
     s = session if session is not None else prepare(config, store, dataset, teacher, student)
     if s.config != config:
         raise ValueError("the session was prepared for another config")
-    start(s, store)
+    start(s, store, callbacks)
     _emit(callbacks, {"event": "start", "total_steps": s.total_steps, "epochs": config.epochs,
                       "steps_per_epoch": len(s.loader), "device": str(s.device), "augment": s.augment,
                       "params": count_params(s.student), "visible_labels": int(s.visible.sum()),
@@ -529,8 +571,8 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
         s.history.append(row)
         if not math.isfinite(row["train_loss"]):
             _emit(callbacks, {"event": "epoch", **row})
-            raise TrainingError(f"the loss became {row['train_loss']} in epoch {epoch}: training diverged. "
-                                f"Lower the learning rate (now {config.lr}) or the temperature.")
+            raise Diverged(f"the loss became {row['train_loss']} in epoch {epoch}: training diverged. "
+                           f"Try a learning rate 10× lower (now {config.lr:g}), or a lower temperature.")
         # evaluate/checkpoint: ties in accuracy (common on small validation sets) go to the lower validation loss
         best = s.best
         improved = row["val_acc"] > best["val_acc"] or (row["val_acc"] == best["val_acc"]
@@ -544,6 +586,11 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
             run.save_weights(s.student, "last", epoch=epoch)
         _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})
     summary = finish(s, run, config.profile)
+    why = divergence(s.history, s.dataset.num_classes, config.lr)
+    if why:
+        summary["diverged"] = why
+        if run is not None:
+            run.write_summary({k: v for k, v in summary.items() if not k.startswith("_")})
     _emit(callbacks, {"event": "end", "summary": summary})
     summary["_model"] = s.student  # the best-validation weights, for in-process callers; never serialised
     return summary

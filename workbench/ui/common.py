@@ -25,6 +25,63 @@ def store() -> RunStore:
     return RunStore()
 
 
+def presenting() -> bool:
+    """Presentation mode (the sidebar toggle): larger text and plots, fewer controls."""
+    return bool(st.session_state.get("presenting"))
+
+
+CSS = """
+<style>
+/* projector widths: nothing is clipped; labels wrap between words, never inside one */
+[data-testid="stWidgetLabel"] p, label p { word-break: normal; overflow-wrap: normal; hyphens: none; }
+[data-testid="stMetricValue"] > div { overflow: visible; text-overflow: clip; white-space: normal; }
+[data-testid="stMetricValue"] { font-size: 1.6rem; }
+.katex-display { overflow-x: auto; overflow-y: hidden; padding: 2px 0; }
+.stButton button p { white-space: nowrap; }
+%s
+</style>
+"""
+PRESENTING_CSS = """
+html { font-size: 19px; }
+[data-testid="stCaptionContainer"] { font-size: 0.95rem; }
+"""
+COLLAPSE_BELOW = 1100  # px: the sidebar starts collapsed on a projector (1024 × 768)
+COLLAPSE_JS = """
+<script>
+(function () {
+  const doc = window.parent ? window.parent.document : document;
+  const win = window.parent || window;
+  if (win.sessionStorage.getItem("kdw-sidebar-checked")) return;
+  win.sessionStorage.setItem("kdw-sidebar-checked", "1");
+  if (win.innerWidth >= %d) return;
+  const tryCollapse = (n) => {
+    const b = doc.querySelector('[data-testid="stSidebarCollapseButton"] button');
+    const open = doc.querySelector('[data-testid="stSidebar"][data-collapsed="false"]');
+    if (b && open) { b.click(); } else if (n > 0) { setTimeout(() => tryCollapse(n - 1), 100); }
+  };
+  tryCollapse(30);
+})();
+</script>
+""" % COLLAPSE_BELOW
+
+
+def page_chrome() -> None:
+    """Styles every page shares (and presentation mode's), and the sidebar collapsed below 1100 px."""
+    st.html(CSS % (PRESENTING_CSS if presenting() else ""))
+    st.html(COLLAPSE_JS, unsafe_allow_javascript=True)
+
+
+def chart(fig, key: str, container=None) -> None:
+    """A plot and its caption; larger in presentation mode."""
+    from workbench import plots
+
+    where = container or st
+    if presenting():
+        fig.update_layout(font_size=17, height=(fig.layout.height or 450) + 80)
+    where.plotly_chart(fig, key=key)
+    where.caption(plots.caption(fig))
+
+
 def runner() -> Runner:
     return LocalQueueRunner(store())
 
@@ -56,10 +113,12 @@ def _spec_mtime(spec: str) -> float:
     return run.stat().st_mtime if run.is_file() else 0.0
 
 
-def dataset_picker(key: str, label: str = "Data set") -> str:
+def dataset_picker(key: str, label: str = "Data set", on_change=None, args=()) -> str:
     names, missing = recipes.dataset_choices()
     default = recipes.default_dataset()
-    name = st.selectbox(label, names, index=names.index(default), key=key,
+    if st.session_state.get(key) not in names:
+        st.session_state.pop(key, None)  # a name from an old address that is not here: the default
+    name = st.selectbox(label, names, index=names.index(default), key=key, on_change=on_change, args=args,
                         help="Embedded data sets that are installed here.")
     for ds, how in missing.items():
         st.caption(f"**{ds}** is not installed: {how}")
@@ -69,13 +128,39 @@ def dataset_picker(key: str, label: str = "Data set") -> str:
 OWN_DATA = {"image-folder": "an image folder (one subfolder per class)", "csv": "a CSV manifest (path,label[,split])"}
 
 
-def data_source(key: str) -> tuple[str, str | None, int | None] | None:
+def restore_from_url(keys: dict) -> None:
+    """Once per session, set these widgets ({key: type}) from the address (what `save_to_url` wrote): a reload,
+    or a second tab, opens the form as it was. A value of the wrong type is ignored."""
+    ss, q = st.session_state, st.query_params
+    first = next(iter(keys))
+    if ss.get("_restored_" + first):
+        return
+    ss["_restored_" + first] = True
+    for k, kind in keys.items():
+        if k in q and k not in ss:
+            raw = q[k]
+            try:
+                ss[k] = {"True": True, "False": False}[raw] if kind is bool else kind(raw)
+            except (KeyError, ValueError):
+                continue
+
+
+def save_to_url(keys) -> None:
+    """Write these widgets' values into the address, so a reload keeps them."""
+    values = {k: str(st.session_state[k]) for k in keys if k in st.session_state and st.session_state[k] is not None}
+    if any(st.query_params.get(k) != v for k, v in values.items()):
+        st.query_params.update(values)
+
+
+def data_source(key: str, on_change=None) -> tuple[str, str | None, int | None] | None:
     """An embedded data set, or your own images: (name, folder or CSV path, decode size), or None while the path
     is not usable (with the reason shown)."""
     names, missing = recipes.dataset_choices()
     choices = names + list(OWN_DATA)
     default = recipes.default_dataset()
-    name = st.selectbox("Data set", choices, index=choices.index(default), key=key,
+    if st.session_state.get(key) not in choices:
+        st.session_state.pop(key, None)  # a name from an old address that is not here: the default
+    name = st.selectbox("Data set", choices, index=choices.index(default), key=key, on_change=on_change,
                         format_func=lambda n: f"your own: {OWN_DATA[n]}" if n in OWN_DATA else n,
                         help="Embedded data sets, or your own images through a path on this machine.")
     for ds, how in missing.items():

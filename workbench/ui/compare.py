@@ -8,8 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from workbench import plots, recipes
-from workbench.compare import (aggregate, comparison_rows, find_scratch_twins, table_columns, timing_warning,
-                               verdict_subject)
+from workbench.compare import (AGREEMENT_MEANS, ECE_MEANS, aggregate, comparison_rows, find_scratch_twins, headline,
+                               table_columns, timing_warning, verdict_subject)
+from workbench.recipes import describe_runs
 from workbench.report import build_report
 from workbench.ui import common
 
@@ -33,9 +34,20 @@ def _default_selection(runs) -> list[str]:
     return [common.run_label(r) for r in chosen]
 
 
-def _table(rows: list[dict], aggregated: bool) -> pd.DataFrame:
-    cols = table_columns(aggregated)
-    return pd.DataFrame([{name: fn(r) for name, fn in cols} for r in rows])
+def _table(rows: list[dict], aggregated: bool, wide: bool):
+    """The table as a pandas Styler: timings measured on a busy CPU greyed, with a * (see the caption)."""
+    cols = table_columns(aggregated, wide, rows)
+    df = pd.DataFrame([{name: fn(r) for name, fn in cols} for r in rows])
+    grey = [i for i, r in enumerate(rows) if r.get("timing_unreliable")]
+    timing_cols = [c for c in df.columns if c.startswith(("latency", "samples/s", "vs teacher"))]
+
+    def style(frame):
+        out = pd.DataFrame("", index=frame.index, columns=frame.columns)
+        for i in grey:
+            out.loc[i, timing_cols] = "color: #9a9a9a; font-style: italic"
+        return out
+
+    return df.style.apply(style, axis=None)
 
 
 def page() -> None:
@@ -50,10 +62,11 @@ def page() -> None:
                            else datasets.index("fashion-mnist"), key="cmp_dataset")
     pool = [r for r in done if r.config.get("dataset") == ds_name]
     labels = {common.run_label(r): r for r in pool}
-    st.session_state.setdefault("cmp_runs", _default_selection(pool))
-    st.session_state["cmp_runs"] = [x for x in st.session_state["cmp_runs"] if x in labels]
-    chosen = st.multiselect("Runs", list(labels), key="cmp_runs",
-                            help="KD runs are paired with their scratch twin (same student, budget and seed) "
+    key = f"cmp_runs_{ds_name}"  # each data set keeps its own choice: switching back finds it again
+    st.session_state.setdefault(key, _default_selection(pool))
+    st.session_state[key] = [x for x in st.session_state[key] if x in labels]
+    chosen = st.multiselect("Runs", list(labels), key=key,
+                            help="Distilled runs are paired with their scratch twin (same student, budget and seed) "
                                  "from the store for the KD gain.")
     if not chosen:
         st.info("Pick runs to compare.")
@@ -61,32 +74,38 @@ def page() -> None:
     runs = [labels[c] for c in chosen]
     runs += [r for r in find_scratch_twins(runs, store) if r not in runs]
     rows = comparison_rows(runs)
-    agg_mode = st.toggle("Fold seeds into mean ± std", value=False, key="cmp_agg")
+    c1, c2 = st.columns(2)
+    agg_mode = c1.toggle("Fold seeds into mean ± std", value=False, key="cmp_agg")
+    wide = not common.presenting() and c2.toggle("More columns", value=False, key="cmp_wide",
+                     help="T, α, labels, seeds, FLOPs, throughput, agreement and ECE")
     shown = aggregate(rows) if agg_mode else rows
+    line = headline(shown)
+    if line:
+        st.markdown(f"**{line}**")
+    st.caption(describe_runs(runs))
     device = next((f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")), "cpu")
-    st.dataframe(_table(shown, agg_mode), hide_index=True, key="cmp_table")
-    st.caption(f"Test accuracy on the best-validation epoch and on the last epoch. KD gain = distilled − scratch twin "
-               f"(same seed), in points. Latency: median of ≥ 30 batch-1 passes, fp32; throughput at batch 256; both "
-               f"on {device}. FLOPs count a multiply-add as 2; size is the fp32 safetensors file.")
+    st.dataframe(_table(shown, agg_mode, wide), hide_index=True, key="cmp_table")
+    st.caption(f"Test accuracy of the best-validation epoch. KD gain = distilled − scratch twin (same seed), in "
+               f"points. Latency: median of ≥ 30 batch-1 passes, fp32, on {device}; each model is timed once per "
+               f"comparison (the quietest measurement on record). Size: the fp32 safetensors file."
+               + (f" {AGREEMENT_MEANS} {ECE_MEANS} FLOPs count a multiply-add as 2." if wide else ""))
     warning = timing_warning(rows)
     if warning:
-        st.warning(warning, icon=":material/speed:")
+        st.warning(warning.replace("(kdw profile RUN)", "(grey in the table)"), icon=":material/speed:")
+        _remeasure(runs)
     for r in shown:
         if r.get("verdict"):
             st.caption(f"{verdict_subject(r)}: **{r['verdict']}**")
 
     tab_curves, tab_pareto, tab_cm = st.tabs(["Training curves", "Pareto", "Confusion matrices"])
     with tab_curves:
-        series, colors = recipes.curve_series(runs)
-        fig = plots.training_curves(series, colors)
-        st.plotly_chart(fig, key="cmp_curves")
-        st.caption(plots.caption(fig))
+        common.chart(plots.training_curves(*recipes.curve_series(runs)), "cmp_curves")
     with tab_pareto:
-        axis = st.radio("x axis", ["latency_ms", "size_mb", "flops"], horizontal=True, key="cmp_axis",
-                        format_func=lambda a: plots.AXES[a])
-        fig = plots.pareto(rows, axis, device if axis == "latency_ms" else None)
-        st.plotly_chart(fig, key="cmp_pareto")
-        st.caption(plots.caption(fig))
+        axes = ["latency_ms", "size_mb", "flops"]
+        axis = st.radio("x axis", axes, horizontal=True, key="cmp_axis", format_func=lambda a: plots.AXES[a],
+                        index=1 if warning else 0,  # size, when the latencies are not to be trusted
+                        help="Latency is unreliable when it was timed on a busy CPU; size and FLOPs never are.")
+        common.chart(plots.pareto(rows, axis, device if axis == "latency_ms" else None), "cmp_pareto")
     with tab_cm:
         student_label = st.selectbox("Student", [common.run_label(r) for r in runs], key="cmp_cm_student")
         student = next(r for r in runs if common.run_label(r) == student_label)
@@ -95,10 +114,10 @@ def page() -> None:
         if teacher:
             cms[f"teacher {teacher['label']}"] = teacher["test"]["confusion_matrix"]
         cms[recipes.run_title(student.config)] = student.summary["test"]["confusion_matrix"]
-        fig = plots.confusion_matrices(cms, _classes(runs))
-        st.plotly_chart(fig, key="cmp_cm")
-        st.caption(plots.caption(fig))
+        common.chart(plots.confusion_matrices(cms, _classes(runs)), "cmp_cm")
 
+    if common.presenting():  # in front of a class: the results, not the tools
+        return
     st.subheader("Deploy")
     _deploy_panel([r for r in runs if r.state == "done"])
 
@@ -167,3 +186,17 @@ def _deploy_panel(runs) -> None:
     busy = any(v["state"] in ("queued", "running") for v in list_variants(run))
     st.session_state["cmp_deploy_polling"] = busy
     st.fragment(progress, run_every=1.0 if busy else None)()
+
+
+def _remeasure(runs) -> None:
+    """A button that re-times every run of the comparison (and its teacher) in one background process."""
+    from workbench.jobs import start_profile
+
+    if st.button("Re-measure these timings together", key="cmp_remeasure",
+                 help="Runs `kdw profile` on these runs in the background: every model is timed again in one "
+                      "process, one after the other. Reload the page when it is done."):
+        try:
+            start_profile(common.store(), [r.run_id for r in runs])
+            st.toast("Re-measuring in the background; reload in a minute.")
+        except Exception as e:
+            common.show_error("Cannot re-measure", e)

@@ -8,6 +8,7 @@ from workbench import plots, recipes
 from workbench.compare import comparison_rows
 from workbench.jobs import active_runs
 from workbench.models import ModelConfig
+from workbench.recipes import describe_runs
 from workbench.runs import FINISHED, new_run_id
 from workbench.sweep import grid_configs, grid_table, scratch_cell, size_configs, size_table, sweep_progress
 from workbench.train import TrainConfig, check_setup
@@ -16,8 +17,15 @@ from workbench.ui import common
 KINDS = {"grid": "T × α grid", "size": "size sweep"}
 
 
+def _reset_defaults(prefix: str) -> None:
+    """A new data set brings its own epochs and label budget (never the previous data set's)."""
+    d = recipes.dataset_defaults(st.session_state.get(f"{prefix}_dataset"))
+    st.session_state[f"{prefix}_epochs"] = d.sweep_epochs
+    st.session_state[f"{prefix}_labels"] = d.labels or 0
+
+
 def _base(prefix: str) -> TrainConfig | None:
-    ds_name = common.dataset_picker(f"{prefix}_dataset")
+    ds_name = common.dataset_picker(f"{prefix}_dataset", on_change=_reset_defaults, args=(prefix,))
     ds = common.dataset(ds_name)
     choices = common.teacher_choices(ds_name)
     if not choices:
@@ -27,11 +35,12 @@ def _base(prefix: str) -> TrainConfig | None:
     student = common.student_picker(f"{prefix}_student", ds.input_shape, ds.num_classes) if prefix == "swg" else \
         ModelConfig("mlp", depth=1, width=64)
     defaults = recipes.dataset_defaults(ds_name)
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)
     epochs = c1.number_input("Epochs", 1, 100, defaults.sweep_epochs, key=f"{prefix}_epochs")
     budget = c2.number_input("Visible labels (0 = all)", 0, len(ds.x_train), defaults.labels or 0,
                              step=100, key=f"{prefix}_labels")
-    device = c3.selectbox("Device", common.device_choices(), key=f"{prefix}_device")
+    device = st.selectbox("Device", common.device_choices(), key=f"{prefix}_device") if not common.presenting() \
+        else "auto"
     try:
         return TrainConfig(kind="kd", dataset=ds_name, teacher=teacher, model=student, epochs=int(epochs),
                            labels=int(budget) if budget else None, device=device)
@@ -100,14 +109,19 @@ def _results() -> None:
     runs = store.list(group=group)
     prog = sweep_progress(runs)
     st.progress(prog["fraction"], text=f"{prog['done']} done, {prog['running']} running, {prog['queued']} queued, "
-                                       f"{prog['failed']} failed, {prog['cancelled']} cancelled of {prog['total']}")
+                                       f"{prog['failed'] + prog['diverged']} failed or diverged, "
+                                       f"{prog['cancelled']} cancelled of {prog['total']}")
     active = [r for r in runs if r.state not in FINISHED]
     if active and st.button("Cancel the rest of this sweep", key="sw_cancel"):
         for r in active:
             common.runner().cancel(r.run_id)
+    st.caption(describe_runs(runs))  # what the results came from: data, students, budget, labels, seeds
     for r in runs:
-        if r.state == "failed":
-            st.error(f"{r.run_id} failed: {r.status().get('error')}")
+        state = r.state
+        if state in ("failed", "unreadable"):
+            st.error(f"{r.run_id} {state}: {r.status().get('error')}")
+        elif state == "diverged":
+            st.warning(f"{r.run_id} diverged: {r.status().get('error')}", icon=":material/warning:")
     finished = [r for r in runs if r.state == "done"]
     if not finished:
         st.caption("Results appear here as runs finish.")
@@ -115,25 +129,19 @@ def _results() -> None:
     if group.startswith("sweep-"):
         sc = scratch_cell(finished)
         if sc:
-            st.metric("Scratch baseline (α = 0)", f"{100 * sc['test_acc']:.2f}%",
-                      help=f"± {100 * sc['test_acc_std']:.2f} over {sc['seeds']} seed(s)")
+            spread = (f"± {100 * sc['test_acc_std']:.2f} points over {sc['seeds']} seeds" if sc["test_acc_std"]
+                      is not None else "one seed: its spread is unknown")
+            st.metric("Scratch baseline (α = 0)", f"{100 * sc['test_acc']:.2f}%", help=spread)
         cells = grid_table(finished)
-        if cells:
-            c1, c2 = st.columns(2)
-            for col, value, key in ((c1, "test_acc", "sw_heat_acc"), (c2, "kd_gain", "sw_heat_gain")):
-                fig = plots.sweep_heatmap(cells, value)
-                col.plotly_chart(fig, key=key)
-                col.caption(plots.caption(fig))
-        fig = plots.parallel_coordinates([r for r in comparison_rows(finished) if r["role"] == "kd"])
-        st.plotly_chart(fig, key="sw_parcoords")
-        st.caption(plots.caption(fig))
+        if cells:  # one above the other: side by side, their titles and colour bars did not fit a projector
+            for value, key in (("test_acc", "sw_heat_acc"), ("kd_gain", "sw_heat_gain")):
+                common.chart(plots.sweep_heatmap(cells, value), key)
+        common.chart(plots.parallel_coordinates([r for r in comparison_rows(finished) if r["role"] == "kd"]),
+                     "sw_parcoords")
     else:
         cells = size_table(finished)
-        c1, c2 = st.columns(2)
-        for col, x, key in ((c1, "params", "sw_size_params"), (c2, "latency_ms", "sw_size_latency")):
-            fig = plots.size_curves(cells, x)
-            col.plotly_chart(fig, key=key)
-            col.caption(plots.caption(fig))
+        for x, key in (("params", "sw_size_params"), ("latency_ms", "sw_size_latency")):
+            common.chart(plots.size_curves(cells, x), key)
 
 
 def page() -> None:

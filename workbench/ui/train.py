@@ -17,6 +17,9 @@ from workbench.train import TrainConfig, check_setup
 from workbench.ui import common
 
 GROUP_PREFIX = "train"
+FORM_KEYS = {"tr_dataset": str, "tr_student_source": str, "tr_student_family": str, "tr_method": str,
+             "tr_method_T": float, "tr_method_alpha": float, "tr_epochs": int, "tr_labels": int, "tr_lr": str,
+             "tr_batch": int, "tr_seed": int, "tr_twin": bool}  # kept in the address, with their types
 
 
 @st.cache_resource(show_spinner="Checking the upload…", max_entries=8)
@@ -63,9 +66,22 @@ def _teacher_section(ds_name: str, ds, data_dir: str | None = None) -> str | Non
     return choices[st.selectbox("Teacher model", list(choices), key="tr_teacher")]
 
 
+def _reset_defaults() -> None:
+    """A new data set brings its own epochs and label budget (a digits run never keeps Fashion-MNIST's 1,000)."""
+    name = st.session_state.get("tr_dataset")
+    d = recipes.dataset_defaults(name)
+    st.session_state["tr_epochs"] = d.epochs
+    st.session_state["tr_labels"] = d.labels or 0
+
+
+class FormError(ValueError):
+    """A field of the form holds something that cannot be trained; the message says which and why."""
+
+
 def _form() -> list[tuple[str | None, TrainConfig]] | None:
-    """The launch form; returns the (run id, config) chain to queue, or None while it cannot be launched."""
-    source = common.data_source("tr_dataset")
+    """The launch form; returns the (run id, config) chain to queue, or None while it cannot be launched
+    (FormError: a field is invalid, and Launch says why)."""
+    source = common.data_source("tr_dataset", on_change=_reset_defaults)
     if source is None:
         return None
     ds_name, data_dir, decode_size = source
@@ -80,10 +96,10 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
     C, H, _ = ds.input_shape
     with st.expander(f"Student input size and channels (the data set's: {C}×{H}×{H})"):
         c1, c2 = st.columns(2)
-        size = c1.number_input("Image size (px)", 4, 512, int(H), step=4, key="tr_image_size",
+        size = c1.number_input("Image size (px)", 4, 512, int(H), step=4, key=f"tr_image_size_{ds_name}",
                                help="The student sees the images resized to this square size; the teacher keeps "
                                     "its own size, and its logits are cached at it.")
-        channels = c2.selectbox("Channels", [C, 3 if C == 1 else 1], key="tr_channels",
+        channels = c2.selectbox("Channels", [C, 3 if C == 1 else 1], key=f"tr_channels_{ds_name}",
                                 format_func=lambda c: f"{c} ({'grey' if c == 1 else 'colour'})",
                                 help="torchvision and timm models take colour: grey images are repeated.")
     shape = (int(channels), int(size), int(size))
@@ -126,20 +142,30 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
                                                         label="Assistant")
         if chain_opts["assistant"] is None:
             return None
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)
     epochs = c1.number_input("Epochs", 1, 200, defaults.epochs, key="tr_epochs")
-    lr = c2.number_input("Learning rate", 1e-5, 1.0, 3e-3, format="%.4f", key="tr_lr")
-    batch = c3.selectbox("Batch size", [32, 64, 128, 256, 512], index=2, key="tr_batch")
-    c1, c2, c3 = st.columns(3)
-    seed = c1.number_input("Seed", 0, 10_000, 0, key="tr_seed")
-    device = c2.selectbox("Device", common.device_choices(), key="tr_device",
-                          help="only devices this machine has are listed")
-    budget = c3.number_input("Visible labels (0 = all)", 0, len(ds.x_train), defaults.labels or 0,
+    budget = c2.number_input("Visible labels (0 = all)", 0, len(ds.x_train), defaults.labels or 0,
                              step=100, key="tr_labels",
                              help="A label budget: the scratch student sees only these labels; the distilled one "
                                   "also learns from the teacher on every other training image.")
-    twin = st.checkbox("Also train the scratch baseline (same student and budget, no teacher)", value=True,
-                       key="tr_twin")
+    lr, batch, seed, device = 3e-3, 128, 0, "auto"
+    if not common.presenting():  # a class does not need these: the defaults work
+        c1, c2 = st.columns(2)
+        lr_text = c1.text_input("Learning rate", "0.003", key="tr_lr", help="the peak (warm-up, then cosine)")
+        batch = c2.selectbox("Batch size", [32, 64, 128, 256, 512], index=2, key="tr_batch")
+        c1, c2 = st.columns(2)
+        seed = c1.number_input("Seed", 0, 10_000, 0, key="tr_seed")
+        device = c2.selectbox("Device", common.device_choices(), key="tr_device",
+                              help="only devices this machine has are listed")
+        try:
+            lr = float(lr_text)
+            if not 0 < lr <= 10:
+                raise ValueError
+        except ValueError:
+            raise FormError(f"the learning rate must be a number above 0 (like 0.003), not {lr_text!r}") from None
+    twin = st.checkbox("Also train the scratch twin", value=True, key="tr_twin",
+                       help="The same student, data, budget and seed, without the teacher: the baseline of the KD "
+                            "gain.")
     if teacher is None and method.needs_teacher:
         return None
     group = new_run_id(GROUP_PREFIX)
@@ -206,14 +232,20 @@ def _live_panel() -> None:
         text = {"queued": "queued, waiting for the jobs before it",
                 "running": f"running on {prog.get('device', '…')}: epoch {prog.get('epoch', 0)}/{prog.get('epochs', '?')}",
                 }.get(st_["state"], st_["state"])
-        st.progress(frac, text=f"{common.run_label(r)} — {text}")
+        if st_["state"] == "running" and prog.get("stage"):  # before the first epoch: say what takes the time
+            eta = prog.get("stage_eta_s")
+            frac = float(prog.get("stage_fraction") or 0.0)
+            text = f"preparing: {prog['stage']}" + (f", about {eta:.0f} s left" if eta is not None else "")
+        elif st_["state"] == "running" and not prog.get("total_steps"):
+            text = "starting: loading the data, the teacher and the model"
+        st.progress(min(1.0, frac), text=f"{common.run_label(r)} — {text}")
         if st_["state"] in ("failed", "unreadable"):
             st.error(f"{r.run_id} {st_['state']}: {st_.get('error')}")
+        elif st_["state"] == "diverged":
+            st.warning(f"{r.run_id} diverged: {st_.get('error')}", icon=":material/warning:")
     series, colors = recipes.curve_series(runs)
     if series:
-        fig = plots.training_curves(series, colors)
-        st.plotly_chart(fig, key="tr_curves")
-        st.caption(plots.caption(fig))
+        common.chart(plots.training_curves(series, colors), "tr_curves")
     if not active and not any(r.state in ("queued", "running") for r in queue) and st.session_state.get("tr_polling"):
         st.session_state["tr_polling"] = False
         st.rerun()  # everything finished: one full rerun stops the polling
@@ -236,8 +268,19 @@ def page() -> None:
                 "page stays responsive and you can reload it or open it in another tab.")
     left, right = st.columns([2, 3], gap="large")
     with left:
-        form = _form()
-        launch = st.button("Launch", type="primary", key="tr_launch", disabled=form is None)
+        common.restore_from_url(FORM_KEYS)  # a reload finds the form as it was
+        reason = None
+        try:
+            form = _form()
+        except FormError as e:
+            form, reason = None, str(e)
+        common.save_to_url(FORM_KEYS)
+        if form is not None:
+            st.caption("**Will run:** " + "; ".join(recipes.describe_config(c) for _, c in form))
+        elif reason:
+            st.error(f"Launch is off: {reason}.")
+        launch = st.button("Launch", type="primary", key="tr_launch", disabled=form is None,
+                           help=reason or None)
         if launch and form is not None:
             _launch(form)
     with right:
