@@ -272,7 +272,7 @@ def vs_teacher(r: dict) -> str:
         bits.append(f"{v['smaller']:.2g}× smaller" if v["smaller"] < 10 else f"{v['smaller']:.0f}× smaller")
     if v.get("faster"):
         speed = f"{v['faster']:.2g}×" if v["faster"] < 10 else f"{v['faster']:.0f}×"
-        bits.append(f"{speed} faster" + ("*" if _unreliable(r) else ""))
+        bits.append(f"{speed} faster" + ("*" if v.get("unreliable") else ""))
     if v.get("acc_pts") is not None:
         bits.append(f"{v['acc_pts']:+.1f} pts".replace("-", "−"))
     return ", ".join(bits) or "—"
@@ -336,6 +336,7 @@ def add_teacher_ratios(rows: list[dict]) -> list[dict]:
             v["smaller"] = t["size_mb"] / r["size_mb"]
         if t.get("latency_ms") and r.get("latency_ms"):
             v["faster"] = t["latency_ms"] / r["latency_ms"]
+            v["unreliable"] = _unreliable(t) or _unreliable(r)  # a ratio is as good as its worse timing
         if t.get("test_acc") is not None and r.get("test_acc") is not None:
             v["acc_pts"] = 100 * (r["test_acc"] - t["test_acc"])
         r["vs_teacher"] = v

@@ -34,10 +34,12 @@ def _table_html(rows: list[dict], aggregated: bool, wide: bool = False) -> str:
     """A table; timings measured on a busy CPU are greyed (class `unreliable`)."""
     cols = table_columns(aggregated, wide, rows)
     head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in cols)
-    timing = {"latency ms", "samples/s (b=256)", "vs teacher"}
+    timing = {"latency ms", "samples/s (b=256)"}
 
     def cell(r, name, fn):
-        grey = " class='unreliable'" if name in timing and r.get("timing_unreliable") else ""
+        bad = (name in timing and r.get("timing_unreliable")) or \
+            (name == "vs teacher" and (r.get("vs_teacher") or {}).get("unreliable"))
+        grey = " class='unreliable'" if bad else ""
         return f"<td{grey}>{html.escape(str(fn(r)))}</td>"
 
     body = "".join("<tr class='role-" + html.escape(r["role"]) + "'>" +

@@ -39,12 +39,16 @@ def _table(rows: list[dict], aggregated: bool, wide: bool):
     cols = table_columns(aggregated, wide, rows)
     df = pd.DataFrame([{name: fn(r) for name, fn in cols} for r in rows])
     grey = [i for i, r in enumerate(rows) if r.get("timing_unreliable")]
-    timing_cols = [c for c in df.columns if c.startswith(("latency", "samples/s", "vs teacher"))]
+    grey_ratio = [i for i, r in enumerate(rows) if (r.get("vs_teacher") or {}).get("unreliable")]
+    timing_cols = [c for c in df.columns if c.startswith(("latency", "samples/s"))]
 
     def style(frame):
         out = pd.DataFrame("", index=frame.index, columns=frame.columns)
         for i in grey:
             out.loc[i, timing_cols] = "color: #9a9a9a; font-style: italic"
+        if "vs teacher" in frame.columns:
+            for i in grey_ratio:
+                out.loc[i, "vs teacher"] = "color: #9a9a9a; font-style: italic"
         return out
 
     return df.style.apply(style, axis=None)
