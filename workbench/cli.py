@@ -105,6 +105,13 @@ def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     g.add_argument("--compile", action="store_true", help="torch.compile the student")
     g.add_argument("--no-profile", action="store_true", help="skip latency/throughput measurement")
+    g.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine, through torch.distributed.run (gloo on the CPU, "
+                        "NCCL on GPUs); the global batch is --batch-size")
+    g.add_argument("--nnodes", default=None, help="several machines: passed to torch.distributed.run (docs/scaling.md)")
+    g.add_argument("--rdzv-endpoint", default=None, help="several machines: host:port of the rendezvous")
+    g.add_argument("--track", action="append", default=None, metavar="TARGET",
+                   help="also log to tensorboard[:DIR] or mlflow[:URI] (repeatable; default: the settings file's)")
     g.add_argument("--run-id", default=None, help="name the run (letters, digits, _ . -)")
     g.add_argument("--group", default=None, help="tag runs that belong together")
     g.add_argument("--background", action="store_true", help="queue as a job and return at once")
@@ -164,6 +171,7 @@ def _train_config(args, kind: str, seed: int, **over):
     from .data import DATASETS
     from .models import parse_model
     from .teachers import default_teacher
+    from .tracking import default_targets
     from .train import TrainConfig
 
     if args.dataset not in DATASETS:  # before any advice about teachers for it
@@ -181,6 +189,7 @@ def _train_config(args, kind: str, seed: int, **over):
         kind=kind, dataset=args.dataset, data_dir=args.data_dir, teacher=teacher,
         model=parse_model(args.model, args.depth, args.width, args.pretrained),
         image_size=args.image_size, channels=args.channels, init=args.init, stream=args.stream,
+        nproc=args.nproc, track=tuple(args.track) if args.track is not None else tuple(default_targets()),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, labels=parse_labels(args.labels), augment=args.augment, seed=seed,
         device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
@@ -211,6 +220,11 @@ def cmd_train(args, kind: str) -> int:
 
     if args.run_id is not None:
         validate_run_id(args.run_id)  # before seconds of loading data and teachers
+    from .jobs import check_nproc
+
+    check_nproc(args.nproc, args.device)
+    if (args.nnodes or args.rdzv_endpoint) and args.nproc < 2:
+        raise ValueError("--nnodes and --rdzv-endpoint take effect with --nproc 2 or more")
     store = RunStore(args.runs_dir)
     store.ensure_writable()
     configs = []
@@ -344,6 +358,37 @@ def cmd_cancel(args) -> int:
     for rid in args.runs:
         print(f"{rid}: {runner.cancel(rid)}")
     return 0
+
+
+def cmd_resume(args) -> int:
+    """Go on with a failed, cancelled or killed run from its last completed epoch, into the same run folder."""
+    from .jobs import LocalQueueRunner, resume_in_process
+    from .runs import RunStore
+    from .train import TqdmProgress
+
+    store = RunStore(args.runs_dir)
+    run = store.get(args.run_id)
+    overrides = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                                   "seed": args.seed, "device": args.device, "nproc": args.nproc}.items()
+                 if v is not None}
+    if args.background:
+        LocalQueueRunner(store).resume(run.run_id, overrides)
+        print(f"queued {run.run_id} to resume; follow with `kdw runs --runs-dir {store.root}`")
+        return 0
+    state = resume_in_process(run, store, [TqdmProgress(f"resume {run.run_id}")], overrides)
+    if state != "done":
+        raise ValueError(f"run {run.run_id} {state}: {run.status().get('error')}")
+    from .compare import comparison_rows
+
+    print(_table(comparison_rows([run]), args))
+    return 0
+
+
+def cmd_rank(args) -> int:
+    from .jobs import run_rank
+    from .runs import RunStore
+
+    return run_rank(args.run_id, RunStore(args.runs_dir), resume=args.resume)
 
 
 def cmd_teachers(args) -> int:
@@ -663,11 +708,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", required=True, help="teacher name, e.g. fashion-mnist-cnn")
     s.add_argument("--to", default=None, help="folder (default: assets/teachers)")
     _add_common(s)
+    s = add("resume", "go on with a failed, cancelled or killed run from its last completed epoch")
+    s.add_argument("run_id", metavar="RUN")
+    for flag, kind in (("--epochs", int), ("--lr", float), ("--batch-size", int), ("--seed", int),
+                       ("--device", str), ("--nproc", int)):
+        s.add_argument(flag, type=kind, default=None, help="must equal the run's own (a resumed run keeps its options)")
+    s.add_argument("--background", action="store_true", help="queue it as a job and return at once")
+    _add_common(s)
     s = add("cancel", "cancel queued or running jobs")
     s.add_argument("runs", nargs="+", metavar="RUN")
     _add_common(s)
     s = sub.add_parser("job")  # internal: run one queued run
     s.add_argument("run_id")
+    _add_common(s)
+    s = sub.add_parser("rank")  # internal: one rank of a data-parallel run (torch.distributed.run starts it)
+    s.add_argument("run_id")
+    s.add_argument("--resume", action="store_true")
     _add_common(s)
     s = sub.add_parser("worker")  # internal: the queue worker
     _add_common(s)
@@ -685,6 +741,7 @@ def main(argv=None) -> int:
     handlers = {"teacher": lambda a: cmd_train(a, "teacher"), "distill": lambda a: cmd_train(a, "kd"),
                 "scratch": lambda a: cmd_train(a, "scratch"), "runs": cmd_runs, "compare": cmd_compare,
                 "demo": cmd_demo, "job": cmd_job, "worker": cmd_worker, "cancel": cmd_cancel,
+                "resume": cmd_resume, "rank": cmd_rank,
                 "teachers": cmd_teachers, "export": cmd_export, "publish-teacher": cmd_publish_teacher, "sweep": cmd_sweep,
                 "report": cmd_report, "methods": cmd_methods, "profile": cmd_profile, "born-again": lambda a: cmd_chain(a, "ban"),
                 "takd": lambda a: cmd_chain(a, "takd")}

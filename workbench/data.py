@@ -533,7 +533,7 @@ class BatchLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, augment: str = "none",
                  crop_pad: int = 2, indices: torch.Tensor | None = None, steps: int | None = None,
-                 drop_last: bool = True, seed: int = 0):
+                 drop_last: bool = True, seed: int = 0, shard: tuple[int, int] = (0, 1)):
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
         self.x, self.y = x, y
@@ -546,6 +546,7 @@ class BatchLoader:
         self.steps = steps
         self.generator = torch.Generator(device=x.device)
         self.generator.manual_seed(seed)
+        self.rank, self.world = shard  # data parallel: every rank draws the same batches and keeps its slice
 
     def __len__(self) -> int:
         if self.steps is not None:
@@ -558,12 +559,15 @@ class BatchLoader:
         reps = 1 if self.steps is None else -(-self.steps * bs // n)  # whole permutations needed
         perms = [torch.randperm(n, device=self.x.device, generator=self.generator) for _ in range(reps)]
         order = self.indices[torch.cat(perms)]  # (reps * n,)
+        part = bs // self.world
         for i in range(len(self)):
             idx = order[i * bs:(i + 1) * bs]
+            flip = torch.rand(len(idx), device=idx.device, generator=self.generator) < 0.5 if self.flip else None
+            if self.world > 1:  # this rank's slice of the global batch
+                idx = idx[self.rank * part:(self.rank + 1) * part]
+                flip = flip[self.rank * part:(self.rank + 1) * part] if flip is not None else None
             x = self.x[idx]
-            flip = None
-            if self.flip:
-                flip = torch.rand(len(idx), device=x.device, generator=self.generator) < 0.5
+            if flip is not None:
                 x = batch_flip_lr(x, flip)
             if self.crop_pad:
                 x = batch_crop(x, self.crop_pad, self.generator)

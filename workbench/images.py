@@ -338,7 +338,7 @@ class StreamLoader:
 
     def __init__(self, x: LazyImages, y: torch.Tensor, batch_size: int, *, device, augment: str = "none",
                  crop_pad: int = 2, indices: torch.Tensor | None = None, steps: int | None = None, seed: int = 0,
-                 workers: int | None = None):
+                 workers: int | None = None, shard: tuple[int, int] = (0, 1)):
         from .data import AUGMENTATIONS
 
         if augment not in AUGMENTATIONS:
@@ -349,6 +349,7 @@ class StreamLoader:
         self.flip, self.crop_pad = "flip" in augment, (crop_pad if "crop" in augment else 0)
         self.steps = steps
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world = shard  # data parallel: each rank reads only its slice of every global batch
         self.workers = max(0, min(4, (os.cpu_count() or 1) - 1)) if workers is None else workers
 
     def __len__(self) -> int:
@@ -360,8 +361,12 @@ class StreamLoader:
         n, bs = len(self.indices), self.batch_size
         reps = 1 if self.steps is None else -(-self.steps * bs // n)
         order = self.indices[torch.cat([torch.randperm(n, generator=self.generator) for _ in range(reps)])]
-        batches = [order[i * bs:(i + 1) * bs].tolist() for i in range(len(self))]
-        flips = [torch.rand(bs, generator=self.generator) < 0.5 for _ in batches] if self.flip else None
+        part = bs // self.world
+        batches = [order[i * bs:(i + 1) * bs][self.rank * part:(self.rank + 1) * part].tolist()
+                   if self.world > 1 else order[i * bs:(i + 1) * bs].tolist() for i in range(len(self))]
+        flips = [(torch.rand(bs, generator=self.generator) < 0.5)[self.rank * part:(self.rank + 1) * part]
+                 if self.world > 1 else torch.rand(bs, generator=self.generator) < 0.5
+                 for _ in batches] if self.flip else None
         loader = torch.utils.data.DataLoader(_Rows(self.x, self.y), batch_sampler=batches, collate_fn=_collate,
                                              num_workers=self.workers, pin_memory=self.device.type == "cuda")
         for i, (x, y, idx) in enumerate(loader):

@@ -111,23 +111,40 @@ class _Heartbeat:
         self.thread.join()  # no heartbeat write may land after the final status
 
 
-def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: bool = False, teacher=None) -> str:
-    """Run `run`'s config here and now; returns the final state (done, failed or cancelled).
+def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: bool = False, teacher=None,
+                resume: bool = False, launch: bool = True) -> str:
+    """Run `run`'s config here and now; returns the final state (done, failed, cancelled or diverged).
 
-    The status records this process's identity (pid, start time, host); metrics.jsonl starts empty.
+    The status records this process's identity (pid, start time, host); metrics.jsonl starts empty, or, with
+    `resume`, keeps the epochs up to the run's checkpoint. A config with `nproc` > 1 is launched through
+    torch.distributed.run (`launch`), whose rank 0 comes back here with `launch=False`.
     """
-    from .train import Diverged, TrainConfig, train
+    from .train import CHECKPOINT, Diverged, TrainConfig, train
 
     def on_term(signum, frame):
         raise Cancelled()
 
+    config = TrainConfig.from_dict(run.config)
+    if launch and config.nproc > 1:
+        return _launch_distributed(run, store, config, resume)
     old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
-    run.reset_metrics()
-    run.set_status("running", **process_identity(), started=time.time(), error=None)
+    checkpoint = run.path / CHECKPOINT if resume else None
+    (run.path / "cancel").unlink(missing_ok=True)  # an old request never stops a new start
+    if resume:
+        run.keep_metrics_until(_checkpoint_epoch(checkpoint))
+    else:
+        run.reset_metrics()
+        (run.path / CHECKPOINT).unlink(missing_ok=True)
+    run.set_status("running", **process_identity(), started=time.time(), error=None, resume=None)
     try:
-        config = TrainConfig.from_dict(run.config)
+        extra = []
+        if config.track:
+            from .tracking import Tracker
+
+            extra.append(Tracker(config.track, run, run.config, store.root))
         with _Heartbeat(run):
-            summary = train(config, run=run, store=store, callbacks=[_Progress(run), *callbacks], teacher=teacher)
+            summary = train(config, run=run, store=store, callbacks=[_Progress(run), *extra, *callbacks],
+                            teacher=teacher, resume=checkpoint)
         if summary.get("diverged"):
             run.set_status("diverged", error=summary["diverged"])
             return "diverged"
@@ -148,6 +165,120 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+# ---------------------------------------------------------------------------
+# resume
+
+def check_resumable(run: Run, overrides: dict | None = None) -> None:
+    """ValueError in one sentence unless `run` can go on from its checkpoint with the same options."""
+    from .train import CHECKPOINT, TrainConfig
+
+    state = run.state
+    if state == "done":
+        raise ValueError(f"run {run.run_id} has finished; there is nothing to resume")
+    if state in ("queued", "running"):
+        raise ValueError(f"run {run.run_id} is {state}; only a failed, cancelled or killed run can be resumed")
+    if not (run.path / CHECKPOINT).is_file():
+        raise ValueError(f"run {run.run_id} has no checkpoint to resume from: it stopped before its first epoch "
+                         "ended; start it again instead")
+    stored = TrainConfig.from_dict(run.config).to_dict()
+    changed = sorted(k for k, v in (overrides or {}).items() if k in stored and stored[k] != v)
+    if changed:
+        diffs = "; ".join(f"{k}: {stored[k]!r} in the run, {overrides[k]!r} asked" for k in changed)
+        raise ValueError(f"a run resumes with its own options; these differ: {diffs}. Start a new run to change them")
+
+
+def resume_in_process(run: Run, store: RunStore, callbacks=(), overrides: dict | None = None) -> str:
+    """`kdw resume RUN`: go on from the last completed epoch, here, into the same run folder."""
+    check_resumable(run, overrides)
+    return execute_run(run, store, callbacks, resume=True)
+
+
+# ---------------------------------------------------------------------------
+# several processes: torch.distributed.run
+
+def distributed_command(run: Run, store: RunStore, nproc: int, resume: bool = False, nnodes: str | None = None,
+                        rdzv_endpoint: str | None = None) -> list[str]:
+    """The torch.distributed.run command line that trains `run` on `nproc` processes per node."""
+    cmd = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "torch.distributed.run",
+           f"--nproc-per-node={nproc}"]
+    if nnodes:
+        cmd += [f"--nnodes={nnodes}"]
+    if rdzv_endpoint:
+        cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+    else:
+        cmd += ["--standalone"]
+    return cmd + ["-m", "workbench", "rank", run.run_id, "--runs-dir", str(store.root)] + (["--resume"] if resume
+                                                                                            else [])
+
+
+def _launch_distributed(run: Run, store: RunStore, config, resume: bool) -> str:
+    """Train on `config.nproc` processes and wait; rank 0 writes the run store, this process relays a cancel."""
+    check_nproc(config.nproc, config.device)
+    run.set_status("running", **process_identity(), started=time.time(), error=None)
+    env = dict(os.environ, KDW_RUNS_DIR=str(store.root), OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1)
+                                                                                 // config.nproc)))
+    with open(run.log_path(), "a") as log:
+        proc = subprocess.Popen(distributed_command(run, store, config.nproc, resume), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=_trusted_cwd(),
+                                start_new_session=True)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if run.cancel_requested():
+                os.killpg(proc.pid, signal.SIGTERM)
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        run.set_status("cancelled", error="cancelled by the user")
+        raise
+    state = run.state
+    if state in ("queued", "running"):
+        run.set_status("failed", error=f"the {config.nproc} training processes exited with code {proc.returncode} "
+                                       "before finishing; see log.txt")
+    return run.state
+
+
+def check_nproc(nproc: int, device: str = "auto") -> None:
+    """ValueError unless this machine has `nproc` devices: GPUs for CUDA, cores on the CPU."""
+    import torch
+
+    if nproc <= 1:
+        return
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    have = torch.cuda.device_count() if on_gpu else (os.cpu_count() or 1)
+    what = "GPUs" if on_gpu else "CPU cores"
+    if nproc > have:
+        raise ValueError(f"--nproc {nproc} asks for more processes than this machine has {what} ({have})")
+
+
+def run_rank(run_id: str, store: RunStore, resume: bool = False) -> int:
+    """One rank of a data-parallel run (started by torch.distributed.run): rank 0 writes the run store."""
+    import torch
+    import torch.distributed as dist
+
+    from .train import CHECKPOINT, TrainConfig, train
+
+    config = TrainConfig.from_dict(store.get(run_id).config)
+    backend = "nccl" if torch.cuda.is_available() and config.device in ("auto", "cuda") else "gloo"
+    dist.init_process_group(backend)
+    try:
+        run = store.get(run_id)
+        if dist.get_rank() == 0:
+            state = execute_run(run, store, resume=resume, launch=False)
+        else:
+            train(config, store=store, resume=(run.path / CHECKPOINT) if resume else None)
+            state = "done"
+    finally:
+        dist.destroy_process_group()
+    return 0 if state in ("done", "diverged") else 1
 
 
 def _main_thread() -> bool:
@@ -207,6 +338,7 @@ class Runner(Protocol):
     def submit(self, config: dict, run_id: str | None = None, prefix: str = "run") -> str: ...
     def status(self, run_id: str) -> dict: ...
     def cancel(self, run_id: str) -> str: ...
+    def resume(self, run_id: str, overrides: dict | None = None) -> None: ...
 
 
 def _python_cmd() -> list[str]:
@@ -259,6 +391,13 @@ class LocalQueueRunner(Runner):
                 pass
             return "cancel sent"
         return f"cancel requested; the job on {st.get('host')} stops at its next step"
+
+    def resume(self, run_id: str, overrides: dict | None = None) -> None:
+        """Queue a failed, cancelled or killed run to go on from its last completed epoch."""
+        run = self.store.get(run_id)
+        check_resumable(run, overrides)
+        run.set_status("queued", resume=True, error=None)
+        self.ensure_worker()
 
     def ensure_worker(self) -> bool:
         """Start a detached worker unless one holds the queue lock or is still starting; True if one was started.
@@ -416,6 +555,8 @@ def run_job(run_id: str, store: RunStore) -> str:
     run = store.get(run_id)
     if run.state != "queued":
         raise RunStoreError(f"run {run_id} is {run.state}, not queued")
+    if run.status().get("resume"):  # queued to go on from its checkpoint
+        return execute_run(run, store, resume=True)
     if (run.path / "summary.json").exists() or (run.path / "metrics.jsonl").exists():
         raise RunStoreError(f"run {run_id} already has results; it is not run again")
     return execute_run(run, store)

@@ -312,6 +312,17 @@ class Run:
             pass
         return rows
 
+    def keep_metrics_until(self, epoch: int) -> None:
+        """Drop the epochs after `epoch` from metrics.jsonl (a resumed run redoes them), atomically."""
+        rows = [r for r in self.metrics() if r["epoch"] <= epoch]
+        tmp = self.path / ".metrics.jsonl.tmp"
+        with open(tmp, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r, default=_json_default) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / "metrics.jsonl")
+
     def reset_metrics(self) -> None:
         """Start metrics.jsonl afresh (a run that starts owns it; nothing is ever appended to another attempt's)."""
         with open(self.path / "metrics.jsonl", "w"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -91,6 +92,8 @@ class TrainConfig:
     channels: int | None = None  # the student's input channels, 1 or 3 (None: the data set's; grey ↔ colour converts)
     init: str | None = None  # weights to start the student from: .safetensors or a .pth/.pt state dict
     stream: bool | None = None  # image folders / CSV: stream from the disk cache (None: when they exceed the budget)
+    nproc: int = 1  # data-parallel processes (torch.distributed.run): gloo on the CPU, NCCL on GPUs
+    track: tuple = ()  # where else to log: "tensorboard[:DIR]", "mlflow[:URI]" (workbench.tracking)
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -142,6 +145,13 @@ class TrainConfig:
             raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {self.channels}")
         if self.init is not None and not str(self.init).strip():
             raise ValueError("init must name a weights file")
+        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
+            raise ValueError(f"nproc must be a whole number >= 1, got {self.nproc}")
+        object.__setattr__(self, "track", tuple(self.track or ()))
+        from .tracking import check_target
+
+        for target in self.track:
+            check_target(target)
 
     @property
     def temperature(self) -> float | None:
@@ -164,6 +174,7 @@ class TrainConfig:
         d = asdict(self)
         d["model"] = self.model.to_dict()
         d["teacher_weights"] = list(self.teacher_weights) if self.teacher_weights is not None else None
+        d["track"] = list(self.track)
         return d
 
     def record(self, command: str = "") -> dict:
@@ -305,6 +316,9 @@ class Session:
     train_s: float = 0.0
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "val_loss": math.inf, "epoch": 0, "state": None})
     history: list = field(default_factory=list)
+    epoch: int = 0  # the last completed epoch
+    rank: int = 0  # this process's rank, and how many train together (torch.distributed)
+    world: int = 1
 
     @property
     def total_steps(self) -> int:
@@ -321,7 +335,13 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     built yourself (a pruned student, say) instead of `config.model`.
     """
     t0 = time.perf_counter()
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     device = pick_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
     method = config.build_method()
     if config.teacher and teacher is None:
@@ -359,7 +379,9 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
 
     ds = data.to(device)
     steps_per_epoch = len(ds.x_train) // min(config.batch_size, len(ds.x_train))
-    kw = dict(augment=augment, seed=config.seed)
+    kw = dict(augment=augment, seed=config.seed, shard=(rank, world))
+    if world > 1 and config.batch_size % world:
+        raise ValueError(f"the batch size ({config.batch_size}) must split evenly over {world} processes")
     if config.kind != "kd":  # labels alone, with the same number of steps as a full epoch
         kw.update(indices=visible.nonzero().squeeze(1), steps=steps_per_epoch)
     if data.streamed:  # images stay on disk; a DataLoader with workers reads and normalises each batch
@@ -367,7 +389,7 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     else:  # the transfer set (kd: every training image, labels where visible) as slices of device tensors
         loader = BatchLoader(ds.x_train, ds.y_train, config.batch_size, **kw)
     return Session(config, device, data, ds, augment, teacher, method, student, visible.to(device), loader,
-                   setup_s=time.perf_counter() - t0, teacher_data=teacher_data, init=init)
+                   setup_s=time.perf_counter() - t0, teacher_data=teacher_data, init=init, rank=rank, world=world)
 
 
 def check_setup(config: TrainConfig, store=None, teacher: Teacher | None = None) -> Session:
@@ -378,8 +400,14 @@ def check_setup(config: TrainConfig, store=None, teacher: Teacher | None = None)
 
 
 def start(s: Session, store=None, callbacks=()) -> None:
-    """Stage 2: the teacher's targets from the cache, feature hooks, compilation and the optimiser."""
+    """Stage 2: the teacher's targets from the cache, feature hooks, compilation and the optimiser.
+
+    Under torch.distributed, rank 0 computes the teacher's logits into the disk cache first, and the other
+    ranks read them from there: the teacher runs once, not once per rank.
+    """
     t0 = time.perf_counter()
+    if s.world > 1 and s.rank != 0:
+        torch.distributed.barrier()  # rank 0 is filling the teacher-logit cache
     config, method, teacher = s.config, s.method, s.teacher
     cache_dir = (store.cache_dir / "teacher-logits") if store is not None else None
     s.views = ("plain", "flip") if "flip" in s.augment else ("plain",)
@@ -413,6 +441,8 @@ def start(s: Session, store=None, callbacks=()) -> None:
             s.test_teacher = logits
     if targets:
         s.t_targets = torch.stack(targets)  # (views, N_train, K)
+    if s.world > 1 and s.rank == 0:
+        torch.distributed.barrier()  # the cache is on disk: the other ranks may read it
     s.channels_last = s.device.type == "cuda" and is_convnet(s.student)
     if s.channels_last:
         s.student = s.student.to(memory_format=torch.channels_last)
@@ -421,7 +451,10 @@ def start(s: Session, store=None, callbacks=()) -> None:
     if method.teacher_features and teacher is not None:
         s.t_hooks = FeatureHooks(teacher.model, list(method.teacher_features)).add()
     # hooks need the eager module; torch.compile is for the plain logit path
-    s.forward = torch.compile(s.student) if config.compile and s.s_hooks is None else s.student
+    s.forward = torch.compile(s.student) if config.compile and s.s_hooks is None and s.world == 1 else s.student
+    if s.world > 1:  # gradients all-reduced by DDP; BatchNorm statistics broadcast from rank 0 every step
+        s.forward = torch.nn.parallel.DistributedDataParallel(
+            s.student, device_ids=[s.device.index] if s.device.type == "cuda" else None)
     s.amp_dtype = autocast_dtype(s.device, config.amp)
     s.optimizer = make_optimizer(s.student, config, extra=method)
     s.setup_s += time.perf_counter() - t0
@@ -462,6 +495,11 @@ def train_step(s: Session, x, y, idx, flip) -> tuple[dict[str, torch.Tensor], to
     loss = sum(terms.values())
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if s.world > 1:  # a method's own learnable parts (adapters, heads) average their gradients like DDP does
+        for p in s.method.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= s.world
     s.optimizer.step()
     s.step += 1
     return {k: v.detach() for k, v in terms.items()}, logits.detach()
@@ -487,6 +525,10 @@ def train_epoch(s: Session, epoch: int, callbacks=()) -> dict:
     epoch_s = time.perf_counter() - t0
     s.train_s += epoch_s
     n = len(s.loader)
+    if s.world > 1:  # every rank's share of the epoch: the means over the global batches
+        for t in [*sums.values(), correct, seen]:
+            torch.distributed.all_reduce(t)
+        sums = {k: v / s.world for k, v in sums.items()}
     term_means = {k: (v / n).item() for k, v in sums.items()}  # one sync per term per epoch
     return {"epoch": epoch, "step": s.step, "lr": s.optimizer.param_groups[0]["lr"],
             "train_loss": sum(term_means.values()), **{f"loss_{k}": v for k, v in term_means.items()},
@@ -550,23 +592,27 @@ def finish(s: Session, run=None, profile: bool = True) -> dict:
 
 
 def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=None, teacher: Teacher | None = None,
-          session: Session | None = None, student: torch.nn.Module | None = None) -> dict:
+          session: Session | None = None, student: torch.nn.Module | None = None, resume=None) -> dict:
     """Train `config` to the end and return its summary (also written to `run` if given).
 
     `callbacks` are called with event dicts: {"event": "start" | "step" | "epoch" | "end", ...}.
     `session` continues from `check_setup`; `teacher` reuses a loaded teacher; `student` trains that
-    module instead of building `config.model`. A non-finite loss raises TrainingError after recording
-    the epoch's metrics.
+    module instead of building `config.model`; `resume` (a checkpoint file) goes on from its epoch. After
+    every epoch a run's folder gets a checkpoint that `kdw resume` continues from. A non-finite loss raises
+    Diverged after recording the epoch's metrics.
     """
     s = session if session is not None else prepare(config, store, dataset, teacher, student)
     if s.config != config:
         raise ValueError("the session was prepared for another config")
     start(s, store, callbacks)
+    if resume:
+        load_checkpoint_state(s, resume)
     _emit(callbacks, {"event": "start", "total_steps": s.total_steps, "epochs": config.epochs,
                       "steps_per_epoch": len(s.loader), "device": str(s.device), "augment": s.augment,
                       "params": count_params(s.student), "visible_labels": int(s.visible.sum()),
-                      "method": s.method.name, "objective": s.method.objective_text(), "setup_s": s.setup_s})
-    for epoch in range(1, config.epochs + 1):
+                      "method": s.method.name, "objective": s.method.objective_text(), "setup_s": s.setup_s,
+                      "resumed_from": s.epoch if resume else None})
+    for epoch in range(s.epoch + 1, config.epochs + 1):
         row = train_epoch(s, epoch, callbacks) | evaluate(s)
         s.history.append(row)
         if not math.isfinite(row["train_loss"]):
@@ -580,12 +626,14 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
         if improved:
             s.best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch,
                       "state": copy.deepcopy(s.student.state_dict())}
+        s.epoch = epoch
         if run is not None:
             if improved:
                 run.save_weights(s.student, "best", epoch=epoch)
             run.save_weights(s.student, "last", epoch=epoch)
+            save_checkpoint_state(s, run.path / CHECKPOINT)  # everything `kdw resume` needs to go on from here
         _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})
-    summary = finish(s, run, config.profile)
+    summary = finish(s, run if s.rank == 0 else None, config.profile and s.rank == 0)
     why = divergence(s.history, s.dataset.num_classes, config.lr)
     if why:
         summary["diverged"] = why
@@ -594,6 +642,50 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
     _emit(callbacks, {"event": "end", "summary": summary})
     summary["_model"] = s.student  # the best-validation weights, for in-process callers; never serialised
     return summary
+
+
+# ---------------------------------------------------------------------------
+# checkpoints that resume a run exactly
+
+CHECKPOINT = "checkpoint.pt"  # in the run folder: optimiser, schedule, epoch, RNG states, best so far
+
+
+def save_checkpoint_state(s: Session, path) -> None:
+    """Everything needed to go on after epoch `s.epoch` as if never stopped, written atomically.
+
+    Tensors, numbers and strings only, so `torch.load(..., weights_only=True)` reads it (nothing unpickled).
+    """
+    import os
+    from pathlib import Path
+
+    state = {
+        "version": 1, "epoch": s.epoch, "step": s.step, "train_s": s.train_s,
+        "student": s.student.state_dict(), "method": s.method.state_dict(), "optimizer": s.optimizer.state_dict(),
+        "best": {k: v for k, v in s.best.items()}, "history": s.history,
+        "rng": {"torch": torch.get_rng_state(), "loader": s.loader.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "config": s.config.to_dict(),
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint_state(s: Session, path) -> None:
+    """Put a started session back where `save_checkpoint_state` left it (weights, optimiser, RNGs, history)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    s.student.load_state_dict(state["student"])
+    s.method.load_state_dict(state["method"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.epoch, s.step, s.train_s = int(state["epoch"]), int(state["step"]), float(state["train_s"])
+    s.best, s.history = dict(state["best"]), list(state["history"])
+    torch.set_rng_state(state["rng"]["torch"])
+    s.loader.generator.set_state(state["rng"]["loader"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
 def teacher_summary(teacher: Teacher, dataset, test_logits: torch.Tensor, profile: bool = True) -> dict:

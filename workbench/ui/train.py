@@ -13,7 +13,7 @@ from workbench.jobs import active_runs
 from workbench.models import ModelConfig, ModelError, load_checkpoint, save_checkpoint
 from workbench.runs import FINISHED, new_run_id
 from workbench.strategies import born_again_chain, takd_chain, teacher_model_config
-from workbench.train import TrainConfig, check_setup
+from workbench.train import CHECKPOINT, TrainConfig, check_setup
 from workbench.ui import common
 
 GROUP_PREFIX = "train"
@@ -241,6 +241,14 @@ def _live_panel() -> None:
         st.progress(min(1.0, frac), text=f"{common.run_label(r)} — {text}")
         if st_["state"] in ("failed", "unreadable"):
             st.error(f"{r.run_id} {st_['state']}: {st_.get('error')}")
+        if st_["state"] in ("failed", "cancelled") and (r.path / CHECKPOINT).is_file():
+            if st.button("Resume", key=f"tr_resume_{r.run_id}", icon=":material/play_arrow:",
+                         help="Go on from the last completed epoch, into the same run"):
+                try:
+                    common.runner().resume(r.run_id)
+                    st.toast(f"{r.run_id} queued to resume.")
+                except ValueError as e:
+                    common.show_error("Cannot resume", e)
         elif st_["state"] == "diverged":
             st.warning(f"{r.run_id} diverged: {st_.get('error')}", icon=":material/warning:")
     series, colors = recipes.curve_series(runs)
