@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[app,notebook,deploy,timm,tracking,dev]'
+	$(PY) -m pip install --quiet -e '.[app,notebook,deploy,timm,tracking,search,dev]'
 	@touch $(STAMP)
 
 # JupyterLab defaults for the notebooks: start the notebook's kernel without asking, no news pop-up (offline).

@@ -93,7 +93,7 @@ def test_launching_a_tiny_digits_job_runs_it_through_the_job_runner(runs_dir):
 def test_compare_and_sweep_pages_show_finished_runs(runs_dir):
     from conftest import kdw
 
-    kdw("sweep", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "2",
+    kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "2",
         "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "2", "--runs-dir", str(runs_dir))
     at = page_app("compare").run()
     _no_errors(at)

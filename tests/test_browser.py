@@ -49,7 +49,7 @@ def test_browser_launch_watch_compare_and_export(server, runs_dir):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     expect.set_options(timeout=60_000)
     # a small sweep, so that the Sweep page has something real to show
-    kdw("sweep", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "32", "--epochs", "10",
+    kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "32", "--epochs", "10",
         "--batch-size", "64", "--temperatures", "1", "4", "--alphas", "0.5", "0.9", "--seeds", "2",
         "--labels", "200", "--no-profile", "--runs-dir", str(runs_dir))
     with sync_playwright() as p:
@@ -157,7 +157,7 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     kdw("demo", "--fast", "--runs-dir", str(runs_dir))
-    kdw("sweep", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "3",
+    kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "3",
         "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--no-profile", "--runs-dir", str(runs_dir))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)

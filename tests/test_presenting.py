@@ -24,7 +24,7 @@ def page_app(module: str) -> AppTest:
 @pytest.fixture(scope="module")
 def one_seed_sweep(tmp_path_factory):
     runs = tmp_path_factory.mktemp("sweep") / "runs"
-    kdw("sweep", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "2",
+    kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "2",
         "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--runs-dir", str(runs))
     return runs
 

@@ -78,7 +78,7 @@ def test_distill_panel_trains_through_the_job_runner_and_fills_the_figure(runs_d
 def test_sweep_heatmap_widget_from_a_cli_sweep(runs_dir):
     from conftest import kdw
 
-    kdw("sweep", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "2",
+    kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "2",
         "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--no-profile", "--group", "g1",
         "--runs-dir", str(runs_dir))
     box = sweep_heatmap("g1", RunStore(runs_dir))

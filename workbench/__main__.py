@@ -16,7 +16,8 @@ def _worker(argv: list[str]) -> int:
     root = os.environ.get("KDW_RUNS_DIR") or None
     if "--runs-dir" in argv[:-1]:
         root = argv[argv.index("--runs-dir") + 1]
-    worker_loop(RunStore(root))
+    slot = int(argv[argv.index("--slot") + 1]) if "--slot" in argv[:-1] else 0
+    worker_loop(RunStore(root), slot=slot)
     return 0
 
 

@@ -115,6 +115,9 @@ def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--run-id", default=None, help="name the run (letters, digits, _ . -)")
     g.add_argument("--group", default=None, help="tag runs that belong together")
     g.add_argument("--background", action="store_true", help="queue as a job and return at once")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run up to N jobs at once: the queue's workers (kept for this run store) and a sweep's "
+                        "parallel runs; default one per visible GPU, else 1")
     _add_common(p)
 
 
@@ -240,7 +243,7 @@ def cmd_train(args, kind: str) -> int:
         if c.teacher not in teachers or c.kind == "kd":
             teachers[c.teacher] = check_setup(c, store, teacher=teachers.get(c.teacher)).teacher
     if args.background:
-        runner = LocalQueueRunner(store)
+        runner = _queue(args, store)
         for c in configs:
             rid = runner.submit(run_config_dict(c), run_id=args.run_id, prefix=c.kind)
             print(f"queued {rid}")
@@ -346,7 +349,7 @@ def cmd_worker(args) -> int:
     from .jobs import worker_loop
     from .runs import RunStore
 
-    worker_loop(RunStore(args.runs_dir))
+    worker_loop(RunStore(args.runs_dir), slot=args.slot)
     return 0
 
 
@@ -372,7 +375,7 @@ def cmd_resume(args) -> int:
                                    "seed": args.seed, "device": args.device, "nproc": args.nproc}.items()
                  if v is not None}
     if args.background:
-        LocalQueueRunner(store).resume(run.run_id, overrides)
+        _queue(args, store).resume(run.run_id, overrides)
         print(f"queued {run.run_id} to resume; follow with `kdw runs --runs-dir {store.root}`")
         return 0
     state = resume_in_process(run, store, [TqdmProgress(f"resume {run.run_id}")], overrides)
@@ -429,9 +432,13 @@ def cmd_sweep(args) -> int:
 
     store = RunStore(args.runs_dir)
     store.ensure_writable()
+    if args.workers is not None:
+        from .jobs import check_workers
+
+        check_workers(args.workers)
     base = _train_config(args, "kd", args.seed)
     teacher = check_setup(base, store).teacher
-    seeds = list(range(args.seed, args.seed + args.seeds))
+    seeds = list(range(args.seed, args.seeds + args.seed))
     if args.widths or args.depths:
         group = args.group or new_run_id("size")
         models = [ModelConfig(args.model, args.depth, w) for w in args.widths] if args.widths else \
@@ -442,13 +449,32 @@ def cmd_sweep(args) -> int:
         configs = grid_configs(base, args.temperatures, args.alphas, seeds, group)
     print(f"sweep {group}: {len(configs)} runs")
     if args.background:
-        runner = LocalQueueRunner(store)
+        runner = _queue(args, store)
         for c in configs:
             runner.submit(run_config_dict(c), prefix=c.kind)
         print(f"queued; follow with `kdw runs --group {group}`")
         return 0
-    for c in configs:
-        run_foreground(store, c, command=_command(), teacher=teacher if c.teacher == base.teacher else None)
+    engine = args.engine
+    if engine == "auto":
+        try:
+            from .search import require_ray
+
+            require_ray()
+            engine = "ray"
+        except ValueError as e:
+            print(f"{e}; running the sweep here, one run at a time", file=sys.stderr)
+            engine = "local"
+    if engine == "ray":
+        from .search import run_grid, shutdown
+
+        try:
+            run_grid(store, configs, _command(), workers=args.workers, address=args.address,
+                     progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        finally:
+            shutdown()
+    else:
+        for c in configs:
+            run_foreground(store, c, command=_command(), teacher=teacher if c.teacher == base.teacher else None)
     runs = store.list(group=group)
     if args.widths or args.depths:
         print(_table(size_table(runs), args, aggregated=True))
@@ -460,6 +486,68 @@ def cmd_sweep(args) -> int:
             print(f"{c['temperature']:6g} {c['alpha']:6g} {format_pct(c['test_acc'], c['test_acc_std']):>16s} "
                   f"{format_gain(c['kd_gain'], c['kd_gain_std']):>16s}")
     print(f"\nkdw compare --group {group} --aggregate   |   kdw report --group {group}")
+    return 0
+
+
+def _queue(args, store):
+    """The local queue of `store`; `--workers N` first sets how many jobs it runs at once."""
+    from .jobs import LocalQueueRunner, set_workers
+
+    if getattr(args, "workers", None) is not None:
+        set_workers(store, args.workers)
+    return LocalQueueRunner(store)
+
+
+def cmd_search(args) -> int:
+    """Search a method's hyperparameters on Ray Tune (Optuna TPE, early stopping), then confirm the best over seeds."""
+    from .runs import RunStore, new_run_id, validate_run_id
+    from .search import check_inputs, parse_range, require_ray, search, shutdown
+
+    ranges = [parse_range(r) for r in args.param_range]
+    base = _train_config(args, "kd", args.seed)
+    check_inputs(base, ranges, args.trials, args.seeds, args.time_budget, args.scheduler)  # before anything starts
+    if args.workers is not None and not args.address:
+        from .jobs import check_workers
+
+        check_workers(args.workers)
+    require_ray()
+    store = RunStore(args.runs_dir)
+    store.ensure_writable()
+    from .train import check_setup
+
+    check_setup(base, store)
+    group = validate_run_id(args.group) if args.group else new_run_id("search")
+    try:
+        result = search(base, ranges, args.trials, store, group, seeds=args.seeds, time_budget_s=args.time_budget,
+                        scheduler=args.scheduler, address=args.address, command=_command(), workers=args.workers,
+                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    finally:
+        shutdown()
+    print(f"\n{'trial':40s} {'values':40s} {'val acc':>8s} {'epochs':>6s}  state")
+    for t in result.trials:
+        values = ", ".join(f"{k}={v:.4g}" for k, v in t["values"].items())
+        print(f"{t['run_id']:40s} {values:40s} {100 * t['val_acc']:7.2f}% {t['epochs']:6d}  {t['state']}")
+    if result.state == "cancelled":
+        print("\nthe search was cancelled; the finished trials are kept")
+    if result.gain is not None:
+        spread = f" ± {100 * result.gain_std:.2f}" if result.gain_std is not None else ""
+        print(f"\nbest on validation, over {args.seeds} seed(s) on test: {100 * result.test_acc:.2f}% test accuracy, "
+              f"KD gain over the scratch twin {100 * result.gain:+.2f}{spread} points ({result.verdict})")
+    print(f"\nthe trials and the confirmation runs are in group {group}:")
+    if result.final_runs:
+        print(f"  kdw compare {' '.join(result.final_runs)} --aggregate --runs-dir {store.root}")
+    else:
+        print(f"  kdw runs --group {group} --runs-dir {store.root}")
+    return 0
+
+
+def cmd_search_job(args) -> int:
+    """Internal: run a search that the app or a notebook prepared (`jobs.start_search`)."""
+    from .runs import RunStore
+    from .search import run_prepared
+
+    result = run_prepared(RunStore(args.runs_dir), args.group, progress=lambda msg: print(msg, flush=True))
+    print(f"search {args.group} {result.state}: {len(result.trials)} trial(s)")
     return 0
 
 
@@ -499,7 +587,7 @@ def cmd_chain(args, strategy: str) -> int:
         assistant = parse_model(args.assistant_model, args.assistant_depth, args.assistant_width)
         chain = takd_chain(base, assistant, group)
     if args.background:
-        ids = submit_chain(LocalQueueRunner(store), chain, _command())
+        ids = submit_chain(_queue(args, store), chain, _command())
         print(f"queued {' -> '.join(ids)} (group {group})")
         return 0
     runs = []
@@ -672,6 +760,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.9])
     s.add_argument("--widths", type=float, nargs="+", default=None, help="size sweep over these widths")
     s.add_argument("--depths", type=int, nargs="+", default=None, help="size sweep over these depths")
+    s.add_argument("--engine", default="auto", choices=["auto", "ray", "local"],
+                   help="ray: the runs on Ray Tune, --workers at a time; local: here, one after another; "
+                        "auto (default): ray when it is installed")
+    s.add_argument("--address", default=None, help="an existing Ray cluster (host:port); default: a Ray for this "
+                                                   "machine")
     s = add("report", "write a self-contained HTML report of runs (table, plots, configs, environment)")
     s.add_argument("runs", nargs="*", metavar="RUN")
     s.add_argument("--group", default=None)
@@ -682,6 +775,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="*", metavar="RUN")
     s.add_argument("--group", default=None, help="every run of this group")
     _add_common(s)
+    s = add("search", "search a method's hyperparameters on Ray Tune (Optuna TPE, early stopping); every trial is a "
+                      "run, and the best configuration is trained again over seeds with scratch twins")
+    _add_train_args(s, "kd")
+    s.add_argument("--param-range", action="append", default=[], metavar="NAME=LOW:HIGH[:log][:int]",
+                   help="a searched parameter: the method's own (e.g. beta=1:16:log, temperature=1:8), lr or width "
+                        "(repeatable)")
+    s.add_argument("--trials", type=int, default=8, help="the trial budget (default 8)")
+    s.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop starting trials after this")
+    s.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"],
+                   help="early stopping on validation accuracy, every epoch (default asha)")
+    s.add_argument("--address", default=None,
+                   help="an existing Ray cluster (host:port); default: a Ray for this machine")
+    s.set_defaults(seeds=3)  # the best configuration is confirmed over 3 seeds (--seeds 1: one)
     s = add("methods", "list the distillation methods with their papers and hyperparameters")
     s = add("born-again", "born-again networks: generations of students with the teacher's architecture")
     _add_train_args(s, "kd")
@@ -725,7 +831,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_id")
     s.add_argument("--resume", action="store_true")
     _add_common(s)
+    s = sub.add_parser("search-job")  # internal: a prepared search, in the background
+    s.add_argument("group")
+    _add_common(s)
     s = sub.add_parser("worker")  # internal: the queue worker
+    s.add_argument("--slot", type=int, default=0)
     _add_common(s)
     return p
 
@@ -736,12 +846,12 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    if args.command in ("teacher", "distill", "scratch", "sweep", "born-again", "takd") and args.seeds < 1:
+    if args.command in ("teacher", "distill", "scratch", "sweep", "born-again", "takd", "search") and args.seeds < 1:
         parser.error("--seeds must be >= 1")
     handlers = {"teacher": lambda a: cmd_train(a, "teacher"), "distill": lambda a: cmd_train(a, "kd"),
                 "scratch": lambda a: cmd_train(a, "scratch"), "runs": cmd_runs, "compare": cmd_compare,
                 "demo": cmd_demo, "job": cmd_job, "worker": cmd_worker, "cancel": cmd_cancel,
-                "resume": cmd_resume, "rank": cmd_rank,
+                "resume": cmd_resume, "rank": cmd_rank, "search": cmd_search, "search-job": cmd_search_job,
                 "teachers": cmd_teachers, "export": cmd_export, "publish-teacher": cmd_publish_teacher, "sweep": cmd_sweep,
                 "report": cmd_report, "methods": cmd_methods, "profile": cmd_profile, "born-again": lambda a: cmd_chain(a, "ban"),
                 "takd": lambda a: cmd_chain(a, "takd")}

@@ -6,11 +6,13 @@ SIGTERM end it as cancelled, any error as failed with a readable message, and th
 epochs finished so far stay in metrics.jsonl.
 
 The UIs go through a `Runner` (submit, status, cancel). The default `LocalQueueRunner`
-queues runs in the store and starts one detached worker process (``kdw worker``) that
-runs queued jobs one after another, each as a ``python -P -m workbench job RUN_ID``
-subprocess, so several launches never fight over one GPU or two cores, and a page
-reload or a second tab finds them again. A cluster backend would be another Runner.
-The queue lock is a `filelock.FileLock`, so this works on Linux, macOS and Windows.
+queues runs in the store and starts detached worker processes (``kdw worker``), up to the
+store's worker count (`--workers N`, default one per visible GPU, else one), each pinned to
+its own GPU with ``CUDA_VISIBLE_DEVICES``. A worker holds its slot's lock and runs queued jobs
+one after another; it takes a run by creating the run's ``.claim`` file under the store's claim
+lock, so two workers never run the same run. A page reload or a second tab finds the jobs again.
+Ray Tune runs searches and grids on the same store (`workbench.search`). The locks are
+`filelock.FileLock`s, so this works on Linux, macOS and Windows.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Protocol
 from .runs import (FINISHED, HEARTBEAT_S, Run, RunStore, RunStoreError, atomic_write_json, process_identity,
                    read_json_object, same_process)
 
-WORKER_MARKER = ".worker.json"  # the last worker started: {pid, pid_started, host}
+WORKER_MARKER = ".worker.json"  # the last worker started in slot 0: {pid, pid_started, host}
+QUEUE_SETTINGS = ".queue.json"  # {"workers": N}: how many jobs this store runs at once
+CLAIM = ".claim"  # in a run folder: the process that took the queued run (its identity)
 
 
 class Cancelled(KeyboardInterrupt):
@@ -135,7 +139,8 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
     else:
         run.reset_metrics()
         (run.path / CHECKPOINT).unlink(missing_ok=True)
-    run.set_status("running", **process_identity(), started=time.time(), error=None, resume=None)
+    run.set_status("running", **process_identity(), started=time.time(), error=None, resume=None,
+                   worker=_slot_env())
     try:
         extra = []
         if config.track:
@@ -281,6 +286,12 @@ def run_rank(run_id: str, store: RunStore, resume: bool = False) -> int:
     return 0 if state in ("done", "diverged") else 1
 
 
+def _slot_env() -> int | None:
+    """The worker slot this process runs for (`worker_loop` sets it), or None outside the queue."""
+    slot = os.environ.get("KDW_WORKER_SLOT")
+    return int(slot) if slot and slot.isdigit() else None
+
+
 def _main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
@@ -353,10 +364,17 @@ def _trusted_cwd() -> str:
 
 
 class LocalQueueRunner(Runner):
-    """Queue runs in the store; one detached worker process runs them one at a time."""
+    """Queue runs in the store; up to `workers` detached worker processes run them, each one at a time."""
 
-    def __init__(self, store: RunStore | None = None):
+    def __init__(self, store: RunStore | None = None, workers: int | None = None):
         self.store = store or RunStore()
+        if workers is not None:
+            check_workers(workers)
+        self._workers = workers
+
+    @property
+    def workers(self) -> int:
+        return self._workers if self._workers is not None else workers_setting(self.store)
 
     def submit(self, config: dict, run_id: str | None = None, prefix: str = "run") -> str:
         from .train import TrainConfig
@@ -365,7 +383,6 @@ class LocalQueueRunner(Runner):
         run = self.store.create(config, run_id=run_id, prefix=prefix)
         self.ensure_worker()
         return run.run_id
-
     def status(self, run_id: str) -> dict:
         return self.store.get(run_id).status()
 
@@ -396,35 +413,47 @@ class LocalQueueRunner(Runner):
         """Queue a failed, cancelled or killed run to go on from its last completed epoch."""
         run = self.store.get(run_id)
         check_resumable(run, overrides)
+        (run.path / CLAIM).unlink(missing_ok=True)  # the process that ran it before has let it go
         run.set_status("queued", resume=True, error=None)
         self.ensure_worker()
 
     def ensure_worker(self) -> bool:
-        """Start a detached worker unless one holds the queue lock or is still starting; True if one was started.
+        """Start detached workers in free slots, as many as there are unclaimed queued runs (up to `workers`);
+        True if one was started.
 
-        The last worker started is recorded (`.worker.json`: pid, start time, host), so a burst of submits
-        starts one worker, not one per submit. A worker that holds the lock sees runs queued meanwhile: it
-        forgets its record and looks at the queue once more before it exits (see `worker_loop`).
+        The last worker started in each slot is recorded (`.worker.json`, `.worker-1.json`, …: pid, start time,
+        host), so a burst of submits starts one worker per slot, not one per submit. A worker that holds its
+        slot's lock sees runs queued meanwhile: it forgets its record and looks at the queue once more before
+        it exits (see `worker_loop`).
         """
         self.store.ensure_writable()
-        lock = _try_lock(self.store.root / ".queue.lock")
-        if lock is None:
-            return False
-        lock.release()
-        marker = self.store.root / WORKER_MARKER
-        try:
-            last = read_json_object(marker)
-        except RunStoreError:
-            last = None
-        if last and same_process(last):
-            return False  # started moments ago, not holding the lock yet
-        with open(self.store.root / ".worker.log", "a") as log:
-            env = dict(os.environ, KDW_RUNS_DIR=str(self.store.root))
-            proc = subprocess.Popen([*_python_cmd(), "worker", "--runs-dir", str(self.store.root)],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, env=env, cwd=_trusted_cwd())
-        atomic_write_json(marker, process_identity(proc.pid))
-        return True
+        waiting = len(_unclaimed(self.store))
+        started = False
+        for slot in range(self.workers):
+            if waiting <= 0:
+                break
+            lock = _try_lock(_slot_lock(self.store, slot))
+            if lock is None:
+                continue  # busy: it takes the next queued run when its job ends
+            lock.release()
+            marker = _worker_marker(self.store, slot)
+            try:
+                last = read_json_object(marker)
+            except RunStoreError:
+                last = None
+            if last and same_process(last):
+                waiting -= 1  # started moments ago, not holding the lock yet
+                continue
+            with open(self.store.root / ".worker.log", "a") as log:
+                proc = subprocess.Popen([*_python_cmd(), "worker", "--runs-dir", str(self.store.root),
+                                         "--slot", str(slot)],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True, env=_worker_env(self.store, slot, self.workers),
+                                        cwd=_trusted_cwd())
+            atomic_write_json(marker, process_identity(proc.pid))
+            started = True
+            waiting -= 1
+        return started
 
     def wait(self, run_id: str, timeout: float = 600.0, poll: float = 0.2) -> dict:
         """Block until a run finishes (for scripts and tests); returns its status."""
@@ -449,14 +478,15 @@ def _try_lock(path: Path):
     return lock
 
 
-def worker_loop(store: RunStore, warm: bool | None = None) -> int:
-    """Run queued jobs oldest first, one at a time, while holding the queue lock.
+def worker_loop(store: RunStore, warm: bool | None = None, slot: int = 0) -> int:
+    """Run queued jobs oldest first, one at a time, while holding the lock of worker slot `slot`.
 
-    A *warm* worker (the default) imports PyTorch once, on its first job, and runs each job in its own
-    process, one after another: a queued digits job then costs well under a second of start-up instead of
-    several (docs/performance.md). ``KDW_JOB_ISOLATION=process`` (or `warm=False`) runs every job in a fresh
-    `python -m workbench job` process instead. A job that crashes the warm worker is marked failed by the
-    next worker, which a page load or `kdw runs` starts.
+    Each job is taken by claiming it (`claim_next`), so workers in other slots, or a Ray grid on the same
+    store, never run it too. A *warm* worker (the default) imports PyTorch once, on its first job, and runs
+    each job in its own process, one after another: a queued digits job then costs well under a second of
+    start-up instead of several (docs/performance.md). ``KDW_JOB_ISOLATION=process`` (or `warm=False`) runs
+    every job in a fresh `python -m workbench job` process instead. A job that crashes the warm worker is
+    marked failed by the next worker, which a page load or `kdw runs` starts.
 
     Returns the number of jobs run. After the queue empties it releases the lock and
     looks once more, so a job queued in that instant is never stranded.
@@ -464,19 +494,19 @@ def worker_loop(store: RunStore, warm: bool | None = None) -> int:
     if warm is None:
         warm = os.environ.get("KDW_JOB_ISOLATION", "warm") != "process"
     store.ensure_writable()
-    lock_path = store.root / ".queue.lock"
+    os.environ["KDW_WORKER_SLOT"] = str(slot)  # recorded in each run's status: the sidebar shows who runs what
+    lock_path = _slot_lock(store, slot)
     done = 0
     while True:
         lock = _try_lock(lock_path)
         if lock is None:
-            return done  # another worker owns the queue
+            return done  # another worker owns this slot
         try:
             fail_stale_runs(store)  # a previous worker or job that died mid-run
             while True:
-                queued = [r for r in store.list() if r.state == "queued"]
-                if not queued:
+                run = claim_next(store)
+                if run is None:
                     break
-                run = queued[0]
                 if warm:
                     _run_warm(run, store)
                 else:
@@ -492,9 +522,138 @@ def worker_loop(store: RunStore, warm: bool | None = None) -> int:
                 done += 1
         finally:
             lock.release()
-        _forget_worker(store)  # from here on, a submit starts a new worker rather than wait for this one
-        if not any(r.state == "queued" for r in store.list()):
+        _forget_worker(store, slot)  # from here on, a submit starts a new worker rather than wait for this one
+        if not _unclaimed(store):
             return done
+
+
+# ---------------------------------------------------------------------------
+# parallel workers: slots, claims, the worker count
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use, without importing torch: ``CUDA_VISIBLE_DEVICES`` if set, else the
+    NVIDIA driver's list (Linux), else none."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [d.strip() for d in env.split(",") if d.strip()]
+        return [] if not ids or ids[0] == "-1" else ids
+    gpus = Path("/proc/driver/nvidia/gpus")
+    try:
+        return [str(i) for i in range(len(list(gpus.iterdir())))] if gpus.is_dir() else []
+    except OSError:
+        return []
+
+
+def default_workers() -> int:
+    """One worker per visible GPU, else one."""
+    return max(1, len(visible_gpus()))
+
+
+def check_workers(n: int) -> None:
+    """ValueError in one sentence unless this machine can run `n` jobs at once (one per GPU, or per core)."""
+    gpus = visible_gpus()
+    have, what = (len(gpus), "GPUs") if gpus else (os.cpu_count() or 1, "CPU cores")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of workers must be at least 1, got {n}")
+    if n > have:
+        raise ValueError(f"{n} workers is more than this machine has {what} ({have}); use at most {have}")
+
+
+def workers_setting(store: RunStore) -> int:
+    """How many jobs this store's queue runs at once: its `.queue.json`, else `default_workers()`."""
+    try:
+        n = (read_json_object(store.root / QUEUE_SETTINGS) or {}).get("workers")
+    except RunStoreError:
+        n = None
+    return int(n) if isinstance(n, int) and n >= 1 else default_workers()
+
+
+def set_workers(store: RunStore, n: int) -> None:
+    """Let this store's queue run up to `n` jobs at once (`--workers N`, the app's Parallel jobs setting)."""
+    check_workers(n)
+    store.ensure_writable()
+    atomic_write_json(store.root / QUEUE_SETTINGS, {"workers": n})
+    if n > 1:
+        LocalQueueRunner(store, n).ensure_worker()  # queued runs start on the new workers at once
+
+
+def _slot_lock(store: RunStore, slot: int) -> Path:
+    return store.root / (".queue.lock" if slot == 0 else f".queue-{slot}.lock")
+
+
+def _worker_marker(store: RunStore, slot: int) -> Path:
+    return store.root / (WORKER_MARKER if slot == 0 else f".worker-{slot}.json")
+
+
+def _worker_env(store: RunStore, slot: int, workers: int) -> dict:
+    """A worker's environment: the store, its GPU (``CUDA_VISIBLE_DEVICES``), and its share of the CPU cores."""
+    env = dict(os.environ, KDW_RUNS_DIR=str(store.root), KDW_WORKER_SLOT=str(slot))
+    gpus = visible_gpus()
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
+
+
+def _claim_holder(run: Run) -> dict | None:
+    try:
+        return read_json_object(run.path / CLAIM)
+    except RunStoreError:
+        return None
+
+
+def _unclaimed(store: RunStore) -> list[Run]:
+    """Queued runs that no live process has taken, oldest first."""
+    out = []
+    for run in store.list():
+        if run.state != "queued":
+            continue
+        holder = _claim_holder(run)
+        if holder and same_process(holder):
+            continue
+        out.append(run)
+    return out
+
+
+def claim(run: Run, identity: dict | None = None) -> bool:
+    """Take a queued run for this process (or `identity`), under the store's claim lock; False if it is not
+    queued or a live process holds it. A claim by a process that has died is taken over."""
+    from filelock import FileLock
+
+    with FileLock(str(run.store.root / ".claim.lock")):
+        if run.state != "queued":
+            return False
+        holder = _claim_holder(run)
+        if holder and same_process(holder) and holder.get("pid") != os.getpid():
+            return False
+        atomic_write_json(run.path / CLAIM, identity or process_identity())
+        return True
+
+
+def claim_next(store: RunStore) -> Run | None:
+    """The oldest queued run that nobody holds, claimed for this process; None when there is none."""
+    for run in _unclaimed(store):
+        if claim(run):
+            return run
+    return None
+
+
+def worker_slots(store: RunStore) -> list[dict]:
+    """Each worker slot in use: {slot, busy (holds its lock), run (the run it is running, or None)}."""
+    running = {}
+    for run in store.list(state="running"):
+        slot = run.status().get("worker")
+        if slot is not None:
+            running[int(slot)] = run
+    out = []
+    for slot in range(max(workers_setting(store), max(running, default=-1) + 1)):
+        lock = _try_lock(_slot_lock(store, slot))
+        busy = lock is None
+        if lock is not None:
+            lock.release()
+        out.append({"slot": slot, "busy": busy, "run": running.get(slot)})
+    return out
 
 
 def start_export(store: RunStore, run_id: str, options) -> None:
@@ -511,6 +670,19 @@ def start_export(store: RunStore, run_id: str, options) -> None:
         atomic_write_json(folder / name / "status.json", {"state": "queued", "updated": time.time()})
     with open(folder / "export.log", "a") as log:
         subprocess.Popen([*_python_cmd(), "export", run_id, *export_args(options), "--runs-dir", str(store.root)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         env=dict(os.environ, KDW_RUNS_DIR=str(store.root)), cwd=_trusted_cwd())
+
+
+def start_search(store: RunStore, group: str) -> None:
+    """Run a search recorded by `search.prepare_search` as a detached ``kdw search-job GROUP`` process (the
+    Sweep page's Search mode, `widgets.search_panel`); its trials land in the store as runs of `group`."""
+    from .search import search_status, status_path
+
+    if not search_status(store, group):
+        raise ValueError(f"no search named {group} is prepared in {store.root}")
+    with open(status_path(store, group).with_suffix(".log"), "a") as log:
+        subprocess.Popen([*_python_cmd(), "search-job", group, "--runs-dir", str(store.root)],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                          env=dict(os.environ, KDW_RUNS_DIR=str(store.root)), cwd=_trusted_cwd())
 
@@ -539,9 +711,9 @@ def _run_warm(run: Run, store: RunStore) -> None:
                 run.set_status("failed", error=friendly_error(e))
 
 
-def _forget_worker(store: RunStore) -> None:
-    """Remove `.worker.json` if it names this process (a newer worker's record is left alone)."""
-    marker = store.root / WORKER_MARKER
+def _forget_worker(store: RunStore, slot: int = 0) -> None:
+    """Remove the slot's `.worker*.json` if it names this process (a newer worker's record is left alone)."""
+    marker = _worker_marker(store, slot)
     try:
         last = read_json_object(marker)
         if last and last.get("pid") == os.getpid():
@@ -585,7 +757,7 @@ def ensure_worker_for_queue(store: RunStore) -> bool:
 
     Cheap enough for every `kdw runs` and every app page load; True if one was started.
     """
-    if not store.root.is_dir() or not any(r.state == "queued" for r in store.list()):
+    if not store.root.is_dir() or not _unclaimed(store):
         return False
     try:
         return LocalQueueRunner(store).ensure_worker()

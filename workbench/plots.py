@@ -389,3 +389,67 @@ def size_curves(cells: list[dict], x: str = "params") -> go.Figure:
                    "Each point is a student size, trained from scratch (grey) and distilled (red) with the same "
                    "budget; error bars are the std over seeds. The gap between the lines is the KD gain.",
                    height=420)
+
+
+# ---------------------------------------------------------------------------
+# searches (trials as from search.trial_table: trial, run_id, state, values, val_acc, epochs)
+
+def search_history(trials: list[dict]) -> go.Figure:
+    """Optimisation history: each trial's best validation accuracy in the order it started, and the best so far."""
+    fig = go.Figure()
+    done = [t for t in trials if t.get("val_acc") is not None]
+    stopped = [t for t in done if t["state"] != "done"]
+    finished = [t for t in done if t["state"] == "done"]
+    for sel, name, color, symbol in ((finished, "trial (all epochs)", KD, "circle"),
+                                     (stopped, "trial stopped early", SCRATCH, "x")):
+        if sel:
+            fig.add_scatter(x=[t["trial"] for t in sel], y=[100 * t["val_acc"] for t in sel], mode="markers",
+                            name=name, marker=dict(color=color, symbol=symbol, size=10),
+                            text=[_values_text(t["values"]) + f"<br>{t['epochs']} epoch(s), {t['state']}" for t in sel],
+                            hovertemplate="trial %{x}: %{y:.2f}%<br>%{text}<extra></extra>")
+    best, xs, ys = None, [], []
+    for t in sorted(done, key=lambda t: t["trial"]):
+        best = t["val_acc"] if best is None else max(best, t["val_acc"])
+        xs.append(t["trial"])
+        ys.append(100 * best)
+    if xs:
+        fig.add_scatter(x=xs, y=ys, mode="lines", line_shape="hv", name="best so far", line_color=TEACHER)
+    fig.update_xaxes(title="trial", dtick=1, rangemode="tozero")
+    fig.update_yaxes(title="best validation accuracy (%)", range=accuracy_range([100 * t["val_acc"] for t in done]))
+    return _finish(fig, "Search history: validation accuracy per trial",
+                   "Each point is a trial's best validation accuracy (crosses: stopped early by the scheduler, or "
+                   "cancelled); the line is the best found so far. The test set is not used to choose.", height=400)
+
+
+def search_importances(importances: dict[str, float]) -> go.Figure:
+    """Parameter importances (Optuna's) as horizontal bars."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h", marker_color=TEACHER,
+                           hovertemplate="%{y}: %{x:.2f}<extra></extra>"))
+    fig.update_xaxes(title="importance (share of the variance of validation accuracy)", range=[0, 1])
+    fig.update_yaxes(title="parameter")
+    return _finish(fig, "Which parameters mattered",
+                   "Optuna's importance of each searched parameter for validation accuracy over the finished trials "
+                   "(fANOVA); the shares add up to 1. With few trials, read it as a hint.",
+                   height=120 + 50 * max(1, len(items)))
+
+
+def search_parallel(trials: list[dict]) -> go.Figure:
+    """One line per trial across the searched parameters and its validation accuracy."""
+    done = [t for t in trials if t.get("val_acc") is not None]
+    names = sorted({k for t in done for k in t["values"]})
+    dims = [dict(label=n, values=[t["values"].get(n) for t in done], tickformat=".3~g") for n in names]
+    dims.append(dict(label="val acc (%)", values=[round(100 * t["val_acc"], 3) for t in done], tickformat=".3~g"))
+    fig = go.Figure(go.Parcoords(
+        line=dict(color=[100 * t["val_acc"] for t in done], colorscale="Viridis", showscale=True,
+                  colorbar=dict(title=dict(text="val %", side="right"), thickness=12)),
+        dimensions=dims, labelangle=-20, labelside="top"))
+    fig = _finish(fig, "Searched values and validation accuracy, one line per trial",
+                  "Each line is a trial through its sampled values to its best validation accuracy; drag along an "
+                  "axis to filter. Colour is validation accuracy.", height=420)
+    fig.update_layout(margin=dict(t=110, l=60, r=60))
+    return fig
+
+
+def _values_text(values: dict) -> str:
+    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in values.items())

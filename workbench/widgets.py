@@ -3,6 +3,7 @@
 - `TemperatureExplorer()`: a teacher's softened probabilities for one image as T moves.
 - `DistillPanel()`: set up a distillation (and its scratch twin), train it, watch the curves.
 - `compare(runs)` and `sweep_heatmap(runs)`: the app's comparison and sweep figures.
+- `search_panel()`: a search of any method's hyperparameters on Ray Tune (the Sweep page's Search mode).
 
 Training runs as a job through the same runner as the app (a subprocess writing to the
 run store), and a background thread polls the store to redraw. We chose that over
@@ -362,6 +363,155 @@ class DistillPanel(W.VBox):
             if finished:  # append_display_data is safe from this polling thread; `with output:` is not
                 self.table.append_display_data(comparison_table(finished))
         return done
+
+
+class SearchPanel(W.VBox):
+    """A search of one method's hyperparameters on Ray Tune: ranges, budget, Launch and Cancel, the trials as they
+    arrive, the optimisation history and the parallel coordinates, and the best configuration's KD gain.
+
+    The search runs in the background (`jobs.start_search`), like the app's, so the kernel stays free;
+    `wait()` blocks until it ends, for scripts and tests.
+    """
+
+    def __init__(self, dataset: str | None = None, store: RunStore | None = None, poll_s: float = 1.0):
+        from . import search
+
+        self.store, self.poll_s = store or RunStore(), poll_s
+        self.group: str | None = None
+        self._thread: threading.Thread | None = None
+        self.dataset = W.Dropdown(options=_datasets(), value=dataset or recipes.default_dataset(),
+                                  description="data set")
+        self.teacher = W.Dropdown(description="teacher")
+        self.family = W.Dropdown(options=["mlp", "cnn", "resnet"], value="mlp", description="student", **_half())
+        self.width = W.BoundedIntText(value=32, min=1, max=1024, description="width", **_half())
+        self.epochs = W.BoundedIntText(value=3, min=1, max=500, description="epochs", **_half())
+        self.labels = W.BoundedIntText(value=0, min=0, max=10**7, description="labels", **_half(),
+                                       tooltip="visible training labels; 0 = all")
+        self.method = W.Dropdown(options=[(f"{k} · {METHODS[k].title}", k) for k in DISTILLATION_METHODS],
+                                 value="dkd", description="method")
+        self.ranges = W.Text(description="ranges", layout=W.Layout(width="420px"),
+                             placeholder="name=low:high[:log][:int]; e.g. beta=1:16:log; temperature=1:8")
+        self.trials = W.BoundedIntText(value=4, min=1, max=500, description="trials", **_half())
+        self.seeds = W.BoundedIntText(value=3, min=1, max=10, description="seeds", **_half(),
+                                      tooltip="the best configuration over this many seeds, each with its scratch twin")
+        self.scheduler = W.Dropdown(options=list(search.SCHEDULERS), value="asha", description="stopping", **_half())
+        self.launch_button = W.Button(description="Search", button_style="primary", icon="search")
+        self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop", disabled=True)
+        self.status = W.HTML()
+        self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, description="trials")
+        self.history = go.FigureWidget()
+        self.parallel = go.FigureWidget()
+        self.table = W.Output()
+        self.dataset.observe(self._on_dataset, "value")
+        self.method.observe(lambda _: self._on_method(), "value")
+        self.launch_button.on_click(lambda _: self.launch())
+        self.cancel_button.on_click(lambda _: self.cancel())
+        left = W.VBox([self.dataset, self.teacher, W.HBox([self.family, self.width]),
+                       W.HBox([self.epochs, self.labels]), self.method, self.ranges,
+                       W.HBox([self.trials, self.seeds]), self.scheduler,
+                       W.HBox([self.launch_button, self.cancel_button]), self.progress, self.status],
+                      layout=W.Layout(**COLUMN))
+        super().__init__([W.HBox([left, self.history]), self.parallel, self.table])
+        self._on_dataset()
+        self._on_method()
+
+    def _on_dataset(self, _=None) -> None:
+        opts = recipes.teacher_choices(self.dataset.value, self.store)
+        self.teacher.options = opts
+        if opts:
+            self.teacher.value = opts[0][1]
+
+    def _on_method(self) -> None:
+        from .search import default_range
+
+        name = self.method.value
+        first = next((k for k in ("beta", "kd_weight", "mutual_weight", "temperature") if k in METHODS[name].defaults),
+                     None)
+        r = default_range(name, first) if first else None
+        self.ranges.value = f"{r.name}={r.low:g}:{r.high:g}{':log' if r.log else ''}" if r else "lr=3e-4:1e-2:log"
+
+    def base(self) -> TrainConfig:
+        name = self.method.value
+        return TrainConfig(kind="kd", dataset=self.dataset.value, method=name,
+                           teacher=self.teacher.value if METHODS[name].needs_teacher else None,
+                           model=ModelConfig(self.family.value, depth=1, width=int(self.width.value)),
+                           epochs=int(self.epochs.value), labels=int(self.labels.value) or None)
+
+    def parsed_ranges(self):
+        from .search import parse_range
+
+        return [parse_range(t) for t in self.ranges.value.replace(",", ";").split(";") if t.strip()]
+
+    def launch(self) -> str | None:
+        """Check the inputs, start the search in the background and follow it; returns its group."""
+        from .jobs import friendly_error, start_search
+        from .search import prepare_search
+
+        try:
+            base = self.base()
+            check_setup(base, self.store)
+            group = new_run_id("search")
+            prepare_search(self.store, base, self.parsed_ranges(), int(self.trials.value), group,
+                           seeds=int(self.seeds.value), scheduler=self.scheduler.value,
+                           command="notebook: search_panel")
+            start_search(self.store, group)
+        except Exception as e:
+            self.status.value = f"<span style='color:#c00'>Cannot search: {friendly_error(e)}</span>"
+            return None
+        self.group = group
+        self.launch_button.disabled, self.cancel_button.disabled = True, False
+        self.status.value = f"started {group}: Ray takes a few seconds to start"
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+        return group
+
+    def cancel(self) -> None:
+        from .search import cancel_search
+
+        if self.group:
+            self.status.value = cancel_search(self.store, self.group)
+
+    def wait(self, timeout: float = 900.0) -> dict:
+        """Block until the search ends; returns its record (state, best, gain, final runs)."""
+        from .search import search_status
+
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return search_status(self.store, self.group) or {}
+
+    def _follow(self) -> None:
+        while not self.refresh():
+            time.sleep(self.poll_s)
+        self.launch_button.disabled, self.cancel_button.disabled = False, True
+
+    def refresh(self) -> bool:
+        """Redraw from the run store; True once the search has ended."""
+        from .search import search_status, trial_table
+
+        st = search_status(self.store, self.group) or {}
+        trials = trial_table(self.store, self.group)
+        finished = [t for t in trials if t["state"] not in ("queued", "running")]
+        self.progress.value = min(1.0, len(finished) / max(1, st.get("trials", 1)))
+        state = st.get("state", "starting")
+        text = f"{state}: {len(finished)} of {st.get('trials', '?')} trials finished"
+        if st.get("best"):
+            text += f" · best on validation {100 * st['best']['val_acc']:.2f}% at " + \
+                    ", ".join(f"{k} = {v:.4g}" for k, v in st["best"]["values"].items())
+        if st.get("gain") is not None:
+            text += f" · KD gain over scratch on test {100 * st['gain']:+.2f} pts ({st.get('verdict')})"
+        if state == "failed":
+            text += f" <span style='color:#c00'>({st.get('error')})</span>"
+        self.status.value = text
+        scored = [t for t in trials if t["val_acc"] is not None]
+        if scored:
+            _redraw(self.history, plots.search_history(trials))
+            _redraw(self.parallel, plots.search_parallel(scored))
+        return state in ("done", "cancelled", "failed")
+
+
+def search_panel(dataset: str | None = None, store: RunStore | None = None) -> SearchPanel:
+    """The Sweep page's Search mode in a notebook: `display(search_panel())`."""
+    return SearchPanel(dataset, store)
 
 
 def _as_runs(runs, store: RunStore | None = None) -> list[Run]:

@@ -1,12 +1,16 @@
-"""Sweep: a T × α grid over seeds, and a size sweep of students, each with scratch twins."""
+"""Sweep: a T × α grid over seeds, a size sweep of students, each with scratch twins, and a search of any
+method's hyperparameters on Ray Tune (the Search mode)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import streamlit as st
 
 from workbench import plots, recipes
 from workbench.compare import comparison_rows
 from workbench.jobs import active_runs
+from workbench.methods import METHODS
 from workbench.models import ModelConfig
 from workbench.recipes import describe_runs
 from workbench.runs import FINISHED, new_run_id
@@ -14,7 +18,7 @@ from workbench.sweep import grid_configs, grid_table, scratch_cell, size_configs
 from workbench.train import TrainConfig, check_setup
 from workbench.ui import common
 
-KINDS = {"grid": "T × α grid", "size": "size sweep"}
+KINDS = {"grid": "T × α grid", "size": "size sweep", "search": "search"}
 
 
 def _reset_defaults(prefix: str) -> None:
@@ -32,7 +36,7 @@ def _base(prefix: str) -> TrainConfig | None:
         st.warning(f"No teacher for {ds_name} yet.")
         return None
     teacher = choices[st.selectbox("Teacher", list(choices), key=f"{prefix}_teacher")]
-    student = common.student_picker(f"{prefix}_student", ds.input_shape, ds.num_classes) if prefix == "swg" else \
+    student = common.student_picker(f"{prefix}_student", ds.input_shape, ds.num_classes) if prefix != "sws" else \
         ModelConfig("mlp", depth=1, width=64)
     defaults = recipes.dataset_defaults(ds_name)
     c1, c2 = st.columns(2)
@@ -96,6 +100,125 @@ def _size_form() -> None:
         _submit(size_configs(base.with_params(temperature=T, alpha=alpha), models, list(range(seeds)), group), group)
 
 
+def _search_form() -> None:
+    """A search of one method's hyperparameters on Ray Tune: ranges, budget, scheduler; it runs in the background."""
+    from workbench import search
+    from workbench.jobs import start_search
+
+    base = _base("swr")
+    if base is None:
+        return
+    name = st.selectbox("Method", [m for m in METHODS if m != "ce"], key="swr_method",
+                        format_func=lambda n: f"{n} · {METHODS[n].title}")
+    st.caption(f"{METHODS[name].description}. *{METHODS[name].citation}*")
+    base = replace(base, method=name, method_params=dict(METHODS[name].defaults),
+                   teacher=base.teacher if METHODS[name].needs_teacher else None)
+    allowed = search.searchable(name, base.model.family)
+    first = next((k for k in ("beta", "kd_weight", "mutual_weight", "temperature") if k in allowed), next(iter(allowed)))
+    picked = st.multiselect("Parameters to search", list(allowed), [first], key=f"swr_params_{name}",
+                            help="The method's own hyperparameters, the learning rate (lr) or the student's width.")
+    ranges, problems = [], []
+    for p in picked:
+        d = search.default_range(name, p, base)
+        c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+        low = c1.number_input(f"{p} from", value=float(d.low), format="%g", key=f"swr_{name}_{p}_lo")
+        high = c2.number_input(f"{p} to", value=float(d.high), format="%g", key=f"swr_{name}_{p}_hi")
+        log = c3.checkbox("log", d.log, key=f"swr_{name}_{p}_log", help="sample on a log scale")
+        try:
+            ranges.append(search.ParamRange(p, float(low), float(high), log, d.integer))
+        except ValueError as e:
+            problems.append(str(e))
+    c1, c2 = st.columns(2)
+    trials = int(c1.number_input("Trials", 1, 200, 8, key="swr_trials", help="the trial budget"))
+    minutes = c2.number_input("Time budget, min (0 = none)", 0, 24 * 60, 0, key="swr_minutes",
+                              help="no new trial starts after this")
+    c1, c2 = st.columns(2)
+    scheduler = c1.selectbox("Early stopping", list(search.SCHEDULERS), key="swr_sched",
+                             format_func={"asha": "ASHA", "median": "median rule", "none": "none"}.get,
+                             help="stops a trial that falls behind on validation accuracy, checked every epoch")
+    seeds = c2.slider("Seeds for the best", 1, 5, 3, key="swr_seeds",
+                      help="the best configuration is trained again on these seeds, each with its scratch twin")
+    for p in problems:
+        st.error(p)
+    st.caption(f"Up to {trials} trials on Ray Tune (Optuna's TPE sampler), each a run in the store, chosen on "
+               f"validation accuracy; then the best over {seeds} seed(s), each with its scratch twin, on test.")
+    if st.button("Launch search", type="primary", key="swr_launch", disabled=bool(problems) or not ranges):
+        store = common.store()
+        group = new_run_id("search")
+        try:
+            check_setup(base, store)
+            search.prepare_search(store, base, ranges, trials, group, seeds=seeds,
+                                  time_budget_s=60.0 * minutes if minutes else None, scheduler=scheduler,
+                                  command="app: Sweep page, Search")
+            start_search(store, group)
+        except Exception as e:
+            common.show_error("Cannot launch the search", e)
+            return
+        st.session_state["sw_search_group"] = group
+        st.toast(f"Started the search {group}.")
+
+
+def _search_results() -> None:
+    """A search's trials as they arrive, its history, importances and parallel coordinates, and its result."""
+    from workbench import search
+
+    store = common.store()
+    groups = search.searches(store)
+    if not groups:
+        st.info("No searches yet. Set one up on the left.")
+        return
+    ss = st.session_state
+    if ss.get("sw_search_group") in groups:
+        ss["sw_search_pick"] = ss.pop("sw_search_group")
+    group = st.selectbox("Search", groups[::-1], key="sw_search_pick")
+    status = search.search_status(store, group) or {}
+    trials = search.trial_table(store, group)
+    state = status.get("state", "unknown")
+    finished = [t for t in trials if t["state"] not in ("queued", "running")]
+    st.progress(min(1.0, len(finished) / max(1, status.get("trials", 1))),
+                text=f"{state}: {len(finished)} of {status.get('trials', '?')} trials finished, "
+                     f"{sum(t['state'] == 'running' for t in trials)} running · method {status.get('method')}")
+    if state in ("queued", "running") and st.button("Cancel this search", key="sw_search_cancel",
+                                                    help="No new trial starts; the finished trials are kept."):
+        st.toast(search.cancel_search(store, group))
+    if state == "failed":
+        st.error(f"The search failed: {status.get('error')}")
+    elif state == "cancelled":
+        st.warning("The search was cancelled; the finished trials are kept.", icon=":material/warning:")
+    if status.get("best"):
+        best = status["best"]
+        text = ", ".join(f"{k} = {v:.4g}" for k, v in best["values"].items())
+        st.markdown(f"**Best on validation:** {text} ({100 * best['val_acc']:.2f}%)")
+    if status.get("gain") is not None:
+        sd = status.get("gain_std")
+        st.metric(f"Best configuration over {status.get('seeds')} seed(s): KD gain over scratch, on test",
+                  f"{100 * status['gain']:+.2f} pts", help=f"± {100 * sd:.2f} points (std over seeds)" if sd else
+                  "one seed: its spread is unknown")
+        st.caption(f"{status.get('verdict')} · test accuracy {100 * status['test_acc']:.2f}%")
+    if not trials:
+        st.caption("Trials appear here as they start (Ray takes a few seconds to start).")
+        return
+    import pandas as pd
+
+    st.dataframe(pd.DataFrame([{"trial": t["trial"], **{k: round(v, 4) if isinstance(v, float) else v
+                                                        for k, v in t["values"].items()},
+                                "val acc %": None if t["val_acc"] is None else round(100 * t["val_acc"], 2),
+                                "epochs": t["epochs"], "state": t["state"], "run": t["run_id"]} for t in trials]),
+                 hide_index=True)
+    common.chart(plots.search_history(trials), "sw_search_history")
+    scored = [t for t in trials if t["val_acc"] is not None]
+    try:
+        imp = search.importances(scored)
+    except Exception:
+        imp = {}
+    if imp:
+        common.chart(plots.search_importances(imp), "sw_search_importances")
+    elif len(scored) < 3:
+        st.caption("Parameter importances appear from three scored trials on.")
+    if scored:
+        common.chart(plots.search_parallel(scored), "sw_search_parallel")
+
+
 def _results() -> None:
     store = common.store()
     groups = recipes.groups(store, ("sweep-", "size-"))
@@ -146,12 +269,21 @@ def _results() -> None:
 
 def page() -> None:
     st.title("Sweep")
-    st.markdown("Explore T and α over several seeds, or find what distillation buys at each student size. "
-                "Each sweep is a queue of jobs; results fill in as runs finish.")
+    st.markdown("Explore T and α over several seeds, find what distillation buys at each student size, or search "
+                "any method's hyperparameters. Each sweep is a queue of jobs and each search a Ray Tune study; "
+                "results fill in as runs finish.")
     left, right = st.columns([2, 3], gap="large")
     with left:
         kind = st.radio("Kind", list(KINDS), format_func=KINDS.get, horizontal=True, key="sw_kind")
-        _grid_form() if kind == "grid" else _size_form()
+        {"grid": _grid_form, "size": _size_form, "search": _search_form}[kind]()
     with right:
-        polling = bool(active_runs(common.store()))
-        st.fragment(_results, run_every=2.0 if polling else None)()
+        polling = bool(active_runs(common.store())) or (kind == "search" and _search_running())
+        st.fragment(_search_results if kind == "search" else _results, run_every=2.0 if polling else None)()
+
+
+def _search_running() -> bool:
+    from workbench import search
+
+    store = common.store()
+    return any((search.search_status(store, g) or {}).get("state") in ("queued", "running")
+               for g in search.searches(store)[-5:])
