@@ -150,6 +150,27 @@ CLIPPED_JS = """
 """
 
 
+def _finished_search(runs_dir) -> None:
+    """A finished 4-trial DKD search in the store (trials with their per-epoch metrics, the search's record), as
+    `kdw search` leaves it, so that the Search mode has something to show without a minute of Ray."""
+    from workbench import search
+    from workbench.models import ModelConfig
+    from workbench.runs import RunStore
+    from workbench.train import TrainConfig
+
+    store = RunStore(runs_dir)
+    base = TrainConfig(kind="kd", dataset="digits", model=ModelConfig("mlp", depth=1, width=16), epochs=3,
+                       teacher="digits-cnn", method="dkd", group="search-demo")
+    for beta, accs in ((4.58, [0.61, 0.74, 0.80]), (7.26, [0.58, 0.71, 0.77]), (1.9, [0.42]), (12.5, [0.39])):
+        run = store.create(base.with_params(beta=beta).record() | {"search_values": {"beta": beta}}, prefix="trial")
+        for i, a in enumerate(accs):
+            run.append_metrics({"epoch": i + 1, "val_acc": a, "val_loss": 1 - a, "train_loss": 1 - a})
+        run.set_status("done" if len(accs) == 3 else "cancelled")
+    search._write_status(store, "search-demo", state="done", method="dkd", trials=4, seeds=3,
+                         best={"values": {"beta": 4.58}, "val_acc": 0.80}, gain=0.052, gain_std=0.011,
+                         test_acc=0.81, verdict="KD helps")
+
+
 @pytest.mark.parametrize("width, height", [(1400, 900), (1024, 768)])
 def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_dir, width, height):
     """Classroom projector and laptop sizes: each page by its own URL, no exception, no clipped text or plot part."""
@@ -159,6 +180,7 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
     kdw("demo", "--fast", "--runs-dir", str(runs_dir))
     kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "3",
         "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--no-profile", "--runs-dir", str(runs_dir))
+    _finished_search(runs_dir)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": width, "height": height})
@@ -182,5 +204,16 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
                 assert "T=6" in page.url and "image=17" in page.url
             sidebar_open = page.locator('[data-testid="stSidebar"][data-collapsed="false"]').count()
             assert sidebar_open == (1 if width >= 1100 else 0), f"sidebar at {width}px"
+        # the Sweep page's Search mode: the form, the trials, the history and the parallel coordinates
+        page.get_by_text("search", exact=True).click()
+        expect(page.get_by_role("button", name="Launch search")).to_be_visible()
+        expect(page.get_by_text("Best on validation", exact=False)).to_be_visible()
+        expect(page.locator(".js-plotly-plot").nth(1)).to_be_visible()
+        page.wait_for_timeout(2500)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / f"search-{width}.png"), full_page=True)
+        found = page.evaluate(CLIPPED_JS)
+        if found:
+            problems["/sweep (search)"] = found
         browser.close()
     assert not problems, problems

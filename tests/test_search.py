@@ -57,7 +57,7 @@ def ray_local():
     """A local Ray with 2 CPUs for one test, shut down after it, with nothing left running."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     search.shutdown()
     deadline = time.monotonic() + 20
@@ -193,7 +193,7 @@ def searched(tmp_path_factory):
 
     os.environ[MARK] = "module-search"
     store = RunStore(tmp_path_factory.mktemp("search") / "runs")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         t0 = time.monotonic()
         result = search.search(DIGITS, [search.parse_range("beta=1:16:log")], 4, store, "s1", seeds=1)
@@ -324,3 +324,65 @@ def test_search_panel_in_a_notebook(searched):
     assert panel.refresh()
     assert "done: " in panel.status.value and "KD gain over scratch" in panel.status.value
     assert panel.history.data and panel.parallel.data
+
+
+@pytest.mark.slow
+def test_a_search_on_a_two_node_ray_cluster_with_a_shared_store(runs_dir, tmp_path, monkeypatch):
+    """`--address`: a head and a second Ray worker process (`ray start`), both seeing the run store's folder."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the same on every machine (no token file needed)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True,
+                       timeout=120)
+        proc = kdw("search", "--dataset", "digits", "--model", "mlp", "--width", "16", "--method", "dkd", "--epochs",
+                   "2", "--param-range", "beta=1:16:log", "--trials", "2", "--seeds", "1", "--group", "c1",
+                   "--address", f"127.0.0.1:{port}", "--runs-dir", str(runs_dir))
+        assert "KD gain over the scratch twin" in proc.stdout
+        runs = RunStore(runs_dir).list(group="c1")
+        assert len(runs) == 4 and all(r.state in ("done", "cancelled") for r in runs)
+    finally:
+        for p in _ray_processes():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_dies_is_failed_with_its_metrics_and_the_search_goes_on(store, ray_local):
+    import signal
+    import threading
+
+    base = TrainConfig(kind="kd", dataset="digits", model=ModelConfig("mlp", depth=1, width=64), epochs=40,
+                       teacher="digits-cnn", profile=False, method="dkd")
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(result=search.search(
+        base, [search.parse_range("beta=1:16:log")], 2, store, "kill", seeds=0, workers=1, scheduler="none")))
+    thread.start()
+    victim, deadline = None, time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        for run in store.list(group="kill"):
+            st = run.status()
+            if st["state"] == "running" and len(run.metrics()) >= 2:
+                os.kill(int(st["pid"]), signal.SIGKILL)  # the trial's Ray worker dies mid-trial
+                victim = run
+                break
+        time.sleep(0.2)
+    thread.join(240)
+    assert victim is not None and "result" in out
+    st = victim.status()
+    assert st["state"] == "failed" and "Ray worker died after" in st["error"], st
+    assert len(victim.metrics()) >= 2  # the epochs it finished are kept
+    others = [t for t in out["result"].trials if t["run_id"] != victim.run_id]
+    assert len(others) == 1 and others[0]["state"] == "done"  # the search went on

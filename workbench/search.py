@@ -174,10 +174,18 @@ def connect(address: str | None = None, num_cpus: int | None = None):
                              "`ray start --head`, or drop --address to run on this machine)") from None
         ray.init(address=address, log_to_driver=False)
         return ray
+    if address == "auto":  # the cluster that `ray start` started on this machine
+        try:
+            ray.init(address="auto", log_to_driver=False)
+        except ConnectionError:
+            raise ValueError("--address auto found no Ray cluster started on this machine (`ray start --head`)") \
+                from None
+        return ray
     import torch
 
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=torch.cuda.device_count(), include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    # address="local": always a new Ray for this process, never a cluster that `ray start` left on this machine
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=torch.cuda.device_count(),
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray
 
 

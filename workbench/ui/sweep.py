@@ -120,10 +120,11 @@ def _search_form() -> None:
     ranges, problems = [], []
     for p in picked:
         d = search.default_range(name, p, base)
-        c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+        c1, c2 = st.columns(2)
         low = c1.number_input(f"{p} from", value=float(d.low), format="%g", key=f"swr_{name}_{p}_lo")
         high = c2.number_input(f"{p} to", value=float(d.high), format="%g", key=f"swr_{name}_{p}_hi")
-        log = c3.checkbox("log", d.log, key=f"swr_{name}_{p}_log", help="sample on a log scale")
+        log = st.checkbox(f"{p} on a log scale", d.log, key=f"swr_{name}_{p}_log",
+                          help="sample evenly in log(value): for weights spanning orders of magnitude")
         try:
             ranges.append(search.ParamRange(p, float(low), float(high), log, d.integer))
         except ValueError as e:
