@@ -97,6 +97,12 @@ def test_browser_launch_watch_compare_and_export(server, runs_dir):
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         page.wait_for_timeout(2000)
         page.screenshot(path=str(ARTIFACTS / "sweep.png"), full_page=True)
+        _finished_search(runs_dir)  # the Search mode, with a finished search to show
+        page.get_by_text("search", exact=True).click()
+        expect(page.get_by_text("Best on validation", exact=False)).to_be_visible()
+        expect(page.locator(".js-plotly-plot").nth(2)).to_be_visible()
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
 
         offline = browser.new_page()  # the exported report renders with no server at all
         offline.goto(report.as_uri())
