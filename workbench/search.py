@@ -367,7 +367,8 @@ def search(base, ranges: list[ParamRange], trials: int, store: RunStore, group: 
     say = progress or (lambda msg: None)
     store.ensure_writable()
     base = replace(base, group=group)
-    _cancel_path(store, group).unlink(missing_ok=True)
+    if (search_status(store, group) or {}).get("state") != "queued":
+        _cancel_path(store, group).unlink(missing_ok=True)  # an old search's request never stops a new one
     _write_status(store, group, state="running", **process_identity(), base=base.to_dict(),
                   ranges=[asdict(r) for r in ranges], trials=trials, seeds=seeds, time_budget_s=time_budget_s,
                   scheduler=scheduler, address=address, command=command, method=base.method, started=time.time(),
@@ -394,6 +395,8 @@ def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler,
     from .compare import comparison_rows, gain_verdict, mean_std
     from .recipes import distill_configs
 
+    if _cancel_path(store, group).exists():  # cancelled while it was waiting to start
+        return SearchResult(group, [], None, [], state="cancelled")
     ray = connect(address, num_cpus)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
