@@ -157,7 +157,7 @@ CLIPPED_JS = """
 
 
 def _finished_search(runs_dir) -> None:
-    """A finished 4-trial DKD search in the store (trials with their per-epoch metrics, the search's record), as
+    """A finished 4-trial DKD search of β and T in the store (trials with their per-epoch metrics, the search's record), as
     `kdw search` leaves it, so that the Search mode has something to show without a minute of Ray."""
     from workbench import search
     from workbench.models import ModelConfig
@@ -167,13 +167,15 @@ def _finished_search(runs_dir) -> None:
     store = RunStore(runs_dir)
     base = TrainConfig(kind="kd", dataset="digits", model=ModelConfig("mlp", depth=1, width=16), epochs=3,
                        teacher="digits-cnn", method="dkd", group="search-demo")
-    for beta, accs in ((4.58, [0.61, 0.74, 0.80]), (7.26, [0.58, 0.71, 0.77]), (1.9, [0.42]), (12.5, [0.39])):
-        run = store.create(base.with_params(beta=beta).record() | {"search_values": {"beta": beta}}, prefix="trial")
+    for beta, T, accs in ((4.58, 4.0, [0.61, 0.74, 0.80]), (7.26, 2.5, [0.58, 0.71, 0.77]), (1.9, 6.1, [0.42]),
+                          (12.5, 1.3, [0.39])):
+        run = store.create(base.with_params(beta=beta, temperature=T).record()
+                           | {"search_values": {"beta": beta, "temperature": T}}, prefix="trial")
         for i, a in enumerate(accs):
             run.append_metrics({"epoch": i + 1, "val_acc": a, "val_loss": 1 - a, "train_loss": 1 - a})
         run.set_status("done" if len(accs) == 3 else "cancelled")
     search._write_status(store, "search-demo", state="done", method="dkd", trials=4, seeds=3,
-                         best={"values": {"beta": 4.58}, "val_acc": 0.80}, gain=0.052, gain_std=0.011,
+                         best={"values": {"beta": 4.58, "temperature": 4.0}, "val_acc": 0.80}, gain=0.052, gain_std=0.011,
                          test_acc=0.81, verdict="KD helps")
 
 

@@ -501,6 +501,7 @@ def _queue(args, store):
 def cmd_search(args) -> int:
     """Search a method's hyperparameters on Ray Tune (Optuna TPE, early stopping), then confirm the best over seeds."""
     from .runs import RunStore, new_run_id, validate_run_id
+    from .compare import format_values
     from .search import check_inputs, parse_range, require_ray, search, shutdown
 
     ranges = [parse_range(r) for r in args.param_range]
@@ -525,7 +526,7 @@ def cmd_search(args) -> int:
         shutdown()
     print(f"\n{'trial':40s} {'values':40s} {'val acc':>8s} {'epochs':>6s}  state")
     for t in result.trials:
-        values = ", ".join(f"{k}={v:.4g}" for k, v in t["values"].items())
+        values = format_values(t["values"], "=")
         print(f"{t['run_id']:40s} {values:40s} {100 * t['val_acc']:7.2f}% {t['epochs']:6d}  {t['state']}")
     if result.state == "cancelled":
         print("\nthe search was cancelled; the finished trials are kept")

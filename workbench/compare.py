@@ -240,6 +240,15 @@ def format_gain(v, std=None) -> str:
     return f"{100 * v:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
+def format_values(values: dict, sep: str = " = ") -> str:
+    """A search's sampled values as text: 'beta = 4.58, temperature = 4' (floats to 4 significant digits).
+
+    >>> format_values({"beta": 4.58013, "width": 32})
+    'beta = 4.58, width = 32'
+    """
+    return ", ".join(f"{k}{sep}{v:.4g}" if isinstance(v, float) else f"{k}{sep}{v}" for k, v in values.items())
+
+
 def format_flops(v) -> str:
     """FLOPs with an SI prefix.
 

@@ -639,10 +639,11 @@ def claim_next(store: RunStore) -> Run | None:
     return None
 
 
-def worker_slots(store: RunStore) -> list[dict]:
-    """Each worker slot in use: {slot, busy (holds its lock), run (the run it is running, or None)}."""
+def worker_slots(store: RunStore, running_runs: list[Run] | None = None) -> list[dict]:
+    """Each worker slot in use: {slot, busy (holds its lock), run (the run it is running, or None)};
+    `running_runs`: the store's running runs when the caller has listed them already."""
     running = {}
-    for run in store.list(state="running"):
+    for run in running_runs if running_runs is not None else store.list(state="running"):
         slot = run.status().get("worker")
         if slot is not None:
             running[int(slot)] = run

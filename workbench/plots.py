@@ -355,13 +355,20 @@ def parallel_coordinates(rows: list[dict], dims: list[tuple[str, str]] | None = 
             continue
         vals = [round((v if v is not None else 0) * scale.get(key, 1), 4) for v in vals]
         dimensions.append(dict(label=label, values=vals, tickformat=".3~g"))
+    return _parcoords(dimensions, [100 * r["test_acc"] for r in usable], "acc %",
+                      "Hyperparameters and results, one line per run",
+                      "Each line is a run, passing through its hyperparameters and results; drag along an axis "
+                      "to filter. Colour is test accuracy.", height=460)
+
+
+def _parcoords(dimensions: list[dict], color: list[float], color_title: str, title: str, caption_text: str,
+               height: int) -> go.Figure:
+    """Parallel coordinates coloured by an accuracy in %, with room above for the slanted axis labels."""
     fig = go.Figure(go.Parcoords(
-        line=dict(color=[100 * r["test_acc"] for r in usable], colorscale="Viridis", showscale=True,
-                  colorbar=dict(title=dict(text="acc %", side="right"), thickness=12)),
+        line=dict(color=color, colorscale="Viridis", showscale=True,
+                  colorbar=dict(title=dict(text=color_title, side="right"), thickness=12)),
         dimensions=dimensions, labelangle=-20, labelside="top"))
-    fig = _finish(fig, "Hyperparameters and results, one line per run",
-                  "Each line is a run, passing through its hyperparameters and results; drag along an axis "
-                  "to filter. Colour is test accuracy.", height=460)
+    fig = _finish(fig, title, caption_text, height=height)
     fig.update_layout(margin=dict(t=110, l=60, r=60))
     return fig
 
@@ -396,6 +403,8 @@ def size_curves(cells: list[dict], x: str = "params") -> go.Figure:
 
 def search_history(trials: list[dict]) -> go.Figure:
     """Optimisation history: each trial's best validation accuracy in the order it started, and the best so far."""
+    from .compare import format_values  # lazily: plots itself imports only plotly
+
     fig = go.Figure()
     done = [t for t in trials if t.get("val_acc") is not None]
     stopped = [t for t in done if t["state"] != "done"]
@@ -405,7 +414,7 @@ def search_history(trials: list[dict]) -> go.Figure:
         if sel:
             fig.add_scatter(x=[t["trial"] for t in sel], y=[100 * t["val_acc"] for t in sel], mode="markers",
                             name=name, marker=dict(color=color, symbol=symbol, size=10),
-                            text=[_values_text(t["values"]) + f"<br>{t['epochs']} epoch(s), {t['state']}" for t in sel],
+                            text=[format_values(t["values"]) + f"<br>{t['epochs']} epoch(s), {t['state']}" for t in sel],
                             hovertemplate="trial %{x}: %{y:.2f}%<br>%{text}<extra></extra>")
     best, xs, ys = None, [], []
     for t in sorted(done, key=lambda t: t["trial"]):
@@ -440,16 +449,7 @@ def search_parallel(trials: list[dict]) -> go.Figure:
     names = sorted({k for t in done for k in t["values"]})
     dims = [dict(label=n, values=[t["values"].get(n) for t in done], tickformat=".3~g") for n in names]
     dims.append(dict(label="val acc (%)", values=[round(100 * t["val_acc"], 3) for t in done], tickformat=".3~g"))
-    fig = go.Figure(go.Parcoords(
-        line=dict(color=[100 * t["val_acc"] for t in done], colorscale="Viridis", showscale=True,
-                  colorbar=dict(title=dict(text="val %", side="right"), thickness=12)),
-        dimensions=dims, labelangle=-20, labelside="top"))
-    fig = _finish(fig, "Searched values and validation accuracy, one line per trial",
-                  "Each line is a trial through its sampled values to its best validation accuracy; drag along an "
-                  "axis to filter. Colour is validation accuracy.", height=420)
-    fig.update_layout(margin=dict(t=110, l=60, r=60))
-    return fig
-
-
-def _values_text(values: dict) -> str:
-    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in values.items())
+    return _parcoords(dims, [100 * t["val_acc"] for t in done], "val %",
+                      "Searched values and validation accuracy, one line per trial",
+                      "Each line is a trial through its sampled values to its best validation accuracy; drag along "
+                      "an axis to filter. Colour is validation accuracy.", height=420)

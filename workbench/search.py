@@ -192,6 +192,18 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 # ---------------------------------------------------------------------------
 # the search
 
+def _epoch_reporter(run_id: str):
+    """A training callback that reports each epoch's validation figures to Ray Tune (in a trial's process)."""
+    from ray import tune
+
+    def report(event):
+        if event["event"] == "epoch":
+            tune.report({"val_acc": event["val_acc"], "val_loss": event["val_loss"], "epoch": event["epoch"],
+                         "run_id": run_id})
+
+    return report
+
+
 def _trainable(trial_config: dict):
     """One trial (in a Ray worker): a run of the store, reporting its validation accuracy every epoch."""
     from ray import tune
@@ -204,13 +216,7 @@ def _trainable(trial_config: dict):
     values = {k: v for k, v in trial_config.items() if not k.startswith("_")}
     config = apply(base, values)
     run = store.create(config.record(trial_config["_command"]) | {"search_values": values}, prefix="trial")
-
-    def report(event):
-        if event["event"] == "epoch":
-            tune.report({"val_acc": event["val_acc"], "val_loss": event["val_loss"], "epoch": event["epoch"],
-                         "run_id": run.run_id})
-
-    state = execute_run(run, store, [report])
+    state = execute_run(run, store, [_epoch_reporter(run.run_id)])
     if state != "done":  # a failed trial stays in the store with its metrics; the search goes on
         tune.report({"val_acc": 0.0, "val_loss": float("inf"), "epoch": 0, "run_id": run.run_id, "state": state})
 
@@ -392,7 +398,7 @@ def search(base, ranges: list[ParamRange], trials: int, store: RunStore, group: 
 
 def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler, address, num_cpus, command,
             say, twins, workers) -> SearchResult:
-    from .compare import comparison_rows, gain_verdict, mean_std
+    from .compare import comparison_rows, format_values, gain_verdict, mean_std
     from .recipes import distill_configs
 
     if _cancel_path(store, group).exists():  # cancelled while it was waiting to start
@@ -442,7 +448,7 @@ def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler,
     if not found or cancelled or seeds == 0:
         return result
     best = apply(base, found[0]["values"])
-    say(f"best on validation: {_fmt(found[0]['values'])} ({100 * found[0]['val_acc']:.2f}%); "
+    say(f"best on validation: {format_values(found[0]['values'], '=')} ({100 * found[0]['val_acc']:.2f}%); "
         f"now {seeds} seed(s), each with its scratch twin")
     configs = [c for seed in range(base.seed, base.seed + seeds)
                for c in distill_configs(replace(best, seed=seed, group=group), scratch=twins)]
@@ -479,12 +485,7 @@ def _grid_trial(trial_config: dict):
         tune.report({"val_acc": 0.0, "epoch": 0, "state": run.state})
         return
     atomic_write_json(run.path / CLAIM, process_identity())  # the driver's claim handed to this process
-
-    def report(event):
-        if event["event"] == "epoch":
-            tune.report({"val_acc": event["val_acc"], "epoch": event["epoch"]})
-
-    state = execute_run(run, store, [report])
+    state = execute_run(run, store, [_epoch_reporter(run.run_id)])
     tune.report({"val_acc": 0.0, "epoch": 0, "state": state})
 
 
@@ -578,10 +579,6 @@ def _settler(store: RunStore, epochs: int):
     return Settle()
 
 
-def _fmt(values: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-
-
 def shutdown() -> None:
     """Stop the embedded Ray (its processes included)."""
     try:
@@ -601,6 +598,13 @@ def trial_table(store: RunStore, group: str) -> list[dict]:
         out.append({"trial": i + 1, "run_id": run.run_id, "state": run.state, "values": run.config["search_values"],
                     "val_acc": max((r["val_acc"] for r in rows), default=None), "epochs": len(rows)})
     return out
+
+
+def trial_rows(trials: list[dict]) -> list[dict]:
+    """`trial_table` flattened for a table: one column per searched parameter, validation accuracy in %."""
+    return [{"trial": t["trial"], **{k: round(v, 4) if isinstance(v, float) else v for k, v in t["values"].items()},
+             "val acc %": None if t["val_acc"] is None else round(100 * t["val_acc"], 2), "epochs": t["epochs"],
+             "state": t["state"], "run": t["run_id"]} for t in trials]
 
 
 def importances(trials: list[dict]) -> dict[str, float]:

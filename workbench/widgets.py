@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import torch
 
 from . import plots, recipes
-from .compare import aggregate, comparison_rows, find_scratch_twins, table_columns
+from .compare import aggregate, comparison_rows, find_scratch_twins, format_values, table_columns
 from .data import load_dataset
 from .explain import first_correct_index, teacher_view
 from .jobs import LocalQueueRunner, Runner
@@ -495,8 +495,7 @@ class SearchPanel(W.VBox):
         state = st.get("state", "starting")
         text = f"{state}: {len(finished)} of {st.get('trials', '?')} trials finished"
         if st.get("best"):
-            text += f" · best on validation {100 * st['best']['val_acc']:.2f}% at " + \
-                    ", ".join(f"{k} = {v:.4g}" for k, v in st["best"]["values"].items())
+            text += f" · best on validation {100 * st['best']['val_acc']:.2f}% at {format_values(st['best']['values'])}"
         if st.get("gain") is not None:
             text += f" · KD gain over scratch on test {100 * st['gain']:+.2f} pts ({st.get('verdict')})"
         if state == "failed":
@@ -506,6 +505,13 @@ class SearchPanel(W.VBox):
         if scored:
             _redraw(self.history, plots.search_history(trials))
             _redraw(self.parallel, plots.search_parallel(scored))
+        if trials:  # append_display_data is safe from the polling thread; `with output:` is not
+            import pandas as pd
+
+            from .search import trial_rows
+
+            self.table.outputs = ()
+            self.table.append_display_data(pd.DataFrame(trial_rows(trials)))
         return state in ("done", "cancelled", "failed")
 
 

@@ -21,7 +21,7 @@ def _jobs() -> None:
     running = [r for r in active if r.state == "running"]
     st.caption(f"Jobs: **{len(running)} running, {len(active) - len(running)} queued** · runs in `{store.root}`")
     try:
-        slots = worker_slots(store)
+        slots = worker_slots(store, running)
     except Exception:
         return
     if len(slots) > 1 or any(w["run"] is not None for w in slots):

@@ -8,7 +8,7 @@ from dataclasses import replace
 import streamlit as st
 
 from workbench import plots, recipes
-from workbench.compare import comparison_rows
+from workbench.compare import comparison_rows, format_gain, format_values
 from workbench.jobs import active_runs
 from workbench.methods import METHODS
 from workbench.models import ModelConfig
@@ -164,14 +164,10 @@ def _search_results() -> None:
     from workbench import search
 
     store = common.store()
-    groups = search.searches(store)
-    if not groups:
-        st.info("No searches yet. Set one up on the left.")
+    group = _pick_group(search.searches(store), "Search", "sw_search_pick", "sw_search_group",
+                        "No searches yet. Set one up on the left.")
+    if group is None:
         return
-    ss = st.session_state
-    if ss.get("sw_search_group") in groups:
-        ss["sw_search_pick"] = ss.pop("sw_search_group")
-    group = st.selectbox("Search", groups[::-1], key="sw_search_pick")
     status = search.search_status(store, group) or {}
     trials = search.trial_table(store, group)
     state = status.get("state", "unknown")
@@ -188,48 +184,51 @@ def _search_results() -> None:
         st.warning("The search was cancelled; the finished trials are kept.", icon=":material/warning:")
     if status.get("best"):
         best = status["best"]
-        text = ", ".join(f"{k} = {v:.4g}" for k, v in best["values"].items())
-        st.markdown(f"**Best on validation:** {text} ({100 * best['val_acc']:.2f}%)")
+        st.markdown(f"**Best on validation:** {format_values(best['values'])} ({100 * best['val_acc']:.2f}%)")
     if status.get("gain") is not None:
         sd = status.get("gain_std")
         st.metric(f"Best configuration over {status.get('seeds')} seed(s): KD gain over scratch, on test",
-                  f"{100 * status['gain']:+.2f} pts", help=f"± {100 * sd:.2f} points (std over seeds)" if sd else
+                  f"{format_gain(status['gain'], sd)} pts",  # the spread beside the gain, never hidden
+                  help="mean ± std over seeds, each paired with its scratch twin" if sd is not None else
                   "one seed: its spread is unknown")
         st.caption(f"{status.get('verdict')} · test accuracy {100 * status['test_acc']:.2f}%")
     if not trials:
         st.caption("Trials appear here as they start (Ray takes a few seconds to start).")
         return
-    import pandas as pd
-
-    st.dataframe(pd.DataFrame([{"trial": t["trial"], **{k: round(v, 4) if isinstance(v, float) else v
-                                                        for k, v in t["values"].items()},
-                                "val acc %": None if t["val_acc"] is None else round(100 * t["val_acc"], 2),
-                                "epochs": t["epochs"], "state": t["state"], "run": t["run_id"]} for t in trials]),
-                 hide_index=True)
+    st.dataframe(search.trial_rows(trials), hide_index=True)
     common.chart(plots.search_history(trials), "sw_search_history")
     scored = [t for t in trials if t["val_acc"] is not None]
     try:
         imp = search.importances(scored)
     except Exception:
         imp = {}
-    if imp:
+    if len(imp) > 1:
         common.chart(plots.search_importances(imp), "sw_search_importances")
+    elif len(imp) == 1:
+        st.caption("One parameter searched: there is no other to compare its importance with.")
     elif len(scored) < 3:
         st.caption("Parameter importances appear from three scored trials on.")
     if scored:
         common.chart(plots.search_parallel(scored), "sw_search_parallel")
 
 
+def _pick_group(groups: list[str], label: str, key: str, launched_key: str, empty: str) -> str | None:
+    """Choose one of `groups`, newest first; one just launched (`session_state[launched_key]`) is chosen once."""
+    if not groups:
+        st.info(empty)
+        return None
+    ss = st.session_state
+    if ss.get(launched_key) in groups:
+        ss[key] = ss.pop(launched_key)
+    return st.selectbox(label, groups[::-1], key=key)
+
+
 def _results() -> None:
     store = common.store()
-    groups = recipes.groups(store, ("sweep-", "size-"))
-    if not groups:
-        st.info("No sweeps yet. Set one up on the left.")
+    group = _pick_group(recipes.groups(store, ("sweep-", "size-")), "Sweep", "sw_pick", "sw_group",
+                        "No sweeps yet. Set one up on the left.")
+    if group is None:
         return
-    ss = st.session_state
-    if ss.get("sw_group") in groups:
-        ss["sw_pick"] = ss.pop("sw_group")
-    group = st.selectbox("Sweep", groups[::-1], key="sw_pick")
     runs = store.list(group=group)
     prog = sweep_progress(runs)
     st.progress(prog["fraction"], text=f"{prog['done']} done, {prog['running']} running, {prog['queued']} queued, "
