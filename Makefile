@@ -50,9 +50,11 @@ lab: setup
 		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
 test: setup
+	$(VENV)/bin/ruff check workbench tests benchmarks app.py
 	$(PY) -m pytest tests
 
 test-fast: setup
+	$(VENV)/bin/ruff check workbench tests benchmarks app.py
 	$(PY) -m pytest tests -m "not slow"
 
 clean:

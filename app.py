@@ -1,4 +1,4 @@
-"""KD Workbench: the Streamlit entry point. It only routes; the pages live in workbench/ui/.
+"""KD Workbench: the Streamlit entry point. It only routes; the pages live in workbench/app/.
 
 Every page has its own address (/dark-knowledge, /train, /compare, /sweep); the root address opens Dark
 knowledge, keeping any query string (?T=4&image=17&dataset=fashion-mnist).
@@ -6,8 +6,8 @@ knowledge, keeping any query string (?T=4&image=17&dataset=fashion-mnist).
 
 import streamlit as st
 
-from workbench.ui import common, compare, dark_knowledge, sweep, train
-from workbench.ui.sidebar import sidebar
+from workbench.app import common, compare, dark_knowledge, sweep, train
+from workbench.app.sidebar import sidebar
 
 st.set_page_config(page_title="KD Workbench", page_icon=":material/science:", layout="wide",
                    initial_sidebar_state="auto")
@@ -33,7 +33,7 @@ sidebar()
 try:
     page.run()
 except Exception as e:  # the page boundary: one sentence, never a traceback; the other pages still work
-    from workbench.jobs import friendly_error
+    from workbench.jobs.queue import friendly_error
 
     st.error(f"This page could not be shown: {friendly_error(e)}. The other pages still work; "
              "`kdw runs` lists anything unreadable in the run store.")

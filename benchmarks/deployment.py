@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from workbench.compare import artifact_label
-from workbench.data import load_dataset
-from workbench.deploy import ExportOptions, calibration_images, export_onnx, export_run, measure, quantize_int8
-from workbench.evaluate import classification_metrics, model_profile, predict_logits
-from workbench.jobs import run_in_process
-from workbench.recipes import DEMOS, demo_configs
-from workbench.runs import RunStore
-from workbench.teachers import load_teacher
+from workbench.analysis.compare import artifact_label
+from workbench.data.datasets import load_dataset
+from workbench.deploy.export import ExportOptions, calibration_images, export_onnx, export_run, measure, quantize_int8
+from workbench.evaluate.metrics import classification_metrics, model_profile, predict_logits
+from workbench.experiments.recipes import DEMOS, demo_configs
+from workbench.jobs.queue import run_in_process
+from workbench.store.runs import RunStore
+from workbench.train.teachers import load_teacher
 
 
 def teacher_rows(spec: str, dataset, store: RunStore, folder: Path) -> list[dict]:

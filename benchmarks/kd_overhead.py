@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.data import load_dataset
-from workbench.recipes import DEMOS, scratch_twin
-from workbench.evaluate import device_name
-from workbench.models import build_model
-from workbench.runs import RunStore
-from workbench.teachers import load_teacher
-from workbench.train import TrainConfig, lr_at, make_optimizer, pick_device, train
-from workbench.losses import distillation_objective
+from workbench.core.losses import distillation_objective
+from workbench.data.datasets import load_dataset
+from workbench.evaluate.metrics import device_name
+from workbench.experiments.recipes import DEMOS, scratch_twin
+from workbench.models.zoo import build_model
+from workbench.store.runs import RunStore
+from workbench.train.loop import TrainConfig, lr_at, make_optimizer, pick_device, train
+from workbench.train.teachers import load_teacher
 
 
 def epoch_times(config: TrainConfig, store: RunStore, dataset) -> list[float]:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from workbench.compare import aggregate, comparison_rows
-from workbench.recipes import DEMOS, distill_configs
-from workbench.jobs import run_in_process
-from workbench.models import ModelConfig
-from workbench.runs import RunStore
-from workbench.train import TrainConfig
+from workbench.analysis.compare import aggregate, comparison_rows
+from workbench.experiments.recipes import DEMOS, distill_configs
+from workbench.jobs.queue import run_in_process
+from workbench.models.zoo import ModelConfig
+from workbench.store.runs import RunStore
+from workbench.train.loop import TrainConfig
 
 FM = DEMOS["fashion-mnist"]
 MLP64 = ModelConfig("mlp", depth=1, width=64)

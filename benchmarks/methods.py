@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from workbench.jobs import run_in_process
-from workbench.methods import DISTILLATION_METHODS, METHODS
-from workbench.models import ModelConfig
-from workbench.runs import RunStore
-from workbench.train import TrainConfig
+from workbench.core.methods import DISTILLATION_METHODS, METHODS
+from workbench.jobs.queue import run_in_process
+from workbench.models.zoo import ModelConfig
+from workbench.store.runs import RunStore
+from workbench.train.loop import TrainConfig
 
 # CIFAR-100, teacher resnet32x4 (79.42) -> student resnet8x4 (72.50), top-1 %, as the READMEs report them:
 # RepDistiller (HobbitLong/RepDistiller), mdistiller (megvii-research/mdistiller),

@@ -12,7 +12,7 @@ Two settings, the same search budget for every method:
 - ``label-budget``: docs/results.md's demo row (student ``mlp(d=1, w=64)``, 1,000 visible labels, 10 epochs),
   vanilla KD's T and α.
 
-Each search is `workbench.search.search` on an embedded Ray with 2 CPUs: `--trials` trials (default 6) sampled by
+Each search is `workbench.experiments.search.search` on an embedded Ray with 2 CPUs: `--trials` trials (default 6) sampled by
 Optuna's TPE, ASHA stopping trials that fall behind on validation accuracy after each epoch. The best trial by
 validation accuracy is then trained over seeds 0, 1, 2 and tested. The scratch student of the same seeds, trained
 once per setting, is the baseline every method is paired with (the runs of the paper-default benchmark use the same
@@ -27,16 +27,15 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from workbench.jobs import run_in_process
-from workbench.models import ModelConfig
-from workbench.runs import RunStore
-from workbench.search import ParamRange, search, shutdown
-from workbench.train import TrainConfig
+from workbench.experiments.search import ParamRange, search, shutdown
+from workbench.jobs.queue import run_in_process
+from workbench.models.zoo import ModelConfig
+from workbench.store.runs import RunStore
+from workbench.train.loop import TrainConfig
 
 # what each method searches: its own weight on a log scale around its paper's value, and its temperature
 SPACES = {

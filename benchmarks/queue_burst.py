@@ -20,10 +20,10 @@ from pathlib import Path
 
 import psutil
 
-from workbench.jobs import LocalQueueRunner
-from workbench.models import ModelConfig
-from workbench.runs import RunStore
-from workbench.train import TrainConfig
+from workbench.jobs.queue import LocalQueueRunner
+from workbench.models.zoo import ModelConfig
+from workbench.store.runs import RunStore
+from workbench.train.loop import TrainConfig
 
 
 def ours(root: str) -> list[psutil.Process]:

@@ -10,7 +10,7 @@ training images per class and the whole test set, seen in colour. Sizes: 224 on 
 teacher at 32 px and the students at 32 px and at a lower --low-size (the teacher's logits stay cached at
 its own size: a compression lever of its own). The same steps as `kdw teacher ... --model
 torchvision:resnet50 --init ...` and `kdw distill ... --model torchvision:mobilenet_v2`, through
-workbench.recipes.ClassicRecipe. Writes benchmarks/out/recipe.json and prints the table of docs/recipes.md.
+workbench.experiments.recipes.ClassicRecipe. Writes benchmarks/out/recipe.json and prints the table of docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.compare import comparison_rows, format_flops
-from workbench.data import DataError, load_dataset
-from workbench.jobs import run_in_process
-from workbench.recipes import ClassicRecipe
-from workbench.runs import RunStore, new_run_id
+from workbench.analysis.compare import comparison_rows, format_flops
+from workbench.data.datasets import load_dataset
+from workbench.errors import DataError
+from workbench.experiments.recipes import ClassicRecipe
+from workbench.jobs.queue import run_in_process
+from workbench.store.runs import RunStore, new_run_id
 
 
 def fashion_folder(out: Path, per_class: int) -> Path:

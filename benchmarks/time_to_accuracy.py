@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from workbench.data import load_dataset
-from workbench.recipes import DEMOS, demo_configs
-from workbench.evaluate import device_name
-from workbench.runs import RunStore
-from workbench.teachers import _MEMORY
-from workbench.train import pick_device, train
+from workbench.data.datasets import load_dataset
+from workbench.evaluate.metrics import device_name
+from workbench.experiments.recipes import DEMOS, demo_configs
+from workbench.store.runs import RunStore
+from workbench.train.loop import pick_device, train
+from workbench.train.teachers import _MEMORY
 
 
 def timed_kd_run(config, store, dataset) -> dict:

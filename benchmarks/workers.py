@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from workbench.models import ModelConfig
-from workbench.runs import RunStore
-from workbench.search import connect, run_grid, shutdown
-from workbench.sweep import grid_configs
-from workbench.train import TrainConfig
+from workbench.experiments.search import connect, run_grid, shutdown
+from workbench.experiments.sweep import grid_configs
+from workbench.models.zoo import ModelConfig
+from workbench.store.runs import RunStore
+from workbench.train.loop import TrainConfig
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
     python benchmarks/zoo_latency.py --device cuda
     python benchmarks/zoo_latency.py --shape 3 32 32     # CIFAR-sized inputs
 
-For each model: `workbench.evaluate.latency_ms` (median of at least 30 batch-1 passes after
+For each model: `workbench.evaluate.metrics.latency_ms` (median of at least 30 batch-1 passes after
 5 warm-ups) next to `torch.utils.benchmark.Timer(...).blocked_autorange()` 's median for the
 same model and input, their ratio (must be within 10%), and throughput at batch 1 and 256.
 The two are measured alternately, `--rounds` times each (default 5), and each column is the
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.utils.benchmark as tb
 
-from workbench.evaluate import device_name, latency_ms, throughput
-from workbench.models import ModelConfig, build_model, count_params
+from workbench.evaluate.metrics import device_name, latency_ms, throughput
+from workbench.models.zoo import ModelConfig, build_model, count_params
 
 ZOO = [ModelConfig("mlp", depth=1, width=64), ModelConfig("mlp", depth=2, width=256), ModelConfig("cnn", width=8),
        ModelConfig("cnn", depth=1, width=32), ModelConfig("resnet", depth=8, width=16),

@@ -28,14 +28,14 @@ def runs_dir(tmp_path):
 
 @pytest.fixture
 def store(runs_dir):
-    from workbench.runs import RunStore
+    from workbench.store.runs import RunStore
 
     return RunStore(runs_dir)
 
 
 @pytest.fixture(scope="session")
 def digits():
-    from workbench.data import load_dataset
+    from workbench.data.datasets import load_dataset
 
     return load_dataset("digits")
 

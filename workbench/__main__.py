@@ -10,8 +10,8 @@ import sys
 
 
 def _worker(argv: list[str]) -> int:
-    from .jobs import worker_loop
-    from .runs import RunStore
+    from workbench.jobs.queue import worker_loop
+    from workbench.store.runs import RunStore
 
     root = os.environ.get("KDW_RUNS_DIR") or None
     if "--runs-dir" in argv[:-1]:
@@ -24,6 +24,6 @@ def _worker(argv: list[str]) -> int:
 if sys.argv[1:2] == ["worker"]:
     sys.exit(_worker(sys.argv[2:]))
 
-from .cli import main  # noqa: E402
+from workbench.cli.main import main  # noqa: E402
 
 sys.exit(main())

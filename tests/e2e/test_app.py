@@ -1,0 +1,187 @@
+"""The Streamlit app through AppTest: every page renders without exceptions, and a launch runs a real job."""
+
+import time
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from workbench.store.runs import RunStore  # noqa: E402
+
+TIMEOUT = 120
+
+
+def page_app(module: str) -> AppTest:
+    return AppTest.from_string(f"from workbench.app.{module} import page\npage()", default_timeout=TIMEOUT)
+
+
+def _no_errors(at: AppTest):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def test_app_entry_routes_to_dark_knowledge_with_sidebar():
+    at = AppTest.from_file("../../app.py", default_timeout=TIMEOUT).run()
+    _no_errors(at)
+    assert at.title[0].value == "Dark knowledge"
+    assert any("(1 − α)" in c.value for c in at.sidebar.code)
+
+
+def test_dark_knowledge_page_shows_softened_probabilities_on_digits():
+    at = page_app("dark_knowledge").run()
+    at.selectbox(key="dk_dataset").select("digits").run()
+    _no_errors(at)
+    assert at.slider(key="dk_T").value == 4.0
+    assert at.number_input(key="dk_index").value == 1  # digits' test image 0 fools the teacher; 1 does not
+    assert any("(right)" in m.value for m in at.markdown)
+    assert _charts(at) >= 4  # image, bars, ranking, T² chart
+    h1 = float(at.metric[0].value.split()[0])
+    at.slider(key="dk_T").set_value(10.0).run()
+    _no_errors(at)
+    assert float(at.metric[1].value.split()[0]) > h1  # a higher T flattens: more entropy
+    assert any("10^2" in l.value or "10^{2}" in l.value or "10^2" in l.value for l in at.latex)
+    at.number_input(key="dk_index").set_value(5).run()
+    _no_errors(at)
+    at.button(key="dk_random").click().run()
+    _no_errors(at)
+
+
+def test_train_page_lists_only_devices_that_exist_and_shows_live_params():
+    at = page_app("train").run()
+    at.selectbox(key="tr_dataset").select("digits").run()
+    _no_errors(at)
+    assert "cuda" not in at.selectbox(key="tr_device").options or __import__("torch").cuda.is_available()
+    before = [c.value for c in at.caption if "parameters" in c.value]
+    at.number_input(key="tr_student_width_mlp").set_value(128).run()
+    after = [c.value for c in at.caption if "parameters" in c.value]
+    assert before and after and before != after
+    at.slider(key="tr_method_alpha").set_value(0.5).run()
+    assert any("(1 - 0.5)" in l.value for l in at.latex)
+
+
+@pytest.mark.slow
+def test_launching_a_tiny_digits_job_runs_it_through_the_job_runner(runs_dir):
+    at = page_app("train").run()
+    at.selectbox(key="tr_dataset").select("digits").run()
+    at.number_input(key="tr_student_width_mlp").set_value(16).run()
+    at.number_input(key="tr_epochs").set_value(2).run()
+    at.button(key="tr_launch").click().run()
+    _no_errors(at)
+    store = RunStore(runs_dir)
+    runs = store.list()
+    assert sorted(r.config["kind"] for r in runs) == ["kd", "scratch"]
+    deadline = time.monotonic() + 180
+    while any(r.state not in ("done", "failed", "cancelled") for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all(r.state == "done" for r in runs), [r.status() for r in runs]
+    at.run()
+    _no_errors(at)
+    assert any("Finished" in s.value for s in at.success)
+    # a fresh session (a reload) finds the jobs again from the run store
+    again = page_app("train").run()
+    texts = [p.proto.text for p in again.get("progress")]
+    assert all(any(r.run_id in t for t in texts) for r in runs), texts
+    assert any("Finished" in s.value for s in again.success)
+
+
+@pytest.mark.slow
+def test_compare_and_sweep_pages_show_finished_runs(runs_dir):
+    from conftest import kdw
+
+    kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "2",
+        "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "2", "--runs-dir", str(runs_dir))
+    at = page_app("compare").run()
+    _no_errors(at)
+    assert len(at.dataframe) == 1 and _charts(at) >= 3
+    assert at.get("download_button")
+    at.toggle(key="cmp_agg").set_value(True).run()
+    _no_errors(at)
+    at = page_app("sweep").run()
+    _no_errors(at)
+    assert _charts(at) >= 3  # two heatmaps and the parallel coordinates
+
+
+def test_failing_job_shows_its_error_not_a_traceback(runs_dir):
+    store = RunStore(runs_dir)
+    run = store.create({"kind": "kd", "dataset": "digits", "group": "train-x", "model": {"family": "mlp"},
+                        "teacher": "digits-cnn", "model_label": "mlp"}, prefix="kd")
+    run.set_status("failed", error="the loss became nan in epoch 1: training diverged.")
+    at = page_app("train").run()
+    assert not at.exception
+    assert any("training diverged" in e.value for e in at.error)
+    assert not any("Traceback" in e.value for e in at.error)
+
+
+def test_pages_work_without_fashion_mnist_and_say_how_to_get_it(monkeypatch):
+    from workbench.data import readers as data
+
+    monkeypatch.setattr(data, "fashion_mnist_dirs", lambda root=None: [])
+    at = page_app("dark_knowledge").run()
+    _no_errors(at)
+    assert at.selectbox(key="dk_dataset").options == ["digits"]
+    assert any("dataset-fashion-mnist" in c.value for c in at.caption)
+
+
+def test_train_page_method_dropdown_shows_the_methods_own_hyperparameters():
+    at = page_app("train").run()
+    at.selectbox(key="tr_dataset").select("digits").run()
+    at.selectbox(key="tr_method").select("rkd").run()
+    _no_errors(at)
+    assert not [s for s in at.slider if s.key in ("tr_method_T", "tr_method_alpha")]  # vanilla KD's knobs only
+    assert any("Relational Knowledge Distillation" in c.value for c in at.caption)
+    assert at.number_input(key="tr_method_rkd_distance_weight").value == 25.0
+    at.number_input(key="tr_method_rkd_angle_weight").set_value(0.0).run()
+    assert any("0·angle" in m.value for m in at.markdown)  # the run's own objective, with its values
+    at.selectbox(key="tr_student_family").select("mlp").run()
+    at.selectbox(key="tr_method").select("at").run()
+    at.button(key="tr_launch").click().run()
+    assert any("needs convolutional stages" in e.value for e in at.error)  # refused before any job exists
+    at.radio(key="tr_strategy").set_value("teacher assistant").run()
+    assert at.selectbox(key="tr_assistant_family").value == "cnn"
+
+
+@pytest.mark.parametrize("name, want", [("teacher.safetensors", "teacher.safetensors"),
+                                        ("../../etc/passwd", "passwd.safetensors"),
+                                        ("my teacher (v2).safetensors", "my-teacher-v2-.safetensors"),
+                                        ("..", "teacher.safetensors")])
+def test_uploaded_file_names_are_reduced_to_safe_names(name, want):
+    from workbench.app.common import safe_upload_name
+
+    got = safe_upload_name(name)
+    assert got == want and "/" not in got and not got.startswith(".")
+
+
+def test_an_uploaded_non_safetensors_file_is_refused_without_unpickling(tmp_path):
+    import io
+
+    import torch as _torch
+
+    from workbench.models.zoo import ModelError, load_checkpoint
+
+    buf = io.BytesIO()
+    _torch.save({"w": _torch.zeros(1)}, buf)  # what a .pt upload would contain
+    with pytest.raises(ModelError, match="not a valid safetensors checkpoint"):
+        load_checkpoint(buf.getvalue())
+
+
+def test_tables_train_and_compare_pages_work_on_wine(runs_dir):
+    from conftest import kdw
+
+    r = ["--runs-dir", str(runs_dir)]
+    kdw("teacher", "--dataset", "wine", "--model", "mlp", "--epochs", "10", "--run-id", "tw", *r)
+    kdw("distill", "--dataset", "wine", "--teacher", "tw", "--model", "mlp", "--width", "8", "--epochs", "10",
+        "--group", "wine-g", *r)
+    at = page_app("train").run()
+    at.selectbox(key="tr_dataset").select("wine").run()
+    _no_errors(at)
+    assert any("13 numeric features" in c.value for c in at.caption)  # no image size or channels for a table
+    assert not any(e.key and e.key.startswith("tr_image_size") for e in at.number_input)
+    assert any("tw" in str(o) for s in at.selectbox for o in (s.options or []))  # the wine teacher run is offered
+    at = page_app("compare").run()
+    _no_errors(at)
+    assert len(at.dataframe) >= 1

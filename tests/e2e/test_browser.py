@@ -1,0 +1,226 @@
+"""A real browser: `streamlit run app.py` driven by Debian's Chromium through Playwright.
+
+It launches a tiny digits run from the Train page, sees its curve appear, opens Compare,
+exports the report, and saves a screenshot of each page into tests/artifacts/.
+Without Chromium the test is skipped, except under CI (CI=true), where that is a failure.
+"""
+
+import os
+import re
+import sys
+
+import pytest
+from browser import ARGS, CHROMIUM, free_port, need_browser, start_server, stop_server
+from conftest import ARTIFACTS, ROOT, kdw
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(runs_dir, tmp_path):
+    need_browser()
+    port = free_port()
+    env = dict(os.environ, KDW_RUNS_DIR=str(runs_dir), PYTHONUNBUFFERED="1")
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
+                         "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+                         "--browser.gatherUsageStats", "false"], url + "/_stcore/health", tmp_path / "streamlit.log",
+                        env, ROOT, timeout=60, ok=lambda body: body == b"ok")
+    yield url
+    stop_server(proc)
+
+
+def _select(page, label: str, option: str):
+    box = page.get_by_label(label, exact=True)
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _set_number(page, label: str, value):
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_browser_launch_watch_compare_and_export(server, runs_dir):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=60_000)
+    # a small sweep, so that the Sweep page has something real to show
+    kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "32", "--epochs", "10",
+        "--batch-size", "64", "--temperatures", "1", "4", "--alphas", "0.5", "0.9", "--seeds", "2",
+        "--labels", "200", "--no-profile", "--runs-dir", str(runs_dir))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1900}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+
+        page.goto(server + "/")  # the default page lives at the root
+        expect(page.get_by_role("heading", name="Dark knowledge")).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "dark-knowledge.png"), full_page=True)
+
+        page.goto(server + "/train")
+        expect(page.get_by_role("heading", name="Train")).to_be_visible()
+        _select(page, "Data set", "digits")
+        page.wait_for_timeout(500)
+        _set_number(page, "Width", 16)
+        _set_number(page, "Epochs", 3)
+        _select(page, "Batch size", "32")
+        page.wait_for_timeout(500)
+        page.get_by_role("button", name="Launch").click()
+        expect(page.get_by_text("Finished.", exact=False)).to_be_visible(timeout=180_000)
+        curves = page.locator(".js-plotly-plot")
+        expect(curves.last).to_be_visible()
+        assert page.get_by_text("validation accuracy").count() >= 1  # the live curve's panel
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
+
+        page.goto(server + "/compare")
+        expect(page.get_by_role("heading", name="Compare")).to_be_visible()
+        expect(page.get_by_text("Export report")).to_be_visible()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+        with page.expect_download(timeout=120_000) as dl:
+            page.get_by_role("button", name="Export report").click()
+        report = ARTIFACTS / "report.html"
+        dl.value.save_as(str(report))
+        text = report.read_text(encoding="utf-8")
+        assert "KD Workbench report" in text and "Environment" in text and "torch" in text
+        assert "<script src=" not in text and len(text) > 1_000_000  # plotly.js is inside: opens offline
+
+        page.goto(server + "/sweep")
+        expect(page.get_by_role("heading", name="Sweep")).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(ARTIFACTS / "sweep.png"), full_page=True)
+        _finished_search(runs_dir)  # the Search mode, with a finished search to show
+        page.get_by_text("search", exact=True).click()
+        expect(page.get_by_text("Best on validation", exact=False)).to_be_visible()
+        expect(page.locator(".js-plotly-plot").nth(2)).to_be_visible()
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
+
+        offline = browser.new_page()  # the exported report renders with no server at all
+        offline.goto(report.as_uri())
+        expect(offline.locator(".js-plotly-plot").first).to_be_visible()
+        browser.close()
+
+
+CLIPPED_JS = """
+() => {
+  const out = [];
+  const main = document.querySelector('[data-testid="stMain"]') || document.body;
+  const sel = 'p, label, button, h1, h2, h3, [data-testid="stMetricValue"] div, [data-testid="stMetricLabel"] div,'
+            + ' [data-baseweb="select"] div, .katex-display';
+  const clipper = (el) => {  // the nearest box (itself included) that hides what overflows it
+    for (let a = el, i = 0; a && a !== main && i < 12; a = a.parentElement, i++) {
+      const st = getComputedStyle(a);
+      if (['hidden', 'clip'].includes(st.overflowX) || st.textOverflow === 'ellipsis') return a;
+    }
+    return null;
+  };
+  for (const el of main.querySelectorAll(sel)) {
+    if (!el.offsetParent || !el.innerText || !el.innerText.trim() || el.children.length > 0) continue;
+    const box = clipper(el);
+    if (!box) continue;
+    const r = el.getBoundingClientRect(), b = box.getBoundingClientRect();
+    if (el.scrollWidth > el.clientWidth + 2 || r.right > b.right + 2) {
+      out.push('text: ' + el.innerText.trim().slice(0, 50));
+    }
+  }
+  for (const plot of main.querySelectorAll('.js-plotly-plot')) {
+    const svg = plot.querySelector('svg.main-svg');
+    if (!svg) continue;
+    const box = svg.getBoundingClientRect();
+    const title = plot.querySelector('.gtitle');
+    const legend = plot.querySelector('.legend');
+    if (title) {
+      const t = title.getBoundingClientRect();
+      if (t.right > box.right + 1) out.push('plot title cut: ' + title.textContent.slice(0, 50));
+      if (legend) {
+        const l = legend.getBoundingClientRect();
+        const overlap = !(l.right < t.left || l.left > t.right || l.bottom < t.top || l.top > t.bottom);
+        if (overlap && l.width > 0) out.push('legend over title: ' + title.textContent.slice(0, 50));
+      }
+    }
+    for (const cb of plot.querySelectorAll('.colorbar')) {
+      if (cb.getBoundingClientRect().right > box.right + 1) out.push('colour bar cut');
+    }
+  }
+  return out;
+}
+"""
+
+
+def _finished_search(runs_dir) -> None:
+    """A finished 4-trial DKD search of β and T in the store (trials with their per-epoch metrics, the search's record), as
+    `kdw search` leaves it, so that the Search mode has something to show without a minute of Ray."""
+    from workbench.experiments import search
+    from workbench.models.zoo import ModelConfig
+    from workbench.store.runs import RunStore
+    from workbench.train.loop import TrainConfig
+
+    store = RunStore(runs_dir)
+    base = TrainConfig(kind="kd", dataset="digits", model=ModelConfig("mlp", depth=1, width=16), epochs=3,
+                       teacher="digits-cnn", method="dkd", group="search-demo")
+    for beta, T, accs in ((4.58, 4.0, [0.61, 0.74, 0.80]), (7.26, 2.5, [0.58, 0.71, 0.77]), (1.9, 6.1, [0.42]),
+                          (12.5, 1.3, [0.39])):
+        run = store.create(base.with_params(beta=beta, temperature=T).record()
+                           | {"search_values": {"beta": beta, "temperature": T}}, prefix="trial")
+        for i, a in enumerate(accs):
+            run.append_metrics({"epoch": i + 1, "val_acc": a, "val_loss": 1 - a, "train_loss": 1 - a})
+        run.set_status("done" if len(accs) == 3 else "cancelled")
+    search._write_status(store, "search-demo", state="done", method="dkd", trials=4, seeds=3,
+                         best={"values": {"beta": 4.58, "temperature": 4.0}, "val_acc": 0.80}, gain=0.052, gain_std=0.011,
+                         test_acc=0.81, verdict="KD helps")
+
+
+@pytest.mark.parametrize("width, height", [(1400, 900), (1024, 768)])
+def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_dir, width, height):
+    """Classroom projector and laptop sizes: each page by its own URL, no exception, no clipped text or plot part."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    kdw("demo", "--fast", "--runs-dir", str(runs_dir))
+    kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "3",
+        "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--no-profile", "--runs-dir", str(runs_dir))
+    _finished_search(runs_dir)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(60_000)
+        problems = {}
+        for path, heading in [("/dark-knowledge?dataset=digits&image=17&T=6", "Dark knowledge"), ("/train", "Train"),
+                              ("/compare", "Compare"), ("/sweep", "Sweep")]:
+            page.goto(server + path)
+            expect(page.get_by_role("heading", name=heading)).to_be_visible()
+            if heading != "Train":  # no job was launched from the Train page in this test
+                expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            page.wait_for_timeout(2500)
+            assert page.locator('[data-testid="stException"]').count() == 0, path
+            name = heading.lower().replace(" ", "-")
+            page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
+            found = page.evaluate(CLIPPED_JS)
+            if found:
+                problems[path] = found
+            if heading == "Dark knowledge":  # the address carried the view
+                assert page.get_by_label(re.compile("^Test image")).input_value() == "17"
+                assert "T=6" in page.url and "image=17" in page.url
+            sidebar_open = page.locator('[data-testid="stSidebar"][data-collapsed="false"]').count()
+            assert sidebar_open == (1 if width >= 1100 else 0), f"sidebar at {width}px"
+        # the Sweep page's Search mode: the form, the trials, the history and the parallel coordinates
+        page.get_by_text("search", exact=True).click()
+        expect(page.get_by_role("button", name="Launch search")).to_be_visible()
+        expect(page.get_by_text("Best on validation", exact=False)).to_be_visible()
+        expect(page.locator(".js-plotly-plot").nth(1)).to_be_visible()
+        page.wait_for_timeout(2500)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / f"search-{width}.png"), full_page=True)
+        found = page.evaluate(CLIPPED_JS)
+        if found:
+            problems["/sweep (search)"] = found
+        browser.close()
+    assert not problems, problems

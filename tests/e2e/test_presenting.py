@@ -1,0 +1,234 @@
+"""In front of a class and a boardroom: each fix of the projector-and-stakeholder review, as a test that failed
+before it (the layout at 1024 × 768 and 1400 × 900 is checked in a real browser by tests/e2e/test_browser.py)."""
+
+
+import pytest
+
+pytest.importorskip("streamlit")
+from conftest import kdw  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from workbench.analysis import plots  # noqa: E402
+from workbench.analysis.compare import comparison_rows, format_table, headline, table_columns  # noqa: E402
+from workbench.store.runs import RunStore  # noqa: E402
+
+TIMEOUT = 120
+
+
+def page_app(module: str) -> AppTest:
+    return AppTest.from_string(f"from workbench.app.{module} import page\npage()", default_timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def one_seed_sweep(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("sweep") / "runs"
+    kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "2",
+        "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--runs-dir", str(runs))
+    return runs
+
+
+# 1. a one-seed sweep
+def test_a_one_seed_sweep_shows_its_results_without_a_traceback(one_seed_sweep, monkeypatch):
+    monkeypatch.setenv("KDW_RUNS_DIR", str(one_seed_sweep))
+    at = page_app("sweep").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.metric[0].help == "one seed: its spread is unknown"
+    # 15. the results panel says what they came from
+    assert any("digits · mlp(d=1, w=16) · 2 epochs · all labels · seed 0" in c.value for c in at.caption)
+
+
+# 2. page addresses: the root routes to Dark knowledge, whose state travels in the address
+def test_dark_knowledge_reads_and_writes_its_state_in_the_address():
+    at = AppTest.from_file("../../app.py", default_timeout=TIMEOUT)
+    at.query_params.update({"dataset": "digits", "image": "17", "T": "6"})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Dark knowledge"
+    assert at.number_input(key="dk_index").value == 17 and at.slider(key="dk_T").value == 6.0
+    at.slider(key="dk_T").set_value(8.0).run()
+    assert at.query_params["T"] in ("8", ["8"]) and at.query_params["image"] in ("17", ["17"])
+
+
+# 4. the form survives a reload; an invalid field turns Launch off and says why
+def test_the_train_form_is_restored_from_the_address_and_refuses_an_invalid_field():
+    at = page_app("train")
+    at.query_params.update({"tr_dataset": "digits", "tr_epochs": "7", "tr_lr": "0.01"})
+    at.run()
+    assert at.selectbox(key="tr_dataset").value == "digits" and at.number_input(key="tr_epochs").value == 7
+    assert at.text_input(key="tr_lr").value == "0.01"
+    at.text_input(key="tr_lr").set_value("fast").run()
+    assert at.button(key="tr_launch").disabled
+    assert any("Launch is off: the learning rate must be a number" in e.value for e in at.error)
+    at.text_input(key="tr_lr").set_value("0.003").run()
+    assert not at.button(key="tr_launch").disabled
+    assert any(c.value.startswith("**Will run:**") and "lr 0.003" in c.value for c in at.caption)
+
+
+# 13. a new data set brings its own defaults
+def test_switching_the_data_set_resets_epochs_and_labels():
+    at = page_app("train").run()
+    if "fashion-mnist" not in at.selectbox(key="tr_dataset").options:
+        pytest.skip("needs Fashion-MNIST")
+    at.selectbox(key="tr_dataset").select("fashion-mnist").run()
+    assert at.number_input(key="tr_epochs").value == 10 and at.number_input(key="tr_labels").value == 1000
+    at.selectbox(key="tr_dataset").select("digits").run()
+    assert at.number_input(key="tr_epochs").value == 20 and at.number_input(key="tr_labels").value == 0
+    will_run = next(c.value for c in at.caption if c.value.startswith("**Will run:**"))
+    assert "px" not in will_run and "20 epochs" in will_run  # digits at its own 8×8, not Fashion-MNIST's 28×28
+
+
+# 5. one measurement per model, whatever the order of the runs
+def _summary_with_teacher(latency, busy, acc=0.9):
+    return {"test": {"accuracy": acc, "confusion_matrix": [[1]]}, "model_label": "mlp", "dataset": "digits",
+            "profile": {"latency_ms": 0.02, "throughput": 1e6, "cpu_busy_elsewhere": 0.0, "size_mb": 0.1},
+            "teacher": {"digest": "t1", "label": "cnn", "spec": "digits-cnn", "test": {"accuracy": 0.99},
+                        "profile": {"latency_ms": latency, "throughput": 1e4, "cpu_busy_elsewhere": busy,
+                                    "size_mb": 1.0}}}
+
+
+def test_the_teacher_is_timed_once_per_comparison_whatever_the_order(store):
+    a, b = store.create({"kind": "kd", "dataset": "digits", "seed": 0}), store.create({"kind": "kd", "dataset":
+                                                                                       "digits", "seed": 1})
+    a.write_summary(_summary_with_teacher(12.868, 0.6))
+    b.write_summary(_summary_with_teacher(0.332, 0.02))
+    for r in (a, b):
+        r.set_status("done")
+    for order in ([a, b], [b, a]):
+        teacher = next(r for r in comparison_rows(order) if r["role"] == "teacher")
+        assert teacher["latency_ms"] == 0.332 and not teacher["timing_unreliable"]
+
+
+def test_identical_students_share_one_timing_and_a_busy_one_is_flagged(store):
+    rows = [{"role": "kd", "model": "mlp", "dataset": "digits", "latency_ms": 0.5, "throughput": 20921,
+             "cpu_busy": 0.7, "run_id": "a"},
+            {"role": "kd", "model": "mlp", "dataset": "digits", "latency_ms": 0.02, "throughput": 1555186,
+             "cpu_busy": 0.01, "run_id": "b"}]
+    from workbench.analysis.compare import unify_timings
+
+    unify_timings(rows)
+    assert rows[0]["throughput"] == rows[1]["throughput"] == 1555186 and rows[0]["timing_from"] == "b"
+    busy = unify_timings([dict(rows[0], cpu_busy=0.7, run_id="c", model="other", test_acc=0.5)])[0]
+    assert busy["timing_unreliable"] and "*" in format_table([busy])
+
+
+# 6. one colour and one name per role
+def test_roles_have_one_colour_and_one_name_everywhere():
+    assert plots.ROLE_NAMES["kd"] == "distilled" and set(plots.ROLE_COLORS) == set(plots.ROLE_NAMES)
+    fig = plots.training_curves({"distilled mlp": [{"epoch": 1, "train_loss": 1, "val_acc": 0.5}]},
+                                {"distilled mlp": plots.KD})
+    assert fig.data[0].line.color == plots.KD
+    names = [t.name for t in plots.pareto([{"role": "kd", "test_acc": 0.5, "size_mb": 1, "params": 1,
+                                            "model": "m", "run_id": "r"}], "size_mb").data]
+    assert "distilled" in names and "kd" not in names
+
+
+# 7. axes that do not mislead
+def test_axes_have_a_sensible_span_whole_epochs_and_clean_ticks():
+    rows = [{"epoch": e, "train_loss": 1.0, "val_acc": v} for e, v in ((1, 0.7948), (2, 0.7960), (3, 0.7955))]
+    fig = plots.training_curves({"run": rows})
+    lo, hi = fig.layout.yaxis2.range
+    assert hi - lo >= 5 and fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tick0 == 1
+    tsq = plots.temperature_scaling([1, 2, 4, 8, 16, 20], [1] * 6, [1] * 6, [1] * 6, [1] * 6)
+    assert list(tsq.layout.xaxis.tickvals) == [1, 2, 4, 8, 16, 20] and tsq.layout.yaxis.dtick == 1
+    gain = plots.sweep_heatmap([{"temperature": 2, "alpha": 0.9, "kd_gain": 0.03, "seeds": 1}], "kd_gain")
+    assert gain.data[0].zmid == 0 and gain.data[0].colorscale[0][1] != gain.data[0].colorscale[-1][1]
+    par = plots.parallel_coordinates([{"temperature": 2, "alpha": 0.9, "seed": 0, "test_acc": 0.810585,
+                                       "agreement": 0.9, "ece": 0.0312345}])
+    dims = {d.label: d for d in par.data[0].dimensions}
+    assert dims["test acc (%)"].values[0] == 81.0585 and dims["test acc (%)"].tickformat == ".3~g"
+
+
+# 8. a table that fits, and a headline
+def test_default_columns_ratios_to_the_teacher_and_a_headline():
+    rows = [{"role": "teacher", "model": "cnn", "test_acc": 0.9297, "size_mb": 0.38, "latency_ms": 0.5},
+            {"role": "kd", "model": "mlp", "test_acc": 0.8711, "size_mb": 0.034, "latency_ms": 0.217, "kd_gain": 0.0814,
+             "method": "kd"}]
+    from workbench.analysis.compare import add_teacher_ratios
+
+    add_teacher_ratios(rows)
+    names = [n for n, _ in table_columns(False, rows=rows)]
+    assert names == ["role", "model", "test acc %", "KD gain", "params", "size MB", "latency ms", "vs teacher"]
+    assert dict(table_columns(False, rows=rows))["vs teacher"](rows[1]) == "11× smaller, 2.3× faster, −5.9 pts"
+    assert "ECE" in [n for n, _ in table_columns(False, wide=True, rows=rows)]
+    assert headline(rows).startswith("The best distilled student, mlp, is 11.2× smaller and 2.3× faster than the "
+                                     "teacher cnn, and 5.86 points less accurate (87.11% against 92.97%)")
+
+
+# 9. the Pareto caption describes what is drawn; points are named
+def test_pareto_caption_matches_the_plot_and_points_are_labelled():
+    one = plots.pareto([{"role": "kd", "test_acc": 0.5, "latency_ms": 1, "params": 1, "model": "m", "run_id": "r"}])
+    assert "no frontier to draw" in plots.caption(one) and "dashed" not in plots.caption(one)
+    two = plots.pareto([{"role": "kd", "test_acc": 0.5, "latency_ms": 1, "params": 1, "model": "m", "run_id": "r"},
+                        {"role": "teacher", "test_acc": 0.9, "latency_ms": 2, "params": 9, "model": "t",
+                         "run_id": "t"}])
+    assert "dashed line" in plots.caption(two) and {a.text for a in two.layout.annotations} == {"distilled", "teacher"}
+
+
+# 10. presentation mode
+def test_presentation_mode_keeps_only_what_a_class_needs():
+    at = page_app("train").run()
+    assert at.text_input(key="tr_lr") is not None
+    at.session_state["presenting"] = True
+    at.run()
+    assert not at.exception
+    assert not [w for w in at.text_input if w.key == "tr_lr"] and not [w for w in at.selectbox if w.key == "tr_device"]
+
+
+# 11. the wait before the first epoch is explained
+def test_the_teacher_logit_stage_is_reported_with_progress(store, digits):
+    from workbench.jobs.queue import execute_run
+    from workbench.models.zoo import ModelConfig
+    from workbench.train import teachers as tm
+    from workbench.train.loop import TrainConfig
+
+    tm._MEMORY.clear()
+    run = store.create(TrainConfig(kind="kd", dataset="digits", teacher="digits-cnn", epochs=1, profile=False,
+                                   model=ModelConfig("mlp", depth=1, width=8)).record())
+    stages = []
+    execute_run(run, store, [lambda e: stages.append(e) if e["event"] == "stage" else None])
+    assert stages and stages[-1]["fraction"] == pytest.approx(1.0)
+    assert "teacher's logits (first run only" in stages[0]["text"]
+
+
+# 14. the sidebar's job count refreshes by itself
+def test_the_sidebar_job_count_is_a_refreshing_fragment():
+    import inspect
+
+    from workbench.app import sidebar
+
+    assert "st.fragment(_jobs, run_every=" in inspect.getsource(sidebar.sidebar)
+
+
+# 15. switching the data set on Compare keeps each data set's choice
+def test_compare_keeps_the_chosen_runs_of_each_data_set(one_seed_sweep, monkeypatch):
+    monkeypatch.setenv("KDW_RUNS_DIR", str(one_seed_sweep))
+    at = page_app("compare").run()
+    key = "cmp_runs_digits"
+    chosen = at.multiselect(key=key).value
+    at.multiselect(key=key).set_value(chosen[:2]).run()
+    assert at.multiselect(key=key).value == chosen[:2] and not at.exception
+    assert any(m.value.startswith("**The best distilled student") for m in at.markdown)
+    assert any("digits · " in c.value for c in at.caption)
+
+
+# 18. the demo explains a missing gain only when there is none
+def test_the_demo_explains_no_gain_only_when_there_is_none(runs_dir):
+    out = kdw("demo", "--fast", "--runs-dir", str(runs_dir)).stdout
+    gain = float(out.split("KD gain over scratch: ")[1].split()[0])
+    assert ("No gain here" in out) == (gain <= 0)
+
+
+# 20. the notebooks stay output-free (tests/e2e/test_notebooks.py) and their checkpoints are ignored
+def test_notebook_checkpoints_are_ignored():
+    from conftest import ROOT
+
+    assert ".ipynb_checkpoints/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_the_report_opens_with_the_headline_and_plain_words_for_agreement_and_ece(one_seed_sweep):
+    from workbench.analysis.report import build_report
+
+    store = RunStore(one_seed_sweep)
+    page = build_report(store.list())
+    assert '<p class="headline">The best distilled student' in page
+    assert "how often the student picks the same class as the teacher" in page and "perfectly calibrated" in page

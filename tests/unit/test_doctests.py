@@ -1,0 +1,17 @@
+"""The checked examples in the core's docstrings."""
+
+import doctest
+
+import pytest
+
+import workbench.analysis.compare
+import workbench.core.losses
+import workbench.evaluate.metrics
+
+
+@pytest.mark.parametrize("module", [workbench.core.losses, workbench.evaluate.metrics, workbench.analysis.compare])
+def test_docstring_examples_pass(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    if module is not workbench.analysis.compare:
+        assert result.attempted > 0

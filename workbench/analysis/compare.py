@@ -1,0 +1,429 @@
+"""Side-by-side comparison of runs: teacher, scratch and distilled students.
+
+`comparison_rows(runs)` turns finished runs into one row each (plus one row per distinct
+teacher), with the KD gain of each distilled student over its scratch twin: the scratch
+run with the same data, student, budget, optimiser, augmentation, label budget and seed.
+`aggregate(rows)` folds seeds into mean ± std, with the gain as the mean ± std of the
+paired per-seed differences. `format_table` prints either as text.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+
+from workbench.analysis.format import BUSY_LIMIT, ROLE_NAMES, _num, format_flops, format_gain, format_pct, format_values  # noqa: F401
+from workbench.store.runs import Run
+
+# what must match for a scratch run to be a KD run's fair baseline
+TWIN_KEYS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
+             "labels", "augment", "seed")
+ROLE_ORDER = {"teacher": 0, "scratch": 1, "kd": 2}
+
+
+def twin_key(config: dict, with_seed: bool = True) -> tuple:
+    keys = TWIN_KEYS if with_seed else tuple(k for k in TWIN_KEYS if k != "seed")
+    return tuple(repr(config.get(k)) for k in keys)
+
+
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
+    test, last = _dict(summary.get("test")), _dict(summary.get("test_last"))
+    prof = _dict(summary.get("profile"))
+    method, params = config.get("method"), config.get("method_params") or {}
+    temperature = None
+    if role == "kd" and method:
+        from workbench.core.methods import METHODS
+
+        key = METHODS[method].temperature_key if method in METHODS else None
+        temperature = params.get(key) if key else None
+    return {
+        "role": role,
+        "run_id": run.run_id if run else "",
+        "model": summary.get("model_label") or summary.get("label") or config.get("model_label", ""),
+        "dataset": summary.get("dataset") or config.get("dataset"),
+        "method": method if role == "kd" else None,
+        "temperature": temperature,
+        "alpha": params.get("alpha") if role == "kd" and method == "kd" else None,
+        "labels": config.get("labels"),
+        "seed": config.get("seed"),
+        "epochs": config.get("epochs"),
+        "test_acc": test.get("accuracy"),
+        "test_acc_last": last.get("accuracy") if last else None,
+        "best_epoch": summary.get("best_epoch"),
+        "kd_gain": None,
+        "params": prof.get("params") or summary.get("params"),
+        "size_mb": prof.get("size_mb"),
+        "flops": prof.get("flops"),
+        "latency_ms": prof.get("latency_ms"),
+        "throughput": prof.get("throughput"),
+        "agreement": test.get("agreement"),
+        "ece": test.get("ece"),
+        "device": prof.get("device_name"),
+        "threads": prof.get("threads"),
+        "cpu_busy": prof.get("cpu_busy_elsewhere"),
+        "train_s": summary.get("train_s"),
+        "input_shape": summary.get("input_shape"),
+        "variant": None,
+        "_twin": twin_key(config) if role != "teacher" else None,
+        "_group": twin_key(config, with_seed=False) + (role, repr(method), repr(sorted(params.items())))
+        if role != "teacher" else ("teacher",),
+    }
+
+
+def comparison_rows(runs: list[Run], variants: bool = True) -> list[dict]:
+    """One row per finished run and per distinct teacher, KD gains filled in where a twin exists.
+
+    With `variants`, each run's deployed variants (ONNX, int8, pruned; see workbench.deploy.export) follow its
+    row, with the figures measured by running them (role: the run's; `variant`: their name).
+    """
+    rows, teachers = [], {}
+    for run in runs:
+        if run.state != "done":
+            continue
+        cfg, sm = run.config, run.summary
+        if not sm:
+            continue
+        kind = cfg.get("kind", "kd")
+        rows.append(_row(run, kind, sm, cfg))
+        t = _dict(sm.get("teacher"))
+        if t:  # the same teacher in several runs' summaries: one row (unify_timings picks the quietest timing)
+            trow = _row(None, "teacher", {"test": _dict(t.get("test")), "profile": _dict(t.get("profile")),
+                                          "label": t.get("label"), "params": t.get("params"),
+                                          "dataset": sm.get("dataset")}, {})
+            trow["run_id"] = t.get("spec", "")
+            teachers.setdefault(t.get("digest"), []).append(trow)
+    scratch = {r["_twin"]: r for r in rows if r["role"] == "scratch"}
+    for r in rows:
+        if r["role"] == "kd" and r["_twin"] in scratch and r["test_acc"] is not None:
+            twin = scratch[r["_twin"]]
+            r["kd_gain"] = r["test_acc"] - twin["test_acc"]
+            r["twin"] = twin["run_id"]
+    # a teacher that is itself one of the listed runs (a teacher run, or a TAKD assistant) already has its row
+    listed = {r["run_id"] for r in rows}
+    teacher_rows = []
+    for candidates in teachers.values():
+        unify_timings(candidates)
+        teacher_rows.append(candidates[0])
+    teacher_rows = [t for t in teacher_rows
+                    if t["run_id"] not in listed
+                    and not any(r["role"] == "teacher" and r["model"] == t["model"] and r["test_acc"] == t["test_acc"]
+                                for r in rows)]
+    out = sorted(teacher_rows + rows, key=lambda r: (ROLE_ORDER.get(r["role"], 3), r.get("labels") or 0,
+                                                     r.get("params") or 0, str(r["model"]), str(r.get("method") or ""),
+                                                     r.get("temperature") or 0, r.get("alpha") or 0,
+                                                     r.get("seed") or 0))
+    if variants:
+        by_id = {run.run_id: run for run in runs}
+        with_variants = []
+        for r in out:  # each run's deployed variants right under it
+            with_variants.append(r)
+            if r["run_id"] in by_id:
+                with_variants += variant_rows(by_id[r["run_id"]], r)
+        out = with_variants
+    return add_teacher_ratios(unify_timings(out))
+
+
+VARIANT_ORDER = ("onnx-fp32", "onnx-int8")  # then pruned ones, fp32 before int8
+
+
+def artifact_label(variant: str | None) -> str:
+    """'PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', ... for a variant name (None: the run itself).
+
+    >>> artifact_label(None), artifact_label("onnx-int8"), artifact_label("pruned50-onnx-fp32")
+    ('PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32')
+    """
+    if not variant:
+        return "PyTorch fp32"
+    m = re.fullmatch(r"(?:pruned(\d+)-)?onnx-(fp32|int8)", variant)
+    if not m:
+        return variant
+    return (f"pruned {m.group(1)}% · " if m.group(1) else "") + f"ONNX {m.group(2)}"
+
+
+def variant_rows(run: Run, parent: dict) -> list[dict]:
+    """One row per finished variant of `run` (`Run.variants`), measured by running the artifact."""
+
+    rows = []
+    for v in run.variants():
+        m = v["metrics"]
+        if v["state"] != "done" or not isinstance(m, dict):
+            continue
+        test, prof = _dict(m.get("test")), _dict(m.get("profile"))
+        rows.append({**parent, "variant": v["name"], "run_id": f"{run.run_id}/{v['name']}", "_parent": run.run_id,
+                     "test_acc": test.get("accuracy"), "test_acc_last": None, "best_epoch": None, "kd_gain": None,
+                     "params": m.get("params"), "size_mb": m.get("size_mb"), "flops": m.get("flops"),
+                     "latency_ms": prof.get("latency_ms"), "throughput": prof.get("throughput"),
+                     "agreement": test.get("agreement"), "ece": test.get("ece"), "device": prof.get("device_name"),
+                     "threads": prof.get("threads"), "cpu_busy": prof.get("cpu_busy_elsewhere"),
+                     "runtime": prof.get("runtime"), "quantization": m.get("quantization"),
+                     "finetune": m.get("finetune"), "_twin": None, "_group": parent["_group"] + (v["name"],),
+                     "_variant_of": run.run_id})
+    order = {n: i for i, n in enumerate(VARIANT_ORDER)}
+    return sorted(rows, key=lambda r: (order.get(r["variant"], len(order)), r["variant"]))
+
+
+def find_scratch_twins(runs: list[Run], store) -> list[Run]:
+    """Scratch runs in the store that pair with the given KD runs (for `kdw compare` on KD ids alone)."""
+    wanted = {twin_key(r.config) for r in runs if r.config.get("kind") == "kd"}
+    have = {twin_key(r.config) for r in runs if r.config.get("kind") == "scratch"}
+    missing = wanted - have
+    if not missing:
+        return []
+    return [r for r in store.list(kind="scratch") if twin_key(r.config) in missing]
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None for the spread of a single value).
+
+    >>> mean_std([0.8, 0.9, 1.0])
+    (0.9, 0.09999999999999998)
+    """
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Fold seeds: one row per (role, student, setting) with mean and std of each figure."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["_group"], []).append(r)
+    out = []
+    for members in groups.values():
+        first = members[0]
+        agg = {k: first.get(k) for k in ("role", "method", "model", "dataset", "temperature", "alpha", "labels",
+                                         "epochs", "device", "threads", "variant")}
+        agg["seeds"] = len(members)
+        agg["run_ids"] = [m["run_id"] for m in members]
+        for key in ("test_acc", "test_acc_last", "kd_gain", "params", "size_mb", "flops", "latency_ms",
+                    "throughput", "agreement", "ece", "train_s"):
+            agg[key], agg[key + "_std"] = mean_std([m.get(key) for m in members])
+        if agg["role"] == "kd" and not agg["variant"]:
+            agg["verdict"] = gain_verdict(agg["kd_gain"], agg["kd_gain_std"], agg["seeds"])
+        agg["timing_unreliable"] = any(m.get("timing_unreliable") for m in members)
+        agg["cpu_busy"] = max((m.get("cpu_busy") or 0) for m in members)
+        out.append(agg)
+    return add_teacher_ratios(out)  # in the order of `rows`, whose groups come sorted (and variants under their run)
+
+
+def gain_verdict(gain: float | None, std: float | None, n: int) -> str:
+    """docs/conventions.md: a gain smaller than its spread is 'no measurable gain'."""
+    if gain is None:
+        return "no scratch twin"
+    if n < 2 or std is None:
+        return "one seed: spread unknown"
+    if abs(gain) <= std:
+        return "no measurable gain"
+    return "KD helps" if gain > 0 else "KD hurts"
+
+
+# ---------------------------------------------------------------------------
+# text tables
+
+
+AGREEMENT_MEANS = "Agreement: how often the student picks the same class as the teacher."
+ECE_MEANS = "ECE: how far the model's confidence is from its accuracy (0 is perfectly calibrated)."
+
+
+def vs_teacher(r: dict) -> str:
+    """'11× smaller, 2.3× faster, −5.8 pts': a row against the teacher of its table (see `add_teacher_ratios`)."""
+    v = r.get("vs_teacher")
+    if not v:
+        return "—"
+    bits = []
+    if v.get("smaller"):
+        bits.append(f"{v['smaller']:.2g}× smaller" if v["smaller"] < 10 else f"{v['smaller']:.0f}× smaller")
+    if v.get("faster"):
+        speed = f"{v['faster']:.2g}×" if v["faster"] < 10 else f"{v['faster']:.0f}×"
+        bits.append(f"{speed} faster" + ("*" if v.get("unreliable") else ""))
+    if v.get("acc_pts") is not None:
+        bits.append(f"{v['acc_pts']:+.1f} pts".replace("-", "−"))
+    return ", ".join(bits) or "—"
+
+
+def _unreliable(r) -> bool:
+    return bool(r.get("timing_unreliable")) or (r.get("cpu_busy") or 0) > BUSY_LIMIT
+
+
+def _timing(r, key, fmt):
+    v = _num(r.get(key), fmt)
+    return f"{v}*" if v != "—" and _unreliable(r) else v
+
+
+def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None = None) -> list[tuple[str, callable]]:
+    """The table's columns: by default what a stakeholder reads (role, model, test accuracy, KD gain, params, size,
+    latency and the ratios to the teacher); `wide` adds T, α, labels, seeds, FLOPs, throughput, agreement, ECE."""
+    s = (lambda r, k: r.get(k + "_std")) if aggregated else (lambda r, k: None)
+
+    rows = rows or []
+    cols = [("role", lambda r: ROLE_NAMES.get(r["role"], r["role"])), ("model", lambda r: str(r["model"]))]
+    if wide or any(r.get("variant") for r in rows):
+        cols.append(("artifact", lambda r: artifact_label(r.get("variant"))))
+    if wide or len({r.get("method") for r in rows if r["role"] == "kd"}) > 1 or any(
+            r.get("method") not in (None, "kd") for r in rows):
+        cols.append(("method", lambda r: r.get("method") or "—"))
+    if wide:
+        cols += [("T", lambda r: _num(r.get("temperature"), "g")), ("α", lambda r: _num(r.get("alpha"), "g")),
+                 ("labels", lambda r: "all" if r.get("labels") is None else _num(r.get("labels"), "g"))]
+        cols.append(("seeds", lambda r: str(r["seeds"])) if aggregated else ("seed", lambda r: _num(r.get("seed"), "d")))
+    cols.append(("test acc %", lambda r: format_pct(r["test_acc"], s(r, "test_acc"))))
+    if wide:
+        cols.append(("test acc % (last)", lambda r: format_pct(r["test_acc_last"], s(r, "test_acc_last"))))
+    cols += [
+        ("KD gain", lambda r: format_gain(r.get("kd_gain"), s(r, "kd_gain"))),
+        ("params", lambda r: _num(r.get("params"), ",.0f")),
+        ("size MB", lambda r: _num(r.get("size_mb"), ".3f")),
+    ]
+    if wide:
+        cols.append(("FLOPs", lambda r: format_flops(r.get("flops"))))
+    cols.append(("latency ms", lambda r: _timing(r, "latency_ms", ".3f")))
+    if wide:
+        cols += [("samples/s (b=256)", lambda r: _timing(r, "throughput", ",.0f")),
+                 ("agreement %", lambda r: format_pct(r.get("agreement"))), ("ECE", lambda r: _num(r.get("ece"), ".3f"))]
+    cols.append(("vs teacher", vs_teacher))
+    return cols
+
+
+def add_teacher_ratios(rows: list[dict]) -> list[dict]:
+    """Each student row's size, speed and accuracy against the teacher of the table (when there is one teacher)."""
+    teachers = [r for r in rows if r["role"] == "teacher" and not r.get("variant")]
+    if len(teachers) != 1:
+        return rows
+    t = teachers[0]
+    for r in rows:
+        if r is t:
+            continue
+        v = {}
+        if t.get("size_mb") and r.get("size_mb"):
+            v["smaller"] = t["size_mb"] / r["size_mb"]
+        if t.get("latency_ms") and r.get("latency_ms"):
+            v["faster"] = t["latency_ms"] / r["latency_ms"]
+            v["unreliable"] = _unreliable(t) or _unreliable(r)  # a ratio is as good as its worse timing
+        if t.get("test_acc") is not None and r.get("test_acc") is not None:
+            v["acc_pts"] = 100 * (r["test_acc"] - t["test_acc"])
+        r["vs_teacher"] = v
+    return rows
+
+
+def headline(rows: list[dict]) -> str | None:
+    """One sentence on the best distilled student against the teacher and its scratch twin, or None."""
+
+    kd = [r for r in rows if r["role"] == "kd" and not r.get("variant") and r.get("test_acc") is not None]
+    teachers = [r for r in rows if r["role"] == "teacher" and not r.get("variant")]
+    if not kd or len(teachers) != 1:
+        return None
+    best, t = max(kd, key=lambda r: r["test_acc"]), teachers[0]
+    v = best.get("vs_teacher") or add_teacher_ratios([t, best])[1].get("vs_teacher") or {}
+    parts = []
+    if v.get("smaller"):
+        parts.append(f"{v['smaller']:.3g}× smaller")
+    if v.get("faster"):
+        parts.append(f"{v['faster']:.3g}× faster" + (" (timed on a busy CPU)" if best.get("timing_unreliable")
+                                                     or t.get("timing_unreliable") else ""))
+    cost = v.get("acc_pts")
+    acc = (f"{abs(cost):.2f} points {'less' if cost < 0 else 'more'} accurate "
+           f"({100 * best['test_acc']:.2f}% against {100 * t['test_acc']:.2f}%)") if cost is not None else ""
+    gain = best.get("kd_gain")
+    twin = (f"; it is {abs(100 * gain):.2f} points {'above' if gain >= 0 else 'below'} its scratch twin"
+            if gain is not None else "")
+    sizes = f"{' and '.join(parts)} than the teacher {t['model']}, and " if parts else ""
+    who = f"the teacher {t['model']}" if not parts else "the teacher"
+    return (f"The best {ROLE_NAMES['kd']} student, {best['model']}, is {sizes}"
+            f"{acc.replace(' accurate', ' accurate than ' + who, 1) if acc and not parts else acc}{twin}.")
+
+
+def unify_timings(rows: list[dict]) -> list[dict]:
+    """One measurement per model in a comparison: rows of the same architecture and input (a teacher listed by
+    several runs, identical students) all take the quietest measurement on record, whatever the order of the runs.
+    A measurement taken while other processes used more than BUSY_LIMIT of the CPU is flagged unreliable."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("latency_ms") is not None:
+            groups.setdefault((r["role"] == "teacher", str(r["model"]), r.get("dataset"), repr(r.get("input_shape")),
+                               r.get("variant"), r.get("_variant_of")), []).append(r)
+    for members in groups.values():
+        quiet = min(members, key=lambda r: (r.get("cpu_busy") or 0.0, r["latency_ms"]))
+        for r in members:
+            for k in ("latency_ms", "throughput", "cpu_busy", "device", "threads"):
+                r[k] = quiet.get(k)
+            r["timing_from"] = quiet["run_id"]
+    for r in rows:
+        r["timing_unreliable"] = (r.get("cpu_busy") or 0) > BUSY_LIMIT
+    return rows
+
+
+def timing_warning(rows: list[dict]) -> str | None:
+    """A warning naming the rows whose CPU timings were taken while other processes were busy, else None."""
+    busy = [r for r in rows if (r.get("cpu_busy") or 0) > BUSY_LIMIT]
+    if not busy:
+        return None
+    names = ", ".join(sorted({f"{r['role']} {r['model']}" + (f" (seed {r['seed']})" if r.get("seed") is not None
+                                                              else "") for r in busy}))
+    worst = max(r["cpu_busy"] for r in busy)
+    return (f"Latency and throughput of {names} were measured while other processes used up to {100 * worst:.0f}% "
+            f"of the CPU, so they are unreliable: compare sizes and FLOPs instead, or re-measure on a quiet machine "
+            f"(kdw profile RUN).")
+
+
+def verdict_subject(row: dict) -> str:
+    """What an aggregated row's verdict is about: student, method and its T and α where it has them."""
+    bits = [str(row["model"]), row.get("method") or ""]
+    if row.get("temperature") is not None:
+        bits.append(f"T={row['temperature']:g}")
+    if row.get("alpha") is not None:
+        bits.append(f"α={row['alpha']:g}")
+    return " ".join(b for b in bits if b)
+
+
+def format_table(rows: list[dict], aggregated: bool = False, wide: bool = False, width: int | None = None) -> str:
+    """A plain-text table with a headline and a footer naming the device and what the columns mean.
+
+    Without `wide`, the default columns (as in the app); if they are still wider than `width` characters (the
+    terminal's), the last columns are dropped and the footer says so.
+    """
+    cols = table_columns(aggregated, wide, rows)
+    cells = [[name for name, _ in cols]] + [[fn(r) for _, fn in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    dropped = []
+    keep = list(range(len(cols)))
+    if width and not wide:
+        while len(keep) > 4 and sum(widths[i] + 2 for i in keep) - 2 > width:
+            dropped.append(cols[keep.pop(-2)][0])  # the ratios to the teacher stay last; drop what is before them
+    lines = ["  ".join(c[i].rjust(widths[i]) if i > 1 else c[i].ljust(widths[i]) for i in keep) for c in cells]
+    lines.insert(1, "  ".join("-" * widths[i] for i in keep))
+    devices = sorted({f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")})
+    foot = [f"test acc: the epoch with the best validation accuracy; KD gain: distilled − scratch twin, in points; "
+            f"size: the fp32 safetensors file; latency: fp32, batch 1, on {'; '.join(devices) or 'cpu'}."]
+    if any(r.get("variant") for r in rows):
+        foot.append("ONNX rows are measured by running the artifact in ONNX Runtime (same threads); their size counts "
+                    "every file a deployment needs.")
+    warning = timing_warning(rows)
+    if warning:
+        foot.append(f"* warning: {warning}")
+    if wide:
+        foot += [AGREEMENT_MEANS, ECE_MEANS]
+    if dropped:
+        foot.append(f"({len(dropped)} column(s) left out to fit the terminal: {', '.join(reversed(dropped))}; "
+                    "--wide shows every column)")
+    elif not wide:
+        foot.append("--wide adds T, α, labels, seeds, FLOPs, throughput, agreement and ECE.")
+    verdicts = [f"{verdict_subject(r)}: {r['verdict']}" for r in rows if aggregated and r.get("verdict")]
+    head = headline(rows)
+    if width:
+        import textwrap
+
+        foot = [w for f in foot for w in textwrap.wrap(f, width, subsequent_indent="  ")]
+        head = "\n".join(textwrap.wrap(head, width)) if head else head
+    return "\n".join(([head, ""] if head else []) + lines + [""] + foot + verdicts)
+
+
+def terminal_width() -> int:
+    """The terminal's width in characters (120 when the output is not a terminal)."""
+    import shutil
+
+    return shutil.get_terminal_size(fallback=(120, 24)).columns

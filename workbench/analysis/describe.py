@@ -1,0 +1,70 @@
+"""Words for stored runs: a run's title in legends, a line describing a set of runs, their curves and groups.
+
+Reads run folders only (torch-free), so every view, the report included, names runs the same way.
+"""
+
+from __future__ import annotations
+
+from workbench.analysis.format import ROLE_COLORS, ROLE_NAMES
+from workbench.store.runs import Run, RunStore
+
+
+def run_title(config: dict) -> str:
+    """A short name for a run in legends: role, student, method and its temperature, seed."""
+    kind = config.get("kind", "kd")
+    parts = [ROLE_NAMES.get(kind, kind), config.get("model_label", "")]
+    if kind == "kd":  # the method's own label, recorded with the run ("T=4 α=0.9", "dkd T=4")
+        label = config.get("method_label")
+        parts.append(label if isinstance(label, str) and label else f"[{config.get('method') or 'kd'}]")
+    if config.get("seed") is not None:
+        parts.append(f"seed {config['seed']}")
+    return " ".join(x for x in parts if x)
+
+
+def describe_runs(runs: list[Run]) -> str:
+    """One line saying what a set of runs came from: data set, students, budget, labels and seeds."""
+    cfgs = [r.config for r in runs if r.config]
+    if not cfgs:
+        return ""
+
+    def one(key, fmt=str):
+        values = list(dict.fromkeys(fmt(c.get(key)) for c in cfgs))
+        return values[0] if len(values) == 1 else " / ".join(values[:4]) + (" …" if len(values) > 4 else "")
+
+    seeds = sorted({c.get("seed") for c in cfgs if c.get("seed") is not None})
+    labels = one("labels", lambda v: "all labels" if v is None else (f"{v:,} labels" if isinstance(v, int)
+                                                                    else f"{100 * v:g}% of the labels"))
+    students = one("model_label")
+    return (f"{one('dataset')} · {students} · {one('epochs')} epochs · {labels} · "
+            f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds[:6]))}{' …' if len(seeds) > 6 else ''}")
+
+
+def curve_series(runs: list[Run]) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """({label: per-epoch rows}, {label: role colour}) for the runs that have logged an epoch."""
+    series, colors = {}, {}
+    for r in runs:
+        rows = r.metrics()
+        if not rows:
+            continue
+        cfg = r.config
+        label = run_title(cfg)
+        if label in series:  # two runs that read the same: tell them apart by id
+            label = f"{label} · {r.run_id}"
+        series[label] = rows
+        colors[label] = ROLE_COLORS.get(cfg.get("kind"), ROLE_COLORS["teacher"])
+    return series, colors
+
+
+def groups(store: RunStore, prefix: str | tuple[str, ...] | None = None) -> list[str]:
+    """Group names in the store, oldest first, optionally only those starting with `prefix`."""
+    out: list[str] = []
+    for r in store.list():
+        g = r.config.get("group")
+        if g and g not in out and (prefix is None or g.startswith(prefix)):
+            out.append(g)
+    return out
+
+
+def latest_group(store: RunStore, prefix: str | tuple[str, ...] | None = None) -> str | None:
+    found = groups(store, prefix)
+    return found[-1] if found else None

@@ -1,0 +1,52 @@
+"""How every front end names, colours and formats what it shows: one role name, one colour, one number format.
+
+Pure Python (no torch, no plotly), so the comparison, the report and the CLI table import it cheaply.
+"""
+
+from __future__ import annotations
+
+TEACHER, SCRATCH, KD = "#4C78A8", "#9D9D9D", "#E45756"
+ROLE_COLORS = {"teacher": TEACHER, "scratch": SCRATCH, "kd": KD}  # one colour per role, everywhere
+ROLE_NAMES = {"teacher": "teacher", "scratch": "scratch", "kd": "distilled"}  # one name per role, everywhere
+from workbench.evaluate import BUSY_LIMIT  # noqa: F401 (a measurement above it is flagged)
+
+
+def format_pct(v, std=None) -> str:
+    """A fraction as percent with two decimals, with its spread if given ('—' for None)."""
+    if v is None:
+        return "—"
+    return f"{100 * v:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def format_gain(v, std=None) -> str:
+    """A difference of fractions as signed points, with its spread if given ('—' for None)."""
+    if v is None:
+        return "—"
+    return f"{100 * v:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def format_values(values: dict, sep: str = " = ") -> str:
+    """A search's sampled values as text: 'beta = 4.58, temperature = 4' (floats to 4 significant digits).
+
+    >>> format_values({"beta": 4.58013, "width": 32})
+    'beta = 4.58, width = 32'
+    """
+    return ", ".join(f"{k}{sep}{v:.4g}" if isinstance(v, float) else f"{k}{sep}{v}" for k, v in values.items())
+
+
+def format_flops(v) -> str:
+    """FLOPs with an SI prefix.
+
+    >>> format_flops(4758016), format_flops(4810), format_flops(None)
+    ('4.76 MFLOPs', '4.81 kFLOPs', '—')
+    """
+    if v is None:
+        return "—"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:.3g} {unit}FLOPs"
+    return f"{v:.0f} FLOPs"
+
+
+def _num(v, fmt):
+    return "—" if v is None else format(v, fmt)

@@ -1,0 +1,454 @@
+"""Plots as pure functions: data in, `plotly.graph_objects.Figure` out.
+
+The app, the widgets, the notebooks and the HTML report all call these, so a chart
+looks the same everywhere. Every figure has a title, axis labels with units, and a
+one-line caption saying what it shows and how to read it; `caption(fig)` returns it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.analysis.format import KD, ROLE_COLORS, ROLE_NAMES, SCRATCH, TEACHER, format_values  # noqa: F401
+
+TERM_DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")  # a run's loss terms, after its solid total
+PALETTE = ["#E45756", "#4C78A8", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#FF9DA6", "#9D755D",
+           "#EECA3B", "#BAB0AC"]
+
+
+def _finish(fig: go.Figure, title: str, caption_text: str, height: int | None = None,
+            legend_below: bool = True) -> go.Figure:
+    """Title, caption, template; the legend goes below the plot (never over the title, at any width)."""
+    legend = (dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0.0) if legend_below else
+              dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02))
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left", automargin=True), meta={"caption": caption_text},
+                      margin=dict(l=60, r=30, t=60, b=60), template="plotly_white", legend=legend)
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def accuracy_range(values, min_span: float = 5.0) -> list[float] | None:
+    """A y-range in % around `values` at least `min_span` points tall, within [0, 100], so that a 0.1-point
+    wiggle does not look like a crash.
+
+    >>> accuracy_range([79.48, 79.60])
+    [77.04, 82.04]
+    """
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    pad = max((min_span - (hi - lo)) / 2, 0.05 * (hi - lo))
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    if hi - lo < min_span:  # against a bound: extend the other way
+        lo, hi = (max(0.0, hi - min_span), hi) if hi >= 100.0 else (lo, min(100.0, lo + min_span))
+    return [round(lo, 2), round(hi, 2)]
+
+
+def caption(fig: go.Figure) -> str:
+    """The one-line caption stored in the figure."""
+    meta = fig.layout.meta
+    return meta.get("caption", "") if isinstance(meta, dict) else ""
+
+
+# ---------------------------------------------------------------------------
+# teaching: softened probabilities and the T² factor
+
+def image(pixels, title: str = "Test image", label: str | None = None) -> go.Figure:
+    """A (C, H, W) or (H, W) array of [0, 1] pixels, shown as an image."""
+    import numpy as np
+
+    arr = np.asarray(pixels, dtype=float)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        fig = go.Figure(go.Heatmap(z=arr[::-1], colorscale="gray_r" if arr.mean() < 0.5 else "gray",
+                                   showscale=False, hoverinfo="skip"))
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False, scaleanchor="x")
+    else:
+        fig = go.Figure(go.Image(z=(arr.transpose(1, 2, 0) * 255).astype("uint8")))
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+    return _finish(fig, title, f"The test image{f' (true class: {label})' if label else ''}, "
+                              f"{arr.shape[-1]}×{arr.shape[-2]} pixels.", height=300)
+
+
+def probability_bars(classes, probs_t1, probs_T, temperature: float, true_class: int | None = None,
+                     student_probs=None, student_label: str = "student") -> go.Figure:
+    """Teacher probabilities at T = 1 and at T, side by side per class (optionally a student at T)."""
+    import torch
+
+    from workbench.core.losses import entropy
+
+    def h(p):
+        return entropy(torch.as_tensor(p, dtype=torch.float64)).item()
+
+    names = [f"{c} ✓" if i == true_class else str(c) for i, c in enumerate(classes)]
+    fig = go.Figure()
+    fig.add_bar(x=names, y=list(probs_t1), name=f"teacher, T = 1 (entropy {h(probs_t1):.2f} nats)",
+                marker_color="#9ECAE9")
+    fig.add_bar(x=names, y=list(probs_T), name=f"teacher, T = {temperature:g} (entropy {h(probs_T):.2f} nats)",
+                marker_color=TEACHER)
+    if student_probs is not None:
+        fig.add_bar(x=names, y=list(student_probs),
+                    name=f"{student_label}, T = {temperature:g} (entropy {h(student_probs):.2f} nats)",
+                    marker_color=KD)
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title="probability", range=[0, 1])
+    fig.update_xaxes(title="class (✓ = true class)")
+    return _finish(fig, f"Softened probabilities: T = 1 vs T = {temperature:g}",
+                   "Each bar is softmax(z/T) for one class. A higher T flattens the distribution, so the "
+                   "small probabilities of the wrong classes, the dark knowledge, become visible to the student.")
+
+
+def dark_knowledge_ranking(classes, probs_T, true_class: int, temperature: float) -> go.Figure:
+    """The wrong classes ranked by the teacher's softened probability."""
+    wrong = [(float(p), str(c)) for i, (c, p) in enumerate(zip(classes, probs_T)) if i != true_class]
+    wrong.sort()
+    fig = go.Figure(go.Bar(x=[p for p, _ in wrong], y=[c for _, c in wrong], orientation="h",
+                           marker_color=TEACHER, text=[f"{100 * p:.1f}%" for p, _ in wrong],
+                           textposition="outside"))
+    fig.update_xaxes(title=f"probability at T = {temperature:g}", range=[0, max(p for p, _ in wrong) * 1.25 + 1e-9])
+    fig.update_yaxes(title="wrong class")
+    return _finish(fig, f"Dark knowledge: which wrong classes the teacher finds similar (T = {temperature:g})",
+                   f"The classes other than the true one ({classes[true_class]}), ranked by the teacher's "
+                   "probability: the top ones are what the teacher thinks this image resembles.", height=360)
+
+
+def temperature_scaling(temperatures, kd_with, kd_without, grad_with, grad_without) -> go.Figure:
+    """The KD term and its gradient norm against T, with and without the T² factor (log scale)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("KD term", "gradient norm ‖∂L/∂z_s‖"),
+                        horizontal_spacing=0.16)
+    fig.add_scatter(x=temperatures, y=kd_with, name="with T²", line_color=KD, row=1, col=1)
+    fig.add_scatter(x=temperatures, y=kd_without, name="without T²", line=dict(color=KD, dash="dot"), row=1, col=1)
+    fig.add_scatter(x=temperatures, y=grad_with, name="gradient, with T²", line_color=TEACHER, row=1, col=2)
+    fig.add_scatter(x=temperatures, y=grad_without, name="gradient, without T²",
+                    line=dict(color=TEACHER, dash="dot"), row=1, col=2)
+    ticks = list(temperatures)
+    fig.update_xaxes(title="temperature T", type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    fig.update_yaxes(type="log", dtick=1, exponentformat="power")  # decades only: no minor-tick labels
+    fig.update_yaxes(title="loss (nats)", row=1, col=1)
+    fig.update_yaxes(title="L2 norm of the gradient", row=1, col=2)
+    return _finish(fig, "Why T²: the KD term and its gradient as T grows",
+                   "Without T² the gradient shrinks like 1/T² (dotted) and the KD term would fade next to the "
+                   "cross-entropy; with T² (solid) it stays of the same order at every T.", height=440)
+
+
+# ---------------------------------------------------------------------------
+# training curves
+
+def loss_terms(rows: list[dict]) -> list[str]:
+    """The names of the loss terms logged in metrics rows (``loss_ce`` -> ``ce``), in order of appearance."""
+    names: list[str] = []
+    for r in rows:
+        names += [k[5:] for k in r if k.startswith("loss_") and k[5:] not in names]
+    return names
+
+
+def training_curves(series: dict[str, list[dict]], colors: dict[str, str] | None = None,
+                    terms: bool = True) -> go.Figure:
+    """Per-epoch loss and validation accuracy of several runs. `series`: label -> metrics rows.
+
+    Left: each run's objective (solid) and, where it has more than one, its named terms (dashed,
+    dotted, ...), so a distilled run's cross-entropy can be read beside a scratch run's even though
+    its total includes the T²-scaled KD term. Right: validation accuracy.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss and its terms", "validation accuracy"))
+    for i, (label, rows) in enumerate(series.items()):
+        color = (colors or {}).get(label, PALETTE[i % len(PALETTE)])
+        epochs = [r["epoch"] for r in rows]
+        fig.add_scatter(x=epochs, y=[r.get("train_loss") for r in rows], name=label, legendgroup=label,
+                        line_color=color, mode="lines+markers", row=1, col=1,
+                        hovertemplate="epoch %{x}<br>objective %{y:.4f}<extra>" + label + "</extra>")
+        names = loss_terms(rows)
+        if terms and len(names) > 1:
+            for j, term in enumerate(names):
+                fig.add_scatter(x=epochs, y=[r.get(f"loss_{term}") for r in rows], name=f"{label}: {term} term",
+                                legendgroup=label, mode="lines",
+                                line=dict(color=color, dash=TERM_DASHES[j % len(TERM_DASHES)], width=1.5),
+                                row=1, col=1, hovertemplate="epoch %{x}<br>" + term + " %{y:.4f}<extra>" + label
+                                                            + "</extra>")
+        fig.add_scatter(x=epochs, y=[100 * r["val_acc"] for r in rows], name=label, legendgroup=label,
+                        showlegend=False, line_color=color, mode="lines+markers", row=1, col=2,
+                        hovertemplate="epoch %{x}<br>%{y:.2f}%<extra>" + label + "</extra>")
+    last = max((r["epoch"] for rows in series.values() for r in rows), default=1)
+    fig.update_xaxes(title="epoch", tick0=1, dtick=max(1, math.ceil(last / 10)))  # whole epochs, ≤ 10 ticks
+    fig.update_yaxes(title="loss (nats, as weighted in the objective)", row=1, col=1)
+    fig.update_yaxes(title="accuracy (%)", row=1, col=2,
+                     range=accuracy_range([100 * r["val_acc"] for rows in series.values() for r in rows]))
+    return _finish(fig, "Training curves",
+                   "Left: each run's training objective per epoch (solid) and its weighted terms (dashed and "
+                   "dotted; they add up to the solid line). A distilled run's total includes the T²-scaled KD "
+                   "term, so compare its cross-entropy term with the scratch run's. Right: accuracy on the fixed "
+                   "validation split.", height=480)
+
+
+# ---------------------------------------------------------------------------
+# comparison
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by another (lower x and higher y are better), sorted by x.
+
+    >>> pareto_front([(1, 0.8), (2, 0.9), (3, 0.85), (0.5, 0.5)])
+    [(0.5, 0.5), (1, 0.8), (2, 0.9)]
+    """
+    front, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+AXES = {"latency_ms": "latency (ms, batch 1)", "size_mb": "size (MB, fp32 safetensors)",
+        "params": "parameters", "flops": "FLOPs per sample (multiply-add = 2)",
+        "throughput": "throughput (samples/s, batch 256)"}
+
+
+VARIANT_SYMBOLS = {"onnx-fp32": "diamond", "onnx-int8": "square", "pruned-onnx-fp32": "triangle-up",
+                   "pruned-onnx-int8": "triangle-down"}  # PyTorch rows are circles
+
+
+def _variant_kind(variant: str) -> str:
+    return ("pruned-" if variant.startswith("pruned") else "") + ("onnx-int8" if variant.endswith("int8") else "onnx-fp32")
+
+
+def pareto(rows: list[dict], x: str = "latency_ms", device: str | None = None) -> go.Figure:
+    """Accuracy against latency or size; bubble area ∝ params; the Pareto frontier drawn.
+
+    A run's deployed variants (rows with a `variant`) are joined to it by a thin line, PyTorch fp32 →
+    ONNX fp32 → int8 → pruned, each kind with its own marker, in the run's role colour.
+    """
+    fig = go.Figure()
+    pts = [r for r in rows if r.get(x) is not None and r.get("test_acc") is not None]
+    max_params = max([r.get("params") or 1 for r in pts] or [1])
+    parents = {r["run_id"]: r for r in pts if not r.get("variant")}
+    for pid in dict.fromkeys(r.get("_parent") for r in pts if r.get("variant")):  # one chain per run with variants
+        chain = [parents[pid]] if pid in parents else []
+        chain += [r for r in pts if r.get("_parent") == pid]
+        fig.add_scatter(x=[r[x] for r in chain], y=[100 * r["test_acc"] for r in chain], mode="lines",
+                        line=dict(color=ROLE_COLORS.get(chain[-1]["role"], TEACHER), width=1), opacity=0.6,
+                        showlegend=False, hoverinfo="skip")
+    for role in ("teacher", "scratch", "kd"):
+        sel = [r for r in pts if r["role"] == role and not r.get("variant")]
+        if not sel:
+            continue
+        fig.add_scatter(
+            x=[r[x] for r in sel], y=[100 * r["test_acc"] for r in sel], mode="markers", name=ROLE_NAMES[role],
+            marker=dict(color=ROLE_COLORS[role], size=[8 + 40 * math.sqrt((r.get("params") or 0) / max_params)
+                                                       for r in sel], opacity=0.75, line=dict(width=1, color="white")),
+            text=[f"{r['model']}<br>{r.get('run_id', '')}" for r in sel],
+            customdata=[[r.get("params"), r.get("temperature"), r.get("alpha")] for r in sel],
+            hovertemplate="%{text}<br>acc %{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<br>params %{customdata[0]:,}"
+                          "<extra>" + ROLE_NAMES[role] + "</extra>")
+    for kind, symbol in VARIANT_SYMBOLS.items():
+        sel = [r for r in pts if r.get("variant") and _variant_kind(r["variant"]) == kind]
+        if not sel:
+            continue
+        fig.add_scatter(
+            x=[r[x] for r in sel], y=[100 * r["test_acc"] for r in sel], mode="markers",
+            name=kind.replace("-", " ").replace("onnx", "ONNX"),
+            marker=dict(symbol=symbol, size=11, color=[ROLE_COLORS.get(r["role"], TEACHER) for r in sel],
+                        line=dict(width=1, color="black")),
+            text=[f"{r['model']}<br>{r['run_id']}" for r in sel],
+            hovertemplate="%{text}<br>acc %{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<extra>" + kind + "</extra>")
+    front = pareto_front([(r[x], 100 * r["test_acc"]) for r in pts])
+    if len(front) > 1:
+        fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto frontier",
+                        line=dict(color="black", dash="dash", width=1))
+    if 0 < len(pts) <= 12:  # few enough to name every point
+        for r in pts:
+            fig.add_annotation(x=math.log10(r[x]) if x in ("params", "flops", "size_mb") and r[x] > 0 else r[x],
+                               y=100 * r["test_acc"], text=str(r["model"]).split("(")[0] if r.get("variant")
+                               else ROLE_NAMES.get(r["role"], r["role"]), showarrow=False, yshift=14,
+                               font=dict(size=10, color="#555"))
+    fig.update_xaxes(title=AXES.get(x, x) + (f" on {device}" if device else ""),
+                     type="log" if x in ("params", "flops", "size_mb") else "linear")
+    fig.update_yaxes(title="test accuracy (%)", range=accuracy_range([100 * r["test_acc"] for r in pts]))
+    variants = any(r.get("variant") for r in pts)
+    return _finish(fig, f"Accuracy against {AXES.get(x, x).split(' (')[0]}",
+                   "Up and to the left is better. Bubble area is proportional to the parameter count"
+                   + ("; the dashed line joins the models that no other model beats on both axes." if len(front) > 1
+                      else "; no model here is beaten on both axes by another, so there is no frontier to draw.")
+                   + (" Thin lines join a run to its deployed variants (ONNX fp32 ◆, int8 ■, pruned ▲/▼), measured "
+                      "in ONNX Runtime." if variants else ""), height=440)
+
+
+def confusion_matrices(matrices: dict[str, list[list[int]]], classes) -> go.Figure:
+    """Row-normalised confusion matrices side by side (rows: true class, columns: predicted)."""
+    names = list(matrices)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.08)
+    labels = [str(c) for c in classes]
+    for i, name in enumerate(names, start=1):
+        cm = matrices[name]
+        norm = [[v / max(1, sum(row)) for v in row] for row in cm]
+        fig.add_heatmap(z=[[100 * v for v in row] for row in norm], x=labels, y=labels, colorscale="Blues",
+                        zmin=0, zmax=100, showscale=(i == len(names)), customdata=cm,
+                        colorbar=dict(title="% of row"),
+                        hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.1f}% (%{customdata} images)<extra></extra>",
+                        row=1, col=i)
+        fig.update_xaxes(title="predicted class", row=1, col=i)
+        fig.update_yaxes(autorange="reversed", row=1, col=i)
+    fig.update_yaxes(title="true class", row=1, col=1)
+    return _finish(fig, "Confusion matrices on the test set",
+                   "Each row is a true class, split by what the model predicted (% of that row): a strong "
+                   "diagonal is good, and off-diagonal cells show which classes get confused.", height=420)
+
+
+# ---------------------------------------------------------------------------
+# sweeps
+
+def sweep_heatmap(cells: list[dict], value: str = "test_acc") -> go.Figure:
+    """A T × α grid of the mean of `value` over seeds (test_acc or kd_gain), the spread on hover.
+
+    `cells`: dicts with temperature, alpha, value, value_std and seeds (as from sweep.grid_table).
+    """
+    temps = sorted({c["temperature"] for c in cells})
+    alphas = sorted({c["alpha"] for c in cells})
+    z, text, hover = [], [], []
+    for a in alphas:
+        zr, tr, hr = [], [], []
+        for t in temps:
+            c = next((c for c in cells if c["temperature"] == t and c["alpha"] == a), None)
+            v = None if c is None else c.get(value)
+            sd = None if c is None else c.get(value + "_std")
+            n = 0 if c is None else c.get("seeds", 0)
+            zr.append(None if v is None else 100 * v)
+            tr.append("" if v is None else (f"{100 * v:+.2f}" if value == "kd_gain" else f"{100 * v:.2f}"))
+            hr.append("not finished" if v is None else
+                      f"{100 * v:.2f} ± {100 * (sd or 0):.2f} points over {n} seed{'s' if n != 1 else ''}")
+        z.append(zr)
+        text.append(tr)
+        hover.append(hr)
+    is_gain = value == "kd_gain"
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[f"{t:g}" for t in temps], y=[f"{a:g}" for a in alphas], text=text, texttemplate="%{text}",
+        customdata=hover, hovertemplate="T = %{x}, α = %{y}<br>%{customdata}<extra></extra>",
+        colorscale="RdBu" if is_gain else "Viridis", zmid=0 if is_gain else None,
+        colorbar=dict(title=dict(text="gain, pts" if is_gain else "acc %", side="right"), thickness=12)))
+    fig.update_xaxes(title="temperature T", type="category")
+    fig.update_yaxes(title="α (KD weight)", type="category")
+    title = "KD gain over scratch (pts)" if is_gain else "Test accuracy (%)"
+    cap = ("Each cell: mean over seeds of KD accuracy minus its scratch twin's (same seed), in points; red is a "
+           "loss, blue a gain. Hover for the spread." if is_gain else
+           "Each cell: the mean test accuracy over seeds at that T and α. Hover for the spread and the seed count.")
+    fig = _finish(fig, title, cap, height=420)
+    fig.update_layout(margin=dict(l=70, r=80))  # room for the α axis title and the colour bar's
+    return fig
+
+
+def parallel_coordinates(rows: list[dict], dims: list[tuple[str, str]] | None = None) -> go.Figure:
+    """One line per run across hyperparameters and results, coloured by test accuracy."""
+    dims = dims or [("temperature", "T"), ("alpha", "α"), ("seed", "seed"), ("test_acc", "test acc (%)"),
+                    ("agreement", "agreement (%)"), ("ece", "ECE")]
+    usable = [r for r in rows if r.get("test_acc") is not None]
+    scale = {"test_acc": 100, "agreement": 100}
+    dimensions = []
+    for key, label in dims:
+        vals = [r.get(key) for r in usable]
+        if all(v is None for v in vals):
+            continue
+        vals = [round((v if v is not None else 0) * scale.get(key, 1), 4) for v in vals]
+        dimensions.append(dict(label=label, values=vals, tickformat=".3~g"))
+    return _parcoords(dimensions, [100 * r["test_acc"] for r in usable], "acc %",
+                      "Hyperparameters and results, one line per run",
+                      "Each line is a run, passing through its hyperparameters and results; drag along an axis "
+                      "to filter. Colour is test accuracy.", height=460)
+
+
+def _parcoords(dimensions: list[dict], color: list[float], color_title: str, title: str, caption_text: str,
+               height: int) -> go.Figure:
+    """Parallel coordinates coloured by an accuracy in %, with room above for the slanted axis labels."""
+    fig = go.Figure(go.Parcoords(
+        line=dict(color=color, colorscale="Viridis", showscale=True,
+                  colorbar=dict(title=dict(text=color_title, side="right"), thickness=12)),
+        dimensions=dimensions, labelangle=-20, labelside="top"))
+    fig = _finish(fig, title, caption_text, height=height)
+    fig.update_layout(margin=dict(t=110, l=60, r=60))
+    return fig
+
+
+def size_curves(cells: list[dict], x: str = "params") -> go.Figure:
+    """Scratch and KD accuracy (mean ± std over seeds) against student size or latency."""
+    fig = go.Figure()
+    for role, color in (("scratch", SCRATCH), ("kd", KD)):
+        sel = sorted((c for c in cells if c["role"] == role and c.get(x) is not None and c.get("test_acc") is not None),
+                     key=lambda c: c[x])
+        if not sel:
+            continue
+        fig.add_scatter(x=[c[x] for c in sel], y=[100 * c["test_acc"] for c in sel], mode="lines+markers",
+                        name=ROLE_NAMES[role], line_color=color,
+                        error_y=dict(type="data", array=[100 * (c.get("test_acc_std") or 0) for c in sel]),
+                        text=[c["model"] for c in sel],
+                        hovertemplate="%{text}<br>%{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<extra></extra>")
+    teachers = [c for c in cells if c["role"] == "teacher" and c.get("test_acc") is not None]
+    if teachers:
+        fig.add_hline(y=100 * teachers[0]["test_acc"], line_dash="dot", line_color=TEACHER,
+                      annotation_text=f"teacher {teachers[0]['model']}", annotation_position="bottom right")
+    fig.update_xaxes(title=AXES.get(x, x), type="log")
+    fig.update_yaxes(title="test accuracy (%)")
+    return _finish(fig, f"What distillation buys at each budget: accuracy against {AXES.get(x, x).split(' (')[0]}",
+                   "Each point is a student size, trained from scratch (grey) and distilled (red) with the same "
+                   "budget; error bars are the std over seeds. The gap between the lines is the KD gain.",
+                   height=420)
+
+
+# ---------------------------------------------------------------------------
+# searches (trials as from search.trial_table: trial, run_id, state, values, val_acc, epochs)
+
+def search_history(trials: list[dict]) -> go.Figure:
+    """Optimisation history: each trial's best validation accuracy in the order it started, and the best so far."""
+
+    fig = go.Figure()
+    done = [t for t in trials if t.get("val_acc") is not None]
+    stopped = [t for t in done if t["state"] != "done"]
+    finished = [t for t in done if t["state"] == "done"]
+    for sel, name, color, symbol in ((finished, "trial (all epochs)", KD, "circle"),
+                                     (stopped, "trial stopped early", SCRATCH, "x")):
+        if sel:
+            fig.add_scatter(x=[t["trial"] for t in sel], y=[100 * t["val_acc"] for t in sel], mode="markers",
+                            name=name, marker=dict(color=color, symbol=symbol, size=10),
+                            text=[format_values(t["values"]) + f"<br>{t['epochs']} epoch(s), {t['state']}" for t in sel],
+                            hovertemplate="trial %{x}: %{y:.2f}%<br>%{text}<extra></extra>")
+    best, xs, ys = None, [], []
+    for t in sorted(done, key=lambda t: t["trial"]):
+        best = t["val_acc"] if best is None else max(best, t["val_acc"])
+        xs.append(t["trial"])
+        ys.append(100 * best)
+    if xs:
+        fig.add_scatter(x=xs, y=ys, mode="lines", line_shape="hv", name="best so far", line_color=TEACHER)
+    fig.update_xaxes(title="trial", dtick=1, rangemode="tozero")
+    fig.update_yaxes(title="best validation accuracy (%)", range=accuracy_range([100 * t["val_acc"] for t in done]))
+    return _finish(fig, "Search history: validation accuracy per trial",
+                   "Each point is a trial's best validation accuracy (crosses: stopped early by the scheduler, or "
+                   "cancelled); the line is the best found so far. The test set is not used to choose.", height=400)
+
+
+def search_importances(importances: dict[str, float]) -> go.Figure:
+    """Parameter importances (Optuna's) as horizontal bars."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h", marker_color=TEACHER,
+                           hovertemplate="%{y}: %{x:.2f}<extra></extra>"))
+    fig.update_xaxes(title="importance (share of the variance of validation accuracy)", range=[0, 1])
+    fig.update_yaxes(title="parameter")
+    return _finish(fig, "Which parameters mattered",
+                   "Optuna's importance of each searched parameter for validation accuracy over the finished trials "
+                   "(fANOVA); the shares add up to 1. With few trials, read it as a hint.",
+                   height=120 + 50 * max(1, len(items)))
+
+
+def search_parallel(trials: list[dict]) -> go.Figure:
+    """One line per trial across the searched parameters and its validation accuracy."""
+    done = [t for t in trials if t.get("val_acc") is not None]
+    names = sorted({k for t in done for k in t["values"]})
+    dims = [dict(label=n, values=[t["values"].get(n) for t in done], tickformat=".3~g") for n in names]
+    dims.append(dict(label="val acc (%)", values=[round(100 * t["val_acc"], 3) for t in done], tickformat=".3~g"))
+    return _parcoords(dims, [100 * t["val_acc"] for t in done], "val %",
+                      "Searched values and validation accuracy, one line per trial",
+                      "Each line is a trial through its sampled values to its best validation accuracy; drag along "
+                      "an axis to filter. Colour is validation accuracy.", height=420)

@@ -1,0 +1,172 @@
+"""A self-contained HTML report of a comparison, to hand to people who were not in the room.
+
+One file: the table, the plots (plotly.js is embedded, so it opens offline), each run's
+config, the environment (torch version, device, threads) and the date.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import platform
+import time
+
+from workbench import __version__
+from workbench.analysis import describe, plots
+from workbench.analysis.compare import (
+    AGREEMENT_MEANS,
+    ECE_MEANS,
+    aggregate,
+    comparison_rows,
+    headline,
+    table_columns,
+    timing_warning,
+    verdict_subject,
+)
+from workbench.store.runs import Run, dig
+
+
+def environment() -> dict:
+    import torch  # only when a report is written: importing this module stays torch-free
+
+    from workbench.evaluate.metrics import device_name
+
+    env = {"kd-workbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "platform": platform.platform(), "cpu": device_name("cpu"), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env["cuda device"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def _table_html(rows: list[dict], aggregated: bool, wide: bool = False) -> str:
+    """A table; timings measured on a busy CPU are greyed (class `unreliable`)."""
+    cols = table_columns(aggregated, wide, rows)
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in cols)
+    timing = {"latency ms", "samples/s (b=256)"}
+
+    def cell(r, name, fn):
+        bad = (name in timing and r.get("timing_unreliable")) or \
+            (name == "vs teacher" and (r.get("vs_teacher") or {}).get("unreliable"))
+        grey = " class='unreliable'" if bad else ""
+        return f"<td{grey}>{html.escape(str(fn(r)))}</td>"
+
+    body = "".join("<tr class='role-" + html.escape(r["role"]) + "'>" +
+                   "".join(cell(r, name, fn) for name, fn in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure_html(fig) -> str:
+    return (f"<figure>{fig.to_html(full_html=False, include_plotlyjs=False)}"
+            f"<figcaption>{html.escape(plots.caption(fig))}</figcaption></figure>")
+
+
+def build_report(runs: list[Run], title: str = "KD Workbench report", classes=None) -> str:
+    """The report as one HTML string."""
+    from plotly.offline import get_plotlyjs
+
+    usable, left_out = [], []
+    for r in runs:
+        state = r.state
+        if state == "done" and isinstance(dig(r.summary, "test", "confusion_matrix"), list):
+            usable.append(r)
+        else:
+            why = r.status().get("error") if state != "done" else "its summary.json is missing or incomplete"
+            left_out.append(f"{r.run_id}: {state}" + (f" ({why})" if why else ""))
+    runs = usable
+    if not runs:
+        raise ValueError("the report needs at least one finished run with a summary"
+                         + (f"; left out: {'; '.join(left_out)}" if left_out else ""))
+    rows = comparison_rows(runs)
+    agg = aggregate(rows)
+    device = next((r["device"] for r in rows if r.get("device")), "cpu")
+    figs = [plots.pareto(rows, "latency_ms", device), plots.pareto(rows, "size_mb")]
+    figs.append(plots.training_curves(*describe.curve_series(runs)))
+    teacher_cm = next((dig(r.summary, "teacher", "test", "confusion_matrix") for r in runs
+                       if dig(r.summary, "teacher", "test", "confusion_matrix")), None)
+    student = next((r for r in runs if r.config.get("kind") == "kd"), runs[0])
+    cms = {}
+    if teacher_cm:
+        cms["teacher"] = teacher_cm
+    cms[describe.run_title(student.config)] = student.summary["test"]["confusion_matrix"]
+    k = len(student.summary["test"]["confusion_matrix"])
+    figs.append(plots.confusion_matrices(cms, classes or [str(i) for i in range(k)]))
+
+    env = environment()
+    def origin(r) -> str:
+        """Where a run's weights started, and which of its layers were new (a replaced classifier)."""
+        init = r.summary.get("init")
+        if not isinstance(init, dict):
+            return ""
+        new = ", ".join(init.get("new_layers") or []) or "none"
+        return (f"<p>Started from <code>{html.escape(str(init.get('source')))}</code> "
+                f"({init.get('loaded')} tensors loaded); new layers: {html.escape(new)}.</p>")
+
+    configs = "".join(
+        f"<details><summary>{html.escape(r.run_id)} ({html.escape(str(r.config.get('kind')))}, "
+        f"{html.escape(str(r.config.get('model_label')))})</summary>{origin(r)}<pre>"
+        f"{html.escape(json.dumps(r.config, indent=2, sort_keys=True, default=str))}</pre></details>" for r in runs)
+    env_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in env.items())
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    verdicts = "".join(f"<li>{html.escape(verdict_subject(r))}: {html.escape(r['verdict'])}</li>"
+                       for r in agg if r.get("verdict"))
+    line = headline(agg) or headline(rows)
+    headline_html = f'<p class="headline">{html.escape(line)}</p>' if line else ""
+    objectives = {}  # each distinct objective once, with the roles that used it
+    for r in runs:
+        text = r.config.get("objective") or r.summary.get("method", {}).get("objective") or ""
+        if text:
+            objectives.setdefault(text, set()).add(plots.ROLE_NAMES.get(r.config.get("kind"), "?"))
+    objective_items = "".join(f"<li>{html.escape(', '.join(sorted(roles)))}: <code>{html.escape(text)}</code></li>"
+                              for text, roles in objectives.items())
+    warning = timing_warning(rows)
+    warning = f'<p class="warning"><b>Warning:</b> {html.escape(warning)}</p>' if warning else ""
+    if left_out:
+        warning += ('<p class="warning"><b>Left out</b> (not finished, or unreadable): '
+                    + html.escape("; ".join(left_out)) + "</p>")
+    css = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;"
+           "color:#222;padding:0 1rem}table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}"
+           "th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:right}th{background:#f4f4f4}"
+           "td:nth-child(-n+2){text-align:left}tr.role-teacher{background:#eef4fb}tr.role-kd{background:#fdf0f0}"
+           "figure{margin:1.5rem 0}figcaption{color:#555;font-size:.9rem}code{background:#f4f4f4;padding:0 .3rem}"
+           "pre{background:#f8f8f8;padding:.5rem;overflow:auto}"
+           ".warning{background:#fff4e5;border-left:4px solid #f0a020;padding:.5rem .8rem}"
+           ".headline{font-size:1.15rem;font-weight:600;margin:1rem 0 .3rem}.what{color:#555;margin:0 0 1rem}"
+           "td.unreliable{color:#9a9a9a;font-style:italic}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{css}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p>Generated {date} by KD Workbench {__version__}. The objectives these runs trained with (in vanilla KD, α weights
+the distillation term, so α = 0 is the scratch baseline):</p>
+<ul>{objective_items}</ul>
+{headline_html}
+<p class="what">{html.escape(describe.describe_runs(runs))}</p>
+<h2>Summary (mean ± std over seeds)</h2>
+{_table_html(agg, aggregated=True)}
+<ul>{verdicts}</ul>
+<p>Test accuracy is the epoch with the best accuracy on the fixed validation split ("(last)", in the table of every
+run, is the final epoch). KD gain is the distilled student's accuracy minus its scratch twin's (same student,
+budget and seed), in points. Latency is the median of at least 30 batch-1 forward passes after 5 warm-ups, fp32
+on {html.escape(str(device))}, each model timed once per comparison; throughput is at batch 256. FLOPs count a
+multiply-add as 2. Size is the fp32 safetensors file (MB = 10⁶ bytes). {html.escape(AGREEMENT_MEANS)}
+{html.escape(ECE_MEANS)}</p>
+{warning}
+<h2>Every run</h2>
+{_table_html(rows, aggregated=False, wide=True)}
+<h2>Plots</h2>
+{''.join(_figure_html(f) for f in figs)}
+<h2>Configs</h2>
+{configs}
+<h2>Environment</h2>
+<table>{env_rows}</table>
+</body></html>
+"""
+
+
+def write_report(runs: list[Run], path, title: str = "KD Workbench report", classes=None) -> int:
+    """Write the report to `path`; returns its size in bytes."""
+    text = build_report(runs, title, classes)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return len(text.encode("utf-8"))

@@ -1,0 +1,363 @@
+"""Pieces every page shares: cached data and teachers, choices, the objective, errors.
+
+UI code only; all logic lives in the core. No module-level mutable state: caches go
+through `st.cache_resource` / `st.cache_data`, per-user state through `st.session_state`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from workbench.analysis import describe
+from workbench.core.methods import DISTILLATION_METHODS, METHODS, Method
+from workbench.data.datasets import load_dataset  # noqa: F401 (pages and tests use it from here)
+from workbench.experiments import recipes
+from workbench.jobs.queue import LocalQueueRunner, Runner, friendly_error
+from workbench.models.zoo import ModelConfig, build_model, count_params
+from workbench.store.runs import Run, RunStore
+from workbench.tasks import task_for
+from workbench.train.teachers import load_teacher, shipped_teachers
+
+
+def store() -> RunStore:
+    return RunStore()
+
+
+def presenting() -> bool:
+    """Presentation mode (the sidebar toggle): larger text and plots, fewer controls."""
+    return bool(st.session_state.get("presenting"))
+
+
+CSS = """
+<style>
+/* projector widths: nothing is clipped; labels wrap between words, never inside one */
+[data-testid="stWidgetLabel"] p, label p { word-break: normal; overflow-wrap: normal; hyphens: none; }
+[data-testid="stMetricValue"] > div { overflow: visible; text-overflow: clip; white-space: normal; }
+[data-testid="stMetricValue"] { font-size: 1.6rem; }
+.katex-display { overflow-x: auto; overflow-y: hidden; padding: 2px 0; }
+.stButton button p { white-space: nowrap; }
+%s
+</style>
+"""
+PRESENTING_CSS = """
+html { font-size: 19px; }
+[data-testid="stCaptionContainer"] { font-size: 0.95rem; }
+"""
+COLLAPSE_BELOW = 1100  # px: the sidebar starts collapsed on a projector (1024 × 768)
+COLLAPSE_JS = """
+<script>
+(function () {
+  const doc = window.parent ? window.parent.document : document;
+  const win = window.parent || window;
+  if (win.sessionStorage.getItem("kdw-sidebar-checked")) return;
+  win.sessionStorage.setItem("kdw-sidebar-checked", "1");
+  if (win.innerWidth >= %d) return;
+  const tryCollapse = (n) => {
+    const b = doc.querySelector('[data-testid="stSidebarCollapseButton"] button');
+    const open = doc.querySelector('[data-testid="stSidebar"][data-collapsed="false"]');
+    if (b && open) { b.click(); } else if (n > 0) { setTimeout(() => tryCollapse(n - 1), 100); }
+  };
+  tryCollapse(30);
+})();
+</script>
+""" % COLLAPSE_BELOW
+
+
+def page_chrome() -> None:
+    """Styles every page shares (and presentation mode's), and the sidebar collapsed below 1100 px."""
+    st.html(CSS % (PRESENTING_CSS if presenting() else ""))
+    st.html(COLLAPSE_JS, unsafe_allow_javascript=True)
+
+
+def chart(fig, key: str, container=None) -> None:
+    """A plot and its caption; larger in presentation mode."""
+    from workbench.analysis import plots
+
+    where = container or st
+    if presenting():
+        fig.update_layout(font_size=17, height=(fig.layout.height or 450) + 80)
+    where.plotly_chart(fig, key=key)
+    where.caption(plots.caption(fig))
+
+
+def runner() -> Runner:
+    return LocalQueueRunner(store())
+
+
+@st.cache_resource(show_spinner="Loading the data set…", max_entries=8)
+def dataset(name: str, root: str | None = None, image_size: int | None = None):
+    """A data set, loaded once per server (image folders: decoded once into the disk cache), by its task."""
+    return task_for(name).load(name, root, size=image_size)
+
+
+@st.cache_resource(show_spinner="Loading the teacher…", max_entries=16)
+def teacher(spec: str, runs_root: str, mtime: float):
+    """A frozen teacher; `mtime` of its file keys the cache so a replaced file is reloaded."""
+    return load_teacher(spec, RunStore(runs_root))
+
+
+def teacher_for(spec: str):
+    return teacher(spec, str(store().root), _spec_mtime(spec))
+
+
+def _spec_mtime(spec: str) -> float:
+    for c in shipped_teachers():
+        if c["name"] == spec:
+            return Path(c["path"]).stat().st_mtime
+    p = Path(spec)
+    if p.is_file():
+        return p.stat().st_mtime
+    run = store().root / spec / "student.safetensors"
+    return run.stat().st_mtime if run.is_file() else 0.0
+
+
+def dataset_picker(key: str, label: str = "Data set", on_change=None, args=()) -> str:
+    names, missing = recipes.dataset_choices()
+    default = recipes.default_dataset()
+    if st.session_state.get(key) not in names:
+        st.session_state.pop(key, None)  # a name from an old address that is not here: the default
+    name = st.selectbox(label, names, index=names.index(default), key=key, on_change=on_change, args=args,
+                        help="Embedded data sets that are installed here.")
+    for ds, how in missing.items():
+        st.caption(f"**{ds}** is not installed: {how}")
+    return name
+
+
+OWN_DATA = {"image-folder": "an image folder (one subfolder per class)", "csv": "a CSV manifest (path,label[,split])"}
+
+
+def restore_from_url(keys: dict) -> None:
+    """Once per session, set these widgets ({key: type}) from the address (what `save_to_url` wrote): a reload,
+    or a second tab, opens the form as it was. A value of the wrong type is ignored."""
+    ss, q = st.session_state, st.query_params
+    first = next(iter(keys))
+    if ss.get("_restored_" + first):
+        return
+    ss["_restored_" + first] = True
+    for k, kind in keys.items():
+        if k in q and k not in ss:
+            raw = q[k]
+            try:
+                ss[k] = {"True": True, "False": False}[raw] if kind is bool else kind(raw)
+            except (KeyError, ValueError):
+                continue
+
+
+def save_to_url(keys) -> None:
+    """Write these widgets' values into the address, so a reload keeps them."""
+    values = {k: str(st.session_state[k]) for k in keys if k in st.session_state and st.session_state[k] is not None}
+    if any(st.query_params.get(k) != v for k, v in values.items()):
+        st.query_params.update(values)
+
+
+def data_source(key: str, on_change=None) -> tuple[str, str | None, int | None] | None:
+    """An embedded data set, or your own images: (name, folder or CSV path, decode size), or None while the path
+    is not usable (with the reason shown)."""
+    names, missing = recipes.dataset_choices()
+    choices = names + list(OWN_DATA)
+    default = recipes.default_dataset()
+    if st.session_state.get(key) not in choices:
+        st.session_state.pop(key, None)  # a name from an old address that is not here: the default
+    name = st.selectbox("Data set", choices, index=choices.index(default), key=key, on_change=on_change,
+                        format_func=lambda n: f"your own: {OWN_DATA[n]}" if n in OWN_DATA else n,
+                        help="Embedded data sets, or your own images through a path on this machine.")
+    for ds, how in missing.items():
+        st.caption(f"**{ds}** is not installed: {how}")
+    if name not in OWN_DATA:
+        return name, None, None
+    c1, c2 = st.columns([3, 1])
+    path = c1.text_input("Folder" if name == "image-folder" else "CSV file", key=f"{key}_path",
+                         placeholder="/path/to/images" if name == "image-folder" else "/path/to/manifest.csv")
+    size = c2.number_input("Decode at (px)", 8, 512, 32, step=8, key=f"{key}_size",
+                           help="Images are resized to this square size once and cached on disk.")
+    if not path.strip():
+        st.caption("Give the path of your data on this machine.")
+        return None
+    problem = recipes.check_data_path(name, path.strip())
+    if problem:
+        st.error(problem)
+        return None
+    return name, path.strip(), int(size)
+
+
+def dataset_from(source: tuple[str, str | None, int | None]):
+    """The data set a `data_source` names, loaded (and cached) for this server; errors are one sentence."""
+    name, root, size = source
+    return dataset(name, root, size)
+
+
+def teacher_choices(dataset_name: str, data_dir: str | None = None) -> dict[str, str]:
+    """label -> teacher spec: shipped teachers, finished teacher runs, uploaded files that fit."""
+    return dict(recipes.teacher_choices(dataset_name, store(), uploads_dir(), data_dir))
+
+
+def uploads_dir() -> Path:
+    return store().root / ".uploads"
+
+
+SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_upload_name(name: str) -> str:
+    """A file name reduced to letters, digits, '_', '.', '-' (never a path), ending in .safetensors."""
+    stem = SAFE_NAME.sub("-", Path(name).name).strip(".-") or "teacher"
+    stem = stem[:-12] if stem.lower().endswith(".safetensors") else stem
+    return f"{stem[:48]}.safetensors"
+
+
+def objective(method: Method) -> None:
+    """The method's objective with its current values, and, for vanilla KD, what α means here."""
+    latex = method.objective_latex()
+    if latex:
+        st.latex(latex)
+    else:
+        st.markdown(f"Objective of **{method.title}**: `{method.objective_text()}`")
+    if method.name == "kd":
+        st.caption("α weights the distillation term: α = 0 is the student trained without the teacher (scratch), "
+                   "α = 1 is pure distillation. (torchdistill and Keras put their α on the cross-entropy.)")
+
+
+def show_error(prefix: str, e: BaseException) -> None:
+    st.error(f"{prefix}: {friendly_error(e)}")
+
+
+@st.cache_data(show_spinner="Building the model…", max_entries=256)
+def model_figures(config: dict, input_shape: tuple, num_classes: int) -> dict:
+    """Params and FLOPs of a model config at an input shape, for the live read-out beside the knobs
+    (a model that cannot take the input says why, in `error`)."""
+    from workbench.evaluate.metrics import flops_per_sample
+    from workbench.models.zoo import ModelError
+    from workbench.tasks import TASKS
+
+    task = TASKS[0] if len(input_shape) == 3 else TASKS[1]  # images are (C, H, W); rows of features (F,)
+    try:
+        m = build_model(ModelConfig.from_dict(config), input_shape, num_classes)
+        task.probe(m, tuple(input_shape))
+    except ModelError as e:
+        return {"error": str(e)}
+    return {"params": count_params(m), "flops": flops_per_sample(m, input_shape),
+            "modules": [n for n, _ in m.named_modules() if n][:400], "stages": getattr(m, "stages", {})}
+
+
+SOURCES = {"built-in": "the workbench's families", "torchvision": "torchvision:NAME", "timm": "timm:NAME",
+           "factory": "your own factory (file.py:function)"}
+SOURCE_DEFAULTS = {"torchvision": "resnet18", "timm": "resnet10t", "factory": "my_models.py:make_model"}
+
+
+def student_picker(key: str, input_shape, num_classes: int, default: ModelConfig | None = None,
+                   label: str = "Student") -> ModelConfig | None:
+    """A model: a built-in family with its size knobs, a torchvision or timm model, or your own factory; params
+    and FLOPs (or why it cannot work) are shown live. None while the choice cannot be built."""
+    from workbench.analysis.compare import format_flops
+    from workbench.models.zoo import FAMILIES, ZOO, ModelError, parse_model
+
+    default = default or ModelConfig("mlp", depth=1, width=64)
+    source = st.radio(f"{label} from", list(SOURCES), horizontal=True, key=f"{key}_source",
+                      format_func=lambda k: k if k != "factory" else "your own")
+    if source == "built-in":
+        fams = list(ZOO)
+        family = st.selectbox(f"{label} family", fams, index=fams.index(default.family) if default.family in fams
+                              else 0, key=f"{key}_family",
+                              help="; ".join(f"{k}: {FAMILIES[k].description}" for k in ZOO))
+        spec = FAMILIES[family]
+        depth = width = None
+        c1, c2 = st.columns(2)
+        if spec.default_depth is not None:
+            if spec.depth_choices:
+                depth = c1.selectbox("Depth", spec.depth_choices, index=spec.depth_choices.index(spec.default_depth),
+                                     key=f"{key}_depth_{family}")
+            else:
+                d0 = default.depth if default.family == family and default.depth else spec.default_depth
+                depth = c1.number_input("Depth", 1, 8, int(d0), key=f"{key}_depth_{family}",
+                                        help="hidden layers (mlp) or conv blocks per stage (cnn)")
+        if spec.default_width is not None:
+            if family == "mobilenet_v2":
+                width = c2.select_slider("Width multiplier", [0.25, 0.35, 0.5, 0.75, 1.0], value=1.0,
+                                         key=f"{key}_width_{family}")
+            else:
+                w0 = default.width if default.family == family and default.width else spec.default_width
+                width = c2.number_input("Width", 2, 1024, int(w0), key=f"{key}_width_{family}",
+                                        help="hidden units (mlp) or base channels (cnn, resnet)")
+        config = ModelConfig(family, depth, width)
+    else:
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        name = c1.text_input(SOURCES[source], SOURCE_DEFAULTS[source], key=f"{key}_name_{source}",
+                             help={"torchvision": "any classification model of torchvision.models.get_model: "
+                                                  "resnet50, mobilenet_v2, efficientnet_b0, vit_b_16, ...",
+                                   "timm": "any model name of timm.list_models()",
+                                   "factory": "path/to/file.py:function or package.module:function, called with "
+                                              "num_classes and input_shape"}[source])
+        pretrained = c2.checkbox("pretrained", key=f"{key}_pretrained_{source}", disabled=source == "factory",
+                                 help="the library's own weights (needs internet, or torch's download cache)")
+        try:
+            config = parse_model(name if source == "factory" else f"{source}:{name}", pretrained=pretrained)
+        except ModelError as e:
+            st.error(str(e))
+            return None
+    figs = model_figures(config.to_dict(), tuple(input_shape), num_classes)
+    if "error" in figs:
+        st.error(figs["error"])
+        return None
+    st.caption(f"**{config.label()}** at {'×'.join(map(str, input_shape))}: {figs['params']:,} parameters · "
+               f"{format_flops(figs['flops'])} per image (multiply-add = 2)")
+    return config
+
+
+def run_label(run: Run) -> str:
+    return f"{describe.run_title(run.config)} · {run.run_id}"
+
+
+def device_choices() -> list[str]:
+    from workbench.train.loop import available_devices
+
+    return available_devices()
+
+
+def threads_note() -> str:
+    return f"{torch.get_num_threads()} CPU threads"
+
+
+def method_picker(key: str, student: dict | None = None, teacher: dict | None = None) -> Method:
+    """The distillation method, its description and citation, and its own hyperparameters.
+
+    Vanilla KD's T and α are sliders (keys `{key}_T`, `{key}_alpha`), the knobs a class plays with;
+    every other method's hyperparameters sit in an expander, with its paper's defaults. A feature
+    method's layer parameters offer the models' own stage names and module paths (`student`, `teacher`:
+    what `model_figures` says of each model).
+    """
+    name = st.selectbox("Method", list(DISTILLATION_METHODS), key=key,
+                        format_func=lambda n: f"{n} · {METHODS[n].title}",
+                        help="Each method's objective adds its term(s) to the cross-entropy on the visible labels.")
+    m = METHODS[name]
+    st.caption(f"{m.description}. *{m.citation}*")
+    params = {}
+    if name == "kd":
+        c1, c2 = st.columns(2)
+        params["temperature"] = c1.slider("Temperature T", 1.0, 20.0, float(m.defaults["temperature"]), 0.5,
+                                          key=f"{key}_T")
+        params["alpha"] = c2.slider("α (weight of the KD term)", 0.0, 1.0, float(m.defaults["alpha"]), 0.05,
+                                    key=f"{key}_alpha")
+    elif m.defaults:
+        with st.expander(f"{m.title} hyperparameters (defaults from its paper or its authors' code)"):
+            cols = st.columns(2)
+            for i, (k, v) in enumerate(m.defaults.items()):
+                col, help_ = cols[i % 2], m.help.get(k)
+                if isinstance(v, str):
+                    which = teacher if k.startswith("teacher") else student
+                    layers = ([v] + list((which or {}).get("stages", {})) + list((which or {}).get("modules", []))
+                              if which else [])
+                    if layers:
+                        params[k] = col.selectbox(k, list(dict.fromkeys(layers)), key=f"{key}_{name}_{k}",
+                                                  help=(help_ or "") + " (a stage name or any module path)")
+                    else:
+                        params[k] = col.text_input(k, v, key=f"{key}_{name}_{k}", help=help_)
+                elif isinstance(v, int):
+                    params[k] = int(col.number_input(k, value=v, step=1, key=f"{key}_{name}_{k}", help=help_))
+                else:
+                    params[k] = float(col.number_input(k, value=float(v), format="%g", key=f"{key}_{name}_{k}",
+                                                       help=help_))
+    return m(params)

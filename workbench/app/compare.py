@@ -1,0 +1,213 @@
+"""Compare: teacher, scratch and distilled students side by side, and an HTML report to hand over."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from workbench.analysis import describe, plots
+from workbench.analysis.compare import (
+    AGREEMENT_MEANS,
+    ECE_MEANS,
+    aggregate,
+    comparison_rows,
+    find_scratch_twins,
+    headline,
+    table_columns,
+    timing_warning,
+    verdict_subject,
+)
+from workbench.analysis.report import build_report
+from workbench.app import common
+
+
+def _classes(runs) -> list[str]:
+    """The class names of the runs' data set; class numbers if it cannot be loaded here any more."""
+    cfg = runs[0].config
+    try:
+        return list(common.dataset(cfg["dataset"], cfg.get("data_dir"), cfg.get("image_size")).classes)
+    except Exception:
+        k = len(runs[0].summary.get("test", {}).get("confusion_matrix") or [])
+        return [str(i) for i in range(k)]
+
+
+def _default_selection(runs) -> list[str]:
+    """The newest group's runs, so the page opens on the latest launch."""
+    if not runs:
+        return []
+    group = runs[-1].config.get("group")
+    chosen = [r for r in runs if group and r.config.get("group") == group] or runs[-2:]
+    return [common.run_label(r) for r in chosen]
+
+
+def _table(rows: list[dict], aggregated: bool, wide: bool):
+    """The table as a pandas Styler: timings measured on a busy CPU greyed, with a * (see the caption)."""
+    cols = table_columns(aggregated, wide, rows)
+    df = pd.DataFrame([{name: fn(r) for name, fn in cols} for r in rows])
+    grey = [i for i, r in enumerate(rows) if r.get("timing_unreliable")]
+    grey_ratio = [i for i, r in enumerate(rows) if (r.get("vs_teacher") or {}).get("unreliable")]
+    timing_cols = [c for c in df.columns if c.startswith(("latency", "samples/s"))]
+
+    def style(frame):
+        out = pd.DataFrame("", index=frame.index, columns=frame.columns)
+        for i in grey:
+            out.loc[i, timing_cols] = "color: #9a9a9a; font-style: italic"
+        if "vs teacher" in frame.columns:
+            for i in grey_ratio:
+                out.loc[i, "vs teacher"] = "color: #9a9a9a; font-style: italic"
+        return out
+
+    return df.style.apply(style, axis=None)
+
+
+def page() -> None:
+    st.title("Compare")
+    store = common.store()
+    done = [r for r in store.list() if r.state == "done" and r.summary]
+    if not done:
+        st.info("No finished runs yet. Launch one on the **Train** page (or run `kdw demo`), then come back.")
+        return
+    datasets = sorted({r.config.get("dataset") for r in done})
+    ds_name = st.selectbox("Data set", datasets, index=len(datasets) - 1 if "fashion-mnist" not in datasets
+                           else datasets.index("fashion-mnist"), key="cmp_dataset")
+    pool = [r for r in done if r.config.get("dataset") == ds_name]
+    labels = {common.run_label(r): r for r in pool}
+    key = f"cmp_runs_{ds_name}"  # each data set keeps its own choice: switching back finds it again
+    st.session_state.setdefault(key, _default_selection(pool))
+    st.session_state[key] = [x for x in st.session_state[key] if x in labels]
+    chosen = st.multiselect("Runs", list(labels), key=key,
+                            help="Distilled runs are paired with their scratch twin (same student, budget and seed) "
+                                 "from the store for the KD gain.")
+    if not chosen:
+        st.info("Pick runs to compare.")
+        return
+    runs = [labels[c] for c in chosen]
+    runs += [r for r in find_scratch_twins(runs, store) if r not in runs]
+    rows = comparison_rows(runs)
+    c1, c2 = st.columns(2)
+    agg_mode = c1.toggle("Fold seeds into mean ± std", value=False, key="cmp_agg")
+    wide = not common.presenting() and c2.toggle("More columns", value=False, key="cmp_wide",
+                     help="T, α, labels, seeds, FLOPs, throughput, agreement and ECE")
+    shown = aggregate(rows) if agg_mode else rows
+    line = headline(shown)
+    if line:
+        st.markdown(f"**{line}**")
+    st.caption(describe.describe_runs(runs))
+    device = next((f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")), "cpu")
+    st.dataframe(_table(shown, agg_mode, wide), hide_index=True, key="cmp_table")
+    st.caption(f"Test accuracy of the best-validation epoch. KD gain = distilled − scratch twin (same seed), in "
+               f"points. Latency: median of ≥ 30 batch-1 passes, fp32, on {device}; each model is timed once per "
+               f"comparison (the quietest measurement on record). Size: the fp32 safetensors file."
+               + (f" {AGREEMENT_MEANS} {ECE_MEANS} FLOPs count a multiply-add as 2." if wide else ""))
+    warning = timing_warning(rows)
+    if warning:
+        st.warning(warning.replace("(kdw profile RUN)", "(grey in the table)"), icon=":material/speed:")
+        _remeasure(runs)
+    for r in shown:
+        if r.get("verdict"):
+            st.caption(f"{verdict_subject(r)}: **{r['verdict']}**")
+
+    tab_curves, tab_pareto, tab_cm = st.tabs(["Training curves", "Pareto", "Confusion matrices"])
+    with tab_curves:
+        common.chart(plots.training_curves(*describe.curve_series(runs)), "cmp_curves")
+    with tab_pareto:
+        axes = ["latency_ms", "size_mb", "flops"]
+        axis = st.radio("x axis", axes, horizontal=True, key="cmp_axis", format_func=lambda a: plots.AXES[a],
+                        index=1 if warning else 0,  # size, when the latencies are not to be trusted
+                        help="Latency is unreliable when it was timed on a busy CPU; size and FLOPs never are.")
+        common.chart(plots.pareto(rows, axis, device if axis == "latency_ms" else None), "cmp_pareto")
+    with tab_cm:
+        student_label = st.selectbox("Student", [common.run_label(r) for r in runs], key="cmp_cm_student")
+        student = next(r for r in runs if common.run_label(r) == student_label)
+        cms = {}
+        teacher = next((r.summary["teacher"] for r in runs if r.summary.get("teacher")), None)
+        if teacher:
+            cms[f"teacher {teacher['label']}"] = teacher["test"]["confusion_matrix"]
+        cms[describe.run_title(student.config)] = student.summary["test"]["confusion_matrix"]
+        common.chart(plots.confusion_matrices(cms, _classes(runs)), "cmp_cm")
+
+    if common.presenting():  # in front of a class: the results, not the tools
+        return
+    st.subheader("Deploy")
+    _deploy_panel([r for r in runs if r.state == "done"])
+
+    st.subheader("Export")
+    st.caption("One self-contained HTML file: the table, the plots, every run's config, the environment and the "
+               "date. It opens offline in any browser.")
+    classes = _classes(runs)
+    title = f"KD Workbench report: {ds_name}"
+    st.download_button("Export report", lambda: build_report(runs, title, classes).encode("utf-8"),
+                       file_name=f"kdw-report-{time.strftime('%Y%m%d-%H%M%S')}.html", mime="text/html",
+                       key="cmp_export", type="primary")
+
+
+def _deploy_panel(runs) -> None:
+    """Export a run's student as ONNX (int8, pruned) in the background, watch it, download the artifacts."""
+    from workbench.analysis.compare import artifact_label
+    from workbench.deploy.export import ExportOptions, list_variants, start_export, zip_variant
+
+    st.caption("The student as the artifact you ship: ONNX, int8 (ONNX Runtime quantization) and pruned-then-"
+               "distilled, each measured by running it in ONNX Runtime. The variants join the table and the "
+               "Pareto plots above.")
+    if not runs:
+        return
+    labels = {common.run_label(r): r for r in runs}
+    c1, c2, c3, c4 = st.columns([3, 1, 2, 2], vertical_alignment="bottom")
+    run = labels[c1.selectbox("Run to deploy", list(labels), key="cmp_deploy_run")]
+    int8 = c2.checkbox("int8", value=True, key="cmp_deploy_int8")
+    prune = c3.slider("Prune channels", 0.0, 0.9, 0.0, 0.1, key="cmp_deploy_prune",
+                      help="0 = no pruned variant. Structured pruning by L2 magnitude (torch-pruning), then a short "
+                           "distillation with the run's teacher and method.")
+    epochs = c4.number_input("Fine-tune epochs", 0, 50, 3, key="cmp_deploy_epochs", disabled=prune == 0)
+    if st.button("Export", key="cmp_deploy_go"):
+        try:
+            start_export(common.store(), run.run_id, ExportOptions(int8=int8, prune=prune or None,
+                                                                   finetune_epochs=int(epochs)))
+            st.toast(f"Exporting {run.run_id} in the background.")
+        except Exception as e:
+            common.show_error("Cannot export", e)
+
+    def progress() -> None:
+        variants = list_variants(run)
+        busy = False
+        for v in variants:
+            label = f"{artifact_label(v['name'])} ({v['name']})"
+            if v["state"] in ("queued", "running"):
+                busy = True
+                p = v.get("progress") or {}
+                st.progress(float(p.get("fraction", 0.0)), text=f"{label}: {p.get('text', v['state'])}")
+            elif v["state"] == "failed":
+                st.error(f"{label} failed: {v['error']}")
+            elif v["state"] == "done" and v["metrics"]:
+                m = v["metrics"]
+                c1, c2 = st.columns([4, 1], vertical_alignment="center")
+                c1.caption(f"**{label}**: {100 * m['test']['accuracy']:.2f}% test, {m['size_mb']:.3f} MB, "
+                           f"{m['profile']['latency_ms']:.3f} ms at batch 1 in ONNX Runtime; top-1 equals PyTorch's on "
+                           f"{100 * m['check']['top1_agreement']:.2f}% of test images")
+                c2.download_button("Download", lambda f=v["folder"]: zip_variant(f), file_name=f"{run.run_id}-{v['name']}.zip",
+                                   mime="application/zip", key=f"cmp_dl_{run.run_id}_{v['name']}")
+        if not variants:
+            st.caption("No variants of this run yet.")
+        if not busy and st.session_state.get("cmp_deploy_polling"):
+            st.session_state["cmp_deploy_polling"] = False
+            st.rerun()  # finished: one full rerun puts the variants into the table and the plots
+
+    busy = any(v["state"] in ("queued", "running") for v in list_variants(run))
+    st.session_state["cmp_deploy_polling"] = busy
+    st.fragment(progress, run_every=1.0 if busy else None)()
+
+
+def _remeasure(runs) -> None:
+    """A button that re-times every run of the comparison (and its teacher) in one background process."""
+    from workbench.jobs.queue import start_profile
+
+    if st.button("Re-measure these timings together", key="cmp_remeasure",
+                 help="Runs `kdw profile` on these runs in the background: every model is timed again in one "
+                      "process, one after the other. Reload the page when it is done."):
+        try:
+            start_profile(common.store(), [r.run_id for r in runs])
+            st.toast("Re-measuring in the background; reload in a minute.")
+        except Exception as e:
+            common.show_error("Cannot re-measure", e)

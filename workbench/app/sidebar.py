@@ -1,0 +1,77 @@
+"""The sidebar every page shares: presentation mode, the objective, the job queue and where runs are stored."""
+
+import os
+
+import streamlit as st
+
+from workbench.app import common
+from workbench.core.losses import OBJECTIVE
+from workbench.jobs.queue import (
+    active_runs,
+    ensure_worker_for_queue,
+    set_workers,
+    visible_gpus,
+    worker_slots,
+    workers_setting,
+)
+
+
+def _jobs() -> None:
+    """The queue, refreshed every few seconds (a fragment), so the count never goes stale."""
+    store = common.store()
+    try:
+        ensure_worker_for_queue(store)  # queued runs whose worker died start again on any page load
+        active = active_runs(store)
+    except Exception as e:
+        common.show_error("The run store cannot be read", e)
+        return
+    running = [r for r in active if r.state == "running"]
+    st.caption(f"Jobs: **{len(running)} running, {len(active) - len(running)} queued** · runs in `{store.root}`")
+    try:
+        slots = worker_slots(store, running)
+    except Exception:
+        return
+    if len(slots) > 1 or any(w["run"] is not None for w in slots):
+        lines = []
+        for w in slots:
+            run = w["run"]
+            if run is None:
+                lines.append(f"worker {w['slot'] + 1}: {'starting' if w['busy'] else 'idle'}")
+            else:
+                p = run.status().get("progress") or {}
+                epoch = f" · epoch {p.get('epoch', 0)}/{p['epochs']}" if p.get("epochs") else ""
+                lines.append(f"worker {w['slot'] + 1}: `{run.run_id}`{epoch}")
+        st.caption("  \n".join(lines))
+
+
+def _workers() -> None:
+    """How many jobs the queue runs at once (kept in the run store, like `--workers N`)."""
+    store = common.store()
+    gpus = visible_gpus()
+    most = len(gpus) or os.cpu_count() or 1
+    try:
+        current = min(workers_setting(store), most)
+    except Exception:
+        return
+    n = st.number_input("Parallel jobs", 1, most, current, key="sb_workers",
+                        help=f"How many queued runs train at once: up to one per GPU ({len(gpus)} here), or per CPU "
+                             f"core ({os.cpu_count()} here) without a GPU. Sweeps queue their runs here too; a "
+                             "search runs its trials on Ray.")
+    if n != current:
+        try:
+            set_workers(store, int(n))
+        except Exception as e:
+            common.show_error("Cannot change the number of parallel jobs", e)
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.markdown("### KD Workbench")
+        st.caption("Knowledge distillation you can see, measure and compare.")
+        st.toggle("Presentation mode", key="presenting",
+                  help="For a projector: larger text and plots, and only the controls a class needs.")
+        st.code(OBJECTIVE, language=None, wrap_lines=True)
+        st.caption("Vanilla KD. α = 0: scratch baseline · α = 1: pure distillation")
+        st.fragment(_jobs, run_every=3.0)()
+        if not common.presenting():
+            _workers()

@@ -1,0 +1,307 @@
+"""Train: launch a distillation job (and its scratch twin) and watch it live."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from workbench.analysis import describe, plots
+from workbench.app import common
+from workbench.experiments import recipes
+from workbench.experiments.strategies import born_again_chain, takd_chain, teacher_model_config
+from workbench.jobs.queue import active_runs
+from workbench.models.zoo import ModelConfig, ModelError, load_checkpoint, save_checkpoint
+from workbench.store.runs import FINISHED, new_run_id
+from workbench.tasks import task_for
+from workbench.train.loop import TrainConfig, check_setup
+
+GROUP_PREFIX = "train"
+FORM_KEYS = {"tr_dataset": str, "tr_student_source": str, "tr_student_family": str, "tr_method": str,
+             "tr_method_T": float, "tr_method_alpha": float, "tr_epochs": int, "tr_labels": int, "tr_lr": str,
+             "tr_batch": int, "tr_seed": int, "tr_twin": bool}  # kept in the address, with their types
+
+
+@st.cache_resource(show_spinner="Checking the upload…", max_entries=8)
+def _saved_upload(digest: str, _data: bytes, name: str, cfg_text: str, input_shape: tuple, num_classes: int,
+                  uploads: str) -> Path:
+    """Check an uploaded checkpoint (header first: a forged one is refused before anything is built) and save
+    it, with its config in the header, under the store's uploads. Cached by the file's hash, so a rerun of
+    the page never parses the same upload again."""
+    config = ModelConfig.from_dict(json.loads(cfg_text)) if cfg_text else None
+    model, _ = load_checkpoint(_data, config, input_shape if config else None, num_classes if config else None)
+    folder = Path(uploads)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / common.safe_upload_name(name)
+    save_checkpoint(model, path)
+    return path
+
+
+def _teacher_section(ds_name: str, ds, data_dir: str | None = None) -> str | None:
+    """Pick a teacher: shipped, a teacher run, or an uploaded .safetensors file."""
+    source = st.radio("Teacher", ["shipped or trained", "upload .safetensors"], horizontal=True, key="tr_tsource")
+    if source == "upload .safetensors":
+        up = st.file_uploader("Teacher weights (.safetensors only)", type=["safetensors"], key="tr_upload")
+        cfg_text = st.text_input("Model config, if the file does not carry one (JSON)",
+                                 placeholder='{"family": "cnn", "depth": 1, "width": 32}', key="tr_upload_cfg")
+        if up is None:
+            st.caption("The file is read as safetensors, never unpickled. Files saved by KD Workbench carry their "
+                       "model config; for others, give it above.")
+            return None
+        try:
+            data = up.getvalue()
+            path = _saved_upload(hashlib.sha256(data).hexdigest(), data, up.name, cfg_text.strip(),
+                                 tuple(ds.input_shape), ds.num_classes, str(common.uploads_dir()))
+        except (ModelError, ValueError, json.JSONDecodeError) as e:
+            common.show_error("This upload cannot be used as a teacher", e)
+            return None
+        st.success(f"Loaded {up.name} as {path.stem}.")
+        return str(path)
+    choices = common.teacher_choices(ds_name, data_dir)
+    if not choices:
+        where = f" --data-dir {data_dir}" if data_dir else ""
+        st.warning(f"No teacher for {ds_name} yet: train one with `kdw teacher --dataset {ds_name}{where}` "
+                   "(any model, e.g. --model torchvision:resnet18), or upload one.")
+        return None
+    return choices[st.selectbox("Teacher model", list(choices), key="tr_teacher")]
+
+
+def _reset_defaults() -> None:
+    """A new data set brings its own epochs and label budget (a digits run never keeps Fashion-MNIST's 1,000)."""
+    name = st.session_state.get("tr_dataset")
+    d = recipes.dataset_defaults(name)
+    st.session_state["tr_epochs"] = d.epochs
+    st.session_state["tr_labels"] = d.labels or 0
+
+
+class FormError(ValueError):
+    """A field of the form holds something that cannot be trained; the message says which and why."""
+
+
+def _form() -> list[tuple[str | None, TrainConfig]] | None:
+    """The launch form; returns the (run id, config) chain to queue, or None while it cannot be launched
+    (FormError: a field is invalid, and Launch says why)."""
+    source = common.data_source("tr_dataset", on_change=_reset_defaults)
+    if source is None:
+        return None
+    ds_name, data_dir, decode_size = source
+    try:
+        ds = common.dataset_from(source)
+    except Exception as e:
+        common.show_error("This data set cannot be loaded", e)
+        return None
+    if ds.skipped:
+        st.caption(f"{len(ds.skipped)} image file(s) could not be decoded and are left out, e.g. {ds.skipped[0]}.")
+    defaults = recipes.dataset_defaults(ds_name)
+    if task_for(ds_name).sample_kind == "image":
+        C, H, _ = ds.input_shape
+        with st.expander(f"Student input size and channels (the data set's: {C}×{H}×{H})"):
+            c1, c2 = st.columns(2)
+            size = c1.number_input("Image size (px)", 4, 512, int(H), step=4, key=f"tr_image_size_{ds_name}",
+                                   help="The student sees the images resized to this square size; the teacher "
+                                        "keeps its own size, and its logits are cached at it.")
+            channels = c2.selectbox("Channels", [C, 3 if C == 1 else 1], key=f"tr_channels_{ds_name}",
+                                    format_func=lambda c: f"{c} ({'grey' if c == 1 else 'colour'})",
+                                    help="torchvision and timm models take colour: grey images are repeated.")
+        shape = (int(channels), int(size), int(size))
+        image_size = int(size) if int(size) != H or data_dir else None
+        image_channels = int(channels) if int(channels) != C else None
+    else:  # rows of features: every model sees them as they are
+        st.caption(f"{ds.input_shape[0]} numeric features per sample, standardised on the training split; "
+                   "students are MLPs.")
+        shape, image_size, image_channels = tuple(ds.input_shape), None, None
+    teacher = _teacher_section(ds_name, ds, data_dir)
+    student = common.student_picker("tr_student", shape, ds.num_classes)
+    init = st.text_input("Start the student from weights (optional)", key="tr_init",
+                         placeholder="/path/to/weights.safetensors or state_dict.pth",
+                         help=".safetensors or a PyTorch state dict (never a pickled model); a classifier with "
+                              "another class count is replaced, and the run's card says which layers are new.")
+    if init.strip() and not Path(init.strip()).expanduser().is_file():
+        st.error(f"No weights file at {init.strip()}.")
+        return None
+    if student is None:
+        return None
+    student_info = common.model_figures(student.to_dict(), shape, ds.num_classes)
+    teacher_info = None
+    if teacher:
+        try:
+            t = common.teacher_for(teacher)
+            teacher_info = {"stages": getattr(t.model, "stages", {}),
+                            "modules": [n for n, _ in t.model.named_modules() if n][:400]}
+        except Exception:
+            teacher_info = None
+    try:
+        method = common.method_picker("tr_method", student_info, teacher_info)
+    except ValueError as e:
+        common.show_error("These hyperparameters cannot be used", e)
+        return None
+    common.objective(method)
+    strategy = st.radio("Strategy", ["single run", "born-again generations", "teacher assistant"], horizontal=True,
+                        key="tr_strategy", help="born-again: students with the teacher's architecture, each taught by "
+                                                "the previous generation (Furlanello et al. 2018); teacher assistant: "
+                                                "teacher → assistant → student (Mirzadeh et al. 2020)")
+    chain_opts = {}
+    if strategy == "born-again generations":
+        chain_opts["generations"] = st.number_input("Generations", 1, 5, 2, key="tr_generations")
+    elif strategy == "teacher assistant":
+        chain_opts["assistant"] = common.student_picker("tr_assistant", shape, ds.num_classes,
+                                                        default=ModelConfig("cnn", depth=1, width=16),
+                                                        label="Assistant")
+        if chain_opts["assistant"] is None:
+            return None
+    c1, c2 = st.columns(2)
+    epochs = c1.number_input("Epochs", 1, 200, defaults.epochs, key="tr_epochs")
+    budget = c2.number_input("Visible labels (0 = all)", 0, len(ds.x_train), defaults.labels or 0,
+                             step=100, key="tr_labels",
+                             help="A label budget: the scratch student sees only these labels; the distilled one "
+                                  "also learns from the teacher on every other training image.")
+    lr, batch, seed, device = defaults.lr, defaults.batch_size, 0, "auto"
+    if not common.presenting():  # a class does not need these: the defaults work
+        c1, c2 = st.columns(2)
+        lr_text = c1.text_input("Learning rate", f"{defaults.lr:g}", key="tr_lr",
+                                help="the peak (warm-up, then cosine)")
+        sizes = sorted({16, 32, 64, 128, 256, 512, defaults.batch_size})
+        batch = c2.selectbox("Batch size", sizes, index=sizes.index(defaults.batch_size), key="tr_batch")
+        c1, c2 = st.columns(2)
+        seed = c1.number_input("Seed", 0, 10_000, 0, key="tr_seed")
+        device = c2.selectbox("Device", common.device_choices(), key="tr_device",
+                              help="only devices this machine has are listed")
+        try:
+            lr = float(lr_text)
+            if not 0 < lr <= 10:
+                raise ValueError
+        except ValueError:
+            raise FormError(f"the learning rate must be a number above 0 (like 0.003), not {lr_text!r}") from None
+    twin = st.checkbox("Also train the scratch twin", value=True, key="tr_twin",
+                       help="The same student, data, budget and seed, without the teacher: the baseline of the KD "
+                            "gain.")
+    if teacher is None and method.needs_teacher:
+        return None
+    group = new_run_id(GROUP_PREFIX)
+    try:
+        kd = TrainConfig(kind="kd", dataset=ds_name, data_dir=data_dir, model=student, teacher=teacher,
+                         method=method.name, method_params=method.p, epochs=int(epochs), lr=float(lr),
+                         batch_size=int(batch), seed=int(seed), device=device,
+                         labels=int(budget) if budget else None, group=group,
+                         image_size=image_size, channels=image_channels, init=init.strip() or None)
+        scratch, kd = recipes.distill_configs(kd)
+        if strategy == "born-again generations":
+            chain = born_again_chain(kd, int(chain_opts["generations"]), teacher_model_config(teacher, common.store()),
+                                     group)
+        elif strategy == "teacher assistant":
+            chain = takd_chain(kd, chain_opts["assistant"], group)
+        else:
+            chain = [(None, kd)]
+        if twin:
+            chain.insert(0, (None, scratch))
+    except (ValueError, ModelError) as e:
+        common.show_error("These settings cannot be trained", e)
+        return None
+    return chain
+
+
+def _launch(chain: list[tuple[str | None, TrainConfig]]) -> None:
+    store = common.store()
+    try:
+        check_setup(next(c for _, c in chain if c.kind == "kd"), store)  # the first distilled run has the real teacher
+    except Exception as e:
+        common.show_error("Cannot launch", e)
+        return
+    runner = common.runner()
+    for rid, c in chain:
+        runner.submit(c.record("app: Train page"), run_id=rid, prefix=c.kind)
+    st.session_state["tr_group"] = chain[0][1].group
+    st.toast(f"Queued {len(chain)} job(s) as {chain[0][1].group}.")
+
+
+def _current_group() -> str | None:
+    """The group this session launched, else the newest Train-page group in the store (survives reloads)."""
+    ss = st.session_state
+    if ss.get("tr_group"):
+        return ss["tr_group"]
+    return describe.latest_group(common.store(), GROUP_PREFIX + "-")
+
+
+def _live_panel() -> None:
+    group = _current_group()
+    if not group:
+        st.info("No jobs yet. Set up a run on the left and press **Launch**.")
+        return
+    runs = common.store().list(group=group)
+    st.subheader(f"Jobs · {group}")
+    active = [r for r in runs if r.state not in FINISHED]
+    queue = [r for r in active_runs(common.store()) if r.config.get("group") != group]
+    if queue:
+        st.caption(f"{len(queue)} other job(s) ahead in or beside this queue; jobs run one at a time.")
+    for r in runs:
+        st_ = r.status()
+        prog = (st_.get("progress") or {})
+        frac = 1.0 if st_["state"] == "done" else float(prog.get("fraction", 0.0))
+        text = {"queued": "queued, waiting for the jobs before it",
+                "running": f"running on {prog.get('device', '…')}: epoch {prog.get('epoch', 0)}/{prog.get('epochs', '?')}",
+                }.get(st_["state"], st_["state"])
+        if st_["state"] == "running" and prog.get("stage"):  # before the first epoch: say what takes the time
+            eta = prog.get("stage_eta_s")
+            frac = float(prog.get("stage_fraction") or 0.0)
+            text = f"preparing: {prog['stage']}" + (f", about {eta:.0f} s left" if eta is not None else "")
+        elif st_["state"] == "running" and not prog.get("total_steps"):
+            text = "starting: loading the data, the teacher and the model"
+        st.progress(min(1.0, frac), text=f"{common.run_label(r)} — {text}")
+        if st_["state"] in ("failed", "unreadable"):
+            st.error(f"{r.run_id} {st_['state']}: {st_.get('error')}")
+        if st_["state"] in ("failed", "cancelled") and r.checkpoint_path.is_file():
+            if st.button("Resume", key=f"tr_resume_{r.run_id}", icon=":material/play_arrow:",
+                         help="Go on from the last completed epoch, into the same run"):
+                try:
+                    common.runner().resume(r.run_id)
+                    st.toast(f"{r.run_id} queued to resume.")
+                except ValueError as e:
+                    common.show_error("Cannot resume", e)
+        elif st_["state"] == "diverged":
+            st.warning(f"{r.run_id} diverged: {st_.get('error')}", icon=":material/warning:")
+    series, colors = describe.curve_series(runs)
+    if series:
+        common.chart(plots.training_curves(series, colors), "tr_curves")
+    if not active and not any(r.state in ("queued", "running") for r in queue) and st.session_state.get("tr_polling"):
+        st.session_state["tr_polling"] = False
+        st.rerun()  # everything finished: one full rerun stops the polling
+    if active:
+        if st.button("Cancel these jobs", key="tr_cancel", type="secondary"):
+            for r in active:
+                common.runner().cancel(r.run_id)
+            st.toast("Cancel sent.")
+    else:
+        done = [r for r in runs if r.state == "done"]
+        if done:
+            accs = ", ".join(f"{plots.ROLE_NAMES.get(r.config.get('kind'), '?')}: "
+                             f"{100 * r.summary['test']['accuracy']:.2f}%" for r in done if r.summary.get("test"))
+            st.success(f"Finished. Test accuracy (best-val epoch): {accs}. Open **Compare** for the full table.")
+
+
+def page() -> None:
+    st.title("Train")
+    st.markdown("Distil a teacher into a student. Each launch runs as a background job (one at a time), so the "
+                "page stays responsive and you can reload it or open it in another tab.")
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        common.restore_from_url(FORM_KEYS)  # a reload finds the form as it was
+        reason = None
+        try:
+            form = _form()
+        except FormError as e:
+            form, reason = None, str(e)
+        common.save_to_url(FORM_KEYS)
+        if form is not None:
+            st.caption("**Will run:** " + "; ".join(recipes.describe_config(c) for _, c in form))
+        elif reason:
+            st.error(f"Launch is off: {reason}.")
+        launch = st.button("Launch", type="primary", key="tr_launch", disabled=form is None,
+                           help=reason or None)
+        if launch and form is not None:
+            _launch(form)
+    with right:
+        polling = launch or bool(active_runs(common.store()))
+        st.session_state["tr_polling"] = polling
+        st.fragment(_live_panel, run_every=1.0 if polling else None)()

@@ -1,0 +1,436 @@
+"""Deployment: a finished run's student as the artifact people ship, measured by running that artifact.
+
+    kdw export RUN --format onnx                 # runs/RUN/variants/onnx-fp32/
+    kdw export RUN --format onnx --int8          # and onnx-int8, quantized by ONNX Runtime
+    kdw export RUN --format onnx --prune 0.5     # and pruned50-onnx-fp32: channels removed, then distilled again
+
+A variant lives under its run, ``runs/<id>/variants/<name>/``: the files a deployment needs
+(``model.onnx``, and ``model.onnx.data`` where the exporter writes the weights beside it), a
+``status.json`` while it is being made, and a ``metrics.json`` whose every figure comes from running
+the artifact itself in ONNX Runtime on the test set: accuracy, agreement with the teacher, ECE, the
+size of all its files, latency at batch 1 and throughput at batch 256 with the same method, threads
+and warm-up as the PyTorch figures, and PyTorch eager measured beside it in the same process.
+
+- **ONNX**: `torch.onnx.export` with the dynamo exporter and a dynamic batch axis, checked against
+  PyTorch on the whole test set (largest absolute logit difference, top-1 agreement).
+- **int8**: ONNX Runtime's static quantization (QDQ, per-channel weights, calibrated on a seeded
+  sample of training images) for models with convolutions; dynamic quantization for pure MLPs, where
+  activations are quantized per batch at run time. The output names the mode used.
+- **Pruning**: `torch-pruning` removes a fraction of each layer's channels (or units) by L2 magnitude,
+  keeping the classifier's outputs; the smaller student is then fine-tuned for a few epochs with the
+  run's own teacher and method (prune, then distil). Structured pruning makes the model smaller and
+  faster; unstructured masks would not, so they are not offered.
+
+onnx, onnxscript, onnxruntime and torch-pruning are an optional extra: ``pip install -e '.[deploy]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.errors import DeployError  # noqa: F401 (raised here; importable from here too)
+from workbench.evaluate.metrics import OtherCpuLoad, device_name, flops_per_sample, time_calls, time_forward
+from workbench.jobs.spawn import spawn
+from workbench.models.zoo import count_params
+from workbench.store.runs import Run, RunStore, atomic_write_json
+from workbench.tasks import task_for
+
+VARIANT_FILES = ("model.onnx", "model.onnx.data")  # what a deployment needs; metrics.json and status.json are ours
+MIN_CALIBRATION = 16  # fewer images give activation ranges that depend on the draw more than on the data
+
+
+
+def require(module: str):
+    """Import an optional dependency, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DeployError(f"exporting needs the optional package {module.split('.')[0]!r}: "
+                          "install it with pip install -e '.[deploy]' (or pip install 'kd-workbench[deploy]')") from None
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    int8: bool = False  # also an int8 variant (ONNX Runtime quantization)
+    prune: float | None = None  # fraction of channels to remove, in (0, 1); then fine-tune with the teacher
+    calibration: int = 512  # training images that calibrate static int8 activation ranges
+    finetune_epochs: int = 3  # epochs of distillation after pruning
+    finetune_lr_scale: float = 0.3  # the fine-tune's peak learning rate, as a fraction of the run's
+    seed: int = 0  # the calibration sample
+
+    def __post_init__(self):
+        if self.prune is not None and not 0 < self.prune < 1:
+            raise ValueError(f"the pruning fraction must be in (0, 1), got {self.prune}")
+        if self.calibration < MIN_CALIBRATION:
+            raise ValueError(f"int8 calibration needs at least {MIN_CALIBRATION} images, got {self.calibration}")
+        if self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+
+    def variant_names(self) -> list[str]:
+        """The variants these options make, in the order of the Pareto chains: fp32, int8, pruned."""
+        names = ["onnx-fp32"] + (["onnx-int8"] if self.int8 else [])
+        if self.prune is not None:
+            tag = f"pruned{round(100 * self.prune)}"
+            names += [f"{tag}-onnx-fp32"] + ([f"{tag}-onnx-int8"] if self.int8 else [])
+        return names
+
+
+# ---------------------------------------------------------------------------
+# the variant store
+
+def variants_dir(run: Run) -> Path:
+    return run.variants_path
+
+
+def list_variants(run: Run) -> list[dict]:
+    """Each variant of a run (`Run.variants`)."""
+    return run.variants()
+
+
+def _set_status(folder: Path, state: str, **fields) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "status.json", {"state": state, "updated": time.time(), **fields})
+
+
+def artifact_files(folder: Path) -> dict[str, int]:
+    """{file name: bytes} of the files a deployment of this variant needs."""
+    return {n: (folder / n).stat().st_size for n in VARIANT_FILES if (folder / n).is_file()}
+
+
+def zip_variant(folder: Path) -> bytes:
+    """The files a deployment of this variant needs, with its metrics.json, as one zip (for downloads)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in (*VARIANT_FILES, "metrics.json"):
+            if (folder / name).is_file():
+                z.write(folder / name, arcname=name)
+    return buf.getvalue()
+
+
+def export_args(options: ExportOptions) -> list[str]:
+    """The `kdw export` options that make `options` (for a background export)."""
+    args = ["--format", "onnx", "--calibration", str(options.calibration),
+            "--finetune-epochs", str(options.finetune_epochs)]
+    if options.int8:
+        args.append("--int8")
+    if options.prune is not None:
+        args += ["--prune", f"{options.prune:g}"]
+    return args
+
+
+# ---------------------------------------------------------------------------
+# export, quantization, pruning
+
+def export_onnx(model: nn.Module, input_shape, folder: Path) -> Path:
+    """`model` as folder/model.onnx (weights possibly in model.onnx.data), with a dynamic batch axis."""
+    require("onnx")
+    require("onnxscript")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    model = copy.deepcopy(model).float().cpu().eval()
+    x = torch.zeros(2, *input_shape)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=({0: batch},), external_data=True,
+                          input_names=["input"], output_names=["logits"], verbose=False)
+    except Exception as e:  # the exporter's reports are long; say which operator, in one line
+        text = str(e)
+        op = re.search(r"op='([^']+)'", text) or re.search(r"target=torch\.ops\.([\w.]+)", text)
+        what = f"operator {op.group(1)}" if op else f"this model ({type(e).__name__}: {text.strip().splitlines()[0]})"
+        raise DeployError(f"the ONNX exporter cannot convert {what}; replace it with supported operations, or "
+                          "export the model without it") from None
+    return path
+
+
+def _session(path: Path, threads: int | None = None):
+    ort = require("onnxruntime")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or torch.get_num_threads()  # the same threads as the PyTorch figures
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(session, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(N, K) float32 logits of an ONNX Runtime session on all of `x`."""
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: x[i:i + batch_size].numpy()})[0] for i in range(0, len(x), batch_size)]
+    return torch.from_numpy(np.concatenate(out)).float()
+
+
+def has_convolutions(path: Path) -> bool:
+    onnx = require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node)
+
+
+def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor) -> tuple[Path, str]:
+    """An int8 copy of an fp32 ONNX model in `folder`; returns (path, the mode used, in words).
+
+    Static QDQ with per-channel weights where the model has convolutions (calibrated on `calibration`,
+    a (N, C, H, W) tensor of training images); dynamic quantization for pure MLPs.
+    """
+    q = require("onnxruntime.quantization")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "model.onnx"
+    conv = has_convolutions(fp32_path)
+    if conv and len(calibration) < MIN_CALIBRATION:
+        raise DeployError(f"int8 calibration needs at least {MIN_CALIBRATION} images, got {len(calibration)}")
+    pre = folder / ".preprocessed.onnx"
+    with _quiet_logging():
+        try:  # shape inference and graph optimisation, as ONNX Runtime recommends before quantizing
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            source = pre
+        except Exception:  # optional: quantize the model as exported
+            source = fp32_path
+        if not conv:
+            q.quantize_dynamic(str(source), str(out), per_channel=True, weight_type=q.QuantType.QInt8)
+            mode = "dynamic int8 (weights per channel; activations quantized per batch at run time)"
+        else:
+            class Reader(q.CalibrationDataReader):
+                def __init__(self):
+                    self.batches = iter([{"input": calibration[i:i + 64].numpy()}
+                                         for i in range(0, len(calibration), 64)])
+
+                def get_next(self):
+                    return next(self.batches, None)
+
+            q.quantize_static(str(source), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                              calibrate_method=q.CalibrationMethod.MinMax)
+            mode = f"static int8, QDQ, per-channel weights, calibrated on {len(calibration)} training images"
+    for leftover in folder.glob(".preprocessed.onnx*"):
+        leftover.unlink()
+    return out, mode
+
+
+class _quiet_logging:
+    """ONNX Runtime's quantization tools log advice at WARNING on the root logger; keep the CLI's output clean."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger()
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def prune_model(model: nn.Module, input_shape, fraction: float) -> nn.Module:
+    """A copy of `model` with `fraction` of each layer's channels (units) removed by L2 magnitude.
+
+    The classifier's outputs are kept (its inputs shrink with the layer before it).
+    """
+    tp = require("torch_pruning")
+    pruned = copy.deepcopy(model).float().cpu().eval()
+    linears = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise DeployError("pruning needs a model whose classifier is a linear layer")
+    pruner = tp.pruner.BasePruner(pruned, torch.zeros(1, *input_shape),
+                                  importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=fraction,
+                                  ignored_layers=[linears[-1]])
+    pruner.step()
+    return pruned
+
+
+def calibration_images(dataset, count: int, seed: int = 0) -> torch.Tensor:
+    """A seeded sample of `count` training samples (normalised, as the model sees them); all of them when the
+    training set is smaller (a table of a few hundred rows)."""
+    n = len(dataset.x_train)
+    count = min(count, n)
+    g = torch.Generator().manual_seed(seed)
+    return dataset.x_train[torch.randperm(n, generator=g)[:count]].contiguous()
+
+
+# ---------------------------------------------------------------------------
+# measuring an artifact by running it
+
+def measure(folder: Path, source: nn.Module, dataset, teacher_logits: torch.Tensor | None) -> dict:
+    """Every figure of the artifact in `folder`, measured with ONNX Runtime; PyTorch eager of `source` beside it."""
+    ort = require("onnxruntime")
+    session = _session(folder / "model.onnx")
+    x_test, y_test = dataset.split("test")
+    logits = ort_logits(session, x_test)  # (N_test, K)
+    with torch.inference_mode():
+        ref = torch.cat([source(x_test[i:i + 256]).float() for i in range(0, len(x_test), 256)])
+    files = artifact_files(folder)
+    shape = tuple(dataset.input_shape)
+    name = session.get_inputs()[0].name
+    one, batch = torch.randn(1, *shape).numpy(), torch.randn(256, *shape).numpy()
+    with OtherCpuLoad() as load:
+        lat = time_calls(lambda: session.run(None, {name: one}), warmup=5, reps=30, min_time_s=0.2)
+        thr = time_calls(lambda: session.run(None, {name: batch}), warmup=2, reps=10, min_time_s=0.3)
+        src = source.float().cpu().eval()
+        eager_lat = time_forward(src, torch.from_numpy(one), 5, 30, 0.2)
+        eager_thr = time_forward(src, torch.from_numpy(batch), 2, 10, 0.3)
+    import statistics
+
+    profile = {"latency_ms": 1e3 * statistics.median(lat), "throughput": 256 / statistics.median(thr),
+               "runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider", "device": "cpu",
+               "device_name": device_name("cpu"), "threads": session.get_session_options().intra_op_num_threads}
+    if load.fraction is not None:
+        profile["cpu_busy_elsewhere"] = round(load.fraction, 3)
+    return {
+        "test": task_for(dataset.name).metrics(logits, y_test, dataset.num_classes, teacher_logits),
+        "check": {"max_abs_logit_diff": (logits - ref).abs().max().item(),
+                  "top1_agreement": (logits.argmax(1) == ref.argmax(1)).float().mean().item(),
+                  "reference": "the PyTorch fp32 model this artifact was made from, on the whole test set"},
+        "files": files, "size_bytes": sum(files.values()), "size_mb": sum(files.values()) / 1e6,
+        "params": sum(p.numel() for p in source.parameters()),  # all of them: a frozen teacher's count too
+        "flops": flops_per_sample(src, shape),
+        "profile": profile,
+        "pytorch_eager": {"latency_ms": 1e3 * statistics.median(eager_lat),
+                          "throughput": 256 / statistics.median(eager_thr), "threads": torch.get_num_threads()},
+    }
+
+
+# ---------------------------------------------------------------------------
+# a run's variants
+
+def _teacher_test_logits(run: Run, store: RunStore, dataset) -> torch.Tensor | None:
+    spec = (run.summary.get("teacher") or {}).get("spec")
+    if not spec:
+        return None
+    from workbench.train.teachers import cached_logits, load_teacher
+
+    teacher = load_teacher(spec, store)
+    return cached_logits(teacher, task_for(dataset.name).view_for(dataset, teacher.model), "test", "plain", store.cache_dir / "teacher-logits",
+                         "cpu")
+
+
+def exportable(run: Run) -> None:
+    """ValueError unless the run finished and has its weights."""
+    state = run.state
+    if state != "done":
+        raise ValueError(f"run {run.run_id} is {state}; only finished runs can be exported")
+    if not run.weights_path("best").is_file():
+        raise ValueError(f"run {run.run_id} has no weights (student.safetensors) to export")
+
+
+def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None, command: str = "") -> list[dict]:
+    """Make every variant `options` asks for under `run`, each measured; returns their metrics.
+
+    `progress(name, text, fraction)` is told what is happening. A variant that fails is marked failed
+    with its reason, and the ones before it stay.
+    """
+    exportable(run)
+    for mod in ("onnx", "onnxscript", "onnxruntime") + (("torch_pruning",) if options.prune else ()):
+        require(mod)
+    say = progress or (lambda *a: None)
+    names = options.variant_names()
+    for n in names:
+        _set_status(variants_dir(run) / n, "queued")
+    config = run.config
+    model = run.load_model("best").float().eval()
+    task = task_for(config["dataset"])
+    source = task.load(config["dataset"], config.get("data_dir"), size=config.get("image_size"),
+                       stream=config.get("stream"), label_column=config.get("label_column"))
+    dataset = task.view_for(source, model)  # the samples as the student saw them in training
+    teacher_logits = _teacher_test_logits(run, store, source)
+    calib = calibration_images(dataset, options.calibration, options.seed) if options.int8 else None
+    base = {"run_id": run.run_id, "command": command, "created": time.time()}
+    results = []
+
+    def make(name: str, source: nn.Module, step: int, fp32_from: Path | None = None, extra: dict | None = None):
+        folder = variants_dir(run) / name
+        shutil.rmtree(folder, ignore_errors=True)
+        _set_status(folder, "running", progress={"text": "exporting", "fraction": step / len(names)})
+        say(name, "exporting", step / len(names))
+        try:
+            if fp32_from is None:
+                export_onnx(source, dataset.input_shape, folder)
+                info = {"precision": "fp32", "quantization": None}
+            else:
+                _, mode = quantize_int8(fp32_from, folder, calib)
+                info = {"precision": "int8", "quantization": mode}
+            say(name, "measuring with ONNX Runtime", (step + 0.5) / len(names))
+            metrics = {"variant": name, "format": "onnx", **info, **(extra or {}), **base,
+                       **measure(folder, source, dataset, teacher_logits)}
+            atomic_write_json(folder / "metrics.json", metrics)
+            _set_status(folder, "done")
+            results.append(metrics)
+            return folder
+        except Exception as e:
+            from workbench.jobs.queue import friendly_error
+
+            _set_status(folder, "failed", error=friendly_error(e))
+            raise
+
+    step = 0
+    fp32 = make("onnx-fp32", model, step)
+    step += 1
+    if options.int8:
+        make("onnx-int8", model, step, fp32_from=fp32 / "model.onnx")
+        step += 1
+    if options.prune is not None:
+        tag = f"pruned{round(100 * options.prune)}"
+        say(f"{tag}-onnx-fp32", "pruning and fine-tuning with the teacher", step / len(names))
+        _set_status(variants_dir(run) / f"{tag}-onnx-fp32", "running",
+                    progress={"text": "pruning and fine-tuning with the teacher", "fraction": step / len(names)})
+        pruned, finetune = prune_and_finetune(run, store, model, dataset, options)
+        extra = {"pruned_fraction": options.prune, "finetune": finetune}
+        fp32_p = make(f"{tag}-onnx-fp32", pruned, step, extra=extra)
+        step += 1
+        if options.int8:
+            make(f"{tag}-onnx-int8", pruned, step, fp32_from=fp32_p / "model.onnx", extra=extra)
+    return results
+
+
+def prune_and_finetune(run: Run, store: RunStore, model: nn.Module, dataset, options: ExportOptions
+                       ) -> tuple[nn.Module, dict]:
+    """Prune `model`, then distil it again for a few epochs with the run's own teacher and method.
+
+    Returns (the pruned, fine-tuned student at its best validation epoch, what the fine-tune did).
+    """
+    from dataclasses import replace
+
+    from workbench.evaluate.metrics import predict_logits
+    from workbench.train.loop import TrainConfig, train
+
+    pruned = prune_model(model, dataset.input_shape, options.prune)
+    x_test, y_test = dataset.split("test")
+    before = (predict_logits(pruned, x_test).argmax(1) == y_test).float().mean().item()
+    out = {"epochs": options.finetune_epochs, "test_acc_before": before, "params_before": count_params(model),
+           "params_after": count_params(pruned)}
+    if options.finetune_epochs == 0:
+        out["test_acc_after"] = before
+        return pruned, out
+    cfg = TrainConfig.from_dict(run.config)
+    cfg = replace(cfg, epochs=options.finetune_epochs, lr=cfg.lr * options.finetune_lr_scale, profile=False,
+                  group=None, device="cpu" if cfg.device == "auto" else cfg.device)
+    summary = train(cfg, store=store, dataset=dataset, student=pruned)
+    tuned = summary["_model"].float().cpu().eval()
+    out.update(test_acc_after=summary["test"]["accuracy"], lr=cfg.lr, method=cfg.method,
+               objective=summary["method"]["objective"])
+    return tuned, out
+
+
+def start_export(store: RunStore, run_id: str, options) -> None:
+    """`kdw export RUN ...` as a detached process (the app's Deploy panel); progress lands in each variant's
+    status.json under runs/RUN/variants/. `options` is an `ExportOptions`, checked here first."""
+    run = store.get(run_id)
+    exportable(run)
+    folder = run.variants_path
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in options.variant_names():  # visible at once, before the process has imported anything
+        (folder / name).mkdir(exist_ok=True)
+        atomic_write_json(folder / name / "status.json", {"state": "queued", "updated": time.time()})
+    spawn(["export", run_id, *export_args(options), "--runs-dir", str(store.root)], store.root,
+          folder / "export.log")

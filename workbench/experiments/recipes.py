@@ -1,0 +1,243 @@
+"""Recipes the front ends share: the CLI, the app's pages, the widgets, the demo and the sweeps.
+
+Each is written once here, so the front ends keep only their widgets and layout:
+
+- `distill_configs`: a distilled run and its scratch twin (same student, budget and seed;
+  method ``ce``), with teacher-free methods (DML) handled in one place;
+- `dataset_choices` and `teacher_choices`: what can be picked on this machine;
+- `dataset_defaults`: epochs and label budget per data set;
+- `curve_series`: the per-epoch rows of runs, labelled and coloured by role, for `plots.training_curves`;
+- `groups` and `latest_group`: group queries on the run store;
+- `DEMOS` and `demo_configs`: the demo's settings, chosen from docs/results.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from workbench.analysis.plots import ROLE_NAMES
+from workbench.core.methods import method_info
+from workbench.errors import DataError
+from workbench.models.zoo import ModelConfig
+from workbench.store.runs import RunStore
+from workbench.train.loop import TrainConfig
+
+# ---------------------------------------------------------------------------
+# a distilled run and its scratch twin
+
+
+def uses_teacher(method: str) -> bool:
+    """Whether a distillation method learns from a pretrained teacher (DML does not)."""
+    return method_info(method).needs_teacher
+
+
+def scratch_twin(kd: TrainConfig) -> TrainConfig:
+    """The student trained without the teacher: the same student, data, budget, optimiser and seed,
+    method ``ce``. It keeps the teacher (for agreement) only when the distilled run has one."""
+    return replace(kd, kind="scratch", method="ce", method_params={}, teacher_weights=kd.teacher_weights
+                   if kd.teacher else None)
+
+
+def distill_configs(kd: TrainConfig, scratch: bool = True) -> list[TrainConfig]:
+    """[scratch twin, distilled run] (or just the distilled run): the unit every front end launches.
+
+    A teacher-free method (DML) drops any teacher it was given, so neither run loads, caches or
+    profiles a teacher it never uses.
+    """
+    if kd.kind != "kd":
+        raise ValueError(f"distill_configs takes a kd config, got a {kd.kind} config")
+    if not uses_teacher(kd.method) and kd.teacher:
+        kd = replace(kd, teacher=None, teacher_weights=None)
+    return [scratch_twin(kd), kd] if scratch else [kd]
+
+
+# ---------------------------------------------------------------------------
+# data sets and teachers
+
+@dataclass(frozen=True)
+class DatasetDefaults:
+    epochs: int  # a run on the Train page, the widgets and the CLI
+    sweep_epochs: int  # each run of a sweep (many runs: shorter)
+    labels: int | None  # the label budget the pages open with (None = all)
+    batch_size: int = 128
+    lr: float = 3e-3  # peak learning rate
+
+
+TABLE_DEFAULTS = DatasetDefaults(epochs=40, sweep_epochs=30, labels=None, batch_size=16, lr=1e-2)  # ~100-500 rows
+DATASET_DEFAULTS = {
+    "fashion-mnist": DatasetDefaults(epochs=10, sweep_epochs=5, labels=1000),
+    "digits": DatasetDefaults(epochs=20, sweep_epochs=15, labels=None),
+    "wine": TABLE_DEFAULTS,
+    "breast-cancer": TABLE_DEFAULTS,
+    "table": TABLE_DEFAULTS,
+}
+
+
+def dataset_defaults(name: str) -> DatasetDefaults:
+    return DATASET_DEFAULTS.get(name, DatasetDefaults(epochs=10, sweep_epochs=5, labels=None))
+
+
+def dataset_choices() -> tuple[list[str], dict[str, str]]:
+    """(embedded data sets that load here, {missing data set: how to get it})."""
+    from workbench.data.datasets import available_datasets
+
+    avail = available_datasets() | {"wine": None, "breast-cancer": None}  # tables: in scikit-learn's wheel
+    return [k for k, v in avail.items() if v is None], {k: v for k, v in avail.items() if v is not None}
+
+
+def default_dataset() -> str:
+    names, _ = dataset_choices()
+    return "fashion-mnist" if "fashion-mnist" in names else "digits"
+
+
+def _upload_input_shape(path: Path) -> tuple | None:
+    """The input shape a saved checkpoint declares in its header, without loading its tensors."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return tuple(json.loads((f.metadata() or {})["kdw_input_shape"]))
+    except Exception:  # not ours, or broken: not offered
+        return None
+
+
+def check_data_path(name: str, path: str) -> str | None:
+    """Why a user's image folder or CSV manifest cannot be used, in one sentence; None if it can."""
+    from workbench.data.images import list_csv, list_folder
+
+    p = Path(path).expanduser()
+    try:
+        if name == "csv":
+            list_csv(p)
+        elif (p / "train").is_dir() and (p / "test").is_dir():
+            list_folder(p / "train")
+            list_folder(p / "test")
+        else:
+            list_folder(p)
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def teacher_choices(dataset: str, store: RunStore, uploads: Path | None = None, data_dir: str | None = None
+                    ) -> list[tuple[str, str]]:
+    """(label, teacher spec) pairs: shipped teachers, finished teacher runs on the same data, and uploaded files
+    that fit."""
+    from workbench.data.datasets import load_dataset
+    from workbench.train.teachers import shipped_teachers
+
+    out = [(f"{c['name']} (shipped, {100 * c['test_accuracy']:.2f}% test)", c["name"])
+           for c in shipped_teachers(dataset)]
+    for r in store.list(kind="teacher", state="done"):
+        if r.config.get("dataset") == dataset and (data_dir is None or r.config.get("data_dir") == data_dir):
+            acc = r.summary.get("test", {}).get("accuracy")
+            out.append((f"{r.run_id} (teacher run{'' if acc is None else f', {100 * acc:.2f}% test'})", r.run_id))
+    if uploads is not None and uploads.is_dir() and dataset not in ("image-folder", "csv"):
+        shape = tuple(load_dataset(dataset).input_shape)
+        for p in sorted(uploads.glob("*.safetensors")):
+            if _upload_input_shape(p) == shape:
+                out.append((f"{p.stem} (uploaded)", str(p)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# runs: curves and groups
+
+
+def describe_config(c: TrainConfig) -> str:
+    """The exact settings of one run, in one line, as the Train page shows them before launch."""
+    labels = "all labels" if c.labels is None else (f"{c.labels:,} labels" if isinstance(c.labels, int)
+                                                    else f"{100 * c.labels:g}% of the labels")
+    size = f" at {c.image_size}px" if c.image_size else ""
+    return (f"{ROLE_NAMES.get(c.kind, c.kind)} {c.model.label()}{size} ({c.objective()}) on {c.dataset}, "
+            f"{c.epochs} epochs, {labels}, lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}")
+
+
+# ---------------------------------------------------------------------------
+# the demo
+
+@dataclass(frozen=True)
+class DemoSetting:
+    dataset: str
+    teacher: str  # a shipped teacher's name
+    student: ModelConfig
+    labels: int | None  # visible training labels (None = all)
+    epochs: int
+    temperature: float
+    alpha: float
+    batch_size: int = 128
+    lr: float = 3e-3
+    why: str = ""
+
+
+DEMOS = {
+    "fashion-mnist": DemoSetting(
+        dataset="fashion-mnist", teacher="fashion-mnist-cnn", student=ModelConfig("mlp", depth=1, width=64),
+        labels=1000, epochs=10, temperature=4.0, alpha=0.9,
+        why="1,000 visible labels; the teacher's soft targets cover the other 53,000 training images"),
+    "digits": DemoSetting(
+        dataset="digits", teacher="digits-cnn", student=ModelConfig("mlp", depth=1, width=32),
+        labels=100, epochs=20, temperature=4.0, alpha=0.9, batch_size=64,
+        why="100 visible labels; the teacher's soft targets cover the other training images"),
+}
+
+
+def demo_configs(setting: DemoSetting, seed: int, group: str, device: str = "auto") -> list[TrainConfig]:
+    """[scratch twin, distilled run] of the demo for one seed."""
+    kd = TrainConfig(kind="kd", dataset=setting.dataset, model=setting.student, teacher=setting.teacher,
+                     method="kd", method_params={"temperature": setting.temperature, "alpha": setting.alpha},
+                     epochs=setting.epochs, labels=setting.labels, batch_size=setting.batch_size, lr=setting.lr,
+                     seed=seed, group=group, device=device)
+    return distill_configs(kd)
+
+
+# ---------------------------------------------------------------------------
+# the classic recipe: a ResNet-50 teacher distilled into MobileNetV2
+
+@dataclass(frozen=True)
+class ClassicRecipe:
+    """ResNet-50 → MobileNetV2, the textbook pair (torchvision models, ImageNet normalisation).
+
+    The teacher is fine-tuned from `teacher_init` (ImageNet weights in the classic write-ups; any state dict
+    or safetensors file) or from torchvision's own weights with `pretrained`; the student is distilled at
+    `student_size`, which may be below the teacher's `teacher_size` (its logits are cached at its own size).
+    """
+
+    dataset: str  # cifar10, image-folder, csv, or fashion-mnist (seen in colour)
+    data_dir: str | None = None
+    teacher_size: int = 224  # 224 on a GPU; 32–64 on a CPU
+    student_size: int = 224
+    teacher_epochs: int = 5
+    student_epochs: int = 10
+    teacher_init: str | None = None  # a ResNet-50 state dict (its 1,000-class head is replaced)
+    pretrained: bool = False  # torchvision's ImageNet weights instead (online, or torch's download cache)
+    temperature: float = 4.0
+    alpha: float = 0.9
+    batch_size: int = 128
+    lr: float = 1e-3  # fine-tuning: lower than training from scratch
+    device: str = "auto"
+    seed: int = 0
+
+    def teacher_config(self, group: str) -> TrainConfig:
+        from workbench.models.zoo import parse_model
+
+        return TrainConfig(kind="teacher", dataset=self.dataset, data_dir=self.data_dir,
+                           model=parse_model("torchvision:resnet50", pretrained=self.pretrained),
+                           init=self.teacher_init, image_size=self.teacher_size, channels=3,
+                           epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.lr, device=self.device,
+                           seed=self.seed, group=group)
+
+    def student_configs(self, teacher: str, group: str, size: int | None = None) -> list[TrainConfig]:
+        """[scratch twin, distilled] MobileNetV2 at `size` (default `student_size`), taught by run `teacher`."""
+        from workbench.models.zoo import parse_model
+
+        kd = TrainConfig(kind="kd", dataset=self.dataset, data_dir=self.data_dir, teacher=teacher,
+                         model=parse_model("torchvision:mobilenet_v2"), image_size=size or self.student_size,
+                         channels=3, method="kd", method_params={"temperature": self.temperature,
+                                                                 "alpha": self.alpha},
+                         epochs=self.student_epochs, batch_size=self.batch_size, lr=3e-3, device=self.device,
+                         seed=self.seed, group=group)
+        return distill_configs(kd)

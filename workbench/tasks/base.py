@@ -1,0 +1,106 @@
+"""The Task seam: what belongs to one kind of data, so the loop, the methods, the store and the views never ask
+"is this an image?".
+
+A `Task` says which data sets it owns and how to load them, the input spec a student is built for, how a
+model is probed to see that it fits, how a batch seen by the student is shown to the teacher, which views
+of the training set the teacher-logit cache enumerates, the augmentations, the metrics, the export input
+signature and how a sample is shown. Image classification (`tasks.image`) and tabular classification
+(`tasks.table`) are the tasks today; a new modality is a new module here, with its data and models.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench.core.metrics import classification_metrics
+from workbench.data.datasets import Dataset
+from workbench.errors import ModelError
+
+
+class Task:
+    """Base class: a kind of data and what the workbench does with it. Subclasses set the attributes."""
+
+    name = "base"  # the task's id, stored in every run's summary
+    title = ""
+    datasets: tuple[str, ...] = ()  # the data set names this task owns
+    sample_kind = "image"  # how a front end shows one sample: image | features
+    augmentations: tuple[str, ...] = ("none",)  # batch augmentations that make sense for these samples
+    families: tuple[str, ...] | None = None  # zoo families that take these samples (None: any)
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def load(self, name: str, data_dir=None, *, size: int | None = None, stream: bool | None = None,
+             **options) -> Dataset:
+        """The data set `name` as tensors with its fixed validation and test splits."""
+        raise NotImplementedError
+
+    def load_for(self, config, teacher_model: nn.Module | None = None) -> Dataset:
+        """The data set a run of `config` trains on (with the teacher that will teach it, if any)."""
+        return self.load(config.dataset, config.data_dir, stream=config.stream, label_column=config.label_column)
+
+    def prepare_student(self, student: nn.Module, dataset: Dataset, shape: tuple[int, ...]) -> None:
+        """Whatever a student needs to know of the data before it trains (nothing, by default)."""
+
+    def student_shape(self, dataset: Dataset, config) -> tuple[int, ...]:
+        """The input shape a student of `config` is built for (one sample, without the batch)."""
+        return tuple(dataset.input_shape)
+
+    def view_for(self, dataset: Dataset, model: nn.Module) -> Dataset:
+        """The data as `model` sees it (its own input shape and normalisation)."""
+        return dataset
+
+    def to_teacher(self, x: torch.Tensor, student_data: Dataset, teacher_data: Dataset) -> torch.Tensor:
+        """A batch as the student sees it, as the teacher sees it."""
+        return x
+
+    def cache_views(self, augment: str) -> tuple[str, ...]:
+        """The views of the training set whose teacher logits the cache holds (one per deterministic augmentation)."""
+        return ("plain",)
+
+    # -- models -------------------------------------------------------------------------------------------
+    def check_family(self, family: str) -> None:
+        if self.families is not None and family not in self.families:
+            raise ModelError(f"a {family} model does not take {self.title.lower()} samples; use "
+                             f"{' or '.join(self.families)}")
+
+    def probe(self, model: nn.Module, shape: tuple[int, ...]) -> None:
+        """ModelError in one sentence unless `model` takes one sample of `shape` and returns (1, K) logits."""
+        label = model.kdw_config.label() if hasattr(model, "kdw_config") else type(model).__name__
+        p = next(model.parameters(), None)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, *shape, device=p.device if p is not None else "cpu"))
+        except Exception as e:  # models fail on a wrong input in many ways
+            raise ModelError(f"{label} cannot take samples of shape {tuple(shape)} "
+                             f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+        finally:
+            model.train(was_training)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+            raise ModelError(f"{label} must return logits of shape (batch, classes)")
+
+    def check_teacher(self, teacher_model: nn.Module, dataset: Dataset, trained_on: str | None,
+                      here: str) -> None:
+        """ModelError unless the teacher can teach on this data set: same classes, and inputs it takes."""
+        shape, k = tuple(teacher_model.kdw_input_shape), teacher_model.kdw_num_classes
+        if trained_on is not None and trained_on != here:
+            raise ModelError(f"the teacher was trained on {trained_on}, not {here}; pick a teacher trained on "
+                             f"{dataset.name} (`kdw teacher --dataset {dataset.name}`)")
+        if k != dataset.num_classes or shape != tuple(dataset.input_shape):
+            raise ModelError(
+                f"the teacher expects input {shape} with {k} classes, but {dataset.name} has input "
+                f"{tuple(dataset.input_shape)} with {dataset.num_classes} classes; pick a teacher "
+                f"trained on {dataset.name} (`kdw teacher --dataset {dataset.name}`)")
+
+    # -- results ------------------------------------------------------------------------------------------
+    def metrics(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                teacher_logits: torch.Tensor | None = None) -> dict:
+        """The task's test figures: accuracy, ECE, confusion matrix (and agreement with the teacher)."""
+        return classification_metrics(logits, targets, num_classes, teacher_logits)
+
+    def export_input(self, shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
+        """A dummy input for export and timing; its first dimension is the (dynamic) batch."""
+        return torch.zeros(batch, *shape)
+
+    export_input_names = ("input",)

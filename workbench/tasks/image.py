@@ -1,0 +1,63 @@
+"""Image classification: (C, H, W) images, seen by each model at its own size, channels and normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench.data.datasets import IMAGE_DATASETS, Dataset, load_dataset
+from workbench.data.transforms import AUGMENTATIONS, convert
+from workbench.errors import ModelError
+from workbench.models.zoo import check_input
+from workbench.tasks.base import Task
+
+
+class ImageClassification(Task):
+    name = "image-classification"
+    title = "Image"
+    datasets = IMAGE_DATASETS
+    sample_kind = "image"
+    augmentations = AUGMENTATIONS
+
+    def load(self, name, data_dir=None, *, size=None, stream=None, label_column=None, **options) -> Dataset:
+        return load_dataset(name, data_dir, image_size=size, stream=stream, **options)
+
+    def load_for(self, config, teacher_model=None) -> Dataset:
+        # image folders decode once, at the larger of the student's and the teacher's sizes
+        sizes = [s for s in (config.image_size, teacher_model is not None and teacher_model.kdw_input_shape[1]) if s]
+        return self.load(config.dataset, config.data_dir, size=max(sizes) if sizes else None, stream=config.stream)
+
+    def prepare_student(self, student, dataset, shape) -> None:
+        if getattr(student, "kdw_mean", None) is None:  # the zoo trains on the data set's own statistics
+            student.kdw_mean, student.kdw_std = dataset.stats_for(shape[0])
+
+    def student_shape(self, dataset, config) -> tuple[int, ...]:
+        C, H, _ = dataset.input_shape
+        return (config.channels or C, config.image_size or H, config.image_size or H)
+
+    def view_for(self, dataset, model: nn.Module) -> Dataset:
+        return dataset.view_for(model)
+
+    def to_teacher(self, x: torch.Tensor, student_data, teacher_data) -> torch.Tensor:
+        return convert(x, student_data.input_view(), teacher_data.input_view())  # the teacher's size and channels
+
+    def cache_views(self, augment: str) -> tuple[str, ...]:
+        return ("plain", "flip") if "flip" in augment else ("plain",)
+
+    def probe(self, model, shape) -> None:
+        check_input(model, shape)  # a wrong channel count, or an image too small for the model
+
+    def check_teacher(self, teacher_model, dataset, trained_on, here) -> None:
+        """A teacher whose data set is known (a shipped card, a teacher run) must have learnt this one, and then
+        sees the images at its own size and channels; a teacher from a file must take them as they are."""
+        shape, k = tuple(teacher_model.kdw_input_shape), teacher_model.kdw_num_classes
+        c_data = dataset.input_shape[0]
+        if trained_on is not None and trained_on != here:
+            raise ModelError(f"the teacher was trained on {trained_on}, not {here}; pick a teacher trained on "
+                             f"{dataset.name} (`kdw teacher --dataset {dataset.name}`)")
+        if len(shape) != 3 or k != dataset.num_classes or (trained_on is None and shape != tuple(dataset.input_shape)) \
+                or (shape[0] != c_data and {shape[0], c_data} != {1, 3}):
+            raise ModelError(
+                f"the teacher expects input {shape} with {k} classes, but {dataset.name} has input "
+                f"{tuple(dataset.input_shape)} with {dataset.num_classes} classes; pick a teacher "
+                f"trained on {dataset.name} (`kdw teacher --dataset {dataset.name}`)")

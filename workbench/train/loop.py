@@ -1,0 +1,721 @@
+"""One training loop for every run: teachers, scratch students and distilled students.
+
+Every run has a Method (workbench.core.methods) that owns its objective: ``ce`` for teacher and
+scratch runs, ``kd`` (L = (1 − α)·CE + α·T²·KL, T and α among its hyperparameters) or
+another method for distilled students. The loop sums the method's named terms and logs each
+one; it never branches on a method's name.
+
+A `TrainConfig` says everything about a run; `train(config)` runs it in four stages, each a
+function: `prepare` (device, data, teacher, method, student, batches; `check_setup` is this
+stage, so a launch that checks first loads the teacher once), `start` (the teacher's cached
+targets, hooks, optimiser), `train_epoch` and `evaluate` per epoch, and `finish` (test of the
+best and the last epoch, summary, profile). With a label budget (`labels`), only that many
+training labels are visible: teacher and scratch runs train on those alone, with as many
+optimiser steps as a full epoch would take, while a KD run also sees every unlabelled image,
+where the teacher's signal is all it gets (Hinton's transfer set).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from workbench.core.hooks import FeatureHooks
+from workbench.core.methods import DISTILLATION_METHODS, Method, StepContext, build_method, method_info
+from workbench.data.datasets import Dataset, label_mask
+from workbench.data.images import StreamLoader
+from workbench.data.loaders import BatchLoader
+from workbench.data.transforms import AUGMENTATIONS
+from workbench.errors import Diverged, TrainingError  # noqa: F401 (raised here, caught above)
+from workbench.evaluate.metrics import model_profile, predict_logits
+from workbench.models.zoo import ModelConfig, build_model, count_params, is_convnet, load_weights
+from workbench.store.runs import migrate_config
+from workbench.tasks import DATASETS, task_for
+from workbench.train.teachers import Teacher, cached_logits, data_identity, load_teacher
+
+KINDS = ("teacher", "scratch", "kd")
+OPTIMIZERS = ("adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+
+
+def divergence(history: list[dict], num_classes: int, lr: float) -> str | None:
+    """Why a finished run counts as diverged, or None: after two epochs or more, its validation accuracy is
+    at chance level (at most 1.5/K) and its validation loss no better than guessing uniformly (0.9·ln K).
+
+    >>> divergence([{"val_acc": 0.16, "val_loss": 40.0}, {"val_acc": 0.11, "val_loss": 2.4}], 10, 1.0)[:40]
+    'validation accuracy ended at chance leve'
+    """
+    if len(history) < 2:
+        return None
+    last = history[-1]
+    if last["val_acc"] <= 1.5 / num_classes and last["val_loss"] >= 0.9 * math.log(num_classes):
+        return (f"validation accuracy ended at chance level ({100 * last['val_acc']:.1f}% with {num_classes} "
+                f"classes): training diverged. Try a learning rate 10× lower (now {lr:g}).")
+    return None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kind: str = "kd"  # teacher | scratch | kd: the run's role in a comparison
+    dataset: str = "digits"  # a name from workbench.tasks.DATASETS (its task follows from it)
+    data_dir: str | None = None  # folder for image-folder / local copies; the CSV file of csv and table
+    label_column: str | None = None  # table: the CSV column that holds the class (None: "label")
+    model: ModelConfig = field(default_factory=lambda: ModelConfig("mlp", depth=1, width=64))  # the model trained
+    teacher: str | None = None  # shipped teacher name, run id or .safetensors path (kd; scratch: for agreement)
+    method: str | None = None  # a name from workbench.core.methods.METHODS; default: ce (teacher, scratch), kd (kd)
+    method_params: dict = field(default_factory=dict)  # the method's hyperparameters (T and α for kd); stored resolved
+    epochs: int = 10  # passes over the training set (over the transfer set with a label budget)
+    batch_size: int = 128
+    lr: float = 3e-3  # peak learning rate (warm-up, then cosine to 0)
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, Nesterov)
+    labels: int | float | None = None  # visible training labels: a count (int), a fraction in (0, 1] (float), or all
+    augment: str = "auto"  # auto (the data set's default) | none | flip | crop | flip+crop
+    seed: int = 0  # model init, batch order, augmentation and label subset
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+    amp: bool = True  # bf16 autocast where the device supports it (CUDA)
+    compile: bool = False  # torch.compile the student (opt-in)
+    teacher_cache: bool = True  # look the teacher's targets up per view instead of running it on every batch
+    group: str | None = None  # a tag that ties runs together (a demo, a sweep)
+    profile: bool = True  # measure latency/throughput at the end
+    teacher_weights: tuple | None = None  # weights of an ensemble teacher ("a,b"); equal if None
+    image_size: int | None = None  # the student's square input side (None: the data set's); the teacher keeps its own
+    channels: int | None = None  # the student's input channels, 1 or 3 (None: the data set's; grey ↔ colour converts)
+    init: str | None = None  # weights to start the student from: .safetensors or a .pth/.pt state dict
+    stream: bool | None = None  # image folders / CSV: stream from the disk cache (None: when they exceed the budget)
+    nproc: int = 1  # data-parallel processes (torch.distributed.run): gloo on the CPU, NCCL on GPUs
+    nnodes: str | None = None  # several machines: torch.distributed.run's --nnodes ("2", or "1:4" elastic)
+    rdzv_endpoint: str | None = None  # several machines: host:port of the c10d rendezvous
+    rdzv_id: str | None = None  # several machines: the same id on every machine (default: the run id)
+    track: tuple = ()  # where else to log: "tensorboard[:DIR]", "mlflow[:URI]" (workbench.train.tracking)
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.method is None:
+            object.__setattr__(self, "method", "kd" if self.kind == "kd" else "ce")
+        info = method_info(self.method)
+        if self.kind != "kd" and self.method != "ce":
+            raise ValueError(f"{self.kind} runs train on labels alone (method ce), not {self.method!r}")
+        if self.kind == "kd" and self.method not in DISTILLATION_METHODS:
+            raise ValueError(f"a kd run needs a distillation method ({', '.join(DISTILLATION_METHODS)}), "
+                             f"not {self.method!r}")
+        if self.kind == "kd" and not self.teacher and info.needs_teacher:
+            raise ValueError(f"a kd run with {self.method} needs a teacher")
+        # unknown or out-of-range hyperparameters are an error now, not mid-run; stored resolved
+        object.__setattr__(self, "method_params", info(self.method_params).p)
+        if self.teacher_weights is not None:
+            object.__setattr__(self, "teacher_weights", tuple(_finite("teacher weight", w)
+                                                              for w in self.teacher_weights))
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a whole number >= 1, got {self.epochs}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {self.batch_size}")
+        if not _finite("lr", self.lr) > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if _finite("weight_decay", self.weight_decay) < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.augment != "auto" and self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be auto or one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.labels is not None:
+            ok = (isinstance(self.labels, int) and not isinstance(self.labels, bool) and self.labels >= 1) or \
+                 (isinstance(self.labels, float) and 0 < _finite("labels", self.labels) <= 1)
+            if not ok:
+                raise ValueError(f"labels must be a count (a whole number >= 1) or a fraction in (0, 1], "
+                                 f"got {self.labels!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed must be a whole number in [0, 2^63), got {self.seed}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or not 4 <= self.image_size <= 1024):
+            raise ValueError(f"image_size must be a whole number of pixels between 4 and 1024, got {self.image_size}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {self.channels}")
+        if self.init is not None and not str(self.init).strip():
+            raise ValueError("init must name a weights file")
+        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
+            raise ValueError(f"nproc must be a whole number >= 1, got {self.nproc}")
+        if self.nnodes is not None and not re.fullmatch(r"\d+(:\d+)?", str(self.nnodes)):
+            raise ValueError(f"nnodes must be a number of machines (2) or a range (1:4), got {self.nnodes!r}")
+        if self.rdzv_endpoint is not None and not re.fullmatch(r"[\w.\-\[\]:]+:\d+", str(self.rdzv_endpoint)):
+            raise ValueError(f"rdzv_endpoint must be host:port, got {self.rdzv_endpoint!r}")
+        if self.rdzv_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(self.rdzv_id)):
+            raise ValueError(f"rdzv_id must be 1-64 letters, digits, '_', '.' or '-', got {self.rdzv_id!r}")
+        object.__setattr__(self, "track", tuple(self.track or ()))
+        from workbench.train.tracking import check_target
+
+        for target in self.track:
+            check_target(target)
+
+    @property
+    def temperature(self) -> float | None:
+        """The method's temperature (T for kd), or None for a method without one."""
+        key = method_info(self.method).temperature_key
+        return float(self.method_params[key]) if key else None
+
+    def build_method(self) -> Method:
+        return build_method(self.method, self.method_params)
+
+    def objective(self) -> str:
+        """The run's own objective with its values, as plain text."""
+        return self.build_method().objective_text()
+
+    def with_params(self, **params) -> "TrainConfig":
+        """This config with some of the method's hyperparameters changed."""
+        return replace(self, method_params={**self.method_params, **params})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        d["teacher_weights"] = list(self.teacher_weights) if self.teacher_weights is not None else None
+        d["track"] = list(self.track)
+        return d
+
+    def record(self, command: str = "") -> dict:
+        """What a run's config.json holds: the config, the student's label, the objective and how it was launched."""
+        method = self.build_method()
+        return self.to_dict() | {"model_label": self.model.label(), "objective": method.objective_text(),
+                                 "method_label": method.label(), "task": task_for(self.dataset).name,
+                                 "command": command}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a config.json of any schema version (older ones kept T and α on the config)."""
+        d = migrate_config(d)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _finite(name: str, v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {v!r}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return f
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu for 'auto'; a clear error for a device that is not here."""
+    has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
+    if requested == "mps" and not has_mps:
+        raise TrainingError("device mps was asked for, but this machine has no Apple MPS; use --device cpu or auto")
+    return torch.device(requested)
+
+
+def available_devices() -> list[str]:
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        out.append("mps")
+    return out
+
+
+def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """bf16 where the device runs it fast (CUDA with bf16 support), else None (full fp32)."""
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 0."""
+    warm = max(1, int(warmup_frac * total))
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, extra: torch.nn.Module | None = None
+                   ) -> torch.optim.Optimizer:
+    """AdamW or SGD over the model and a method's learnable parts (`extra`), no decay on 1-d parameters."""
+    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    decay = [p for p in params if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def resolve_augment(config: TrainConfig, dataset) -> str:
+    return dataset.default_augment if config.augment == "auto" else config.augment
+
+
+class TqdmProgress:
+    """A callback drawing a tqdm bar over the steps, with the epoch's loss terms and validation accuracy."""
+
+    def __init__(self, desc: str = "training"):
+        self.desc, self.bar = desc, None
+
+    def __call__(self, event: dict) -> None:
+        from tqdm.auto import tqdm
+
+        if event["event"] == "start":
+            tqdm.write(f"{self.desc}: {event['objective']}", file=sys.stderr)  # beside the bar, not in the table
+            self.bar = tqdm(total=event["total_steps"], desc=self.desc, unit="step", leave=True,
+                            dynamic_ncols=True, mininterval=0.5)
+        elif event["event"] == "step" and self.bar is not None:
+            self.bar.update(1)
+        elif event["event"] == "epoch" and self.bar is not None:
+            terms = {k[5:]: f"{v:.3f}" for k, v in event.items() if k.startswith("loss_")}
+            self.bar.set_postfix(epoch=event["epoch"], **terms, val_acc=f"{100 * event['val_acc']:.2f}%")
+        elif event["event"] == "end" and self.bar is not None:
+            self.bar.close()
+
+
+def _emit(callbacks, event: dict) -> None:
+    for cb in callbacks:
+        cb(event)
+
+
+# ---------------------------------------------------------------------------
+# the stages of a run
+
+@dataclass
+class Session:
+    """Everything one run needs while it trains; made by `prepare`, completed by `start`."""
+
+    config: TrainConfig
+    device: torch.device
+    dataset: Dataset  # on the CPU
+    ds: Dataset  # the same tensors on the training device
+    augment: str
+    teacher: Teacher | None
+    method: Method
+    student: torch.nn.Module
+    visible: torch.Tensor  # (N_train,) bool: labels the run may see
+    loader: BatchLoader  # or images.StreamLoader for streamed data
+    setup_s: float = 0.0
+    teacher_data: Dataset | None = None  # the images as the teacher sees them (its size, channels, normalisation)
+    init: dict | None = None  # what load_weights reported: the source, and the layers that are new
+    # filled in by start()
+    forward: torch.nn.Module | None = None  # the student, or its torch.compile'd version
+    optimizer: torch.optim.Optimizer | None = None
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    t_targets: torch.Tensor | None = None  # (views, N_train, K) method.teacher_target of the cached logits
+    views: tuple[str, ...] = ("plain",)
+    val_teacher: torch.Tensor | None = None  # (N_val, K) teacher logits, CPU
+    test_teacher: torch.Tensor | None = None
+    s_hooks: FeatureHooks | None = None
+    t_hooks: FeatureHooks | None = None
+    # progress
+    step: int = 0
+    train_s: float = 0.0
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "val_loss": math.inf, "epoch": 0, "state": None})
+    history: list = field(default_factory=list)
+    epoch: int = 0  # the last completed epoch
+    rank: int = 0  # this process's rank, and how many train together (torch.distributed)
+    world: int = 1
+    task: object = None  # the workbench.tasks.Task of the data set
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * len(self.loader)
+
+
+def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, teacher: Teacher | None = None,
+            student: torch.nn.Module | None = None) -> Session:
+    """Stage 1: device, seeds, data, the frozen teacher, the method and the student, the batches.
+
+    Cheap next to training, and complete enough to refuse what cannot work (a teacher that does
+    not fit the data, a label budget larger than the training set, AT on an MLP), so `check_setup`
+    is this function. Pass `teacher` to reuse one already loaded, and `student` to train a model you
+    built yourself (a pruned student, say) instead of `config.model`.
+    """
+    t0 = time.perf_counter()
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    device = pick_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    torch.manual_seed(config.seed)
+    task = task_for(config.dataset)
+    method = config.build_method()
+    if config.teacher and teacher is None:
+        teacher = load_teacher(config.teacher, store, temperature=method.temperature or 1.0,
+                               weights=config.teacher_weights)
+    if dataset is None:  # image folders decode once at the larger of the student's and the teacher's sizes
+        dataset = task.load_for(config, teacher.model if teacher is not None else None)
+    teacher_data = None
+    if teacher is not None:
+        task.check_teacher(teacher.model, dataset, teacher.trained_on, data_identity(dataset.name, config.data_dir))
+        teacher.model.to(device)
+        teacher_data = task.view_for(dataset, teacher.model)  # the teacher sees the data its own way
+    visible = label_mask(dataset.y_train, config.labels, seed=config.seed)  # (N,) bool
+    augment = resolve_augment(config, dataset)
+    if augment not in task.augmentations:
+        raise ValueError(f"{task.title.lower()} samples take no {augment} augmentation; use "
+                         f"{' or '.join(task.augmentations)}")
+
+    torch.manual_seed(config.seed)  # the same init for a scratch student and its distilled twin
+    shape = task.student_shape(dataset, config)
+    if student is None:
+        task.check_family(config.model.family)
+        student = build_model(config.model, shape, dataset.num_classes)
+    else:  # a module of the user's: it sees the data at the config's size and channels
+        student.kdw_input_shape, student.kdw_num_classes = shape, dataset.num_classes
+        student.kdw_config = getattr(student, "kdw_config", config.model)
+    task.prepare_student(student, dataset, shape)
+    task.probe(student, shape)  # one sentence for a model that does not take these samples
+    init = load_weights(student, config.init) if config.init else None
+    data = task.view_for(dataset, student)  # what the student sees, on the CPU
+    student = student.to(device)
+    method.setup(student, teacher.model if teacher else None, data.input_shape, data.num_classes,
+                 len(data.x_train))  # a method that cannot work with these models says so here
+    method.to(device)
+
+    ds = data.to(device)
+    steps_per_epoch = len(ds.x_train) // min(config.batch_size, len(ds.x_train))
+    kw = dict(augment=augment, seed=config.seed, shard=(rank, world))
+    if world > 1 and config.batch_size % world:
+        raise ValueError(f"the batch size ({config.batch_size}) must split evenly over {world} processes")
+    if not method.learns_from_unlabelled:  # labels alone, with the same number of steps as a full epoch
+        kw.update(indices=visible.nonzero().squeeze(1), steps=steps_per_epoch)
+    if data.streamed:  # images stay on disk; a DataLoader with workers reads and normalises each batch
+        loader = StreamLoader(ds.x_train, ds.y_train, config.batch_size, device=device, **kw)
+    else:  # the transfer set (kd: every training image, labels where visible) as slices of device tensors
+        loader = BatchLoader(ds.x_train, ds.y_train, config.batch_size, **kw)
+    return Session(config, device, data, ds, augment, teacher, method, student, visible.to(device), loader,
+                   setup_s=time.perf_counter() - t0, teacher_data=teacher_data, init=init, rank=rank, world=world,
+                   task=task)
+
+
+def check_setup(config: TrainConfig, store=None, teacher: Teacher | None = None) -> Session:
+    """Fail fast, before any run folder exists: the data set loads, the teacher loads and fits it,
+    the device exists, the label budget fits, and the method works with these models.
+    Returns the prepared session, which `train(..., session=)` can go on with."""
+    return prepare(config, store, teacher=teacher)
+
+
+def start(s: Session, store=None, callbacks=()) -> None:
+    """Stage 2: the teacher's targets from the cache, feature hooks, compilation and the optimiser.
+
+    Under torch.distributed, rank 0 computes the teacher's logits into the disk cache first, and the other
+    ranks read them from there: the teacher runs once, not once per rank.
+    """
+    t0 = time.perf_counter()
+    if s.world > 1 and s.rank != 0:
+        torch.distributed.barrier()  # rank 0 is filling the teacher-logit cache
+    config, method, teacher = s.config, s.method, s.teacher
+    cache_dir = (store.cache_dir / "teacher-logits") if store is not None else None
+    s.views = s.task.cache_views(s.augment)
+    cacheable = method.teacher_input == "logits" and teacher is not None and config.teacher_cache \
+        and "crop" not in s.augment  # random crops cannot be enumerated, so their logits cannot be cached
+    jobs = ([("train", v) for v in s.views] if cacheable else []) + ([("val", "plain"), ("test", "plain")]
+                                                                      if teacher is not None else [])
+    sizes = {"train": len(s.teacher_data.x_train), "val": len(s.teacher_data.x_val),
+             "test": len(s.teacher_data.x_test)} if teacher is not None else {}
+    total, done, t_stage = sum(sizes[j] for j, _ in jobs) or 1, 0, time.perf_counter()
+
+    def stage(split):  # the wait before the first epoch, explained: the teacher's logits, first run only
+        def report(n, _):
+            frac = (done + n) / total
+            spent = time.perf_counter() - t_stage
+            _emit(callbacks, {"event": "stage", "text": "computing the teacher's logits (first run only; cached "
+                              "for every later run)", "fraction": frac,
+                              "eta_s": spent / frac * (1 - frac) if frac > 0 else None})
+        return report
+
+    targets = []
+    for split, v in jobs:
+        logits = cached_logits(teacher, s.teacher_data, split, v, cache_dir, s.device if split == "train" else "cpu",
+                               progress=stage(split))
+        done += sizes[split]
+        if split == "train":  # (N_train, K): what the method asked for, once per view
+            targets.append(method.teacher_target(logits))
+        elif split == "val":
+            s.val_teacher = logits
+        else:
+            s.test_teacher = logits
+    if targets:
+        s.t_targets = torch.stack(targets)  # (views, N_train, K)
+    if s.world > 1 and s.rank == 0:
+        torch.distributed.barrier()  # the cache is on disk: the other ranks may read it
+    s.channels_last = s.device.type == "cuda" and is_convnet(s.student)
+    if s.channels_last:
+        s.student = s.student.to(memory_format=torch.channels_last)
+    if method.student_features:
+        s.s_hooks = FeatureHooks(s.student, list(method.student_features)).add()
+    if method.teacher_features and teacher is not None:
+        s.t_hooks = FeatureHooks(teacher.model, list(method.teacher_features)).add()
+    # hooks need the eager module; torch.compile is for the plain logit path
+    s.forward = torch.compile(s.student) if config.compile and s.s_hooks is None and s.world == 1 else s.student
+    if s.world > 1:  # gradients all-reduced by DDP; BatchNorm statistics broadcast from rank 0 every step
+        s.forward = torch.nn.parallel.DistributedDataParallel(
+            s.student, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    s.amp_dtype = autocast_dtype(s.device, config.amp)
+    s.optimizer = make_optimizer(s.student, config, extra=method)
+    s.setup_s += time.perf_counter() - t0
+
+
+def _autocast(s: Session):
+    return torch.autocast(s.device.type, dtype=s.amp_dtype or torch.float32, enabled=s.amp_dtype is not None)
+
+
+def teacher_batch(s: Session, x: torch.Tensor, idx: torch.Tensor, flip: torch.Tensor | None):
+    """(target, features) of the teacher for one batch: looked up in the cache, or the frozen teacher run on it."""
+    if s.method.teacher_input == "none" or s.teacher is None:
+        return None, {}
+    if s.t_targets is not None:  # flipped samples take the flipped view
+        return (s.t_targets[0, idx] if flip is None else s.t_targets[flip.long(), idx]), {}  # (B, K)
+    x_t = s.task.to_teacher(x, s.dataset, s.teacher_data)  # as the teacher sees it (its size and channels)
+    with torch.no_grad(), _autocast(s):
+        z_t = s.teacher.model(x_t).float()  # (B, K)
+    return s.method.teacher_target(z_t), (s.t_hooks.pop() if s.t_hooks else {})
+
+
+def train_step(s: Session, x, y, idx, flip) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One forward/backward/update; returns the detached terms and the logits (no host-device sync)."""
+    for g in s.optimizer.param_groups:  # learning rate: warm-up then cosine
+        g["lr"] = lr_at(s.step, s.total_steps, s.config.lr)
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y_seen = torch.where(s.visible[idx], y, -1)  # (B,) -1 = label hidden by the budget
+    with _autocast(s):
+        logits = s.forward(x)  # (B, K)
+    logits = logits.float()
+    t_target, t_feats = teacher_batch(s, x, idx, flip)
+    ctx = StepContext(x=x, targets=y_seen, idx=idx, s_logits=logits, t_target=t_target,
+                      s_feats=s.s_hooks.pop() if s.s_hooks else {}, t_feats=t_feats,
+                      progress=s.step / s.total_steps)
+    terms = s.method.terms(ctx)
+    loss = sum(terms.values())
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if s.world > 1:  # a method's own learnable parts (adapters, heads) average their gradients like DDP does
+        for p in s.method.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= s.world
+    s.optimizer.step()
+    s.step += 1
+    return {k: v.detach() for k, v in terms.items()}, logits.detach()
+
+
+def train_epoch(s: Session, epoch: int, callbacks=()) -> dict:
+    """Stage 3a: one pass over the batches. Sums stay on the device; one sync at the end."""
+    s.student.train()
+    t0 = time.perf_counter()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=s.device, dtype=torch.long)
+    seen = torch.zeros((), device=s.device, dtype=torch.long)
+    for x, y, idx, flip in s.loader:
+        terms, logits = train_step(s, x, y, idx, flip)
+        for k, v in terms.items():
+            sums[k] = sums[k] + v if k in sums else v.clone()
+        labelled = s.visible[idx]
+        correct += ((logits.argmax(1) == y) & labelled).sum()
+        seen += labelled.sum()
+        _emit(callbacks, {"event": "step", "step": s.step, "total_steps": s.total_steps, "epoch": epoch})
+    if s.device.type == "cuda":
+        torch.cuda.synchronize()  # timing brackets the work, not its queueing
+    epoch_s = time.perf_counter() - t0
+    s.train_s += epoch_s
+    n = len(s.loader)
+    if s.world > 1:  # every rank's share of the epoch: the means over the global batches
+        for t in [*sums.values(), correct, seen]:
+            torch.distributed.all_reduce(t)
+        sums = {k: v / s.world for k, v in sums.items()}
+    term_means = {k: (v / n).item() for k, v in sums.items()}  # one sync per term per epoch
+    return {"epoch": epoch, "step": s.step, "lr": s.optimizer.param_groups[0]["lr"],
+            "train_loss": sum(term_means.values()), **{f"loss_{k}": v for k, v in term_means.items()},
+            "train_acc": (correct.float() / seen.clamp_min(1)).item(), "epoch_s": epoch_s, "train_s": s.train_s}
+
+
+def evaluate(s: Session) -> dict:
+    """Stage 3b: validation loss and accuracy (and agreement with the teacher) of the current student."""
+    val_logits = predict_logits(s.forward, s.ds.x_val, device=s.device)  # (N_val, K) on the CPU
+    val_y = s.dataset.y_val
+    out = {"val_loss": torch.nn.functional.cross_entropy(val_logits, val_y).item(),
+           "val_acc": (val_logits.argmax(1) == val_y).float().mean().item()}
+    if s.val_teacher is not None:
+        out["val_agreement"] = (val_logits.argmax(1) == s.val_teacher.argmax(1)).float().mean().item()
+    return out
+
+
+def finish(s: Session, run=None, profile: bool = True) -> dict:
+    """Stage 4: test the best-validation and the last epoch, profile, write the summary."""
+    for hooks in (s.s_hooks, s.t_hooks):
+        if hooks is not None:
+            hooks.remove()
+    student, dataset, k = s.student, s.dataset, s.dataset.num_classes
+    last_state = copy.deepcopy(student.state_dict())
+    last_test = s.task.metrics(predict_logits(student, s.ds.x_test), dataset.y_test, k, s.test_teacher)
+    student.load_state_dict(s.best["state"])
+    best_test = s.task.metrics(predict_logits(student, s.ds.x_test), dataset.y_test, k, s.test_teacher)
+    method = s.method
+    summary = {
+        "kind": s.config.kind,
+        "task": s.task.name,
+        "model": s.config.model.to_dict(),
+        "model_label": s.config.model.label(),
+        "dataset": dataset.name,
+        "best_epoch": s.best["epoch"],
+        "epochs_done": len(s.history),
+        "val_acc_best": s.best["val_acc"],
+        "test": best_test,  # the best-validation epoch
+        "test_last": last_test,  # the last epoch
+        "train_s": s.train_s,
+        "setup_s": s.setup_s,
+        "visible_labels": int(s.visible.sum()),
+        "augment": s.augment,
+        "device": str(s.device),
+        "input_shape": list(dataset.input_shape),
+        "method": {"name": method.name, "params": method.p, "objective": method.objective_text(),
+                   "title": method.title, "citation": method.citation},
+    }
+    if s.init is not None:
+        summary["init"] = s.init
+    if dataset.skipped:
+        summary["skipped_images"] = {"count": len(dataset.skipped), "first": dataset.skipped[:5]}
+    if profile:
+        summary["profile"] = model_profile(copy.deepcopy(student).float(), dataset.input_shape, "cpu")
+    if s.teacher is not None:
+        summary["teacher"] = teacher_summary(s.teacher, s.teacher_data, s.test_teacher, profile)
+    student.load_state_dict(last_state)
+    if run is not None:
+        run.write_summary(summary)
+    student.load_state_dict(s.best["state"])
+    return summary
+
+
+def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=None, teacher: Teacher | None = None,
+          session: Session | None = None, student: torch.nn.Module | None = None, resume=None) -> dict:
+    """Train `config` to the end and return its summary (also written to `run` if given).
+
+    `callbacks` are called with event dicts: {"event": "start" | "step" | "epoch" | "end", ...}.
+    `session` continues from `check_setup`; `teacher` reuses a loaded teacher; `student` trains that
+    module instead of building `config.model`; `resume` (a checkpoint file) goes on from its epoch. After
+    every epoch a run's folder gets a checkpoint that `kdw resume` continues from. A non-finite loss raises
+    Diverged after recording the epoch's metrics.
+    """
+    s = session if session is not None else prepare(config, store, dataset, teacher, student)
+    if s.config != config:
+        raise ValueError("the session was prepared for another config")
+    start(s, store, callbacks)
+    if resume:
+        load_checkpoint_state(s, resume)
+    _emit(callbacks, {"event": "start", "total_steps": s.total_steps, "epochs": config.epochs,
+                      "steps_per_epoch": len(s.loader), "device": str(s.device), "augment": s.augment,
+                      "params": count_params(s.student), "visible_labels": int(s.visible.sum()),
+                      "method": s.method.name, "objective": s.method.objective_text(), "setup_s": s.setup_s,
+                      "resumed_from": s.epoch if resume else None})
+    for epoch in range(s.epoch + 1, config.epochs + 1):
+        row = train_epoch(s, epoch, callbacks) | evaluate(s)
+        s.history.append(row)
+        if not math.isfinite(row["train_loss"]):
+            _emit(callbacks, {"event": "epoch", **row})
+            raise Diverged(f"the loss became {row['train_loss']} in epoch {epoch}: training diverged. "
+                           f"Try a learning rate 10× lower (now {config.lr:g}), or a lower temperature.")
+        # evaluate/checkpoint: ties in accuracy (common on small validation sets) go to the lower validation loss
+        best = s.best
+        improved = row["val_acc"] > best["val_acc"] or (row["val_acc"] == best["val_acc"]
+                                                        and row["val_loss"] < best["val_loss"])
+        if improved:
+            s.best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch,
+                      "state": copy.deepcopy(s.student.state_dict())}
+        s.epoch = epoch
+        if run is not None:
+            if improved:
+                run.save_weights(s.student, "best", epoch=epoch)
+            run.save_weights(s.student, "last", epoch=epoch)
+            save_checkpoint_state(s, run.checkpoint_path)  # everything `kdw resume` needs to go on from here
+        _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})
+    summary = finish(s, run if s.rank == 0 else None, config.profile and s.rank == 0)
+    why = divergence(s.history, s.dataset.num_classes, config.lr)
+    if why:
+        summary["diverged"] = why
+        if run is not None:
+            run.write_summary({k: v for k, v in summary.items() if not k.startswith("_")})
+    _emit(callbacks, {"event": "end", "summary": summary})
+    summary["_model"] = s.student  # the best-validation weights, for in-process callers; never serialised
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# checkpoints that resume a run exactly
+
+
+
+def save_checkpoint_state(s: Session, path) -> None:
+    """Everything needed to go on after epoch `s.epoch` as if never stopped, written atomically.
+
+    Tensors, numbers and strings only, so `torch.load(..., weights_only=True)` reads it (nothing unpickled).
+    """
+    import os
+    from pathlib import Path
+
+    state = {
+        "version": 1, "epoch": s.epoch, "step": s.step, "train_s": s.train_s,
+        "student": s.student.state_dict(), "method": s.method.state_dict(), "optimizer": s.optimizer.state_dict(),
+        "best": {k: v for k, v in s.best.items()}, "history": s.history,
+        "rng": {"torch": torch.get_rng_state(), "loader": s.loader.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "config": s.config.to_dict(),
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint_state(s: Session, path) -> None:
+    """Put a started session back where `save_checkpoint_state` left it (weights, optimiser, RNGs, history)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    s.student.load_state_dict(state["student"])
+    s.method.load_state_dict(state["method"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.epoch, s.step, s.train_s = int(state["epoch"]), int(state["step"]), float(state["train_s"])
+    s.best, s.history = dict(state["best"]), list(state["history"])
+    torch.set_rng_state(state["rng"]["torch"])
+    s.loader.generator.set_state(state["rng"]["loader"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def teacher_summary(teacher: Teacher, dataset, test_logits: torch.Tensor, profile: bool = True) -> dict:
+    """The teacher's test figures, measured in the same process as the student's (same device, threads)."""
+    out = {
+        "spec": teacher.spec, "source": teacher.source, "label": teacher.label, "digest": teacher.digest,
+        "model": teacher.config.to_dict(),
+        "test": task_for(dataset.name).metrics(test_logits, dataset.y_test, dataset.num_classes),
+        "params": sum(p.numel() for p in teacher.model.parameters()),  # frozen, so count them all
+    }
+    if profile:
+        out["profile"] = teacher_profile(teacher, dataset.input_shape)
+    return out
+
+
+def teacher_profile(teacher: Teacher, input_shape) -> dict:
+    """`model_profile` of a teacher on the CPU, counting its frozen parameters too."""
+    prof = model_profile(copy.deepcopy(teacher.model).float(), input_shape, "cpu")
+    prof["params"] = sum(p.numel() for p in teacher.model.parameters())
+    return prof
