@@ -317,10 +317,6 @@ def device_choices() -> list[str]:
     return available_devices()
 
 
-def threads_note() -> str:
-    return f"{torch.get_num_threads()} CPU threads"
-
-
 def method_picker(key: str, student: dict | None = None, teacher: dict | None = None) -> Method:
     """The distillation method, its description and citation, and its own hyperparameters.
 

@@ -68,7 +68,6 @@ EXTERNAL = ("torchvision", "timm", "factory")  # named by a spec string
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-
 def _whole(value, name: str) -> int:
     """`value` as an int if it is a finite whole number (16 or 16.0), else ModelError."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -530,10 +529,6 @@ def count_params(model: nn.Module) -> int:
 
 def is_convnet(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def describe(config: ModelConfig) -> str:
-    return json.dumps(config.to_dict(), sort_keys=True)
 
 
 # ---------------------------------------------------------------------------
