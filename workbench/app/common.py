@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import streamlit as st
-import torch
 
 from workbench.analysis import describe
 from workbench.core.methods import DISTILLATION_METHODS, METHODS, Method
