@@ -114,8 +114,8 @@ def _spec_mtime(spec: str) -> float:
     return run.stat().st_mtime if run.is_file() else 0.0
 
 
-def dataset_picker(key: str, label: str = "Data set", on_change=None, args=()) -> str:
-    names, missing = recipes.dataset_choices()
+def dataset_picker(key: str, label: str = "Data set", on_change=None, args=(), sample_kind: str | None = None) -> str:
+    names, missing = recipes.dataset_choices(sample_kind)
     default = recipes.default_dataset()
     if st.session_state.get(key) not in names:
         st.session_state.pop(key, None)  # a name from an old address that is not here: the default

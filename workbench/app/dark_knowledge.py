@@ -45,10 +45,10 @@ def page() -> None:
     ss = st.session_state
     from workbench.experiments import recipes
 
-    _from_url(recipes.dataset_choices()[0])
+    _from_url(recipes.dataset_choices("image")[0])
     left, right = st.columns([1, 2], gap="large")
     with left:
-        ds_name = common.dataset_picker("dk_dataset")
+        ds_name = common.dataset_picker("dk_dataset", sample_kind="image")  # its views show images
         ds = common.dataset(ds_name)
         choices = common.teacher_choices(ds_name)
         if not choices:

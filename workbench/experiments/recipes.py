@@ -78,11 +78,14 @@ def dataset_defaults(name: str) -> DatasetDefaults:
     return DATASET_DEFAULTS.get(name, DatasetDefaults(epochs=10, sweep_epochs=5, labels=None))
 
 
-def dataset_choices() -> tuple[list[str], dict[str, str]]:
-    """(embedded data sets that load here, {missing data set: how to get it})."""
+def dataset_choices(sample_kind: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """(embedded data sets that load here, {missing data set: how to get it}); only those whose task shows samples
+    of `sample_kind` ("image", "features") when it is given (the Dark knowledge views show images)."""
     from workbench.data.datasets import available_datasets
+    from workbench.tasks import task_for
 
     avail = available_datasets() | {"wine": None, "breast-cancer": None}  # tables: in scikit-learn's wheel
+    avail = {k: v for k, v in avail.items() if sample_kind is None or task_for(k).sample_kind == sample_kind}
     return [k for k, v in avail.items() if v is None], {k: v for k, v in avail.items() if v is not None}
 
 
