@@ -6,10 +6,10 @@ import pytest
 
 import workbench.analysis.compare
 import workbench.core.losses
-import workbench.evaluate.metrics
+import workbench.core.metrics
 
 
-@pytest.mark.parametrize("module", [workbench.core.losses, workbench.evaluate.metrics, workbench.analysis.compare])
+@pytest.mark.parametrize("module", [workbench.core.losses, workbench.core.metrics, workbench.analysis.compare])
 def test_docstring_examples_pass(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0

@@ -251,10 +251,13 @@ def prune_model(model: nn.Module, input_shape, fraction: float) -> nn.Module:
 
 
 def calibration_images(dataset, count: int, seed: int = 0) -> torch.Tensor:
-    """A seeded sample of `count` training samples (normalised, as the model sees them); all of them when the
-    training set is smaller (a table of a few hundred rows)."""
+    """A seeded sample of `count` training samples (normalised, as the model sees them); asking for the default
+    (512) from a smaller training set (a table of a few hundred rows) takes all of it."""
     n = len(dataset.x_train)
-    count = min(count, n)
+    if count == ExportOptions.calibration:
+        count = min(count, n)
+    if count > n:
+        raise DeployError(f"int8 calibration asks for {count} images, but the training set has {n}")
     g = torch.Generator().manual_seed(seed)
     return dataset.x_train[torch.randperm(n, generator=g)[:count]].contiguous()
 
