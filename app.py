@@ -33,7 +33,7 @@ sidebar()
 try:
     page.run()
 except Exception as e:  # the page boundary: one sentence, never a traceback; the other pages still work
-    from workbench.jobs.queue import friendly_error
+    from workbench.errors import friendly_error
 
     st.error(f"This page could not be shown: {friendly_error(e)}. The other pages still work; "
              "`kdw runs` lists anything unreadable in the run store.")

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from workbench.analysis.compare import artifact_label
+from workbench.core.metrics import classification_metrics
 from workbench.data.datasets import load_dataset
 from workbench.deploy.export import ExportOptions, calibration_images, export_onnx, export_run, measure, quantize_int8
-from workbench.evaluate.metrics import classification_metrics, model_profile, predict_logits
+from workbench.evaluate.metrics import model_profile, predict_logits
 from workbench.experiments.recipes import DEMOS, demo_configs
 from workbench.jobs.queue import run_in_process
 from workbench.store.runs import RunStore

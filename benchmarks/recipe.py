@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.analysis.compare import comparison_rows, format_flops
+from workbench.analysis.compare import comparison_rows
+from workbench.analysis.format import format_flops
 from workbench.data.datasets import load_dataset
 from workbench.errors import DataError
 from workbench.experiments.recipes import ClassicRecipe

@@ -161,7 +161,8 @@ def test_an_uploaded_non_safetensors_file_is_refused_without_unpickling(tmp_path
 
     import torch as _torch
 
-    from workbench.models.zoo import ModelError, load_checkpoint
+    from workbench.errors import ModelError
+    from workbench.models.zoo import load_checkpoint
 
     buf = io.BytesIO()
     _torch.save({"w": _torch.zeros(1)}, buf)  # what a .pt upload would contain

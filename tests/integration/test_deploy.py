@@ -10,15 +10,8 @@ pytest.importorskip("onnxruntime")
 from conftest import kdw  # noqa: E402
 
 from workbench.analysis.compare import comparison_rows  # noqa: E402
-from workbench.deploy.export import (  # noqa: E402
-    DeployError,
-    ExportOptions,
-    export_onnx,
-    export_run,
-    list_variants,
-    quantize_int8,
-    zip_variant,
-)
+from workbench.deploy.export import ExportOptions, export_onnx, export_run, quantize_int8, zip_variant
+from workbench.errors import DeployError
 from workbench.jobs.queue import run_in_process  # noqa: E402
 from workbench.models.zoo import ModelConfig  # noqa: E402
 from workbench.train.loop import TrainConfig  # noqa: E402
@@ -72,7 +65,7 @@ def test_variants_are_listed_under_their_run_everywhere(mlp_run):
     from workbench.analysis.report import build_report
 
     assert "ONNX int8" in build_report([run])
-    assert [v["name"] for v in list_variants(run)] == ["onnx-fp32", "onnx-int8"]
+    assert [v["name"] for v in run.variants()] == ["onnx-fp32", "onnx-int8"]
     import io
     import zipfile
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from workbench.jobs.queue import LocalQueueRunner, friendly_error
+from workbench.errors import friendly_error
+from workbench.jobs.queue import LocalQueueRunner
 from workbench.models.zoo import ModelConfig
 from workbench.train.loop import TrainConfig
 

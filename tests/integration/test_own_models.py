@@ -11,8 +11,8 @@ from conftest import kdw, make_image_folder
 from torch import nn
 
 from workbench.data.datasets import load_dataset
-from workbench.errors import DataError
-from workbench.models.zoo import ModelConfig, ModelError, build_model, check_input, load_weights, parse_model
+from workbench.errors import DataError, ModelError
+from workbench.models.zoo import ModelConfig, build_model, check_input, load_weights, parse_model
 from workbench.train.loop import TrainConfig, train
 
 FACTORY = '''

@@ -12,9 +12,10 @@ import time
 import pytest
 from conftest import kdw
 
+from workbench.errors import ModelError, RunStoreError
 from workbench.jobs.queue import LocalQueueRunner, ensure_worker_for_queue, execute_run, fail_stale_runs, run_job
-from workbench.models.zoo import ModelConfig, ModelError, build_model, load_checkpoint
-from workbench.store.runs import RunStore, RunStoreError, process_identity
+from workbench.models.zoo import ModelConfig, build_model, load_checkpoint
+from workbench.store.runs import RunStore, process_identity
 from workbench.train.loop import TrainConfig
 
 TINY = TrainConfig(kind="kd", dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=1,

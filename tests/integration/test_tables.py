@@ -83,11 +83,13 @@ def test_tables_train_and_distil_without_any_image_code_path(store, monkeypatch)
         raise AssertionError("an image-specific code path ran for a table")
 
     for name in ("load", "load_for", "student_shape", "view_for", "to_teacher", "cache_views", "probe",
-                 "check_teacher", "prepare_student"):
+                 "check_teacher", "teacher_takes", "prepare_student"):
         monkeypatch.setattr(ImageClassification, name, no_images)
-    import workbench.data.transforms as transforms
+    import workbench.data.datasets as datasets
+    import workbench.tasks.image as image_task
 
-    monkeypatch.setattr(transforms, "convert", no_images)
+    for module in (datasets, image_task):  # where images are converted between views
+        monkeypatch.setattr(module, "convert", no_images)
     base = dict(dataset="wine", batch_size=16, lr=1e-2, profile=False, seed=0)
     teacher_run = store.create(TrainConfig(kind="teacher", model=ModelConfig("mlp", 1, 64), epochs=15,
                                            **base).record(), run_id="tw")

@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
+from workbench.errors import ModelError, TrainingError
 from workbench.jobs.queue import execute_run
-from workbench.models.zoo import ModelConfig, ModelError, build_model, save_checkpoint
+from workbench.models.zoo import ModelConfig, build_model, save_checkpoint
 from workbench.train import loop as train_mod
 from workbench.train import teachers as teachers_mod
-from workbench.train.loop import TrainConfig, TrainingError, autocast_dtype, pick_device, train
+from workbench.train.loop import TrainConfig, autocast_dtype, pick_device, train
 
 TINY = dict(dataset="digits", model=ModelConfig("mlp", depth=1, width=32), epochs=3, batch_size=64,
             teacher="digits-cnn", profile=False)

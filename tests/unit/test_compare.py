@@ -8,7 +8,8 @@ import time
 import pytest
 
 from workbench.analysis.compare import format_table, timing_warning
-from workbench.evaluate.metrics import BUSY_LIMIT, OtherCpuLoad
+from workbench.evaluate import BUSY_LIMIT
+from workbench.evaluate.metrics import OtherCpuLoad
 
 
 def _row(role, model, busy, seed=0):

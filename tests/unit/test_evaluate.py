@@ -3,18 +3,16 @@
 import pytest
 import torch
 
-from workbench.evaluate.metrics import (
+from workbench.core.metrics import (
     accuracy,
     agreement,
     classification_metrics,
     confusion_matrix,
     expected_calibration_error,
-    flops_per_sample,
     kl_to_teacher,
-    latency_ms,
-    model_profile,
     per_class_accuracy,
 )
+from workbench.evaluate.metrics import flops_per_sample, latency_ms, model_profile
 from workbench.models.zoo import ModelConfig, build_model
 
 

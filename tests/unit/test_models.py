@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from workbench.errors import ModelError
 from workbench.models.zoo import (
     ZOO,
     ModelConfig,
-    ModelError,
     build_model,
     count_params,
     load_checkpoint,

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from workbench.store.runs import RunStore, RunStoreError, atomic_write_json, new_run_id, validate_run_id
+from workbench.errors import RunStoreError
+from workbench.io import atomic_write_json
+from workbench.store.runs import RunStore, new_run_id, validate_run_id
 
 
 def test_create_writes_config_with_schema_version_and_queued_status(store):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 import statistics
 
-from workbench.analysis.format import BUSY_LIMIT, ROLE_NAMES, _num, format_flops, format_gain, format_pct, format_values  # noqa: F401
+from workbench.analysis.format import ROLE_NAMES, _num, format_flops, format_gain, format_pct
+from workbench.evaluate import BUSY_LIMIT
 from workbench.store.runs import Run
 
 # what must match for a scratch run to be a KD run's fair baseline

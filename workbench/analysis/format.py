@@ -8,7 +8,6 @@ from __future__ import annotations
 TEACHER, SCRATCH, KD = "#4C78A8", "#9D9D9D", "#E45756"
 ROLE_COLORS = {"teacher": TEACHER, "scratch": SCRATCH, "kd": KD}  # one colour per role, everywhere
 ROLE_NAMES = {"teacher": "teacher", "scratch": "scratch", "kd": "distilled"}  # one name per role, everywhere
-from workbench.evaluate import BUSY_LIMIT  # noqa: F401 (a measurement above it is flagged)
 
 
 def format_pct(v, std=None) -> str:

@@ -12,7 +12,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.analysis.format import KD, ROLE_COLORS, ROLE_NAMES, SCRATCH, TEACHER, format_values  # noqa: F401
+from workbench.analysis.format import KD, ROLE_COLORS, ROLE_NAMES, SCRATCH, TEACHER, format_values
 
 TERM_DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")  # a run's loss terms, after its solid total
 PALETTE = ["#E45756", "#4C78A8", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#FF9DA6", "#9D755D",

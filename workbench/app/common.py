@@ -11,14 +11,17 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench.analysis import describe
+from workbench.analysis import describe, plots
+from workbench.analysis.format import format_flops
 from workbench.core.methods import DISTILLATION_METHODS, METHODS, Method
-from workbench.data.datasets import load_dataset  # noqa: F401 (pages and tests use it from here)
+from workbench.errors import ModelError, friendly_error
+from workbench.evaluate.metrics import flops_per_sample
 from workbench.experiments import recipes
-from workbench.jobs.queue import LocalQueueRunner, Runner, friendly_error
-from workbench.models.zoo import ModelConfig, build_model, count_params
+from workbench.jobs.queue import LocalQueueRunner, Runner
+from workbench.models.zoo import FAMILIES, ZOO, ModelConfig, build_model, count_params, parse_model
 from workbench.store.runs import Run, RunStore
 from workbench.tasks import task_for
+from workbench.train.loop import available_devices
 from workbench.train.teachers import load_teacher, shipped_teachers
 
 
@@ -74,8 +77,6 @@ def page_chrome() -> None:
 
 def chart(fig, key: str, container=None) -> None:
     """A plot and its caption; larger in presentation mode."""
-    from workbench.analysis import plots
-
     where = container or st
     if presenting():
         fig.update_layout(font_size=17, height=(fig.layout.height or 450) + 80)
@@ -225,17 +226,12 @@ def show_error(prefix: str, e: BaseException) -> None:
 
 
 @st.cache_data(show_spinner="Building the model…", max_entries=256)
-def model_figures(config: dict, input_shape: tuple, num_classes: int) -> dict:
+def model_figures(config: dict, input_shape: tuple, num_classes: int, dataset: str) -> dict:
     """Params and FLOPs of a model config at an input shape, for the live read-out beside the knobs
-    (a model that cannot take the input says why, in `error`)."""
-    from workbench.evaluate.metrics import flops_per_sample
-    from workbench.models.zoo import ModelError
-    from workbench.tasks import TASKS
-
-    task = TASKS[0] if len(input_shape) == 3 else TASKS[1]  # images are (C, H, W); rows of features (F,)
+    (a model that cannot take the data set's samples says why, in `error`: its task probes it)."""
     try:
         m = build_model(ModelConfig.from_dict(config), input_shape, num_classes)
-        task.probe(m, tuple(input_shape))
+        task_for(dataset).probe(m, tuple(input_shape))
     except ModelError as e:
         return {"error": str(e)}
     return {"params": count_params(m), "flops": flops_per_sample(m, input_shape),
@@ -247,13 +243,10 @@ SOURCES = {"built-in": "the workbench's families", "torchvision": "torchvision:N
 SOURCE_DEFAULTS = {"torchvision": "resnet18", "timm": "resnet10t", "factory": "my_models.py:make_model"}
 
 
-def student_picker(key: str, input_shape, num_classes: int, default: ModelConfig | None = None,
+def student_picker(key: str, input_shape, num_classes: int, dataset: str, default: ModelConfig | None = None,
                    label: str = "Student") -> ModelConfig | None:
     """A model: a built-in family with its size knobs, a torchvision or timm model, or your own factory; params
     and FLOPs (or why it cannot work) are shown live. None while the choice cannot be built."""
-    from workbench.analysis.compare import format_flops
-    from workbench.models.zoo import FAMILIES, ZOO, ModelError, parse_model
-
     default = default or ModelConfig("mlp", depth=1, width=64)
     source = st.radio(f"{label} from", list(SOURCES), horizontal=True, key=f"{key}_source",
                       format_func=lambda k: k if k != "factory" else "your own")
@@ -297,7 +290,7 @@ def student_picker(key: str, input_shape, num_classes: int, default: ModelConfig
         except ModelError as e:
             st.error(str(e))
             return None
-    figs = model_figures(config.to_dict(), tuple(input_shape), num_classes)
+    figs = model_figures(config.to_dict(), tuple(input_shape), num_classes, dataset)
     if "error" in figs:
         st.error(figs["error"])
         return None
@@ -311,8 +304,6 @@ def run_label(run: Run) -> str:
 
 
 def device_choices() -> list[str]:
-    from workbench.train.loop import available_devices
-
     return available_devices()
 
 

@@ -12,6 +12,7 @@ from workbench.analysis.compare import (
     AGREEMENT_MEANS,
     ECE_MEANS,
     aggregate,
+    artifact_label,
     comparison_rows,
     find_scratch_twins,
     headline,
@@ -21,6 +22,8 @@ from workbench.analysis.compare import (
 )
 from workbench.analysis.report import build_report
 from workbench.app import common
+from workbench.deploy.export import ExportOptions, start_export, zip_variant
+from workbench.jobs.queue import start_profile
 
 
 def _classes(runs) -> list[str]:
@@ -145,9 +148,6 @@ def page() -> None:
 
 def _deploy_panel(runs) -> None:
     """Export a run's student as ONNX (int8, pruned) in the background, watch it, download the artifacts."""
-    from workbench.analysis.compare import artifact_label
-    from workbench.deploy.export import ExportOptions, list_variants, start_export, zip_variant
-
     st.caption("The student as the artifact you ship: ONNX, int8 (ONNX Runtime quantization) and pruned-then-"
                "distilled, each measured by running it in ONNX Runtime. The variants join the table and the "
                "Pareto plots above.")
@@ -170,7 +170,7 @@ def _deploy_panel(runs) -> None:
             common.show_error("Cannot export", e)
 
     def progress() -> None:
-        variants = list_variants(run)
+        variants = run.variants()
         busy = False
         for v in variants:
             label = f"{artifact_label(v['name'])} ({v['name']})"
@@ -194,15 +194,13 @@ def _deploy_panel(runs) -> None:
             st.session_state["cmp_deploy_polling"] = False
             st.rerun()  # finished: one full rerun puts the variants into the table and the plots
 
-    busy = any(v["state"] in ("queued", "running") for v in list_variants(run))
+    busy = any(v["state"] in ("queued", "running") for v in run.variants())
     st.session_state["cmp_deploy_polling"] = busy
     st.fragment(progress, run_every=1.0 if busy else None)()
 
 
 def _remeasure(runs) -> None:
     """A button that re-times every run of the comparison (and its teacher) in one background process."""
-    from workbench.jobs.queue import start_profile
-
     if st.button("Re-measure these timings together", key="cmp_remeasure",
                  help="Runs `kdw profile` on these runs in the background: every model is timed again in one "
                       "process, one after the other. Reload the page when it is done."):

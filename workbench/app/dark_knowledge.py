@@ -13,6 +13,7 @@ from workbench.analysis import plots
 from workbench.app import common
 from workbench.core.explain import first_correct_index, t_squared_scaling, teacher_view
 from workbench.core.methods import KD
+from workbench.experiments import recipes
 
 
 def _random_image(n: int) -> None:
@@ -43,7 +44,6 @@ def page() -> None:
                 "*other* classes say which ones this image resembles. Dividing the logits by a temperature T "
                 "before the softmax makes those visible; the student learns from them.")
     ss = st.session_state
-    from workbench.experiments import recipes
 
     _from_url(recipes.dataset_choices("image")[0])
     left, right = st.columns([1, 2], gap="large")

@@ -8,10 +8,12 @@ from dataclasses import replace
 import streamlit as st
 
 from workbench.analysis import describe, plots
-from workbench.analysis.compare import comparison_rows, format_gain, format_values
+from workbench.analysis.compare import comparison_rows
+from workbench.analysis.format import format_gain, format_values
 from workbench.app import common
 from workbench.core.methods import METHODS
-from workbench.experiments import recipes
+from workbench.experiments import recipes, search
+from workbench.experiments.search import start_search
 from workbench.experiments.sweep import grid_configs, grid_table, scratch_cell, size_configs, size_table, sweep_progress
 from workbench.jobs.queue import active_runs
 from workbench.models.zoo import ModelConfig
@@ -36,7 +38,7 @@ def _base(prefix: str) -> TrainConfig | None:
         st.warning(f"No teacher for {ds_name} yet.")
         return None
     teacher = choices[st.selectbox("Teacher", list(choices), key=f"{prefix}_teacher")]
-    student = common.student_picker(f"{prefix}_student", ds.input_shape, ds.num_classes) if prefix != "sws" else \
+    student = common.student_picker(f"{prefix}_student", ds.input_shape, ds.num_classes, ds_name) if prefix != "sws" else \
         ModelConfig("mlp", depth=1, width=64)
     defaults = recipes.dataset_defaults(ds_name)
     c1, c2 = st.columns(2)
@@ -102,9 +104,6 @@ def _size_form() -> None:
 
 def _search_form() -> None:
     """A search of one method's hyperparameters on Ray Tune: ranges, budget, scheduler; it runs in the background."""
-    from workbench.experiments import search
-    from workbench.experiments.search import start_search
-
     base = _base("swr")
     if base is None:
         return
@@ -161,8 +160,6 @@ def _search_form() -> None:
 
 def _search_results() -> None:
     """A search's trials as they arrive, its history, importances and parallel coordinates, and its result."""
-    from workbench.experiments import search
-
     store = common.store()
     group = _pick_group(search.searches(store), "Search", "sw_search_pick", "sw_search_group",
                         "No searches yet. Set one up on the left.")
@@ -282,8 +279,6 @@ def page() -> None:
 
 
 def _search_running() -> bool:
-    from workbench.experiments import search
-
     store = common.store()
     return any((search.search_status(store, g) or {}).get("state") in ("queued", "running")
                for g in search.searches(store)[-5:])

@@ -10,10 +10,11 @@ import streamlit as st
 
 from workbench.analysis import describe, plots
 from workbench.app import common
+from workbench.errors import ModelError
 from workbench.experiments import recipes
 from workbench.experiments.strategies import born_again_chain, takd_chain, teacher_model_config
 from workbench.jobs.queue import active_runs
-from workbench.models.zoo import ModelConfig, ModelError, load_checkpoint, save_checkpoint
+from workbench.models.zoo import ModelConfig, load_checkpoint, save_checkpoint
 from workbench.store.runs import FINISHED, new_run_id
 from workbench.tasks import task_for
 from workbench.train.loop import TrainConfig, check_setup
@@ -113,7 +114,7 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
                    "students are MLPs.")
         shape, image_size, image_channels = tuple(ds.input_shape), None, None
     teacher = _teacher_section(ds_name, ds, data_dir)
-    student = common.student_picker("tr_student", shape, ds.num_classes)
+    student = common.student_picker("tr_student", shape, ds.num_classes, ds_name)
     init = st.text_input("Start the student from weights (optional)", key="tr_init",
                          placeholder="/path/to/weights.safetensors or state_dict.pth",
                          help=".safetensors or a PyTorch state dict (never a pickled model); a classifier with "
@@ -123,7 +124,7 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
         return None
     if student is None:
         return None
-    student_info = common.model_figures(student.to_dict(), shape, ds.num_classes)
+    student_info = common.model_figures(student.to_dict(), shape, ds.num_classes, ds_name)
     teacher_info = None
     if teacher:
         try:
@@ -146,7 +147,7 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
     if strategy == "born-again generations":
         chain_opts["generations"] = st.number_input("Generations", 1, 5, 2, key="tr_generations")
     elif strategy == "teacher assistant":
-        chain_opts["assistant"] = common.student_picker("tr_assistant", shape, ds.num_classes,
+        chain_opts["assistant"] = common.student_picker("tr_assistant", shape, ds.num_classes, ds_name,
                                                         default=ModelConfig("cnn", depth=1, width=16),
                                                         label="Assistant")
         if chain_opts["assistant"] is None:

@@ -438,7 +438,7 @@ def cmd_report(args) -> int:
 
 def cmd_sweep(args) -> int:
     """A T x alpha grid, or a size sweep (--widths/--depths), each with scratch twins."""
-    from workbench.analysis.compare import format_gain, format_pct
+    from workbench.analysis.format import format_gain, format_pct
     from workbench.experiments.sweep import grid_configs, grid_table, scratch_cell, size_configs, size_table
     from workbench.jobs.queue import run_foreground
     from workbench.models.zoo import ModelConfig
@@ -515,7 +515,7 @@ def _queue(args, store):
 
 def cmd_search(args) -> int:
     """Search a method's hyperparameters on Ray Tune (Optuna TPE, early stopping), then confirm the best over seeds."""
-    from workbench.analysis.compare import format_values
+    from workbench.analysis.format import format_values
     from workbench.experiments.search import check_inputs, parse_range, require_ray, search, shutdown
     from workbench.store.runs import RunStore, new_run_id, validate_run_id
 
@@ -619,7 +619,8 @@ def cmd_chain(args, strategy: str) -> int:
 
 def cmd_profile(args) -> int:
     """Re-measure the latency and throughput of finished runs (student and teacher), e.g. on a quiet machine."""
-    from workbench.evaluate.metrics import BUSY_LIMIT, model_profile
+    from workbench.evaluate import BUSY_LIMIT
+    from workbench.evaluate.metrics import model_profile
     from workbench.models.zoo import load_checkpoint
     from workbench.train.loop import teacher_profile
     from workbench.train.teachers import load_teacher
@@ -878,7 +879,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     except Exception as e:  # every error reaches the user as one readable line
-        from workbench.jobs.queue import friendly_error
+        from workbench.errors import friendly_error
 
         if os.environ.get("KDW_DEBUG"):
             raise

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.core import losses
+from workbench.core.hooks import feature_shapes
 
 MAX_TEMPERATURE = 100.0  # beyond this every softened distribution is uniform to float precision, and T² overflows
 
@@ -137,7 +138,9 @@ class Method(nn.Module):
                 for k in keys]
 
     def ce(self, ctx: StepContext) -> torch.Tensor:
-        return losses.masked_cross_entropy(ctx.s_logits, ctx.targets)
+        """The cross-entropy term on the visible labels, weighted by the method's ``ce_weight`` where it has one."""
+        ce = losses.masked_cross_entropy(ctx.s_logits, ctx.targets)
+        return self.p["ce_weight"] * ce if "ce_weight" in self.p else ce
 
 
 class CE(Method):
@@ -245,7 +248,7 @@ class LSKD(Method):
 
     def terms(self, ctx):
         ls = losses.soft_kl(losses.zscore(ctx.s_logits), ctx.t_target, self.p["temperature"])
-        return {"ce": self.p["ce_weight"] * self.ce(ctx), "kd": self.p["kd_weight"] * ls}
+        return {"ce": self.ce(ctx), "kd": self.p["kd_weight"] * ls}
 
     def objective_text(self):
         return (f"L = {self.p['ce_weight']:g}·CE + {self.p['kd_weight']:g}·T²·KL(z-scored logits), "
@@ -270,7 +273,7 @@ class DKD(Method):
     def terms(self, ctx):
         ramp = min(ctx.progress / self.p["warmup"], 1.0) if self.p["warmup"] > 0 else 1.0
         tckd, nckd = losses.dkd_terms(ctx.s_logits, ctx.t_target, ctx.targets, self.p["temperature"])
-        return {"ce": self.p["ce_weight"] * self.ce(ctx), "tckd": ramp * self.p["alpha"] * tckd,
+        return {"ce": self.ce(ctx), "tckd": ramp * self.p["alpha"] * tckd,
                 "nckd": ramp * self.p["beta"] * nckd}
 
     def objective_text(self):
@@ -292,7 +295,7 @@ class DIST(Method):
 
     def terms(self, ctx):
         tau = self.p["tau"]
-        return {"ce": self.p["ce_weight"] * self.ce(ctx),
+        return {"ce": self.ce(ctx),
                 "inter": losses.dist_loss(ctx.s_logits, ctx.t_target, self.p["beta"], 0.0, tau),
                 "intra": losses.dist_loss(ctx.s_logits, ctx.t_target, 0.0, self.p["gamma"], tau)}
 
@@ -323,8 +326,6 @@ class FitNet(Method):
     teacher_input = "features"
 
     def setup(self, student, teacher, input_shape, num_classes, n_train):
-        from workbench.core.hooks import feature_shapes
-
         s_name, t_name = _stage(student, self.p["student_stage"]), _stage(teacher, self.p["teacher_stage"])
         self.student_features, self.teacher_features = (s_name,), (t_name,)
         s_shape = feature_shapes(student, [s_name], input_shape)[s_name]
@@ -337,7 +338,7 @@ class FitNet(Method):
         (s,), (t,) = ctx.s_feats.values(), ctx.t_feats.values()
         if s.ndim == 4 and t.ndim == 4:
             s, t = losses.match_spatial(s.float(), t.float())
-        return {"ce": self.p["ce_weight"] * self.ce(ctx),
+        return {"ce": self.ce(ctx),
                 "hint": self.p["beta"] * losses.fitnet_loss(s.float(), t.float(), self.adapter)}
 
     def objective_text(self):
@@ -354,8 +355,6 @@ class AT(Method):
     teacher_input = "features"
 
     def setup(self, student, teacher, input_shape, num_classes, n_train):
-        from workbench.core.hooks import feature_shapes
-
         common = [n for n in ("stage1", "stage2", "stage3", "stage4") if n in getattr(student, "stages", {})
                   and n in getattr(teacher, "stages", {})]
         if common:
@@ -370,7 +369,7 @@ class AT(Method):
     def terms(self, ctx):
         at = sum(losses.at_loss(ctx.s_feats[n].float(), ctx.t_feats[n].float(), self.p["p"])
                  for n in self.student_features)
-        return {"ce": self.p["ce_weight"] * self.ce(ctx), "at": self.p["beta"] * at}
+        return {"ce": self.ce(ctx), "at": self.p["beta"] * at}
 
     def objective_text(self):
         return f"L = {_ce(self.p)} + {self.p['beta']:g}·Σ_stages mean(a(f_s) − a(f_t))²"
@@ -400,7 +399,7 @@ class PKT(_EmbeddingMethod):
     help = {"beta": "weight (RepDistiller: -b 30000)"}
 
     def terms(self, ctx):
-        return {"ce": self.p["ce_weight"] * self.ce(ctx), "pkt": self.p["beta"] * losses.pkt_loss(*self.pair(ctx))}
+        return {"ce": self.ce(ctx), "pkt": self.p["beta"] * losses.pkt_loss(*self.pair(ctx))}
 
     def objective_text(self):
         return f"L = {_ce(self.p)} + {self.p['beta']:g}·KL(P_t ‖ P_s) over cosine similarities"
@@ -415,7 +414,7 @@ class RKD(_EmbeddingMethod):
     help = {"distance_weight": "w_D (paper: 25)", "angle_weight": "w_A (paper: 50)"}
 
     def terms(self, ctx):
-        return {"ce": self.p["ce_weight"] * self.ce(ctx), "rkd": self.p["beta"] * losses.rkd_loss(
+        return {"ce": self.ce(ctx), "rkd": self.p["beta"] * losses.rkd_loss(
             *self.pair(ctx), self.p["distance_weight"], self.p["angle_weight"])}
 
     def objective_text(self):
@@ -440,7 +439,7 @@ class SP(_EmbeddingMethod):
         self.student_features, self.teacher_features = (last(student),), (last(teacher),)
 
     def terms(self, ctx):
-        return {"ce": self.p["ce_weight"] * self.ce(ctx), "sp": self.p["beta"] * losses.sp_loss(*self.pair(ctx))}
+        return {"ce": self.ce(ctx), "sp": self.p["beta"] * losses.sp_loss(*self.pair(ctx))}
 
     def objective_text(self):
         return f"L = {_ce(self.p)} + {self.p['beta']:g}·‖G_t − G_s‖²_F / B²"
@@ -469,8 +468,6 @@ class CRD(_EmbeddingMethod):
             "nce_m": "memory momentum", "feat_dim": "embedding head size"}
 
     def setup(self, student, teacher, input_shape, num_classes, n_train):
-        from workbench.core.hooks import feature_shapes
-
         super().setup(student, teacher, input_shape, num_classes, n_train)
         s_dim = math.prod(feature_shapes(student, list(self.student_features), input_shape)[self.student_features[0]])
         t_dim = math.prod(feature_shapes(teacher, list(self.teacher_features), input_shape)[self.teacher_features[0]])
@@ -500,7 +497,7 @@ class CRD(_EmbeddingMethod):
                 pos = bank[ctx.idx] * self.p["nce_m"] + v.detach() * (1 - self.p["nce_m"])
                 bank[ctx.idx] = F.normalize(pos, dim=1)
         nce = losses.crd_nce_loss(out_s / self.z[0], self.n_data) + losses.crd_nce_loss(out_t / self.z[1], self.n_data)
-        return {"ce": self.p["ce_weight"] * self.ce(ctx), "crd": self.p["beta"] * nce}
+        return {"ce": self.ce(ctx), "crd": self.p["beta"] * nce}
 
     @staticmethod
     def _scores(bank: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

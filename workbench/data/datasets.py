@@ -43,7 +43,7 @@ import torch
 
 from workbench.data.images import LazyImages, Listing, decode, list_csv, list_folder, memory_budget
 from workbench.data.readers import _find_fashion_mnist, _raw_cifar10, _raw_fashion_mnist, read_cifar100
-from workbench.data.transforms import AUGMENTATIONS, View, convert  # noqa: F401 (AUGMENTATIONS: the public list)
+from workbench.data.transforms import View, convert
 from workbench.errors import DataError
 
 SPLIT_SEED = 0  # the validation/test carve-outs never change with the training seed
@@ -207,7 +207,6 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: 
         x_tr, y_tr, x_te, y_te, source = _raw_cifar10(root, download)
         classes, augment = CIFAR10_CLASSES, "flip+crop"
     elif name == "cifar100":
-
         x_tr, y_tr, x_te, y_te, classes, source = read_cifar100(root)
         x_tr, x_te = x_tr / np.float32(255), x_te / np.float32(255)
         augment = "flip+crop"

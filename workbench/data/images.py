@@ -318,7 +318,6 @@ class StreamLoader:
         return self.steps if self.steps is not None else len(self.indices) // self.batch_size
 
     def __iter__(self):
-
         n, bs = len(self.indices), self.batch_size
         reps = 1 if self.steps is None else -(-self.steps * bs // n)
         order = self.indices[torch.cat([torch.randperm(n, generator=self.generator) for _ in range(reps)])]

@@ -21,7 +21,8 @@ import torch
 from workbench.data.datasets import SPLIT_SEED, Dataset, _stratified_split
 from workbench.errors import DataError
 
-TABLE_DATASETS = ("wine", "breast-cancer", "table")
+EMBEDDED_TABLES = ("wine", "breast-cancer")  # in scikit-learn's wheel: always there
+TABLE_DATASETS = (*EMBEDDED_TABLES, "table")
 DEFAULT_LABEL_COLUMN = "label"
 
 

@@ -38,16 +38,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import DeployError  # noqa: F401 (raised here; importable from here too)
-from workbench.evaluate.metrics import OtherCpuLoad, device_name, flops_per_sample, time_calls, time_forward
+from workbench.errors import (
+    DeployError,
+    friendly_error,
+)
+from workbench.evaluate.metrics import (
+    OtherCpuLoad,
+    device_name,
+    flops_per_sample,
+    predict_logits,
+    time_calls,
+    time_forward,
+)
+from workbench.io import atomic_write_json
 from workbench.jobs.spawn import spawn
 from workbench.models.zoo import count_params
-from workbench.store.runs import Run, RunStore, atomic_write_json
+from workbench.store.runs import Run, RunStore
 from workbench.tasks import task_for
+from workbench.train.loop import TrainConfig, train
+from workbench.train.teachers import cached_logits, load_teacher
 
 VARIANT_FILES = ("model.onnx", "model.onnx.data")  # what a deployment needs; metrics.json and status.json are ours
 MIN_CALIBRATION = 16  # fewer images give activation ranges that depend on the draw more than on the data
-
 
 
 def require(module: str):
@@ -87,15 +99,6 @@ class ExportOptions:
 
 # ---------------------------------------------------------------------------
 # the variant store
-
-def variants_dir(run: Run) -> Path:
-    return run.variants_path
-
-
-def list_variants(run: Run) -> list[dict]:
-    """Each variant of a run (`Run.variants`)."""
-    return run.variants()
-
 
 def _set_status(folder: Path, state: str, **fields) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -311,7 +314,6 @@ def _teacher_test_logits(run: Run, store: RunStore, dataset) -> torch.Tensor | N
     spec = (run.summary.get("teacher") or {}).get("spec")
     if not spec:
         return None
-    from workbench.train.teachers import cached_logits, load_teacher
 
     teacher = load_teacher(spec, store)
     return cached_logits(teacher, task_for(dataset.name).view_for(dataset, teacher.model), "test", "plain", store.cache_dir / "teacher-logits",
@@ -339,7 +341,7 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
     say = progress or (lambda *a: None)
     names = options.variant_names()
     for n in names:
-        _set_status(variants_dir(run) / n, "queued")
+        _set_status(run.variants_path / n, "queued")
     config = run.config
     model = run.load_model("best").float().eval()
     task = task_for(config["dataset"])
@@ -352,7 +354,7 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
     results = []
 
     def make(name: str, source: nn.Module, step: int, fp32_from: Path | None = None, extra: dict | None = None):
-        folder = variants_dir(run) / name
+        folder = run.variants_path / name
         shutil.rmtree(folder, ignore_errors=True)
         _set_status(folder, "running", progress={"text": "exporting", "fraction": step / len(names)})
         say(name, "exporting", step / len(names))
@@ -371,8 +373,6 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
             results.append(metrics)
             return folder
         except Exception as e:
-            from workbench.jobs.queue import friendly_error
-
             _set_status(folder, "failed", error=friendly_error(e))
             raise
 
@@ -385,7 +385,7 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
     if options.prune is not None:
         tag = f"pruned{round(100 * options.prune)}"
         say(f"{tag}-onnx-fp32", "pruning and fine-tuning with the teacher", step / len(names))
-        _set_status(variants_dir(run) / f"{tag}-onnx-fp32", "running",
+        _set_status(run.variants_path / f"{tag}-onnx-fp32", "running",
                     progress={"text": "pruning and fine-tuning with the teacher", "fraction": step / len(names)})
         pruned, finetune = prune_and_finetune(run, store, model, dataset, options)
         extra = {"pruned_fraction": options.prune, "finetune": finetune}
@@ -404,8 +404,6 @@ def prune_and_finetune(run: Run, store: RunStore, model: nn.Module, dataset, opt
     """
     from dataclasses import replace
 
-    from workbench.evaluate.metrics import predict_logits
-    from workbench.train.loop import TrainConfig, train
 
     pruned = prune_model(model, dataset.input_shape, options.prune)
     x_test, y_test = dataset.split("test")
@@ -433,7 +431,6 @@ def start_export(store: RunStore, run_id: str, options) -> None:
     folder = run.variants_path
     folder.mkdir(parents=True, exist_ok=True)
     for name in options.variant_names():  # visible at once, before the process has imported anything
-        (folder / name).mkdir(exist_ok=True)
-        atomic_write_json(folder / name / "status.json", {"state": "queued", "updated": time.time()})
+        _set_status(folder / name, "queued")
     spawn(["export", run_id, *export_args(options), "--runs-dir", str(store.root)], store.root,
           folder / "export.log")

@@ -26,17 +26,6 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from workbench.core.metrics import (  # noqa: F401
-    ECE_BINS,
-    accuracy,
-    agreement,
-    classification_metrics,
-    confusion_matrix,
-    expected_calibration_error,
-    kl_to_teacher,
-    per_class_accuracy,
-)
-from workbench.evaluate import BUSY_LIMIT  # noqa: F401
 from workbench.models.zoo import checkpoint_bytes, count_params
 
 # ---------------------------------------------------------------------------

@@ -16,12 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from workbench.analysis.plots import ROLE_NAMES
+from workbench.analysis.format import ROLE_NAMES
 from workbench.core.methods import method_info
+from workbench.data.datasets import available_datasets, load_dataset
+from workbench.data.images import list_csv, list_folder
+from workbench.data.tables import EMBEDDED_TABLES
 from workbench.errors import DataError
-from workbench.models.zoo import ModelConfig
+from workbench.models.zoo import ModelConfig, parse_model
 from workbench.store.runs import RunStore
+from workbench.tasks import task_for
 from workbench.train.loop import TrainConfig
+from workbench.train.teachers import shipped_teachers
 
 # ---------------------------------------------------------------------------
 # a distilled run and its scratch twin
@@ -81,10 +86,7 @@ def dataset_defaults(name: str) -> DatasetDefaults:
 def dataset_choices(sample_kind: str | None = None) -> tuple[list[str], dict[str, str]]:
     """(embedded data sets that load here, {missing data set: how to get it}); only those whose task shows samples
     of `sample_kind` ("image", "features") when it is given (the Dark knowledge views show images)."""
-    from workbench.data.datasets import available_datasets
-    from workbench.tasks import task_for
-
-    avail = available_datasets() | {"wine": None, "breast-cancer": None}  # tables: in scikit-learn's wheel
+    avail = available_datasets() | dict.fromkeys(EMBEDDED_TABLES)
     avail = {k: v for k, v in avail.items() if sample_kind is None or task_for(k).sample_kind == sample_kind}
     return [k for k, v in avail.items() if v is None], {k: v for k, v in avail.items() if v is not None}
 
@@ -109,8 +111,6 @@ def _upload_input_shape(path: Path) -> tuple | None:
 
 def check_data_path(name: str, path: str) -> str | None:
     """Why a user's image folder or CSV manifest cannot be used, in one sentence; None if it can."""
-    from workbench.data.images import list_csv, list_folder
-
     p = Path(path).expanduser()
     try:
         if name == "csv":
@@ -129,9 +129,6 @@ def teacher_choices(dataset: str, store: RunStore, uploads: Path | None = None, 
                     ) -> list[tuple[str, str]]:
     """(label, teacher spec) pairs: shipped teachers, finished teacher runs on the same data, and uploaded files
     that fit."""
-    from workbench.data.datasets import load_dataset
-    from workbench.train.teachers import shipped_teachers
-
     out = [(f"{c['name']} (shipped, {100 * c['test_accuracy']:.2f}% test)", c["name"])
            for c in shipped_teachers(dataset)]
     for r in store.list(kind="teacher", state="done"):
@@ -225,8 +222,6 @@ class ClassicRecipe:
     seed: int = 0
 
     def teacher_config(self, group: str) -> TrainConfig:
-        from workbench.models.zoo import parse_model
-
         return TrainConfig(kind="teacher", dataset=self.dataset, data_dir=self.data_dir,
                            model=parse_model("torchvision:resnet50", pretrained=self.pretrained),
                            init=self.teacher_init, image_size=self.teacher_size, channels=3,
@@ -235,8 +230,6 @@ class ClassicRecipe:
 
     def student_configs(self, teacher: str, group: str, size: int | None = None) -> list[TrainConfig]:
         """[scratch twin, distilled] MobileNetV2 at `size` (default `student_size`), taught by run `teacher`."""
-        from workbench.models.zoo import parse_model
-
         kd = TrainConfig(kind="kd", dataset=self.dataset, data_dir=self.data_dir, teacher=teacher,
                          model=parse_model("torchvision:mobilenet_v2"), image_size=size or self.student_size,
                          channels=3, method="kd", method_params={"temperature": self.temperature,

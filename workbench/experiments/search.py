@@ -25,9 +25,16 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from workbench.analysis.compare import comparison_rows, gain_verdict, mean_std
+from workbench.analysis.format import format_values
 from workbench.core.methods import METHODS
+from workbench.errors import friendly_error
+from workbench.experiments.recipes import distill_configs
+from workbench.io import atomic_write_json, read_json_object
+from workbench.jobs.queue import check_workers, claim, default_workers, execute_run, fail_stale_runs
 from workbench.jobs.spawn import spawn
-from workbench.store.runs import RunStore
+from workbench.store.runs import RunStore, process_identity, same_process
+from workbench.train.loop import TrainConfig
 
 INSTALL = "pip install -e '.[search]' (or pip install 'kd-workbench[search]')"
 SCHEDULERS = ("asha", "median", "none")
@@ -209,8 +216,6 @@ def _trainable(trial_config: dict):
     """One trial (in a Ray worker): a run of the store, reporting its validation accuracy every epoch."""
     from ray import tune
 
-    from workbench.jobs.queue import execute_run
-    from workbench.train.loop import TrainConfig
 
     store = RunStore(trial_config["_store"])
     base = TrainConfig.from_dict(trial_config["_base"])
@@ -249,8 +254,6 @@ def _cancel_path(store: RunStore, group: str) -> Path:
 
 
 def _write_status(store: RunStore, group: str, **fields) -> dict:
-    from workbench.store.runs import atomic_write_json, read_json_object
-
     path = status_path(store, group)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -264,8 +267,6 @@ def _write_status(store: RunStore, group: str, **fields) -> dict:
 
 def search_status(store: RunStore, group: str) -> dict | None:
     """A search's record, or None; a 'running' search whose driver process is gone reads as failed."""
-    from workbench.store.runs import read_json_object, same_process
-
     try:
         st = read_json_object(status_path(store, group))
     except Exception:
@@ -313,8 +314,6 @@ def prepare_search(store: RunStore, base, ranges: list[ParamRange], trials: int,
 
 def run_prepared(store: RunStore, group: str, progress=None) -> SearchResult:
     """Run a search that `prepare_search` recorded (the background job's entry point)."""
-    from workbench.train.loop import TrainConfig
-
     st = search_status(store, group)
     if not st:
         raise ValueError(f"no search named {group} in {store.root}")
@@ -368,7 +367,6 @@ def search(base, ranges: list[ParamRange], trials: int, store: RunStore, group: 
     GPU, else two sharing the CPU cores. Writes its record (`search_status`)."""
     from dataclasses import asdict
 
-    from workbench.store.runs import process_identity
 
     ranges = check_inputs(base, ranges, trials, seeds, time_budget_s, scheduler)
     say = progress or (lambda msg: None)
@@ -384,8 +382,6 @@ def search(base, ranges: list[ParamRange], trials: int, store: RunStore, group: 
         result = _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler, address, num_cpus,
                          command, say, twins, workers)
     except BaseException as e:
-        from workbench.jobs.queue import friendly_error
-
         cancelled = isinstance(e, KeyboardInterrupt)
         _write_status(store, group, state="cancelled" if cancelled else "failed",
                       error="cancelled by the user" if cancelled else friendly_error(e), ended=time.time())
@@ -399,9 +395,6 @@ def search(base, ranges: list[ParamRange], trials: int, store: RunStore, group: 
 
 def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler, address, num_cpus, command,
             say, twins, workers) -> SearchResult:
-    from workbench.analysis.compare import comparison_rows, format_values, gain_verdict, mean_std
-    from workbench.experiments.recipes import distill_configs
-
     if _cancel_path(store, group).exists():  # cancelled while it was waiting to start
         return SearchResult(group, [], None, [], state="cancelled")
     ray = connect(address, num_cpus)
@@ -477,8 +470,6 @@ def _grid_trial(trial_config: dict):
     """One cell of a grid (in a Ray worker): the queued run the driver created and claimed, run here."""
     from ray import tune
 
-    from workbench.jobs.queue import execute_run
-    from workbench.store.runs import atomic_write_json, process_identity
 
     store = RunStore(trial_config["_store"])
     run = store.get(trial_config["run_id"])
@@ -498,8 +489,6 @@ def run_grid(store: RunStore, configs: list, command: str = "", *, workers: int 
     them alone) and each Ray trial runs one of them. Runs that never started when the grid stops (Ctrl-C)
     are marked cancelled; a run whose Ray worker died is marked failed with its epochs kept.
     """
-    from workbench.jobs.queue import check_workers, claim, default_workers, fail_stale_runs
-
     ray = connect(address)
     if workers is None:
         gpus = int(ray.cluster_resources().get("GPU", 0))

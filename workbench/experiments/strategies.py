@@ -20,6 +20,7 @@ from dataclasses import replace
 from workbench.models.zoo import ModelConfig
 from workbench.store.runs import new_run_id
 from workbench.train.loop import TrainConfig
+from workbench.train.teachers import load_teacher
 
 
 def born_again_chain(base: TrainConfig, generations: int, teacher_model: ModelConfig, group: str
@@ -43,8 +44,6 @@ def takd_chain(base: TrainConfig, assistant: ModelConfig, group: str) -> list[tu
 
 
 def teacher_model_config(spec: str, store=None) -> ModelConfig:
-    from workbench.train.teachers import load_teacher
-
     return load_teacher(spec, store).config
 
 

@@ -25,19 +25,10 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from workbench.errors import RunFailed, friendly_error  # noqa: F401 (friendly_error: importable from here too)
+from workbench.errors import RunFailed, RunStoreError, friendly_error
+from workbench.io import atomic_write_json, read_json_object
 from workbench.jobs.spawn import spawn
-from workbench.store.runs import (
-    FINISHED,
-    HEARTBEAT_S,
-    Run,
-    RunStore,
-    RunStoreError,
-    atomic_write_json,
-    process_identity,
-    read_json_object,
-    same_process,
-)
+from workbench.store.runs import FINISHED, HEARTBEAT_S, Run, RunStore, process_identity, same_process
 
 WORKER_MARKER = ".worker.json"  # the last worker started in slot 0: {pid, pid_started, host}
 QUEUE_SETTINGS = ".queue.json"  # {"workers": N}: how many jobs this store runs at once
@@ -119,7 +110,8 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
     `resume`, keeps the epochs up to the run's checkpoint. A config with `nproc` > 1 is launched through
     torch.distributed.run (`launch`), whose rank 0 comes back here with `launch=False`.
     """
-    from workbench.train.loop import Diverged, TrainConfig, train
+    from workbench.errors import Diverged
+    from workbench.train.loop import TrainConfig, train
 
     def on_term(signum, frame):
         raise Cancelled()
@@ -303,7 +295,6 @@ def _log_traceback(run: Run) -> None:
             traceback.print_exc(file=f)
     except OSError:
         pass
-
 
 
 def run_in_process(store: RunStore, config, callbacks=(), *, run_id: str | None = None, prefix: str | None = None,
@@ -673,7 +664,7 @@ def run_job(run_id: str, store: RunStore) -> str:
         raise RunStoreError(f"run {run_id} is {run.state}, not queued")
     if run.status().get("resume"):  # queued to go on from its checkpoint
         return execute_run(run, store, resume=True)
-    if (run.path / "summary.json").exists() or (run.path / "metrics.jsonl").exists():
+    if run.summary_path.exists() or run.metrics_path.exists():
         raise RunStoreError(f"run {run_id} already has results; it is not run again")
     return execute_run(run, store)
 
@@ -684,7 +675,7 @@ def fail_stale_runs(store: RunStore) -> list[str]:
     failed = []
     for run in store.list():
         try:
-            raw = (run.path / "status.json").read_text()
+            raw = run.status_path.read_text()
         except OSError:
             continue
         if '"running"' not in raw:

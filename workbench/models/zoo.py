@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workbench.errors import ModelError  # noqa: F401 (raised here; importable from here too)
+from workbench.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,24 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.analysis import describe, plots
-from workbench.analysis.compare import aggregate, comparison_rows, find_scratch_twins, format_values, table_columns
+from workbench.analysis.compare import aggregate, comparison_rows, find_scratch_twins, table_columns
+from workbench.analysis.format import format_flops, format_values
 from workbench.core.explain import first_correct_index, teacher_view
 from workbench.core.methods import DISTILLATION_METHODS, METHODS, Method, parse_params
 from workbench.data.datasets import load_dataset
-from workbench.experiments import recipes
+from workbench.errors import friendly_error
+from workbench.evaluate.metrics import flops_per_sample
+from workbench.experiments import recipes, search
+from workbench.experiments.search import (
+    cancel_search,
+    default_range,
+    parse_range,
+    prepare_search,
+    search_status,
+    start_search,
+    trial_rows,
+    trial_table,
+)
 from workbench.experiments.sweep import grid_table
 from workbench.jobs.queue import LocalQueueRunner, Runner
 from workbench.models.zoo import FAMILIES, ZOO, ModelConfig, build_model, check_input, count_params, parse_model
@@ -242,8 +255,6 @@ class DistillPanel(W.VBox):
             shape = self.input_shape(cfg)
             m = build_model(cfg, shape, self._ds.num_classes)
             check_input(m, shape)
-            from workbench.analysis.compare import format_flops
-            from workbench.evaluate.metrics import flops_per_sample
 
             self.size.value = (f"<b>{cfg.label()}</b> at {'×'.join(map(str, shape))}: {count_params(m):,} "
                                f"parameters · {format_flops(flops_per_sample(m, shape))} per image")
@@ -307,8 +318,6 @@ class DistillPanel(W.VBox):
             configs = self.configs()
             check_setup(configs[-1], self.store)
         except Exception as e:
-            from workbench.jobs.queue import friendly_error
-
             self.status.value = f"<span style='color:#c00'>Cannot train: {friendly_error(e)}</span>"
             return []
         group = new_run_id("notebook")
@@ -375,8 +384,6 @@ class SearchPanel(W.VBox):
     """
 
     def __init__(self, dataset: str | None = None, store: RunStore | None = None, poll_s: float = 1.0):
-        from workbench.experiments import search
-
         self.store, self.poll_s = store or RunStore(), poll_s
         self.group: str | None = None
         self._thread: threading.Thread | None = None
@@ -423,8 +430,6 @@ class SearchPanel(W.VBox):
             self.teacher.value = opts[0][1]
 
     def _on_method(self) -> None:
-        from workbench.experiments.search import default_range
-
         name = self.method.value
         first = next((k for k in ("beta", "kd_weight", "mutual_weight", "temperature") if k in METHODS[name].defaults),
                      None)
@@ -439,15 +444,10 @@ class SearchPanel(W.VBox):
                            epochs=int(self.epochs.value), labels=int(self.labels.value) or None)
 
     def parsed_ranges(self):
-        from workbench.experiments.search import parse_range
-
         return [parse_range(t) for t in self.ranges.value.replace(",", ";").split(";") if t.strip()]
 
     def launch(self) -> str | None:
         """Check the inputs, start the search in the background and follow it; returns its group."""
-        from workbench.errors import friendly_error
-        from workbench.experiments.search import prepare_search, start_search
-
         try:
             base = self.base()
             check_setup(base, self.store)
@@ -467,15 +467,11 @@ class SearchPanel(W.VBox):
         return group
 
     def cancel(self) -> None:
-        from workbench.experiments.search import cancel_search
-
         if self.group:
             self.status.value = cancel_search(self.store, self.group)
 
     def wait(self, timeout: float = 900.0) -> dict:
         """Block until the search ends; returns its record (state, best, gain, final runs)."""
-        from workbench.experiments.search import search_status
-
         if self._thread is not None:
             self._thread.join(timeout)
         return search_status(self.store, self.group) or {}
@@ -487,8 +483,6 @@ class SearchPanel(W.VBox):
 
     def refresh(self) -> bool:
         """Redraw from the run store; True once the search has ended."""
-        from workbench.experiments.search import search_status, trial_table
-
         st = search_status(self.store, self.group) or {}
         trials = trial_table(self.store, self.group)
         finished = [t for t in trials if t["state"] not in ("queued", "running")]
@@ -509,7 +503,6 @@ class SearchPanel(W.VBox):
         if trials:  # append_display_data is safe from the polling thread; `with output:` is not
             import pandas as pd
 
-            from workbench.experiments.search import trial_rows
 
             self.table.outputs = ()
             self.table.append_display_data(pd.DataFrame(trial_rows(trials)))

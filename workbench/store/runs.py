@@ -7,12 +7,17 @@
         summary.json         final figures (docs/conventions.md)
         student.safetensors  weights of the best-validation epoch
         last.safetensors     weights of the last epoch
+        checkpoint.pt        optimiser, schedule, RNG states and best so far, after every epoch (kdw resume)
         log.txt              the job's stdout/stderr, when it ran as a job
+        traceback.txt        the full traceback of a failed job
+        cancel               present when a cancel was asked for
+        .claim               the queue worker that took the run
+        variants/<name>/     deployed variants: model files, status.json, metrics.json
 
-JSON files are written atomically (a temporary file, then ``os.replace``), so a
-reader never sees half a file. Run ids match ``[A-Za-z0-9_.-]{1,64}`` and may not
-start with a dot, so an id can never point outside the store. A run whose status
-says running but whose process is gone reads as failed.
+Each of these is a property of `Run` (`Run.checkpoint_path`, `Run.claim_path`, ...); no other module names them.
+Files are replaced with `workbench.io.atomic_write` (a temporary file, fsync, ``os.replace``), so a reader never
+sees half a file. Run ids match ``[A-Za-z0-9_.-]{1,64}`` and may not start with a dot, so an id can never point
+outside the store. A run whose status says running but whose process is gone reads as failed.
 """
 
 from __future__ import annotations
@@ -27,14 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import RunStoreError
-from workbench.io import atomic_write, atomic_write_json, fsync_dir, json_default, read_json, read_json_object  # noqa: F401
+from workbench.io import atomic_write, atomic_write_json, fsync_dir, json_default, read_json_object
 
 SCHEMA_VERSION = 2  # 2: T and α live in the method's parameters (1 kept them on the config)
 STATES = ("queued", "running", "done", "failed", "cancelled", "diverged")  # what a status.json may say
 FINISHED = ("done", "failed", "cancelled", "diverged", "unreadable")  # nothing more will happen to these by itself
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
 
 
 def validate_run_id(run_id: str) -> str:

@@ -82,16 +82,21 @@ class Task:
 
     def check_teacher(self, teacher_model: nn.Module, dataset: Dataset, trained_on: str | None,
                       here: str) -> None:
-        """ModelError unless the teacher can teach on this data set: same classes, and inputs it takes."""
+        """ModelError unless the teacher can teach on this data set: it learnt this one (when that is known), has
+        its classes, and takes its samples (`teacher_takes`)."""
         shape, k = tuple(teacher_model.kdw_input_shape), teacher_model.kdw_num_classes
         if trained_on is not None and trained_on != here:
             raise ModelError(f"the teacher was trained on {trained_on}, not {here}; pick a teacher trained on "
                              f"{dataset.name} (`kdw teacher --dataset {dataset.name}`)")
-        if k != dataset.num_classes or shape != tuple(dataset.input_shape):
+        if k != dataset.num_classes or not self.teacher_takes(shape, dataset, trained_on):
             raise ModelError(
                 f"the teacher expects input {shape} with {k} classes, but {dataset.name} has input "
                 f"{tuple(dataset.input_shape)} with {dataset.num_classes} classes; pick a teacher "
                 f"trained on {dataset.name} (`kdw teacher --dataset {dataset.name}`)")
+
+    def teacher_takes(self, shape: tuple[int, ...], dataset: Dataset, trained_on: str | None) -> bool:
+        """Whether a teacher built for inputs of `shape` can be shown this data set's samples."""
+        return shape == tuple(dataset.input_shape)
 
     # -- results ------------------------------------------------------------------------------------------
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int,

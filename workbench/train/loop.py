@@ -33,18 +33,18 @@ from workbench.data.datasets import Dataset, label_mask
 from workbench.data.images import StreamLoader
 from workbench.data.loaders import BatchLoader
 from workbench.data.transforms import AUGMENTATIONS
-from workbench.errors import Diverged, TrainingError  # noqa: F401 (raised here, caught above)
+from workbench.errors import Diverged, TrainingError
 from workbench.evaluate.metrics import model_profile, predict_logits
+from workbench.io import atomic_write
 from workbench.models.zoo import ModelConfig, build_model, count_params, is_convnet, load_weights
 from workbench.store.runs import migrate_config
 from workbench.tasks import DATASETS, task_for
 from workbench.train.teachers import Teacher, cached_logits, data_identity, load_teacher
+from workbench.train.tracking import check_target
 
 KINDS = ("teacher", "scratch", "kd")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
 
 
 def divergence(history: list[dict], num_classes: int, lr: float) -> str | None:
@@ -157,7 +157,6 @@ class TrainConfig:
         if self.rdzv_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(self.rdzv_id)):
             raise ValueError(f"rdzv_id must be 1-64 letters, digits, '_', '.' or '-', got {self.rdzv_id!r}")
         object.__setattr__(self, "track", tuple(self.track or ()))
-        from workbench.train.tracking import check_target
 
         for target in self.track:
             check_target(target)
@@ -662,15 +661,11 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
 # checkpoints that resume a run exactly
 
 
-
 def save_checkpoint_state(s: Session, path) -> None:
     """Everything needed to go on after epoch `s.epoch` as if never stopped, written atomically.
 
     Tensors, numbers and strings only, so `torch.load(..., weights_only=True)` reads it (nothing unpickled).
     """
-    import os
-    from pathlib import Path
-
     state = {
         "version": 1, "epoch": s.epoch, "step": s.step, "train_s": s.train_s,
         "student": s.student.state_dict(), "method": s.method.state_dict(), "optimizer": s.optimizer.state_dict(),
@@ -679,12 +674,7 @@ def save_checkpoint_state(s: Session, path) -> None:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "config": s.config.to_dict(),
     }
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint_state(s: Session, path) -> None:

@@ -27,7 +27,9 @@ from torch import nn
 
 from workbench.data.datasets import Dataset
 from workbench.data.transforms import batch_flip_lr
-from workbench.models.zoo import ModelConfig, ModelError, load_checkpoint
+from workbench.errors import ModelError, RunStoreError
+from workbench.models.zoo import ModelConfig, is_convnet, load_checkpoint
+from workbench.store.runs import RunStore
 from workbench.tasks import task_for
 
 VIEWS = ("plain", "flip")
@@ -126,8 +128,6 @@ def load_teacher(spec: str, store=None, config: ModelConfig | None = None, tempe
     A comma-separated spec (``a,b``) is an ensemble: the weighted average of the members'
     softened distributions at `temperature` (equal weights unless `weights` are given).
     """
-    from workbench.store.runs import RunStore, RunStoreError
-
     if not spec:
         raise ModelError("no teacher given")
     if "," in spec:
@@ -196,8 +196,6 @@ def as_teacher(model: nn.Module, name: str = "python", input_shape=None, num_cla
     `input_shape` (C, H, W) and `num_classes` are needed unless the module carries them (models built by
     workbench.models.zoo do). Say `trained_on` (the data set's name) to let it see the data at its own size.
     """
-    from workbench.models.zoo import ModelConfig
-
     if not isinstance(model, nn.Module):
         raise ModelError(f"a teacher must be a torch.nn.Module, got {type(model).__name__}")
     if input_shape is not None:
@@ -227,8 +225,6 @@ def compute_logits(model: nn.Module, x: torch.Tensor, view: str = "plain", batch
     Conv nets run in channels_last, at batch 256: measured 3.3x faster on 2 CPU cores than
     contiguous tensors at batch 1024 (docs/performance.md).
     """
-    from workbench.models.zoo import is_convnet
-
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     model.eval()

@@ -169,7 +169,7 @@ class _MLflow:
             for k, v in _numbers(_headline(event["summary"])).items():
                 self.client.log_metric(self.id, f"summary.{k}", v)
             run = self.owner.run
-            for path in (run.path / "summary.json", run.weights_path("best")):
+            for path in (run.summary_path, run.weights_path("best")):
                 if path.is_file():
                     self.client.log_artifact(self.id, str(path))
             self.client.set_terminated(self.id)
