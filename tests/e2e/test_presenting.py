@@ -142,7 +142,7 @@ def test_axes_have_a_sensible_span_whole_epochs_and_clean_ticks():
 def test_default_columns_ratios_to_the_teacher_and_a_headline():
     rows = [{"role": "teacher", "model": "cnn", "test_acc": 0.9297, "size_mb": 0.38, "latency_ms": 0.5},
             {"role": "kd", "model": "mlp", "test_acc": 0.8711, "size_mb": 0.034, "latency_ms": 0.217, "kd_gain": 0.0814,
-             "method": "kd"}]
+             "method": "kd", "temperature": 4.0, "alpha": 0.9}]
     from workbench.analysis.compare import add_teacher_ratios
 
     add_teacher_ratios(rows)

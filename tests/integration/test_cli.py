@@ -61,7 +61,7 @@ def test_distill_start_line_and_flags_follow_the_method(runs_dir):
     assert "L = CE + warm-up·(1·TCKD + 8·NCKD), T = 2" in proc.stderr
     assert json.loads((runs_dir / "d1" / "config.json").read_text())["method_params"]["temperature"] == 2.0
     _fails("distill", *FAST, "--method", "dkd", "--alpha", "0.5", "--runs-dir", str(runs_dir),
-           match="--alpha is vanilla KD's weight")
+           match="--alpha is the weight in [0, 1] of vanilla KD's distillation term")
     _fails("distill", *FAST, "--method", "rkd", "-T", "2", "--runs-dir", str(runs_dir), match="rkd has no temperature")
 
 

@@ -346,7 +346,7 @@ def test_bad_numbers_are_one_sentence_and_create_nothing(runs_dir, args, message
 
 
 def test_labels_mean_the_same_in_the_cli_and_the_app(digits):
-    from workbench.cli.main import parse_labels
+    from workbench.cli.common import parse_labels
     from workbench.data.datasets import label_mask
 
     assert parse_labels("1") == 1 and int(label_mask(digits.y_train, parse_labels("1")).sum()) == 1
@@ -357,12 +357,13 @@ def test_labels_mean_the_same_in_the_cli_and_the_app(digits):
 
 
 def test_the_run_id_is_checked_before_any_data_loads(runs_dir, monkeypatch):
-    from workbench.cli import main as cli
+    from workbench.cli import train as cli
+    from workbench.cli.main import build_parser
     from workbench.data import datasets as data
 
     monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("loaded data before checking the id"))
     with pytest.raises(ValueError, match="invalid run id"):
-        cli.cmd_train(cli.build_parser().parse_args(["distill", *FAST, "--no-scratch", "--run-id", "a b",
+        cli.cmd_train(build_parser()[0].parse_args(["distill", *FAST, "--no-scratch", "--run-id", "a b",
                                                      "--runs-dir", str(runs_dir)]), "kd")
 
 

@@ -78,6 +78,17 @@ def test_tables_a_conv_student_is_refused_in_one_sentence():
         check_setup(TrainConfig(kind="teacher", dataset="wine", model=ModelConfig("cnn"), epochs=1, profile=False))
 
 
+def test_tables_a_feature_map_method_is_refused_and_an_embedding_method_is_not():
+    from workbench.train.loop import check_setup
+
+    with pytest.raises(ValueError, match="at .Attention transfer. matches spatial feature maps, and tabular models"):
+        check_setup(TrainConfig(kind="kd", dataset="wine", teacher="tw-missing", method="at", epochs=1,
+                                model=ModelConfig("mlp", 1, 8), profile=False))
+    session = check_setup(TrainConfig(kind="kd", dataset="wine", method="dml", epochs=1, model=ModelConfig("mlp", 1, 8),
+                                      profile=False))  # dml has no teacher and no feature maps: it works on tables
+    assert session.method.name == "dml"
+
+
 def test_tables_train_and_distil_without_any_image_code_path(store, monkeypatch):
     def no_images(*a, **k):
         raise AssertionError("an image-specific code path ran for a table")

@@ -127,3 +127,56 @@ def test_architecture_views_import_without_torch(module):
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"importing {module} loaded torch\n{proc.stderr}"
+
+
+def _calls_and_compares():
+    for name, path in modules().items():
+        yield name, ast.walk(ast.parse(path.read_text()))
+
+
+def test_architecture_no_code_outside_the_methods_compares_a_method_name():
+    """A method speaks for itself (its primary, temperature and weight keys, `distils`, `note`): front ends, the
+    config and the views never ask `method == "kd"`."""
+    from workbench.core.methods import METHODS
+
+    def strings(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+        return set()
+
+    wrong = []
+    for name, nodes in _calls_and_compares():
+        if name == "workbench.core.methods":
+            continue
+        nodes = list(nodes)
+        # schema 1 of config.json knew its objectives by name: its migration reads those names, and nothing else does
+        migration = [range(n.lineno, n.end_lineno + 1) for n in nodes
+                     if isinstance(n, ast.FunctionDef) and n.name == "migrate_config"]
+        for node in nodes:
+            if not isinstance(node, ast.Compare) or any(node.lineno in r for r in migration):
+                continue
+            sides = [node.left, *node.comparators]
+            named = {s for side in sides for s in strings(side)} & set(METHODS)
+            about_method = any("method" in ast.unparse(side) or ast.unparse(side).endswith(".name")
+                               for side in sides if not strings(side))
+            if named and about_method:
+                wrong.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert not wrong, "method names compared outside workbench.core.methods:\n" + "\n".join(wrong)
+
+
+def test_architecture_runs_are_launched_only_through_experiments_launch():
+    """One launch path: only `experiments.launch` checks a setup for a launch and submits runs to the queue."""
+    wrong = []
+    for name, nodes in _calls_and_compares():
+        if name.startswith("workbench.jobs") or name in ("workbench.experiments.launch", "workbench.train.loop"):
+            continue
+        for node in nodes:
+            if isinstance(node, ast.Call):
+                f = node.func
+                called = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                via_launch = isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "launch"
+                if called in ("submit", "check_setup") and not via_launch:
+                    wrong.append(f"{name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    assert not wrong, "runs launched outside workbench.experiments.launch:\n" + "\n".join(wrong)

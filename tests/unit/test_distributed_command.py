@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.cli.main import _train_config, build_parser
+from workbench.cli.common import train_config
+from workbench.cli.main import build_parser
 from workbench.jobs import queue
 from workbench.store.runs import RunStore
 from workbench.train.loop import TrainConfig
@@ -18,10 +19,10 @@ class _Finished:
 
 
 def test_distributed_command_multi_node_flags_reach_torchrun(tmp_path, monkeypatch):
-    args = build_parser().parse_args(["distill", "--dataset", "digits", "--model", "mlp", "--nproc", "2",
+    args = build_parser()[0].parse_args(["distill", "--dataset", "digits", "--model", "mlp", "--nproc", "2",
                                       "--nnodes", "2", "--rdzv-endpoint", "node0.example:29400",
                                       "--rdzv-id", "job7", "--no-scratch"])
-    config = _train_config(args, "kd", 0)
+    config = train_config(args, "kd", 0)
     assert (config.nnodes, config.rdzv_endpoint, config.rdzv_id) == ("2", "node0.example:29400", "job7")
     store = RunStore(tmp_path / "runs")
     run = store.create(config.record(), run_id="mn")

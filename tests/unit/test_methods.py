@@ -337,7 +337,7 @@ def test_logit_methods_on_their_teacher_targets_equal_the_pure_losses(name, refe
     z_s, z_t = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
     y = torch.tensor([0, 3, -1, 9, 2, -1])
     m = build_method(name)
-    ctx = StepContext(x=torch.zeros(6, 1), targets=y, idx=torch.arange(6), s_logits=z_s, t_target=m.teacher_target(z_t),
+    ctx = StepContext(inputs=torch.zeros(6, 1), targets=y, idx=torch.arange(6), s_logits=z_s, t_target=m.teacher_target(z_t),
                       progress=1.0)
     got = m.loss(ctx)
     (g_got,) = torch.autograd.grad(got, z_s)

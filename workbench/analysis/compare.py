@@ -4,17 +4,21 @@
 teacher), with the KD gain of each distilled student over its scratch twin: the scratch
 run with the same data, student, budget, optimiser, augmentation, label budget and seed.
 `aggregate(rows)` folds seeds into mean ± std, with the gain as the mean ± std of the
-paired per-seed differences. `format_table` prints either as text.
+paired per-seed differences. `format_table` prints either as text. `build_comparison` is the one view that
+the app, the notebook and the HTML report lay out: the rows, the table's cells, the headline, the warnings and the
+confusion matrices.
 """
 
 from __future__ import annotations
 
 import re
 import statistics
+from dataclasses import dataclass, field
 
+from workbench.analysis.describe import run_title
 from workbench.analysis.format import ROLE_NAMES, _num, format_flops, format_gain, format_pct
 from workbench.evaluate import BUSY_LIMIT
-from workbench.store.runs import Run
+from workbench.store.runs import Run, dig
 
 # what must match for a scratch run to be a KD run's fair baseline
 TWIN_KEYS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
@@ -31,16 +35,25 @@ def _dict(x) -> dict:
     return x if isinstance(x, dict) else {}
 
 
+def _primary_values(config: dict) -> tuple:
+    """(temperature, weight of the distillation term) of a run's method, as its config.json records them; a
+    config.json older than those fields is read through the method's declaration (this loads torch)."""
+    if "method_temperature" in config:
+        return config.get("method_temperature"), config.get("method_weight")
+    from workbench.core.methods import METHODS  # an old run store only
+
+    m, params = METHODS.get(config.get("method")), config.get("method_params") or {}
+    if m is None:
+        return None, None
+    return (params.get(m.temperature_key) if m.temperature_key else None,
+            params.get(m.weight_key) if m.weight_key else None)
+
+
 def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
     test, last = _dict(summary.get("test")), _dict(summary.get("test_last"))
     prof = _dict(summary.get("profile"))
-    method, params = config.get("method"), config.get("method_params") or {}
-    temperature = None
-    if role == "kd" and method:
-        from workbench.core.methods import METHODS
-
-        key = METHODS[method].temperature_key if method in METHODS else None
-        temperature = params.get(key) if key else None
+    method = config.get("method")
+    temperature, weight = _primary_values(config) if role == "kd" and method else (None, None)
     return {
         "role": role,
         "run_id": run.run_id if run else "",
@@ -48,7 +61,7 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "dataset": summary.get("dataset") or config.get("dataset"),
         "method": method if role == "kd" else None,
         "temperature": temperature,
-        "alpha": params.get("alpha") if role == "kd" and method == "kd" else None,
+        "alpha": weight,
         "labels": config.get("labels"),
         "seed": config.get("seed"),
         "epochs": config.get("epochs"),
@@ -70,7 +83,8 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "input_shape": summary.get("input_shape"),
         "variant": None,
         "_twin": twin_key(config) if role != "teacher" else None,
-        "_group": twin_key(config, with_seed=False) + (role, repr(method), repr(sorted(params.items())))
+        "_group": twin_key(config, with_seed=False) + (role, repr(method),
+                                                       repr(sorted((config.get("method_params") or {}).items())))
         if role != "teacher" else ("teacher",),
     }
 
@@ -265,8 +279,8 @@ def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None 
     cols = [("role", lambda r: ROLE_NAMES.get(r["role"], r["role"])), ("model", lambda r: str(r["model"]))]
     if wide or any(r.get("variant") for r in rows):
         cols.append(("artifact", lambda r: artifact_label(r.get("variant"))))
-    if wide or len({r.get("method") for r in rows if r["role"] == "kd"}) > 1 or any(
-            r.get("method") not in (None, "kd") for r in rows):
+    kd_rows = [r for r in rows if r["role"] == "kd"]  # named when they differ, or a method has no α to tell it by
+    if wide or len({r.get("method") for r in kd_rows}) > 1 or any(r.get("alpha") is None for r in kd_rows):
         cols.append(("method", lambda r: r.get("method") or "—"))
     if wide:
         cols += [("T", lambda r: _num(r.get("temperature"), "g")), ("α", lambda r: _num(r.get("alpha"), "g")),
@@ -428,3 +442,87 @@ def terminal_width() -> int:
     import shutil
 
     return shutil.get_terminal_size(fallback=(120, 24)).columns
+
+
+TIMING_COLUMNS = ("latency ms", "samples/s (b=256)")
+
+
+@dataclass
+class Comparison:
+    """One comparison as every front end shows it: the app's Compare page, the notebook's `compare` and the HTML
+    report build it with `build_comparison` and only lay it out.
+
+    `rows` holds every run (and deployed variant); `shown` is what the table lists (seeds folded into mean ± std
+    when `aggregated`); `columns` are the table's, `cells()` its text, and `greyed()` the cells measured on a busy
+    CPU.
+    """
+
+    runs: list
+    rows: list[dict]
+    aggregated: bool = False
+    wide: bool = False
+    shown: list[dict] = field(init=False)
+
+    def __post_init__(self):
+        self.shown = aggregate(self.rows) if self.aggregated else self.rows
+
+    @property
+    def columns(self) -> list[tuple[str, callable]]:
+        return table_columns(self.aggregated, self.wide, self.shown)
+
+    def cells(self) -> list[dict]:
+        """The table as {column: text}, one dict per shown row."""
+        cols = self.columns
+        return [{name: fn(r) for name, fn in cols} for r in self.shown]
+
+    def greyed(self) -> list[tuple[int, str]]:
+        """(row, column) of the shown cells timed on a busy CPU, or a ratio to the teacher that uses such a time."""
+        names = {name for name, _ in self.columns}
+        out = []
+        for i, r in enumerate(self.shown):
+            if r.get("timing_unreliable"):
+                out += [(i, c) for c in TIMING_COLUMNS if c in names]
+            if "vs teacher" in names and (r.get("vs_teacher") or {}).get("unreliable"):
+                out.append((i, "vs teacher"))
+        return out
+
+    @property
+    def headline(self) -> str | None:
+        return headline(self.shown) or headline(self.rows)
+
+    @property
+    def device(self) -> str:
+        """Where the timings were taken: "cpu-name, 2 threads", or "cpu" when no row says."""
+        return next((f"{r['device']}, {r['threads']} threads" for r in self.rows if r.get("device")), "cpu")
+
+    @property
+    def warning(self) -> str | None:
+        return timing_warning(self.rows)
+
+    @property
+    def verdicts(self) -> list[tuple[str, str]]:
+        """(what it is about, the verdict on the KD gain) for each shown row that has one."""
+        return [(verdict_subject(r), r["verdict"]) for r in self.shown if r.get("verdict")]
+
+    def confusion_matrices(self, student: Run | None = None) -> dict[str, list]:
+        """{title: confusion matrix} of the teacher (when the runs name one) and of `student` (default: the first
+        distilled run, else the first run)."""
+        done = [r for r in self.runs if r.state == "done" and dig(r.summary, "test", "confusion_matrix")]
+        if not done:
+            return {}
+        student = student or next((r for r in done if r.config.get("kind") == "kd"), done[0])
+        out = {}
+        teacher = next((r.summary["teacher"] for r in done if dig(r.summary, "teacher", "test", "confusion_matrix")),
+                       None)
+        if teacher:
+            out[f"teacher {teacher.get('label') or ''}".strip()] = teacher["test"]["confusion_matrix"]
+        out[run_title(student.config)] = student.summary["test"]["confusion_matrix"]
+        return out
+
+
+def build_comparison(runs: list[Run], store=None, aggregated: bool = False, wide: bool = False) -> Comparison:
+    """The comparison of `runs`: with `store`, each distilled run's scratch twin joins it from the store."""
+    runs = list(runs)
+    if store is not None:
+        runs += [r for r in find_scratch_twins(runs, store) if r not in runs]
+    return Comparison(runs, comparison_rows(runs), aggregated, wide)

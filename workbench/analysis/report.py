@@ -13,16 +13,7 @@ import time
 
 from workbench import __version__
 from workbench.analysis import describe, plots
-from workbench.analysis.compare import (
-    AGREEMENT_MEANS,
-    ECE_MEANS,
-    aggregate,
-    comparison_rows,
-    headline,
-    table_columns,
-    timing_warning,
-    verdict_subject,
-)
+from workbench.analysis.compare import AGREEMENT_MEANS, ECE_MEANS, Comparison, build_comparison
 from workbench.store.runs import Run, dig
 
 
@@ -38,20 +29,19 @@ def environment() -> dict:
     return env
 
 
-def _table_html(rows: list[dict], aggregated: bool, wide: bool = False) -> str:
+def _table_html(comparison: Comparison) -> str:
     """A table; timings measured on a busy CPU are greyed (class `unreliable`)."""
-    cols = table_columns(aggregated, wide, rows)
-    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in cols)
-    timing = {"latency ms", "samples/s (b=256)"}
+    names = [name for name, _ in comparison.columns]
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in names)
+    grey = set(comparison.greyed())
 
-    def cell(r, name, fn):
-        bad = (name in timing and r.get("timing_unreliable")) or \
-            (name == "vs teacher" and (r.get("vs_teacher") or {}).get("unreliable"))
-        grey = " class='unreliable'" if bad else ""
-        return f"<td{grey}>{html.escape(str(fn(r)))}</td>"
+    def cell(i, name, text):
+        attr = " class='unreliable'" if (i, name) in grey else ""
+        return f"<td{attr}>{html.escape(str(text))}</td>"
 
     body = "".join("<tr class='role-" + html.escape(r["role"]) + "'>" +
-                   "".join(cell(r, name, fn) for name, fn in cols) + "</tr>" for r in rows)
+                   "".join(cell(i, name, cells[name]) for name in names) + "</tr>"
+                   for i, (r, cells) in enumerate(zip(comparison.shown, comparison.cells())))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -76,19 +66,14 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
     if not runs:
         raise ValueError("the report needs at least one finished run with a summary"
                          + (f"; left out: {'; '.join(left_out)}" if left_out else ""))
-    rows = comparison_rows(runs)
-    agg = aggregate(rows)
+    summary = build_comparison(runs, aggregated=True)
+    every = Comparison(runs, summary.rows, aggregated=False, wide=True)
+    rows = summary.rows
     device = next((r["device"] for r in rows if r.get("device")), "cpu")
     figs = [plots.pareto(rows, "latency_ms", device), plots.pareto(rows, "size_mb")]
     figs.append(plots.training_curves(*describe.curve_series(runs)))
-    teacher_cm = next((dig(r.summary, "teacher", "test", "confusion_matrix") for r in runs
-                       if dig(r.summary, "teacher", "test", "confusion_matrix")), None)
-    student = next((r for r in runs if r.config.get("kind") == "kd"), runs[0])
-    cms = {}
-    if teacher_cm:
-        cms["teacher"] = teacher_cm
-    cms[describe.run_title(student.config)] = student.summary["test"]["confusion_matrix"]
-    k = len(student.summary["test"]["confusion_matrix"])
+    cms = summary.confusion_matrices()
+    k = len(next(iter(cms.values())))
     figs.append(plots.confusion_matrices(cms, classes or [str(i) for i in range(k)]))
 
     env = environment()
@@ -107,9 +92,9 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
         f"{html.escape(json.dumps(r.config, indent=2, sort_keys=True, default=str))}</pre></details>" for r in runs)
     env_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in env.items())
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    verdicts = "".join(f"<li>{html.escape(verdict_subject(r))}: {html.escape(r['verdict'])}</li>"
-                       for r in agg if r.get("verdict"))
-    line = headline(agg) or headline(rows)
+    verdicts = "".join(f"<li>{html.escape(subject)}: {html.escape(verdict)}</li>"
+                       for subject, verdict in summary.verdicts)
+    line = summary.headline
     headline_html = f'<p class="headline">{html.escape(line)}</p>' if line else ""
     objectives = {}  # each distinct objective once, with the roles that used it
     for r in runs:
@@ -118,7 +103,7 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
             objectives.setdefault(text, set()).add(plots.ROLE_NAMES.get(r.config.get("kind"), "?"))
     objective_items = "".join(f"<li>{html.escape(', '.join(sorted(roles)))}: <code>{html.escape(text)}</code></li>"
                               for text, roles in objectives.items())
-    warning = timing_warning(rows)
+    warning = summary.warning
     warning = f'<p class="warning"><b>Warning:</b> {html.escape(warning)}</p>' if warning else ""
     if left_out:
         warning += ('<p class="warning"><b>Left out</b> (not finished, or unreadable): '
@@ -143,7 +128,7 @@ the distillation term, so α = 0 is the scratch baseline):</p>
 {headline_html}
 <p class="what">{html.escape(describe.describe_runs(runs))}</p>
 <h2>Summary (mean ± std over seeds)</h2>
-{_table_html(agg, aggregated=True)}
+{_table_html(summary)}
 <ul>{verdicts}</ul>
 <p>Test accuracy is the epoch with the best accuracy on the fixed validation split ("(last)", in the table of every
 run, is the final epoch). KD gain is the distilled student's accuracy minus its scratch twin's (same student,
@@ -153,7 +138,7 @@ multiply-add as 2. Size is the fp32 safetensors file (MB = 10⁶ bytes). {html.e
 {html.escape(ECE_MEANS)}</p>
 {warning}
 <h2>Every run</h2>
-{_table_html(rows, aggregated=False, wide=True)}
+{_table_html(every)}
 <h2>Plots</h2>
 {''.join(_figure_html(f) for f in figs)}
 <h2>Configs</h2>

@@ -7,6 +7,7 @@ through `st.cache_resource` / `st.cache_data`, per-user state through `st.sessio
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -89,9 +90,9 @@ def runner() -> Runner:
 
 
 @st.cache_resource(show_spinner="Loading the data set…", max_entries=8)
-def dataset(name: str, root: str | None = None, image_size: int | None = None):
+def dataset(name: str, root: str | None = None, image_size: int | None = None, label_column: str | None = None):
     """A data set, loaded once per server (image folders: decoded once into the disk cache), by its task."""
-    return task_for(name).load(name, root, size=image_size)
+    return task_for(name).load(name, root, size=image_size, label_column=label_column)
 
 
 @st.cache_resource(show_spinner="Loading the teacher…", max_entries=16)
@@ -127,7 +128,18 @@ def dataset_picker(key: str, label: str = "Data set", on_change=None, args=(), s
     return name
 
 
-OWN_DATA = {"image-folder": "an image folder (one subfolder per class)", "csv": "a CSV manifest (path,label[,split])"}
+OWN_DATA = {"image-folder": "an image folder (one subfolder per class)", "csv": "a CSV manifest (path,label[,split])",
+            "table": "a CSV table (numeric columns and a label column)"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """What `data_source` picked: a data set, with the user's path, decode size and label column where it has them."""
+
+    name: str
+    data_dir: str | None = None
+    size: int | None = None  # images: the square size they are decoded at
+    label_column: str | None = None  # tables: the CSV column that holds the class
 
 
 def restore_from_url(keys: dict) -> None:
@@ -154,9 +166,9 @@ def save_to_url(keys) -> None:
         st.query_params.update(values)
 
 
-def data_source(key: str, on_change=None) -> tuple[str, str | None, int | None] | None:
-    """An embedded data set, or your own images: (name, folder or CSV path, decode size), or None while the path
-    is not usable (with the reason shown)."""
+def data_source(key: str, on_change=None) -> Source | None:
+    """An embedded data set, or your own images or table; None while the path is not usable (with the reason
+    shown)."""
     names, missing = recipes.dataset_choices()
     choices = names + list(OWN_DATA)
     default = recipes.default_dataset()
@@ -164,30 +176,36 @@ def data_source(key: str, on_change=None) -> tuple[str, str | None, int | None] 
         st.session_state.pop(key, None)  # a name from an old address that is not here: the default
     name = st.selectbox("Data set", choices, index=choices.index(default), key=key, on_change=on_change,
                         format_func=lambda n: f"your own: {OWN_DATA[n]}" if n in OWN_DATA else n,
-                        help="Embedded data sets, or your own images through a path on this machine.")
+                        help="Embedded data sets, or your own images or table through a path on this machine.")
     for ds, how in missing.items():
         st.caption(f"**{ds}** is not installed: {how}")
     if name not in OWN_DATA:
-        return name, None, None
+        return Source(name)
     c1, c2 = st.columns([3, 1])
+    placeholder = {"image-folder": "/path/to/images", "csv": "/path/to/manifest.csv", "table": "/path/to/table.csv"}
     path = c1.text_input("Folder" if name == "image-folder" else "CSV file", key=f"{key}_path",
-                         placeholder="/path/to/images" if name == "image-folder" else "/path/to/manifest.csv")
-    size = c2.number_input("Decode at (px)", 8, 512, 32, step=8, key=f"{key}_size",
-                           help="Images are resized to this square size once and cached on disk.")
-    if not path.strip():
+                         placeholder=placeholder[name]).strip()
+    size = label_column = None
+    if name == "table":
+        label_column = c2.text_input("Label column", "label", key=f"{key}_label_column",
+                                     help="The CSV column that holds each row's class; every other column is a "
+                                          "numeric feature.").strip() or "label"
+    else:
+        size = int(c2.number_input("Decode at (px)", 8, 512, 32, step=8, key=f"{key}_size",
+                                   help="Images are resized to this square size once and cached on disk."))
+    if not path:
         st.caption("Give the path of your data on this machine.")
         return None
-    problem = recipes.check_data_path(name, path.strip())
+    problem = recipes.check_data_path(name, path, label_column)
     if problem:
         st.error(problem)
         return None
-    return name, path.strip(), int(size)
+    return Source(name, path, size, label_column)
 
 
-def dataset_from(source: tuple[str, str | None, int | None]):
+def dataset_from(source: Source):
     """The data set a `data_source` names, loaded (and cached) for this server; errors are one sentence."""
-    name, root, size = source
-    return dataset(name, root, size)
+    return dataset(source.name, source.data_dir, source.size, source.label_column)
 
 
 def teacher_choices(dataset_name: str, data_dir: str | None = None) -> dict[str, str]:
@@ -216,9 +234,8 @@ def objective(method: Method) -> None:
         st.latex(latex)
     else:
         st.markdown(f"Objective of **{method.title}**: `{method.objective_text()}`")
-    if method.name == "kd":
-        st.caption("α weights the distillation term: α = 0 is the student trained without the teacher (scratch), "
-                   "α = 1 is pure distillation. (torchdistill and Keras put their α on the cross-entropy.)")
+    if method.note:
+        st.caption(method.note)
 
 
 def show_error(prefix: str, e: BaseException) -> None:
@@ -321,16 +338,20 @@ def method_picker(key: str, student: dict | None = None, teacher: dict | None = 
     m = METHODS[name]
     st.caption(f"{m.description}. *{m.citation}*")
     params = {}
-    if name == "kd":
-        c1, c2 = st.columns(2)
-        params["temperature"] = c1.slider("Temperature T", 1.0, 20.0, float(m.defaults["temperature"]), 0.5,
-                                          key=f"{key}_T")
-        params["alpha"] = c2.slider("α (weight of the KD term)", 0.0, 1.0, float(m.defaults["alpha"]), 0.05,
-                                    key=f"{key}_alpha")
-    elif m.defaults:
+    sliders = [k for k in m.primary if k in (m.temperature_key, m.weight_key)]  # T and α: sliders in view
+    if sliders:
+        cols = st.columns(len(sliders))
+        for col, k in zip(cols, sliders):
+            if k == m.temperature_key:
+                params[k] = col.slider("Temperature T", 1.0, 20.0, float(m.defaults[k]), 0.5, key=f"{key}_T")
+            else:
+                params[k] = col.slider("α (weight of the KD term)", 0.0, 1.0, float(m.defaults[k]), 0.05,
+                                       key=f"{key}_alpha")
+    rest = {k: v for k, v in m.defaults.items() if k not in sliders}
+    if rest:
         with st.expander(f"{m.title} hyperparameters (defaults from its paper or its authors' code)"):
             cols = st.columns(2)
-            for i, (k, v) in enumerate(m.defaults.items()):
+            for i, (k, v) in enumerate(rest.items()):
                 col, help_ = cols[i % 2], m.help.get(k)
                 if isinstance(v, str):
                     which = teacher if k.startswith("teacher") else student

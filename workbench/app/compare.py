@@ -8,18 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from workbench.analysis import describe, plots
-from workbench.analysis.compare import (
-    AGREEMENT_MEANS,
-    ECE_MEANS,
-    aggregate,
-    artifact_label,
-    comparison_rows,
-    find_scratch_twins,
-    headline,
-    table_columns,
-    timing_warning,
-    verdict_subject,
-)
+from workbench.analysis.compare import AGREEMENT_MEANS, ECE_MEANS, Comparison, artifact_label, build_comparison
 from workbench.analysis.report import build_report
 from workbench.app import common
 from workbench.deploy.export import ExportOptions, start_export, zip_variant
@@ -45,21 +34,15 @@ def _default_selection(runs) -> list[str]:
     return [common.run_label(r) for r in chosen]
 
 
-def _table(rows: list[dict], aggregated: bool, wide: bool):
+def _table(comparison: Comparison):
     """The table as a pandas Styler: timings measured on a busy CPU greyed, with a * (see the caption)."""
-    cols = table_columns(aggregated, wide, rows)
-    df = pd.DataFrame([{name: fn(r) for name, fn in cols} for r in rows])
-    grey = [i for i, r in enumerate(rows) if r.get("timing_unreliable")]
-    grey_ratio = [i for i, r in enumerate(rows) if (r.get("vs_teacher") or {}).get("unreliable")]
-    timing_cols = [c for c in df.columns if c.startswith(("latency", "samples/s"))]
+    df = pd.DataFrame(comparison.cells(), columns=[name for name, _ in comparison.columns])
+    grey = comparison.greyed()
 
     def style(frame):
         out = pd.DataFrame("", index=frame.index, columns=frame.columns)
-        for i in grey:
-            out.loc[i, timing_cols] = "color: #9a9a9a; font-style: italic"
-        if "vs teacher" in frame.columns:
-            for i in grey_ratio:
-                out.loc[i, "vs teacher"] = "color: #9a9a9a; font-style: italic"
+        for i, col in grey:
+            out.loc[i, col] = "color: #9a9a9a; font-style: italic"
         return out
 
     return df.style.apply(style, axis=None)
@@ -86,31 +69,28 @@ def page() -> None:
     if not chosen:
         st.info("Pick runs to compare.")
         return
-    runs = [labels[c] for c in chosen]
-    runs += [r for r in find_scratch_twins(runs, store) if r not in runs]
-    rows = comparison_rows(runs)
     c1, c2 = st.columns(2)
     agg_mode = c1.toggle("Fold seeds into mean ± std", value=False, key="cmp_agg")
     wide = not common.presenting() and c2.toggle("More columns", value=False, key="cmp_wide",
                      help="T, α, labels, seeds, FLOPs, throughput, agreement and ECE")
-    shown = aggregate(rows) if agg_mode else rows
-    line = headline(shown)
+    comparison = build_comparison([labels[c] for c in chosen], store, aggregated=agg_mode, wide=wide)
+    runs, rows = comparison.runs, comparison.rows
+    line = comparison.headline
     if line:
         st.markdown(f"**{line}**")
     st.caption(describe.describe_runs(runs))
-    device = next((f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")), "cpu")
-    st.dataframe(_table(shown, agg_mode, wide), hide_index=True, key="cmp_table")
+    device = comparison.device
+    st.dataframe(_table(comparison), hide_index=True, key="cmp_table")
     st.caption(f"Test accuracy of the best-validation epoch. KD gain = distilled − scratch twin (same seed), in "
                f"points. Latency: median of ≥ 30 batch-1 passes, fp32, on {device}; each model is timed once per "
                f"comparison (the quietest measurement on record). Size: the fp32 safetensors file."
                + (f" {AGREEMENT_MEANS} {ECE_MEANS} FLOPs count a multiply-add as 2." if wide else ""))
-    warning = timing_warning(rows)
+    warning = comparison.warning
     if warning:
         st.warning(warning.replace("(kdw profile RUN)", "(grey in the table)"), icon=":material/speed:")
         _remeasure(runs)
-    for r in shown:
-        if r.get("verdict"):
-            st.caption(f"{verdict_subject(r)}: **{r['verdict']}**")
+    for subject, verdict in comparison.verdicts:
+        st.caption(f"{subject}: **{verdict}**")
 
     tab_curves, tab_pareto, tab_cm = st.tabs(["Training curves", "Pareto", "Confusion matrices"])
     with tab_curves:
@@ -124,12 +104,7 @@ def page() -> None:
     with tab_cm:
         student_label = st.selectbox("Student", [common.run_label(r) for r in runs], key="cmp_cm_student")
         student = next(r for r in runs if common.run_label(r) == student_label)
-        cms = {}
-        teacher = next((r.summary["teacher"] for r in runs if r.summary.get("teacher")), None)
-        if teacher:
-            cms[f"teacher {teacher['label']}"] = teacher["test"]["confusion_matrix"]
-        cms[describe.run_title(student.config)] = student.summary["test"]["confusion_matrix"]
-        common.chart(plots.confusion_matrices(cms, _classes(runs)), "cmp_cm")
+        common.chart(plots.confusion_matrices(comparison.confusion_matrices(student), _classes(runs)), "cmp_cm")
 
     if common.presenting():  # in front of a class: the results, not the tools
         return

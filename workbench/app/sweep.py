@@ -11,14 +11,14 @@ from workbench.analysis import describe, plots
 from workbench.analysis.compare import comparison_rows
 from workbench.analysis.format import format_gain, format_values
 from workbench.app import common
-from workbench.core.methods import METHODS
+from workbench.core.methods import DISTILLATION_METHODS, METHODS, first_searched
 from workbench.experiments import recipes, search
-from workbench.experiments.search import start_search
+from workbench.experiments.launch import launch, launch_search
 from workbench.experiments.sweep import grid_configs, grid_table, scratch_cell, size_configs, size_table, sweep_progress
 from workbench.jobs.queue import active_runs
 from workbench.models.zoo import ModelConfig
 from workbench.store.runs import FINISHED, new_run_id
-from workbench.train.loop import TrainConfig, check_setup
+from workbench.train.loop import TrainConfig
 
 KINDS = {"grid": "T × α grid", "size": "size sweep", "search": "search"}
 
@@ -57,13 +57,10 @@ def _base(prefix: str) -> TrainConfig | None:
 
 def _submit(configs: list[TrainConfig], group: str) -> None:
     try:
-        check_setup(next(c for c in configs if c.kind == "kd"), common.store())  # the one with the teacher
+        launch(configs, common.store(), "app: Sweep page", runner=common.runner())
     except Exception as e:
         common.show_error("Cannot launch", e)
         return
-    runner = common.runner()
-    for c in configs:
-        runner.submit(c.record("app: Sweep page"), prefix=c.kind)
     st.session_state["sw_group"] = group
     st.toast(f"Queued {len(configs)} runs as {group}.")
 
@@ -107,13 +104,14 @@ def _search_form() -> None:
     base = _base("swr")
     if base is None:
         return
-    name = st.selectbox("Method", [m for m in METHODS if m != "ce"], key="swr_method",
+    name = st.selectbox("Method", list(DISTILLATION_METHODS), key="swr_method",
                         format_func=lambda n: f"{n} · {METHODS[n].title}")
     st.caption(f"{METHODS[name].description}. *{METHODS[name].citation}*")
     base = replace(base, method=name, method_params=dict(METHODS[name].defaults),
                    teacher=base.teacher if METHODS[name].needs_teacher else None)
     allowed = search.searchable(name, base.model.family)
-    first = next((k for k in ("beta", "kd_weight", "mutual_weight", "temperature") if k in allowed), next(iter(allowed)))
+    first = first_searched(name)
+    first = first if first in allowed else next(iter(allowed))
     picked = st.multiselect("Parameters to search", list(allowed), [first], key=f"swr_params_{name}",
                             help="The method's own hyperparameters, the learning rate (lr) or the student's width.")
     ranges, problems = [], []
@@ -146,11 +144,8 @@ def _search_form() -> None:
         store = common.store()
         group = new_run_id("search")
         try:
-            check_setup(base, store)
-            search.prepare_search(store, base, ranges, trials, group, seeds=seeds,
-                                  time_budget_s=60.0 * minutes if minutes else None, scheduler=scheduler,
-                                  command="app: Sweep page, Search")
-            start_search(store, group)
+            launch_search(store, base, ranges, trials, group, "app: Sweep page, Search", seeds=seeds,
+                          time_budget_s=60.0 * minutes if minutes else None, scheduler=scheduler)
         except Exception as e:
             common.show_error("Cannot launch the search", e)
             return

@@ -12,12 +12,13 @@ from workbench.analysis import describe, plots
 from workbench.app import common
 from workbench.errors import ModelError
 from workbench.experiments import recipes
+from workbench.experiments.launch import launch
 from workbench.experiments.strategies import born_again_chain, takd_chain, teacher_model_config
 from workbench.jobs.queue import active_runs
 from workbench.models.zoo import ModelConfig, load_checkpoint, save_checkpoint
 from workbench.store.runs import FINISHED, new_run_id
 from workbench.tasks import task_for
-from workbench.train.loop import TrainConfig, check_setup
+from workbench.train.loop import TrainConfig
 
 GROUP_PREFIX = "train"
 FORM_KEYS = {"tr_dataset": str, "tr_student_source": str, "tr_student_family": str, "tr_method": str,
@@ -40,7 +41,7 @@ def _saved_upload(digest: str, _data: bytes, name: str, cfg_text: str, input_sha
     return path
 
 
-def _teacher_section(ds_name: str, ds, data_dir: str | None = None) -> str | None:
+def _teacher_section(src: common.Source, ds) -> str | None:
     """Pick a teacher: shipped, a teacher run, or an uploaded .safetensors file."""
     source = st.radio("Teacher", ["shipped or trained", "upload .safetensors"], horizontal=True, key="tr_tsource")
     if source == "upload .safetensors":
@@ -60,11 +61,14 @@ def _teacher_section(ds_name: str, ds, data_dir: str | None = None) -> str | Non
             return None
         st.success(f"Loaded {up.name} as {path.stem}.")
         return str(path)
-    choices = common.teacher_choices(ds_name, data_dir)
+    choices = common.teacher_choices(src.name, src.data_dir)
     if not choices:
-        where = f" --data-dir {data_dir}" if data_dir else ""
-        st.warning(f"No teacher for {ds_name} yet: train one with `kdw teacher --dataset {ds_name}{where}` "
-                   "(any model, e.g. --model torchvision:resnet18), or upload one.")
+        where = (f" --data-dir {src.data_dir}" if src.data_dir else "") + \
+            (f" --label-column {src.label_column}" if src.label_column else "")
+        example = "--model mlp" if task_for(src.name).sample_kind == "features" else \
+            "any model, e.g. --model torchvision:resnet18"
+        st.warning(f"No teacher for {src.name} yet: train one with `kdw teacher --dataset {src.name}{where}` "
+                   f"({example}), or upload one.")
         return None
     return choices[st.selectbox("Teacher model", list(choices), key="tr_teacher")]
 
@@ -87,7 +91,7 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
     source = common.data_source("tr_dataset", on_change=_reset_defaults)
     if source is None:
         return None
-    ds_name, data_dir, decode_size = source
+    ds_name, data_dir = source.name, source.data_dir
     try:
         ds = common.dataset_from(source)
     except Exception as e:
@@ -113,7 +117,7 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
         st.caption(f"{ds.input_shape[0]} numeric features per sample, standardised on the training split; "
                    "students are MLPs.")
         shape, image_size, image_channels = tuple(ds.input_shape), None, None
-    teacher = _teacher_section(ds_name, ds, data_dir)
+    teacher = _teacher_section(source, ds)
     student = common.student_picker("tr_student", shape, ds.num_classes, ds_name)
     init = st.text_input("Start the student from weights (optional)", key="tr_init",
                          placeholder="/path/to/weights.safetensors or state_dict.pth",
@@ -182,7 +186,8 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
         return None
     group = new_run_id(GROUP_PREFIX)
     try:
-        kd = TrainConfig(kind="kd", dataset=ds_name, data_dir=data_dir, model=student, teacher=teacher,
+        kd = TrainConfig(kind="kd", dataset=ds_name, data_dir=data_dir, label_column=source.label_column,
+                         model=student, teacher=teacher,
                          method=method.name, method_params=method.p, epochs=int(epochs), lr=float(lr),
                          batch_size=int(batch), seed=int(seed), device=device,
                          labels=int(budget) if budget else None, group=group,
@@ -204,15 +209,11 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
 
 
 def _launch(chain: list[tuple[str | None, TrainConfig]]) -> None:
-    store = common.store()
     try:
-        check_setup(next(c for _, c in chain if c.kind == "kd"), store)  # the first distilled run has the real teacher
+        launch(chain, common.store(), "app: Train page", runner=common.runner())
     except Exception as e:
         common.show_error("Cannot launch", e)
         return
-    runner = common.runner()
-    for rid, c in chain:
-        runner.submit(c.record("app: Train page"), run_id=rid, prefix=c.kind)
     st.session_state["tr_group"] = chain[0][1].group
     st.toast(f"Queued {len(chain)} job(s) as {chain[0][1].group}.")
 

@@ -37,7 +37,7 @@ MAX_TEMPERATURE = 100.0  # beyond this every softened distribution is uniform to
 class StepContext:
     """What a method sees at one training step."""
 
-    x: torch.Tensor  # (B, C, H, W) the (augmented) batch
+    inputs: torch.Tensor  # (B, ...) the (augmented) batch as the student sees it: images, rows of features, ...
     targets: torch.Tensor  # (B,) labels, −1 where the label budget hides them
     idx: torch.Tensor  # (B,) positions in the training split
     s_logits: torch.Tensor  # (B, K)
@@ -75,9 +75,14 @@ class Method(nn.Module):
     help: dict = {}
     needs_teacher = True  # False: the method trains without a pretrained teacher (ce, dml)
     teacher_input = "logits"  # none | logits | features (features: the teacher runs on every batch, with hooks)
-    temperature_key: str | None = None  # the hyperparameter that softens distributions, if there is one
+    temperature_key: str | None = None  # the hyperparameter that softens distributions (-T), if there is one
+    weight_key: str | None = None  # the weight in [0, 1] of the distillation term, whose 0 is scratch (--alpha)
     primary: tuple[str, ...] = ()  # the hyperparameters that drive sliders, -T/--alpha and run labels
+    search_first: str | None = None  # the hyperparameter a search form offers first (None: the first primary)
+    distils = True  # False: the label-only objective of teacher and scratch runs (ce)
     learns_from_unlabelled = True  # sees every training sample (the teacher's signal where labels are hidden)
+    needs_feature_maps = False  # True: only for tasks whose models have spatial feature maps (images)
+    note = ""  # one line a front end shows beside the objective (what a knob means, a convention)
     SYMBOLS = {"temperature": "T", "alpha": "α", "beta": "β", "gamma": "γ"}  # short names in labels
 
     def __init__(self, params: dict | None = None):
@@ -152,6 +157,7 @@ class CE(Method):
     description = "cross-entropy on the visible labels only"
     needs_teacher = False
     teacher_input = "none"
+    distils = False
     learns_from_unlabelled = False  # labels alone: a scratch student never sees the samples whose labels are hidden
 
     def terms(self, ctx):
@@ -197,7 +203,10 @@ class KD(Method):
     help = {"temperature": "T > 0 softens both distributions in the KD term",
             "alpha": "weight of the KD term in [0, 1]: 0 = scratch, 1 = pure distillation"}
     temperature_key = "temperature"
+    weight_key = "alpha"
     primary = ("temperature", "alpha")
+    note = ("α weights the distillation term: α = 0 is the student trained without the teacher (scratch), α = 1 is "
+            "pure distillation. (torchdistill and Keras put their α on the cross-entropy.)")
     closed_form = True  # False: the same terms through plain autograd (for tests and debugging)
 
     def check(self):
@@ -231,6 +240,7 @@ class KD(Method):
 
 class LSKD(Method):
     name = "lskd"
+    search_first = "kd_weight"
     title = "Logit-standardised KD"
     citation = "Sun, Ren, Li, Wang, Cao. Logit Standardization in Knowledge Distillation. CVPR 2024."
     description = "KD on z-scored logits: the student matches the teacher's logit relations, not their scale"
@@ -257,6 +267,7 @@ class LSKD(Method):
 
 class DKD(Method):
     name = "dkd"
+    search_first = "beta"
     title = "Decoupled KD"
     citation = "Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022."
     description = "separate weights for the target-class and the non-target-class parts of KD"
@@ -283,6 +294,7 @@ class DKD(Method):
 
 class DIST(Method):
     name = "dist"
+    search_first = "beta"
     title = "DIST"
     citation = "Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. NeurIPS 2022."
     description = "match inter- and intra-class relations (Pearson correlation) instead of exact probabilities"
@@ -318,6 +330,7 @@ def make_adapter(student_shape: tuple, teacher_shape: tuple) -> nn.Module:
 
 class FitNet(Method):
     name = "fitnet"
+    search_first = "beta"
     title = "FitNets"
     citation = "Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015."
     description = "regress an intermediate teacher feature (the hint) from the student's, through an adapter"
@@ -347,6 +360,8 @@ class FitNet(Method):
 
 class AT(Method):
     name = "at"
+    search_first = "beta"
+    needs_feature_maps = True  # attention maps are spatial
     title = "Attention transfer"
     citation = "Zagoruyko, Komodakis. Paying More Attention to Attention. ICLR 2017."
     description = "match the spatial attention maps (channel mean of squared activations) of each stage"
@@ -392,6 +407,7 @@ class _EmbeddingMethod(Method):
 
 class PKT(_EmbeddingMethod):
     name = "pkt"
+    search_first = "beta"
     title = "Probabilistic knowledge transfer"
     citation = "Passalis, Tefas. Learning Deep Representations with Probabilistic Knowledge Transfer. ECCV 2018."
     description = "match the batch's conditional similarity distributions (cosine kernel) of the embeddings"
@@ -407,6 +423,7 @@ class PKT(_EmbeddingMethod):
 
 class RKD(_EmbeddingMethod):
     name = "rkd"
+    search_first = "beta"
     title = "Relational KD"
     citation = "Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019."
     description = "match pairwise distances and triplet angles between the samples' embeddings"
@@ -424,6 +441,7 @@ class RKD(_EmbeddingMethod):
 
 class SP(_EmbeddingMethod):
     name = "sp"
+    search_first = "beta"
     title = "Similarity-preserving KD"
     citation = "Tung, Mori. Similarity-Preserving Knowledge Distillation. ICCV 2019."
     description = "match the batch's row-normalised similarity matrices of the last stage's features"
@@ -459,6 +477,7 @@ class CRD(_EmbeddingMethod):
     """
 
     name = "crd"
+    search_first = "beta"
     title = "Contrastive representation distillation"
     citation = "Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020."
     description = "contrast each student embedding with its teacher embedding against many negatives (memory bank)"
@@ -534,6 +553,7 @@ class DML(Method):
     """
 
     name = "dml"
+    search_first = "mutual_weight"
     title = "Deep mutual learning"
     citation = "Zhang, Xiang, Hospedales, Lu. Deep Mutual Learning. CVPR 2018."
     description = "two or more students learn from each other online, with no pretrained teacher"
@@ -554,7 +574,7 @@ class DML(Method):
 
     def terms(self, ctx):
         T = self.p["temperature"]
-        logits = [ctx.s_logits] + [peer(ctx.x).float() for peer in self.peers]
+        logits = [ctx.s_logits] + [peer(ctx.inputs).float() for peer in self.peers]
         n = len(logits)
         ce = sum(losses.masked_cross_entropy(z, ctx.targets) for z in logits)
         mutual = sum(losses.kd_loss(z, logits[j].detach(), T) for i, z in enumerate(logits)
@@ -568,7 +588,19 @@ class DML(Method):
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CE, KD, LSKD, DKD, DIST, FitNet, AT, PKT, RKD, SP, CRD,
                                                         DML)}
-DISTILLATION_METHODS = tuple(n for n in METHODS if n != "ce")  # what a kd run may use
+DISTILLATION_METHODS = tuple(n for n, m in METHODS.items() if m.distils)  # what a kd run may use
+DEFAULT_METHODS = {"teacher": "ce", "scratch": "ce", "kd": "kd"}  # a run's method when its config names none
+
+
+def default_method(kind: str) -> str:
+    """The method of a teacher, scratch or kd run whose config names none."""
+    return DEFAULT_METHODS[kind]
+
+
+def first_searched(name: str) -> str | None:
+    """The hyperparameter a search of method `name` starts from: its own choice, its first primary, its first."""
+    m = method_info(name)
+    return m.search_first or next(iter(m.primary), None) or next(iter(m.defaults), None)
 
 
 def method_info(name: str) -> type[Method]:

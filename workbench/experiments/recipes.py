@@ -20,7 +20,7 @@ from workbench.analysis.format import ROLE_NAMES
 from workbench.core.methods import method_info
 from workbench.data.datasets import available_datasets, load_dataset
 from workbench.data.images import list_csv, list_folder
-from workbench.data.tables import EMBEDDED_TABLES
+from workbench.data.tables import EMBEDDED_TABLES, load_table
 from workbench.errors import DataError
 from workbench.models.zoo import ModelConfig, parse_model
 from workbench.store.runs import RunStore
@@ -109,11 +109,13 @@ def _upload_input_shape(path: Path) -> tuple | None:
         return None
 
 
-def check_data_path(name: str, path: str) -> str | None:
-    """Why a user's image folder or CSV manifest cannot be used, in one sentence; None if it can."""
+def check_data_path(name: str, path: str, label_column: str | None = None) -> str | None:
+    """Why a user's image folder, CSV manifest or CSV table cannot be used, in one sentence; None if it can."""
     p = Path(path).expanduser()
     try:
-        if name == "csv":
+        if name == "table":
+            load_table(name, p, label_column=label_column)
+        elif name == "csv":
             list_csv(p)
         elif (p / "train").is_dir() and (p / "test").is_dir():
             list_folder(p / "train")

@@ -130,10 +130,11 @@ def check_ranges(method: str, family: str, ranges: list[ParamRange]) -> list[Par
 def default_range(method: str, name: str, base=None) -> ParamRange:
     """A sensible starting range for one parameter (the forms' defaults): a method's weight from 1/16 to 4 times
     its paper's value on a log scale, a temperature 1 to 8, α 0.1 to 1, the learning rate around `base`'s."""
-    value = METHODS[method].defaults.get(name)
-    if name in ("temperature", "tau"):
+    m = METHODS[method]
+    value = m.defaults.get(name)
+    if name == m.temperature_key:
         return ParamRange(name, 1.0, 8.0)
-    if name == "alpha" and method == "kd":
+    if name == m.weight_key:
         return ParamRange(name, 0.1, 1.0)
     if name == "lr":
         lr = base.lr if base is not None else 3e-3
@@ -335,8 +336,8 @@ def check_inputs(base, ranges, trials, seeds, time_budget_s, scheduler) -> list[
         raise ValueError(f"seeds must be at least 1 (or 0: no confirmation runs), got {seeds}")
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
-    if base.method == "ce":
-        raise ValueError("a search tunes a distillation method; choose one (kd, dkd, at, ...), not ce")
+    if not METHODS[base.method].distils:
+        raise ValueError(f"a search tunes a distillation method; choose one (kd, dkd, at, ...), not {base.method}")
     return check_ranges(base.method, base.model.family, ranges)
 
 

@@ -1,7 +1,7 @@
 """Training strategies that chain runs: born-again generations and teacher-assistant chains.
 
 Both are lists of ordinary KD runs whose teacher is the previous run of the chain. The run
-ids are made up front, so the chain can be queued as jobs at once: the queue runs them in
+ids are made up front, so the chain can be queued as jobs at once (`experiments.launch`): the queue runs them in
 order, and each one loads its predecessor's best weights as its teacher when it starts.
 (Multi-teacher ensembles are a teacher spec, ``"a,b"``; deep mutual learning is the ``dml``
 method; see workbench.core.methods.)
@@ -46,7 +46,3 @@ def takd_chain(base: TrainConfig, assistant: ModelConfig, group: str) -> list[tu
 def teacher_model_config(spec: str, store=None) -> ModelConfig:
     return load_teacher(spec, store).config
 
-
-def submit_chain(runner, chain: list[tuple[str, TrainConfig]], command: str = "") -> list[str]:
-    """Queue a chain as jobs (in order); returns the run ids."""
-    return [runner.submit(cfg.record(command), run_id=rid, prefix=cfg.kind) for rid, cfg in chain]

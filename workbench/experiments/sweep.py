@@ -12,6 +12,7 @@ import itertools
 from dataclasses import replace
 
 from workbench.analysis.compare import aggregate, comparison_rows, mean_std
+from workbench.core.methods import method_info
 from workbench.experiments.recipes import distill_configs, scratch_twin
 from workbench.models.zoo import ModelConfig
 from workbench.store.runs import Run
@@ -22,14 +23,16 @@ def grid_configs(base: TrainConfig, temperatures, alphas, seeds, group: str) -> 
     """Vanilla-KD runs for every (T, α, seed), and one scratch twin per seed (α = 0 is the twin)."""
     if not temperatures or not alphas or not seeds:
         raise ValueError("a sweep needs at least one temperature, one α and one seed")
-    if base.method != "kd":
-        raise ValueError(f"a T × α grid sweeps vanilla KD, not {base.method}")
+    m = method_info(base.method)
+    if not (m.temperature_key and m.weight_key):
+        raise ValueError(f"a T × α grid sweeps a method with a temperature and a weight of its distillation term "
+                         f"(kd), not {base.method}")
     base = replace(base, group=group)
     configs = [scratch_twin(replace(base, seed=s)) for s in seeds]
     for T, a, s in itertools.product(temperatures, alphas, seeds):
         if a == 0.0:
             continue  # that is the scratch twin
-        configs.append(replace(base, seed=s).with_params(temperature=float(T), alpha=float(a)))
+        configs.append(replace(base, seed=s).with_params(**{m.temperature_key: float(T), m.weight_key: float(a)}))
     return configs
 
 

@@ -14,6 +14,7 @@ the runs outlive a kernel restart, and the app and the notebook share one code p
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 
@@ -22,21 +23,20 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.analysis import describe, plots
-from workbench.analysis.compare import aggregate, comparison_rows, find_scratch_twins, table_columns
+from workbench.analysis.compare import build_comparison
 from workbench.analysis.format import format_flops, format_values
 from workbench.core.explain import first_correct_index, teacher_view
-from workbench.core.methods import DISTILLATION_METHODS, METHODS, Method, parse_params
+from workbench.core.methods import DISTILLATION_METHODS, METHODS, Method, first_searched, parse_params
 from workbench.data.datasets import load_dataset
 from workbench.errors import friendly_error
 from workbench.evaluate.metrics import flops_per_sample
 from workbench.experiments import recipes, search
+from workbench.experiments.launch import launch, launch_search
 from workbench.experiments.search import (
     cancel_search,
     default_range,
     parse_range,
-    prepare_search,
     search_status,
-    start_search,
     trial_rows,
     trial_table,
 )
@@ -44,7 +44,7 @@ from workbench.experiments.sweep import grid_table
 from workbench.jobs.queue import LocalQueueRunner, Runner
 from workbench.models.zoo import FAMILIES, ZOO, ModelConfig, build_model, check_input, count_params, parse_model
 from workbench.store.runs import FINISHED, Run, RunStore, new_run_id
-from workbench.train.loop import TrainConfig, available_devices, check_setup
+from workbench.train.loop import TrainConfig, available_devices
 from workbench.train.teachers import load_teacher
 
 SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
@@ -268,8 +268,8 @@ class DistillPanel(W.VBox):
         m = METHODS[self.method.value]
         if m.temperature_key and m.temperature_key not in params:
             params[m.temperature_key] = float(self.temperature.value)
-        if m.name == "kd" and "alpha" not in params:
-            params["alpha"] = float(self.alpha.value)
+        if m.weight_key and m.weight_key not in params:
+            params[m.weight_key] = float(self.alpha.value)
         return params
 
     def built_method(self) -> Method:
@@ -284,7 +284,7 @@ class DistillPanel(W.VBox):
         self.temperature.disabled = m.temperature_key is None
         if m.temperature_key:
             self.temperature.value = float(m.defaults[m.temperature_key])
-        self.alpha.disabled = m.name != "kd"
+        self.alpha.disabled = m.weight_key is None
 
     def _on_objective(self) -> None:
         try:
@@ -292,7 +292,7 @@ class DistillPanel(W.VBox):
         except ValueError as e:
             self.objective.value = f"<span style='color:#c00'>{e}</span>"
             return
-        note = "<br><small>α = 0: scratch · α = 1: pure distillation</small>" if m.name == "kd" else ""
+        note = f"<br><small>{html.escape(m.note)}</small>" if m.note else ""
         self.objective.value = f"<code>{m.objective_text()}</code>{note}"
 
     def configs(self) -> list[TrainConfig]:
@@ -315,14 +315,11 @@ class DistillPanel(W.VBox):
     def train(self) -> list[str]:
         """Queue the KD run (and its scratch twin) and start following them; returns their run ids."""
         try:
-            configs = self.configs()
-            check_setup(configs[-1], self.store)
+            self.run_ids = launch(self.configs(), self.store, "notebook: DistillPanel", runner=self.runner,
+                                  group=new_run_id("notebook"))
         except Exception as e:
             self.status.value = f"<span style='color:#c00'>Cannot train: {friendly_error(e)}</span>"
             return []
-        group = new_run_id("notebook")
-        self.run_ids = [self.runner.submit(c.record("notebook: DistillPanel") | {"group": group}, prefix=c.kind)
-                        for c in configs]
         self.train_button.disabled, self.stop_button.disabled = True, False
         self.status.value = f"queued {', '.join(self.run_ids)}"
         self._thread = threading.Thread(target=self._follow, daemon=True)
@@ -431,8 +428,7 @@ class SearchPanel(W.VBox):
 
     def _on_method(self) -> None:
         name = self.method.value
-        first = next((k for k in ("beta", "kd_weight", "mutual_weight", "temperature") if k in METHODS[name].defaults),
-                     None)
+        first = first_searched(name)
         r = default_range(name, first) if first else None
         self.ranges.value = f"{r.name}={r.low:g}:{r.high:g}{':log' if r.log else ''}" if r else "lr=3e-4:1e-2:log"
 
@@ -449,13 +445,9 @@ class SearchPanel(W.VBox):
     def launch(self) -> str | None:
         """Check the inputs, start the search in the background and follow it; returns its group."""
         try:
-            base = self.base()
-            check_setup(base, self.store)
-            group = new_run_id("search")
-            prepare_search(self.store, base, self.parsed_ranges(), int(self.trials.value), group,
-                           seeds=int(self.seeds.value), scheduler=self.scheduler.value,
-                           command="notebook: search_panel")
-            start_search(self.store, group)
+            group = launch_search(self.store, self.base(), self.parsed_ranges(), int(self.trials.value),
+                                  new_run_id("search"), "notebook: search_panel", seeds=int(self.seeds.value),
+                                  scheduler=self.scheduler.value)
         except Exception as e:
             self.status.value = f"<span style='color:#c00'>Cannot search: {friendly_error(e)}</span>"
             return None
@@ -521,35 +513,42 @@ def _as_runs(runs, store: RunStore | None = None) -> list[Run]:
     return [store.get(r) if isinstance(r, str) else r for r in runs]
 
 
-def comparison_table(runs, aggregated: bool = False):
-    """The comparison table as a pandas DataFrame (KD runs paired with their scratch twins)."""
+def comparison_table(runs, aggregated: bool = False, wide: bool = False, store: RunStore | None = None):
+    """The comparison table as a pandas DataFrame, with the app's columns (method and artifact where they tell
+    runs apart). `runs`: run ids, Run objects, or a group name; with `store`, scratch twins join from it."""
     import pandas as pd
 
-    rows = comparison_rows(runs)
-    shown = aggregate(rows) if aggregated else rows
-    return pd.DataFrame([{name: fn(r) for name, fn in table_columns(aggregated)} for r in shown])
+    c = build_comparison(_as_runs(runs, store), store, aggregated, wide)
+    return pd.DataFrame(c.cells(), columns=[name for name, _ in c.columns])
 
 
-def compare(runs, store: RunStore | None = None, aggregated: bool = False) -> W.VBox:
-    """The app's Compare view: the table, training curves, Pareto plots and confusion matrices.
+def compare(runs, store: RunStore | None = None, aggregated: bool = False, wide: bool = False) -> W.VBox:
+    """The app's Compare view: the headline, the table, training curves, Pareto plots and confusion matrices.
 
     `runs`: run ids, Run objects, or a group name.
     """
+    import pandas as pd
+
     store = store or RunStore()
-    runs = _as_runs(runs, store)
-    runs = runs + [r for r in find_scratch_twins(runs, store) if r not in runs]
-    rows = comparison_rows(runs)
+    c = build_comparison(_as_runs(runs, store), store, aggregated, wide)
     out = W.Output()
-    out.append_display_data(comparison_table(runs, aggregated))
-    device = next((r["device"] for r in rows if r.get("device")), None)
-    figs = [plots.training_curves(*describe.curve_series(runs)),
-            plots.pareto(rows, "latency_ms", device), plots.pareto(rows, "size_mb")]
-    kd = next((r for r in runs if r.config.get("kind") == "kd" and r.state == "done"), None)
-    if kd is not None and kd.summary.get("teacher"):
-        classes = load_dataset(kd.config["dataset"], kd.config.get("data_dir")).classes
-        figs.append(plots.confusion_matrices({"teacher": kd.summary["teacher"]["test"]["confusion_matrix"],
-                                              describe.run_title(kd.config): kd.summary["test"]["confusion_matrix"]},
-                                             classes))
+    if c.headline:
+        out.append_display_data(W.HTML(f"<b>{html.escape(c.headline)}</b>"))
+    out.append_display_data(pd.DataFrame(c.cells(), columns=[name for name, _ in c.columns]))
+    notes = ([c.warning] if c.warning else []) + [f"{subject}: {verdict}" for subject, verdict in c.verdicts]
+    if notes:
+        out.append_display_data(W.HTML("<br>".join(f"<small>{html.escape(n)}</small>" for n in notes)))
+    device = next((r["device"] for r in c.rows if r.get("device")), None)
+    figs = [plots.training_curves(*describe.curve_series(c.runs)),
+            plots.pareto(c.rows, "latency_ms", device), plots.pareto(c.rows, "size_mb")]
+    cms = c.confusion_matrices()
+    if cms:
+        cfg = c.runs[0].config
+        try:
+            classes = load_dataset(cfg["dataset"], cfg.get("data_dir")).classes
+        except Exception:  # the data set is gone: class numbers
+            classes = [str(i) for i in range(len(next(iter(cms.values()))))]
+        figs.append(plots.confusion_matrices(cms, classes))
     return W.VBox([out, *[go.FigureWidget(f) for f in figs]])
 
 

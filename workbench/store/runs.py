@@ -362,6 +362,7 @@ class Run:
             "dataset": cfg.get("dataset"),
             "model": cfg.get("model_label", ""),
             "method": cfg.get("method"),
+            "method_label": cfg.get("method_label"),
             "params": cfg.get("method_params") or {},
             "seed": cfg.get("seed"),
             "labels": cfg.get("labels"),

@@ -27,6 +27,7 @@ class Task:
     sample_kind = "image"  # how a front end shows one sample: image | features
     augmentations: tuple[str, ...] = ("none",)  # batch augmentations that make sense for these samples
     families: tuple[str, ...] | None = None  # zoo families that take these samples (None: any)
+    feature_maps = True  # its models have spatial feature maps (what attention transfer matches)
 
     # -- data ---------------------------------------------------------------------------------------------
     def load(self, name: str, data_dir=None, *, size: int | None = None, stream: bool | None = None,
@@ -62,6 +63,13 @@ class Task:
         if self.families is not None and family not in self.families:
             raise ModelError(f"a {family} model does not take {self.title.lower()} samples; use "
                              f"{' or '.join(self.families)}")
+
+    def check_method(self, method) -> None:
+        """ValueError unless `method` (a core.methods.Method) works on this task's models: logit and embedding
+        methods work on any task; a method that needs spatial feature maps needs a task whose models have them."""
+        if method.needs_feature_maps and not self.feature_maps:
+            raise ValueError(f"{method.name} ({method.title}) matches spatial feature maps, and "
+                             f"{self.title.lower()} models have none; use a logit method such as kd")
 
     def probe(self, model: nn.Module, shape: tuple[int, ...]) -> None:
         """ModelError in one sentence unless `model` takes one sample of `shape` and returns (1, K) logits."""

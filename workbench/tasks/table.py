@@ -11,6 +11,7 @@ class TabularClassification(Task):
     title = "Tabular"
     datasets = TABLE_DATASETS
     sample_kind = "features"
+    feature_maps = False  # an MLP's hidden layers are vectors
     augmentations = ("none",)  # no augmentation is label-preserving for arbitrary features
     families = ("mlp", "factory")  # a conv net has no meaning on a row of features
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from workbench.core.hooks import FeatureHooks
-from workbench.core.methods import DISTILLATION_METHODS, Method, StepContext, build_method, method_info
+from workbench.core.methods import DISTILLATION_METHODS, Method, StepContext, build_method, default_method, method_info
 from workbench.data.datasets import Dataset, label_mask
 from workbench.data.images import StreamLoader
 from workbench.data.loaders import BatchLoader
@@ -106,10 +106,11 @@ class TrainConfig:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.method is None:
-            object.__setattr__(self, "method", "kd" if self.kind == "kd" else "ce")
+            object.__setattr__(self, "method", default_method(self.kind))
         info = method_info(self.method)
-        if self.kind != "kd" and self.method != "ce":
-            raise ValueError(f"{self.kind} runs train on labels alone (method ce), not {self.method!r}")
+        if self.kind != "kd" and info.distils:
+            raise ValueError(f"{self.kind} runs train on labels alone (method {default_method(self.kind)}), "
+                             f"not {self.method!r}")
         if self.kind == "kd" and self.method not in DISTILLATION_METHODS:
             raise ValueError(f"a kd run needs a distillation method ({', '.join(DISTILLATION_METHODS)}), "
                              f"not {self.method!r}")
@@ -190,6 +191,8 @@ class TrainConfig:
         method = self.build_method()
         return self.to_dict() | {"model_label": self.model.label(), "objective": method.objective_text(),
                                  "method_label": method.label(), "task": task_for(self.dataset).name,
+                                 "method_temperature": method.temperature,
+                                 "method_weight": method.p[method.weight_key] if method.weight_key else None,
                                  "command": command}
 
     @classmethod
@@ -356,6 +359,7 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     torch.manual_seed(config.seed)
     task = task_for(config.dataset)
     method = config.build_method()
+    task.check_method(method)
     if config.teacher and teacher is None:
         teacher = load_teacher(config.teacher, store, temperature=method.temperature or 1.0,
                                weights=config.teacher_weights)
@@ -500,7 +504,7 @@ def train_step(s: Session, x, y, idx, flip) -> tuple[dict[str, torch.Tensor], to
         logits = s.forward(x)  # (B, K)
     logits = logits.float()
     t_target, t_feats = teacher_batch(s, x, idx, flip)
-    ctx = StepContext(x=x, targets=y_seen, idx=idx, s_logits=logits, t_target=t_target,
+    ctx = StepContext(inputs=x, targets=y_seen, idx=idx, s_logits=logits, t_target=t_target,
                       s_feats=s.s_hooks.pop() if s.s_hooks else {}, t_feats=t_feats,
                       progress=s.step / s.total_steps)
     terms = s.method.terms(ctx)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
+import shutil
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +31,9 @@ from torch import nn
 from workbench.data.datasets import Dataset
 from workbench.data.transforms import batch_flip_lr
 from workbench.errors import ModelError, RunStoreError
-from workbench.models.zoo import ModelConfig, is_convnet, load_checkpoint
-from workbench.store.runs import RunStore
+from workbench.io import atomic_write
+from workbench.models.zoo import ModelConfig, is_convnet, load_checkpoint, read_checkpoint
+from workbench.store.runs import RunStore, validate_run_id
 from workbench.tasks import task_for
 
 VIEWS = ("plain", "flip")
@@ -277,3 +281,45 @@ def cached_logits(teacher: Teacher, dataset: Dataset, split: str, view: str = "p
     while len(_MEMORY) > _MEMORY_MAX:
         _MEMORY.popitem(last=False)
     return logits.to(device)
+
+
+def publish_teacher(run, name: str, to: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """Copy a finished run's best weights into ``assets/teachers`` (or `to`) as teacher `name`, with the card that
+    says what it scores and how to reproduce it. Returns (the weights file, the card)."""
+    if run.state != "done":
+        raise ValueError(f"run {run.run_id} is {run.state}; only finished runs can be published as teachers")
+    name = validate_run_id(name)
+    out = Path(to) if to else assets_dir() / "teachers"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, sm = run.config, run.summary
+    weights = out / f"{name}.safetensors"
+    shutil.copyfile(run.weights_path("best"), weights)
+    _, meta = read_checkpoint(weights)
+    prof = sm.get("profile", {})
+    card = {
+        "name": name,
+        "dataset": cfg["dataset"],
+        "model": cfg["model"],
+        "model_label": cfg.get("model_label"),
+        "input_shape": json.loads(meta["kdw_input_shape"]),
+        "num_classes": int(meta["kdw_num_classes"]),
+        "test_accuracy": sm["test"]["accuracy"],
+        "test_accuracy_last": sm["test_last"]["accuracy"],
+        "val_accuracy": sm["val_acc_best"],
+        "best_epoch": sm["best_epoch"],
+        "params": prof.get("params"),
+        "size_mb": weights.stat().st_size / 1e6,
+        "flops": prof.get("flops"),
+        "epochs": cfg["epochs"],
+        "train_s": sm.get("train_s"),
+        "trained_on": f"{sm.get('device')} ({prof.get('device_name')}), {prof.get('threads')} threads",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime(cfg.get("created", time.time()))),
+        "command": cfg.get("command") or "",
+        "objective": cfg.get("objective") or "",
+        "init": sm.get("init"),
+        "export_command": f"kdw publish-teacher {run.run_id} --name {name}",
+    }
+    atomic_write(out / f"{name}.json", json.dumps(card, indent=2) + "\n")
+    return weights, card

@@ -1,0 +1,249 @@
+"""What the `kdw` commands share: the common options, the training options and the config they build, the
+comparison table that fits the terminal, the queue, and the runs a command names.
+
+Imports of the package's heavier modules stay inside the functions: `kdw --help`, `kdw runs` and `kdw compare`
+never load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from workbench.core.losses import OBJECTIVE
+
+EPILOG = f"""\
+vanilla KD's objective (--method kd; α weights the distillation term):
+  {OBJECTIVE}
+  α = 0 is the student trained without the teacher (scratch); α = 1 is pure distillation.
+  (torchdistill and the Keras example put their α on the cross-entropy instead.)
+  Every other method's objective, with its hyperparameters: `kdw methods`.
+"""
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", default=None, help="run store folder (default: $KDW_RUNS_DIR or ./runs)")
+    p.add_argument("--wide", action="store_true",
+                   help="tables with every column (T, α, labels, seeds, FLOPs, throughput, agreement, ECE), "
+                        "however wide the terminal")
+
+
+def table(rows, args, aggregated: bool = False) -> str:
+    """A comparison table that fits the terminal (or every column with --wide)."""
+    from workbench.analysis.compare import format_table, terminal_width
+
+    wide = getattr(args, "wide", False)
+    return format_table(rows, aggregated, wide=wide, width=None if wide else terminal_width())
+
+
+def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
+    from workbench.train.loop import TrainConfig
+
+    d = TrainConfig(kind="scratch")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits",
+                   help="images: digits | fashion-mnist | cifar10 | cifar100 | image-folder | csv; tables: wine | "
+                        "breast-cancer | table (default: digits)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder holding the data set's files; for image-folder, the folder of class subfolders; "
+                        "for csv, the manifest file (path,label[,split]); for table, the CSV file (a header, numeric "
+                        "columns and a label column)")
+    g.add_argument("--label-column", default=None,
+                   help="table: the CSV column that holds the class (default: label)")
+    g.add_argument("--labels", default=None,
+                   help="label budget: a count (1000, or 1 for one label) or a fraction with a decimal point or a "
+                        "percent sign (0.05, 5%%); default all")
+    g.add_argument("--augment", default="auto", help="auto | none | flip | crop | flip+crop (default: the data set's)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="the student's square input size in pixels (default: the data set's; image folders: 32). "
+                        "The teacher keeps its own size: its logits are cached at it")
+    g.add_argument("--channels", type=int, default=None, choices=[1, 3],
+                   help="the student's input channels (default: the data set's): 3 shows grey images in colour")
+    g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="image folders and CSV manifests: stream batches from the disk cache (default: only when "
+                        "the images would not fit in a quarter of the RAM)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="cnn" if kind == "teacher" else "mlp",
+                   help="mlp | cnn | resnet | mobilenet_v2 | resnet18, or torchvision:NAME (any torchvision "
+                        "classification model), timm:NAME, path/to/file.py:make_model or package.module:make_model "
+                        "(your factory, called with num_classes and input_shape)")
+    g.add_argument("--depth", type=int, default=None, help="layers/blocks (zoo families; family default if omitted)")
+    g.add_argument("--width", type=float, default=None,
+                   help="units/channels/multiplier (zoo families; family default if omitted)")
+    g.add_argument("--pretrained", action="store_true",
+                   help="the library's own weights (resnet18, mobilenet_v2, torchvision:, timm:; online, or from "
+                        "torch's download cache)")
+    g.add_argument("--init", default=None, metavar="PATH",
+                   help="start from these weights: .safetensors or a PyTorch state dict (.pth/.pt); a classifier "
+                        "with another class count is replaced")
+    if kind != "teacher":
+        g = p.add_argument_group("distillation")
+        g.add_argument("--teacher", default=None,
+                       help="shipped teacher name, teacher run id or .safetensors file (default: the shipped one)")
+        if kind == "kd":
+            from workbench.core.methods import DISTILLATION_METHODS, METHODS
+
+            kd = METHODS["kd"].defaults
+            g.add_argument("--method", default="kd", choices=list(DISTILLATION_METHODS), metavar="METHOD",
+                           help="distillation method: " + ", ".join(f"{k} ({METHODS[k].title})"
+                                                                     for k in DISTILLATION_METHODS)
+                                + " (default: kd). `kdw methods` lists their hyperparameters")
+            g.add_argument("-T", "--temperature", type=float, default=None,
+                           help=f"the method's temperature (kd default {kd['temperature']:g}; also lskd, dkd, dml); "
+                                "the same as --param temperature=T")
+            g.add_argument("--alpha", type=float, default=None,
+                           help=f"vanilla KD's weight of the KD term in [0, 1] (default {kd['alpha']:g}); "
+                                "the same as --param alpha=A with --method kd")
+            g.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                           help="a method hyperparameter, e.g. --param beta=100 (repeatable)")
+            g.add_argument("--no-scratch", action="store_true",
+                           help="do not also train the scratch twin (same student and budget, method ce)")
+            g.add_argument("--teacher-weights", type=float, nargs="+", default=None,
+                           help="weights of an ensemble teacher given as --teacher a,b (default: equal)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"default: the data set's ({d.batch_size} for images, 16 for tables)")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (warm-up then cosine); default: the "
+                                                          f"data set's ({d.lr:g} for images, 0.01 for tables)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--optimizer", default=d.optimizer, help="adamw | sgd")
+    g.add_argument("--seed", type=int, default=0, help="a seed, or several with --seeds")
+    g.add_argument("--seeds", type=int, default=1, help="repeat with seeds seed..seed+n-1")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    g.add_argument("--compile", action="store_true", help="torch.compile the student")
+    g.add_argument("--no-profile", action="store_true", help="skip latency/throughput measurement")
+    g.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine, through torch.distributed.run (gloo on the CPU, "
+                        "NCCL on GPUs); the global batch is --batch-size")
+    g.add_argument("--nnodes", default=None, help="several machines: passed to torch.distributed.run (docs/scaling.md)")
+    g.add_argument("--rdzv-endpoint", default=None, help="several machines: host:port of the rendezvous")
+    g.add_argument("--rdzv-id", default=None, help="several machines: the same rendezvous id on every machine "
+                                                    "(default: the run id)")
+    g.add_argument("--track", action="append", default=None, metavar="TARGET",
+                   help="also log to tensorboard[:DIR] or mlflow[:URI] (repeatable; default: the settings file's)")
+    g.add_argument("--run-id", default=None, help="name the run (letters, digits, _ . -)")
+    g.add_argument("--group", default=None, help="tag runs that belong together")
+    g.add_argument("--background", action="store_true", help="queue as a job and return at once")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run up to N jobs at once: the queue's workers (kept for this run store) and a sweep's "
+                        "parallel runs; default one per visible GPU, else 1")
+    add_common(p)
+
+
+def parse_labels(v: str | None):
+    """--labels: a count of labels ("1000", "1"), or a fraction written with a decimal point or a percent
+    sign ("0.05", "5%", "1.0" = all). The app's label field is a count too, so 1 means one label everywhere.
+
+    >>> parse_labels("1"), parse_labels("0.05"), parse_labels("5%"), parse_labels("1.0"), parse_labels(None)
+    (1, 0.05, 0.05, 1.0, None)
+    """
+    if v is None:
+        return None
+    text = str(v).strip()
+    try:
+        if text.endswith("%"):
+            frac = float(text[:-1]) / 100
+            if not 0 < frac <= 1:
+                raise ValueError
+            return frac
+        if "." in text or "e" in text.lower():
+            frac = float(text)
+            if not 0 < frac <= 1:
+                raise ValueError
+            return frac
+        count = int(text)
+        if count < 1:
+            raise ValueError
+        return count
+    except ValueError:
+        raise ValueError(f"--labels must be a count of labels (1000) or a fraction in (0, 1] written with a decimal "
+                         f"point or a percent sign (0.05, 5%), got {v!r}") from None
+
+
+def method_params_from_args(args) -> dict:
+    """--param pairs, with -T and --alpha folded in as the method's own hyperparameters."""
+    from workbench.core.methods import METHODS, parse_params
+
+    params = parse_params(args.param)
+    info = METHODS[args.method]
+    if args.temperature is not None:
+        if not info.temperature_key:
+            raise ValueError(f"{args.method} has no temperature; its hyperparameters are "
+                             f"{', '.join(info.defaults) or 'none'} (`kdw methods`)")
+        params[info.temperature_key] = args.temperature
+    if args.alpha is not None:
+        if not info.weight_key:
+            raise ValueError(f"--alpha is the weight in [0, 1] of vanilla KD's distillation term; {args.method} "
+                             f"takes its own weights with --param ({', '.join(info.defaults)})")
+        params[info.weight_key] = args.alpha
+    return params
+
+
+def train_config(args, kind: str, seed: int, **over):
+    from workbench.models.zoo import parse_model
+    from workbench.tasks import DATASETS
+    from workbench.train.loop import TrainConfig
+    from workbench.train.teachers import default_teacher
+    from workbench.train.tracking import default_targets
+
+    if args.dataset not in DATASETS:  # before any advice about teachers for it
+        raise ValueError(f"unknown data set {args.dataset!r}; choose one of {', '.join(DATASETS)}")
+    from workbench.experiments.recipes import dataset_defaults
+
+    defaults = dataset_defaults(args.dataset)
+    teacher = getattr(args, "teacher", None)
+    method = getattr(args, "method", None) if kind == "kd" else None
+    if kind != "teacher" and not teacher:
+        teacher = default_teacher(args.dataset)
+        from workbench.experiments.recipes import uses_teacher
+
+        if kind == "kd" and not teacher and uses_teacher(method):
+            raise ValueError(f"no shipped teacher for {args.dataset}; train one with `kdw teacher --dataset "
+                             f"{args.dataset}` and pass its run id with --teacher")
+    fields = dict(
+        kind=kind, dataset=args.dataset, data_dir=args.data_dir, teacher=teacher,
+        label_column=getattr(args, "label_column", None),
+        model=parse_model(args.model, args.depth, args.width, args.pretrained),
+        image_size=args.image_size, channels=args.channels, init=args.init, stream=args.stream,
+        nproc=args.nproc, nnodes=getattr(args, "nnodes", None), rdzv_endpoint=getattr(args, "rdzv_endpoint", None),
+        rdzv_id=getattr(args, "rdzv_id", None),
+        track=tuple(args.track) if args.track is not None else tuple(default_targets()),
+        epochs=args.epochs, batch_size=args.batch_size or defaults.batch_size,
+        lr=args.lr if args.lr is not None else defaults.lr, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, labels=parse_labels(args.labels), augment=args.augment, seed=seed,
+        device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
+    if kind == "kd":
+        fields.update(method=method, method_params=method_params_from_args(args),
+                      teacher_weights=tuple(args.teacher_weights) if args.teacher_weights else None)
+    fields.update(over)
+    return TrainConfig(**fields)
+
+
+def command_line() -> str:
+    """The command line that launched this process, when it was kdw."""
+    if sys.argv and sys.argv[0].endswith(("kdw", "__main__.py")):
+        return " ".join(["kdw", *sys.argv[1:]])
+    return ""
+
+
+def queue(args, store):
+    """The local queue of `store`; `--workers N` first sets how many jobs it runs at once."""
+    from workbench.jobs.queue import LocalQueueRunner, set_workers
+
+    if getattr(args, "workers", None) is not None:
+        set_workers(store, args.workers)
+    return LocalQueueRunner(store)
+
+
+def named_runs(args, purpose: str):
+    """The store, and the runs named on the command line plus every run of --group (an error if none)."""
+    from workbench.store.runs import RunStore
+
+    store = RunStore(args.runs_dir)
+    runs = [store.get(r) for r in args.runs] + (store.list(group=args.group) if args.group else [])
+    if args.group and not any(r.config.get("group") == args.group for r in runs):
+        raise ValueError(f"no runs in group {args.group!r}; `kdw runs` lists the groups")
+    if not runs:
+        raise ValueError(f"name runs {purpose} (see `kdw runs`), or --group G")
+    return store, runs

@@ -1,0 +1,66 @@
+"""`kdw export | publish-teacher`: a finished run as an artifact to ship, or as a shipped teacher."""
+
+from __future__ import annotations
+
+import sys
+
+from workbench.cli import common
+
+
+def cmd_export(args) -> int:
+    """A finished run's student as ONNX (and int8, and pruned-then-distilled) variants, each measured in ONNX Runtime."""
+    from workbench.analysis.compare import comparison_rows
+    from workbench.deploy.export import ExportOptions, export_run
+    from workbench.store.runs import RunStore
+
+    if args.format != "onnx":
+        raise ValueError(f"unknown export format {args.format!r}; the workbench exports onnx")
+    options = ExportOptions(int8=args.int8, prune=args.prune, calibration=args.calibration,
+                            finetune_epochs=args.finetune_epochs)
+    store = RunStore(args.runs_dir)
+    run = store.get(args.run_id)
+
+    def progress(name, text, fraction):
+        print(f"[{100 * fraction:3.0f}%] {name}: {text}", file=sys.stderr, flush=True)
+
+    results = export_run(run, store, options, progress, command=common.command_line())
+    for m in results:
+        c = m["check"]
+        print(f"{m['variant']:22s} {m['size_mb']:8.3f} MB  test acc {100 * m['test']['accuracy']:6.2f}%  "
+              f"top-1 = PyTorch on {100 * c['top1_agreement']:.2f}% (max |Δlogit| {c['max_abs_logit_diff']:.2g})"
+              + (f"  [{m['quantization']}]" if m.get("quantization") else ""))
+    print()
+    print(common.table(comparison_rows([run]), args))
+    print(f"\nvariants under {run.path / 'variants'}; `kdw compare {run.run_id}` lists them with the run")
+    return 0
+
+
+def cmd_publish_teacher(args) -> int:
+    """Copy a finished run's best weights into assets/teachers with a card that says how to reproduce it."""
+    from workbench.store.runs import RunStore
+    from workbench.train.teachers import publish_teacher
+
+    weights, card = publish_teacher(RunStore(args.runs_dir).get(args.run_id), args.name, args.to)
+    print(f"wrote {weights} ({card['size_mb']:.2f} MB) and {weights.with_suffix('.json')}")
+    return 0
+
+
+def register(add) -> dict:
+    """The deployment commands' parsers; returns {command: handler}."""
+    s = add("export", "a finished run's student as ONNX (and int8, and pruned), measured in ONNX Runtime; "
+                      "the variants live under runs/RUN/variants/")
+    s.add_argument("run_id", metavar="RUN")
+    s.add_argument("--format", default="onnx", help="onnx (the only format for now)")
+    s.add_argument("--int8", action="store_true", help="also an int8 variant (ONNX Runtime quantization: static QDQ "
+                                                       "with calibration for conv nets, dynamic for MLPs)")
+    s.add_argument("--prune", type=float, default=None, metavar="FRACTION",
+                   help="also a pruned variant: remove this fraction of each layer's channels, then distil again")
+    s.add_argument("--calibration", type=int, default=512, help="training images that calibrate int8 (default 512)")
+    s.add_argument("--finetune-epochs", type=int, default=3, help="epochs of distillation after pruning (default 3)")
+    common.add_common(s)
+    s = add("publish-teacher", "copy a finished teacher run into assets/teachers with its card")
+    s.add_argument("run_id", metavar="RUN")
+    s.add_argument("--name", required=True, help="teacher name, e.g. fashion-mnist-cnn")
+    s.add_argument("--to", default=None, help="folder (default: assets/teachers)")
+    common.add_common(s)
+    return {"export": cmd_export, "publish-teacher": cmd_publish_teacher}
