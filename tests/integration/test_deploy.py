@@ -36,8 +36,8 @@ def test_onnx_fp32_agrees_with_pytorch_on_the_test_set(mlp_run):
     fp32 = results["onnx-fp32"]
     assert fp32["check"]["top1_agreement"] >= 0.999 and fp32["check"]["max_abs_logit_diff"] < 1e-3
     assert fp32["test"]["accuracy"] == pytest.approx(run.summary["test"]["accuracy"], abs=1e-9)
-    # the size counts every file a deployment needs: the graph and the weights beside it
-    assert set(fp32["files"]) == {"model.onnx", "model.onnx.data"}
+    # a model far below 2 GB is one file, so ONNX Runtime's pre-processing can read it before int8
+    assert set(fp32["files"]) == {"model.onnx"}
     assert fp32["size_bytes"] == sum(fp32["files"].values())
     assert fp32["profile"]["runtime"].startswith("onnxruntime") and fp32["profile"]["latency_ms"] > 0
     assert fp32["pytorch_eager"]["latency_ms"] > 0 and fp32["profile"]["threads"] == fp32["pytorch_eager"]["threads"]
@@ -50,6 +50,9 @@ def test_int8_is_small_and_keeps_accuracy(mlp_run):
     assert int8["size_bytes"] <= 0.35 * fp32["size_bytes"], (int8["size_bytes"], fp32["size_bytes"])
     assert fp32["test"]["accuracy"] - int8["test"]["accuracy"] <= 0.01
     assert int8["quantization"].startswith("dynamic int8")  # a pure MLP: no convolutions to calibrate
+    assert int8["preprocessed"] and int8["notes"] == []  # quant_pre_process ran on the single-file export
+    assert int8["int8"]["format"] in ("s8s8", "reduce-range") and int8["int8"]["cpu"]["arch"]
+    assert int8["int8_check"]["ok"] and int8["int8_check"]["agreement"] == int8["check"]["top1_agreement"]
 
 
 def test_variants_are_listed_under_their_run_everywhere(mlp_run):
@@ -80,8 +83,9 @@ def test_a_conv_student_gets_static_qdq_int8_calibrated_on_training_images(tmp_p
     torch.manual_seed(0)
     model = build_model(ModelConfig("cnn", depth=1, width=8), digits.input_shape, 10).eval()
     fp32 = export_onnx(model, digits.input_shape, tmp_path / "fp32")
-    path, mode = quantize_int8(fp32, tmp_path / "int8", calibration_images(digits, 64))
-    assert mode.startswith("static int8, QDQ, per-channel") and "64 training images" in mode
+    path, done = quantize_int8(fp32, tmp_path / "int8", calibration_images(digits, 64))
+    mode = done["mode"]
+    assert mode.startswith("static int8, QDQ, per-channel") and "64 training images" in mode and done["preprocessed"]
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
@@ -194,3 +198,88 @@ def test_the_compare_page_lists_variants_and_offers_deploy_and_download(mlp_run,
     assert at.selectbox(key="cmp_deploy_run").value.endswith("· mlp")
     assert any("ONNX int8" in c.value and "ONNX Runtime" in c.value for c in at.caption)
     assert len([b for b in at.get("download_button")]) >= 3  # two variants and the report
+
+
+AVX2_ONLY = "flags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+VNNI = "flags\t\t: fpu sse2 avx avx2 avx512f avx512_vnni avx_vnni\n"
+
+
+def test_int8_settings_follow_the_cpu():
+    from workbench.deploy.export import cpu_int8_features, int8_settings
+
+    avx2 = {**cpu_int8_features(AVX2_ONLY), "arch": "x86_64", "x86": True}
+    vnni = {**cpu_int8_features(VNNI), "arch": "x86_64", "x86": True}
+    assert avx2["flags"] == ["avx", "avx2"] and not avx2["vnni"]
+    assert vnni["vnni"] and "avx512_vnni" in vnni["flags"]
+    assert int8_settings("auto", avx2)["reduce_range"] and "without VNNI" in int8_settings("auto", avx2)["why"]
+    assert int8_settings("auto", vnni)["format"] == "s8s8"
+    arm = {"arch": "aarch64", "x86": False, "vnni": False, "flags": None}
+    assert int8_settings("auto", arm)["format"] == "s8s8"
+    assert int8_settings("u8u8", avx2)["weights"] == "uint8" and int8_settings("u8u8", avx2)["why"] == "asked for"
+    with pytest.raises(ValueError, match="int8 format must be one of"):
+        ExportOptions(int8=True, int8_format="int4")
+
+
+@pytest.mark.parametrize("cpuinfo, fmt, weights", [(AVX2_ONLY, "auto", "7-bit"), (VNNI, "auto", "8-bit"),
+                                                    (VNNI, "u8u8", "uint8")])
+def test_each_int8_path_is_what_it_says_and_keeps_the_models_decisions(tmp_path, digits, cpuinfo, fmt, weights):
+    """Forced per CPU: on an AVX2-only x86 the weights use 7 bits (ONNX Runtime's reduce_range); with VNNI, 8."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from workbench.deploy.export import calibration_images, cpu_int8_features, measure
+    from workbench.models.zoo import build_model
+
+    cpu = {**cpu_int8_features(cpuinfo), "arch": "x86_64", "x86": True}
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("cnn", depth=1, width=8), digits.input_shape, 10).eval()
+    fp32 = export_onnx(model, digits.input_shape, tmp_path / "fp32")
+    path, done = quantize_int8(fp32, tmp_path / "int8", calibration_images(digits, 64), fmt, cpu)
+    graph = onnx.load(str(path)).graph
+    conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    dq = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    ints = [numpy_helper.to_array(t) for t in graph.initializer if t.name in {dq.get(w) for w in conv_weights}]
+    assert ints
+    if weights == "uint8":
+        assert all(a.dtype == np.uint8 for a in ints) and done["int8"]["format"] == "u8u8"
+    else:
+        assert all(a.dtype == np.int8 for a in ints)
+        peak = max(int(np.abs(a.astype(np.int16)).max()) for a in ints)
+        assert peak <= 64 if weights == "7-bit" else peak > 64, peak
+    assert done["int8"]["cpu"] == cpu and done["int8"]["format"] in done["mode"]
+    m = measure(tmp_path / "int8", model, digits, None)
+    assert m["check"]["top1_agreement"] > 0.9  # an untrained net: int8 keeps most of its decisions
+
+
+def test_an_int8_variant_that_does_not_hold_is_flagged_everywhere(mlp_run):
+    from workbench.analysis.compare import build_comparison, format_table
+    from workbench.analysis.report import build_report
+    from workbench.deploy.export import int8_check
+
+    _, run, _ = mlp_run
+    low = int8_check(0.85, "s8s8")
+    assert not low["ok"] and "reduce-range or u8u8" in low["advice"] and int8_check(0.99, "s8s8")["ok"]
+    metrics_path = run.variants_path / "onnx-int8" / "metrics.json"
+    kept = metrics_path.read_text()
+    try:
+        metrics_path.write_text(json.dumps({**json.loads(kept), "int8_check": low}))
+        c = build_comparison([run])
+        assert c.int8_warning and "85.0%" in c.int8_warning
+        assert any(cell.get("artifact") == "ONNX int8 ⚠" for cell in c.cells())
+        assert "⚠ warning: int8 does not hold" in format_table(c.rows)
+        assert "int8 does not hold" in build_report([run])
+    finally:
+        metrics_path.write_text(kept)
+    assert build_comparison([run]).int8_warning is None
+
+
+def test_pruning_keeps_a_multiple_of_eight_channels():
+    from workbench.deploy.export import prune_model
+    from workbench.models.zoo import build_model
+
+    conv = prune_model(build_model(ModelConfig("cnn", 1, 48), (1, 28, 28), 10), (1, 28, 28), 0.3)
+    kept = [m.out_channels for m in conv.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert kept[0] == 32 and all(k % 8 == 0 for k in kept), kept  # 48 × 0.7 = 33.6: 32, not 33
+    mlp = prune_model(build_model(ModelConfig("mlp", 2, 100), (64,), 10), (64,), 0.3)
+    assert [m.out_features for m in mlp.modules() if isinstance(m, torch.nn.Linear)] == [64, 64, 10]

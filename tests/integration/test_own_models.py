@@ -60,6 +60,20 @@ def test_each_model_source_builds_a_classifier_for_the_data(spec, label):
         assert model.kdw_mean == (0.485, 0.456, 0.406) and "embedding" in model.stages
 
 
+def test_a_library_model_is_normalised_by_its_own_config_and_only_classifiers_are_offered():
+    from workbench.errors import ModelError
+    from workbench.models.zoo import classification_models, model_preprocessing
+
+    vit = build_model(parse_model("timm:vit_tiny_patch16_224"), (3, 32, 32), 5)  # timm's ViTs use 0.5, not ImageNet
+    assert vit.kdw_mean == (0.5, 0.5, 0.5) and vit.kdw_std == (0.5, 0.5, 0.5) and vit.kdw_native_size == 224
+    pre = model_preprocessing(parse_model("torchvision:resnet18"))
+    assert pre["mean"] == (0.485, 0.456, 0.406) and pre["input_size"] == 224 and "weights transforms" in pre["source"]
+    names = classification_models()
+    assert "resnet18" in names and "fasterrcnn_resnet50_fpn" not in names and "raft_small" not in names
+    with pytest.raises(ModelError, match="torchvision has no classification model 'fasterrcnn_resnet50_fpn'"):
+        build_model(parse_model("torchvision:fasterrcnn_resnet50_fpn"), (3, 32, 32), 5)
+
+
 def test_a_factory_from_a_file_and_from_a_module(factory_file, monkeypatch):
     cfg = parse_model(f"{factory_file}:make_model")
     assert build_model(cfg, (1, 8, 8), 10)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
@@ -79,7 +93,7 @@ def test_any_module_as_student_and_teacher_in_the_python_api(store, digits):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("", "no model given"), ("torchvision:", "needs a name"), ("torchvision:resnet9000", "torchvision has no model"),
+    ("", "no model given"), ("torchvision:", "needs a name"), ("torchvision:resnet9000", "torchvision has no classification model"),
     ("timm:no_such_net", "timm has no model"), ("something.py:", "names no model"), ("hyper", "unknown model family"),
 ])
 def test_a_spec_that_names_no_model(spec, message):
@@ -293,7 +307,7 @@ def test_the_train_page_takes_an_image_folder_and_a_torchvision_student(folder, 
     assert any("at least 32 works" in e.value or "parameters" in c.value for e in at.error for c in at.caption) \
         or any("torchvision:resnet50" in c.value for c in at.caption)
     at.text_input(key="tr_student_name_torchvision").set_value("resnet9000").run()
-    assert any("torchvision has no model 'resnet9000'" in e.value for e in at.error)
+    assert any("torchvision has no classification model 'resnet9000'" in e.value for e in at.error)
     at.text_input(key="tr_init").set_value(str(tmp_path / "missing.pth")).run()
     assert any("No weights file" in e.value for e in at.error)
 

@@ -175,7 +175,7 @@ def variant_rows(run: Run, parent: dict) -> list[dict]:
                      "agreement": test.get("agreement"), "ece": test.get("ece"), "device": prof.get("device_name"),
                      "threads": prof.get("threads"), "cpu_busy": prof.get("cpu_busy_elsewhere"),
                      "runtime": prof.get("runtime"), "quantization": m.get("quantization"),
-                     "finetune": m.get("finetune"), "_twin": None, "_group": parent["_group"] + (v["name"],),
+                     "finetune": m.get("finetune"), "int8_check": m.get("int8_check"), "_twin": None, "_group": parent["_group"] + (v["name"],),
                      "_variant_of": run.run_id})
     order = {n: i for i, n in enumerate(VARIANT_ORDER)}
     return sorted(rows, key=lambda r: (order.get(r["variant"], len(order)), r["variant"]))
@@ -278,7 +278,7 @@ def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None 
     rows = rows or []
     cols = [("role", lambda r: ROLE_NAMES.get(r["role"], r["role"])), ("model", lambda r: str(r["model"]))]
     if wide or any(r.get("variant") for r in rows):
-        cols.append(("artifact", lambda r: artifact_label(r.get("variant"))))
+        cols.append(("artifact", lambda r: artifact_label(r.get("variant")) + (" ⚠" if _int8_flagged(r) else "")))
     kd_rows = [r for r in rows if r["role"] == "kd"]  # named when they differ, or a method has no α to tell it by
     if wide or len({r.get("method") for r in kd_rows}) > 1 or any(r.get("alpha") is None for r in kd_rows):
         cols.append(("method", lambda r: r.get("method") or "—"))
@@ -372,6 +372,24 @@ def unify_timings(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _int8_flagged(r: dict) -> bool:
+    return (r.get("int8_check") or {}).get("ok") is False
+
+
+def int8_warning(rows: list[dict]) -> str | None:
+    """A warning naming the int8 variants (⚠ in the table) whose top-1 agreement with their fp32 model on the test
+    set is below the threshold, with what to try; None when every one holds."""
+    low = [r for r in rows if _int8_flagged(r)]
+    if not low:
+        return None
+    names = "; ".join(f"{r['run_id']} agrees on {100 * r['int8_check']['agreement']:.1f}%" for r in low)
+    threshold = 100 * low[0]["int8_check"]["threshold"]
+    return (f"int8 does not hold for {names} (top-1 agreement with its fp32 model on the test set, below "
+            f"{threshold:.0f}%): its figures are the int8 model's own, but it decides differently from the model it "
+            f"was made from. Export again with another --int8-format (u8u8, reduce-range) or more calibration "
+            f"images.")
+
+
 def timing_warning(rows: list[dict]) -> str | None:
     """A warning naming the rows whose CPU timings were taken while other processes were busy, else None."""
     busy = [r for r in rows if (r.get("cpu_busy") or 0) > BUSY_LIMIT]
@@ -420,6 +438,9 @@ def format_table(rows: list[dict], aggregated: bool = False, wide: bool = False,
     warning = timing_warning(rows)
     if warning:
         foot.append(f"* warning: {warning}")
+    int8 = int8_warning(rows)
+    if int8:
+        foot.append(f"⚠ warning: {int8}")
     if wide:
         foot += [AGREEMENT_MEANS, ECE_MEANS]
     if dropped:
@@ -497,7 +518,13 @@ class Comparison:
 
     @property
     def warning(self) -> str | None:
+        """Timings taken on a busy CPU (greyed in the table), or None."""
         return timing_warning(self.rows)
+
+    @property
+    def int8_warning(self) -> str | None:
+        """int8 variants that decide differently from their fp32 model (⚠ in the table), or None."""
+        return int8_warning(self.rows)
 
     @property
     def verdicts(self) -> list[tuple[str, str]]:

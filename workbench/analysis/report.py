@@ -103,8 +103,8 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
             objectives.setdefault(text, set()).add(plots.ROLE_NAMES.get(r.config.get("kind"), "?"))
     objective_items = "".join(f"<li>{html.escape(', '.join(sorted(roles)))}: <code>{html.escape(text)}</code></li>"
                               for text, roles in objectives.items())
-    warning = summary.warning
-    warning = f'<p class="warning"><b>Warning:</b> {html.escape(warning)}</p>' if warning else ""
+    warning = "".join(f'<p class="warning"><b>Warning:</b> {html.escape(w)}</p>'
+                      for w in (summary.warning, summary.int8_warning) if w)
     if left_out:
         warning += ('<p class="warning"><b>Left out</b> (not finished, or unreadable): '
                     + html.escape("; ".join(left_out)) + "</p>")

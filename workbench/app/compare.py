@@ -89,6 +89,8 @@ def page() -> None:
     if warning:
         st.warning(warning.replace("(kdw profile RUN)", "(grey in the table)"), icon=":material/speed:")
         _remeasure(runs)
+    if comparison.int8_warning:
+        st.warning(comparison.int8_warning, icon=":material/warning:")
     for subject, verdict in comparison.verdicts:
         st.caption(f"{subject}: **{verdict}**")
 
@@ -161,6 +163,9 @@ def _deploy_panel(runs) -> None:
                 c1.caption(f"**{label}**: {100 * m['test']['accuracy']:.2f}% test, {m['size_mb']:.3f} MB, "
                            f"{m['profile']['latency_ms']:.3f} ms at batch 1 in ONNX Runtime; top-1 equals PyTorch's on "
                            f"{100 * m['check']['top1_agreement']:.2f}% of test images")
+                advice = (m.get("int8_check") or {}).get("advice")
+                if advice:
+                    c1.warning(advice, icon=":material/warning:")
                 c2.download_button("Download", lambda f=v["folder"]: zip_variant(f), file_name=f"{run.run_id}-{v['name']}.zip",
                                    mime="application/zip", key=f"cmp_dl_{run.run_id}_{v['name']}")
         if not variants:

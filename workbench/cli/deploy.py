@@ -16,7 +16,7 @@ def cmd_export(args) -> int:
     if args.format != "onnx":
         raise ValueError(f"unknown export format {args.format!r}; the workbench exports onnx")
     options = ExportOptions(int8=args.int8, prune=args.prune, calibration=args.calibration,
-                            finetune_epochs=args.finetune_epochs)
+                            finetune_epochs=args.finetune_epochs, int8_format=args.int8_format)
     store = RunStore(args.runs_dir)
     run = store.get(args.run_id)
 
@@ -29,6 +29,12 @@ def cmd_export(args) -> int:
         print(f"{m['variant']:22s} {m['size_mb']:8.3f} MB  test acc {100 * m['test']['accuracy']:6.2f}%  "
               f"top-1 = PyTorch on {100 * c['top1_agreement']:.2f}% (max |Δlogit| {c['max_abs_logit_diff']:.2g})"
               + (f"  [{m['quantization']}]" if m.get("quantization") else ""))
+    for m in results:
+        for note in m.get("notes") or []:
+            print(f"note: {m['variant']}: {note}", file=sys.stderr)
+        advice = (m.get("int8_check") or {}).get("advice")
+        if advice:
+            print(f"warning: {m['variant']}: {advice}", file=sys.stderr)
     print()
     print(common.table(comparison_rows([run]), args))
     print(f"\nvariants under {run.path / 'variants'}; `kdw compare {run.run_id}` lists them with the run")
@@ -55,6 +61,9 @@ def register(add) -> dict:
                                                        "with calibration for conv nets, dynamic for MLPs)")
     s.add_argument("--prune", type=float, default=None, metavar="FRACTION",
                    help="also a pruned variant: remove this fraction of each layer's channels, then distil again")
+    s.add_argument("--int8-format", default="auto", choices=["auto", "s8s8", "reduce-range", "u8u8"],
+                   help="int8 data types: auto (default) takes reduce-range (7-bit weights) on x86 CPUs without "
+                        "VNNI, where 8-bit products can saturate, and s8s8 elsewhere; u8u8 never saturates")
     s.add_argument("--calibration", type=int, default=512, help="training images that calibrate int8 (default 512)")
     s.add_argument("--finetune-epochs", type=int, default=3, help="epochs of distillation after pruning (default 3)")
     common.add_common(s)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import platform
 import re
 import shutil
 import time
@@ -60,6 +61,10 @@ from workbench.train.teachers import cached_logits, load_teacher
 
 VARIANT_FILES = ("model.onnx", "model.onnx.data")  # what a deployment needs; metrics.json and status.json are ours
 MIN_CALIBRATION = 16  # fewer images give activation ranges that depend on the draw more than on the data
+SINGLE_FILE_LIMIT = 1_800_000_000  # weights above this go beside model.onnx (a protobuf holds at most 2 GB)
+INT8_FORMATS = ("auto", "s8s8", "reduce-range", "u8u8")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 instructions that multiply int8 without saturating
+INT8_MIN_AGREEMENT = 0.98  # below this top-1 agreement with fp32 on the test set, an int8 variant is flagged
 
 
 def require(module: str):
@@ -79,8 +84,11 @@ class ExportOptions:
     finetune_epochs: int = 3  # epochs of distillation after pruning
     finetune_lr_scale: float = 0.3  # the fine-tune's peak learning rate, as a fraction of the run's
     seed: int = 0  # the calibration sample
+    int8_format: str = "auto"  # auto (by this CPU: reduce-range on x86 without VNNI, else s8s8) | s8s8 | reduce-range | u8u8
 
     def __post_init__(self):
+        if self.int8_format not in INT8_FORMATS:
+            raise ValueError(f"the int8 format must be one of {', '.join(INT8_FORMATS)}, got {self.int8_format!r}")
         if self.prune is not None and not 0 < self.prune < 1:
             raise ValueError(f"the pruning fraction must be in (0, 1), got {self.prune}")
         if self.calibration < MIN_CALIBRATION:
@@ -128,7 +136,7 @@ def export_args(options: ExportOptions) -> list[str]:
     args = ["--format", "onnx", "--calibration", str(options.calibration),
             "--finetune-epochs", str(options.finetune_epochs)]
     if options.int8:
-        args.append("--int8")
+        args += ["--int8", "--int8-format", options.int8_format]
     if options.prune is not None:
         args += ["--prune", f"{options.prune:g}"]
     return args
@@ -138,7 +146,8 @@ def export_args(options: ExportOptions) -> list[str]:
 # export, quantization, pruning
 
 def export_onnx(model: nn.Module, input_shape, folder: Path) -> Path:
-    """`model` as folder/model.onnx (weights possibly in model.onnx.data), with a dynamic batch axis."""
+    """`model` as folder/model.onnx with a dynamic batch axis: one file, so that ONNX Runtime's pre-processing can
+    read it, unless the weights are too large for one protobuf (then model.onnx.data beside it)."""
     require("onnx")
     require("onnxscript")
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,8 +155,10 @@ def export_onnx(model: nn.Module, input_shape, folder: Path) -> Path:
     model = copy.deepcopy(model).float().cpu().eval()
     x = torch.zeros(2, *input_shape)
     batch = torch.export.Dim("batch", min=1, max=65536)
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     try:
-        torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=({0: batch},), external_data=True,
+        torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
+                          external_data=weight_bytes > SINGLE_FILE_LIMIT,
                           input_names=["input"], output_names=["logits"], verbose=False)
     except Exception as e:  # the exporter's reports are long; say which operator, in one line
         text = str(e)
@@ -180,8 +191,47 @@ def has_convolutions(path: Path) -> bool:
     return any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node)
 
 
-def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor) -> tuple[Path, str]:
-    """An int8 copy of an fp32 ONNX model in `folder`; returns (path, the mode used, in words).
+def cpu_int8_features(cpuinfo: str | None = None) -> dict:
+    """What this CPU offers int8 kernels: {"arch", "x86", "vnni", "flags"} ("flags": the AVX and VNNI ones found in
+    /proc/cpuinfo; None where it cannot be read, and then an x86 CPU counts as one without VNNI)."""
+    machine = platform.machine().lower()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith(("flags", "Features"))), None)
+    flags = None if line is None else sorted(f for f in line.split(":", 1)[1].split()
+                                             if f.startswith(("avx", "amx")) or "vnni" in f)
+    return {"arch": machine, "x86": machine in ("x86_64", "amd64", "i386", "i686"),
+            "vnni": bool(flags and set(flags) & set(VNNI_FLAGS)), "flags": flags}
+
+
+def int8_settings(fmt: str = "auto", cpu: dict | None = None) -> dict:
+    """The int8 data types for `fmt` on `cpu` (default: this one), with the reason, as recorded in the variant.
+
+    ONNX Runtime multiplies u8 activations by s8 weights with VPMADDUBSW on x86 CPUs without VNNI, and its 16-bit
+    sums can saturate; its documentation gives two ways out: 7-bit weights (`reduce_range`) or u8 weights too
+    (U8U8). `auto` takes reduce-range there, and s8s8 (its default) where VNNI or a non-x86 CPU has no such issue.
+    """
+    cpu = cpu or cpu_int8_features()
+    if fmt == "auto":
+        fmt = "reduce-range" if cpu["x86"] and not cpu["vnni"] else "s8s8"
+        why = ("chosen for this CPU: x86 without VNNI, where 8-bit weights can saturate ONNX Runtime's int8 "
+               "products, so weights use 7 bits" if fmt == "reduce-range" else
+               "chosen for this CPU: " + ("VNNI multiplies int8 without saturating" if cpu["x86"] else
+                                          f"{cpu['arch']} has no x86 saturation issue"))
+    else:
+        why = "asked for"
+    return {"format": fmt, "activations": "uint8" if fmt == "u8u8" else "int8",
+            "weights": "uint8" if fmt == "u8u8" else "int8", "reduce_range": fmt == "reduce-range", "why": why,
+            "cpu": cpu}
+
+
+def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor, fmt: str = "auto",
+                  cpu: dict | None = None) -> tuple[Path, dict]:
+    """An int8 copy of an fp32 ONNX model in `folder`; returns (path, what was done: "mode" in words, the "int8"
+    settings of `int8_settings(fmt, cpu)`, "preprocessed", and "notes").
 
     Static QDQ with per-channel weights where the model has convolutions (calibrated on `calibration`,
     a (N, C, H, W) tensor of training images); dynamic quantization for pure MLPs.
@@ -192,17 +242,25 @@ def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor) -> t
     conv = has_convolutions(fp32_path)
     if conv and len(calibration) < MIN_CALIBRATION:
         raise DeployError(f"int8 calibration needs at least {MIN_CALIBRATION} images, got {len(calibration)}")
+    settings = int8_settings(fmt, cpu)
+    weight_type = q.QuantType.QUInt8 if settings["weights"] == "uint8" else q.QuantType.QInt8
+    activation_type = q.QuantType.QUInt8 if settings["activations"] == "uint8" else q.QuantType.QInt8
     pre = folder / ".preprocessed.onnx"
+    notes = []
     with _quiet_logging():
         try:  # shape inference and graph optimisation, as ONNX Runtime recommends before quantizing
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
             source = pre
-        except Exception:  # optional: quantize the model as exported
+        except Exception as e:  # optional: quantize the model as exported, and say so
             source = fp32_path
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            notes.append(f"ONNX Runtime's pre-processing failed ({type(e).__name__}: {first}); the model was "
+                         "quantized as exported")
         if not conv:
-            q.quantize_dynamic(str(source), str(out), per_channel=True, weight_type=q.QuantType.QInt8)
+            q.quantize_dynamic(str(source), str(out), per_channel=True, weight_type=weight_type,
+                               reduce_range=settings["reduce_range"])
             mode = "dynamic int8 (weights per channel; activations quantized per batch at run time)"
         else:
             class Reader(q.CalibrationDataReader):
@@ -214,12 +272,25 @@ def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor) -> t
                     return next(self.batches, None)
 
             q.quantize_static(str(source), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                              activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                              calibrate_method=q.CalibrationMethod.MinMax)
+                              activation_type=activation_type, weight_type=weight_type,
+                              reduce_range=settings["reduce_range"], calibrate_method=q.CalibrationMethod.MinMax)
             mode = f"static int8, QDQ, per-channel weights, calibrated on {len(calibration)} training images"
+    mode += f"; {settings['format']} ({settings['why']})"
     for leftover in folder.glob(".preprocessed.onnx*"):
         leftover.unlink()
-    return out, mode
+    return out, {"mode": mode, "int8": settings, "preprocessed": source == pre, "notes": notes}
+
+
+def int8_check(agreement: float, fmt: str) -> dict:
+    """Whether an int8 variant's top-1 agreement with its fp32 model holds (>= INT8_MIN_AGREEMENT), and what to try
+    when it does not."""
+    ok = agreement >= INT8_MIN_AGREEMENT
+    others = [f for f in INT8_FORMATS if f not in ("auto", fmt)]
+    advice = None if ok else (
+        f"int8 agrees with fp32 on {100 * agreement:.1f}% of test samples, below {100 * INT8_MIN_AGREEMENT:.0f}%: "
+        f"export again with --int8-format {' or '.join(others)}, or calibrate on more training images "
+        "(--calibration)")
+    return {"agreement": agreement, "threshold": INT8_MIN_AGREEMENT, "ok": ok, "advice": advice}
 
 
 class _quiet_logging:
@@ -236,8 +307,12 @@ class _quiet_logging:
         self.logger.setLevel(self.level)
 
 
-def prune_model(model: nn.Module, input_shape, fraction: float) -> nn.Module:
-    """A copy of `model` with `fraction` of each layer's channels (units) removed by L2 magnitude.
+PRUNE_ROUND_TO = 8  # kept channels come in multiples of 8, which int8 and SIMD kernels run at full speed
+
+
+def prune_model(model: nn.Module, input_shape, fraction: float, round_to: int = PRUNE_ROUND_TO) -> nn.Module:
+    """A copy of `model` with `fraction` of each layer's channels (units) removed by L2 magnitude, keeping a
+    multiple of `round_to` in each layer (torch-pruning's `round_to`; a layer narrower than that keeps its own).
 
     The classifier's outputs are kept (its inputs shrink with the layer before it).
     """
@@ -248,7 +323,7 @@ def prune_model(model: nn.Module, input_shape, fraction: float) -> nn.Module:
         raise DeployError("pruning needs a model whose classifier is a linear layer")
     pruner = tp.pruner.BasePruner(pruned, torch.zeros(1, *input_shape),
                                   importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=fraction,
-                                  ignored_layers=[linears[-1]])
+                                  ignored_layers=[linears[-1]], round_to=round_to)
     pruner.step()
     return pruned
 
@@ -363,11 +438,14 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
                 export_onnx(source, dataset.input_shape, folder)
                 info = {"precision": "fp32", "quantization": None}
             else:
-                _, mode = quantize_int8(fp32_from, folder, calib)
-                info = {"precision": "int8", "quantization": mode}
+                _, done = quantize_int8(fp32_from, folder, calib, options.int8_format)
+                info = {"precision": "int8", "quantization": done["mode"], "int8": done["int8"],
+                        "preprocessed": done["preprocessed"], "notes": done["notes"]}
             say(name, "measuring with ONNX Runtime", (step + 0.5) / len(names))
             metrics = {"variant": name, "format": "onnx", **info, **(extra or {}), **base,
                        **measure(folder, source, dataset, teacher_logits)}
+            if fp32_from is not None:
+                metrics["int8_check"] = int8_check(metrics["check"]["top1_agreement"], done["int8"]["format"])
             atomic_write_json(folder / "metrics.json", metrics)
             _set_status(folder, "done")
             results.append(metrics)

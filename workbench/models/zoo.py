@@ -317,10 +317,36 @@ def build_model(config: ModelConfig, input_shape, num_classes: int) -> nn.Module
     model.kdw_input_shape = tuple(input_shape)
     model.kdw_num_classes = num_classes
     if config.family in EXTERNAL:
-        model.kdw_mean, model.kdw_std = IMAGENET_MEAN[:input_shape[0]], IMAGENET_STD[:input_shape[0]]
+        pre = model_preprocessing(config, model)
+        model.kdw_mean, model.kdw_std = tuple(pre["mean"][:input_shape[0]]), tuple(pre["std"][:input_shape[0]])
         if input_shape[0] not in (1, 3):
             model.kdw_mean, model.kdw_std = (0.5,) * input_shape[0], (0.25,) * input_shape[0]
+        model.kdw_native_size = pre["input_size"]  # what its weights were trained at, for the read-outs
     return model
+
+
+def model_preprocessing(config: ModelConfig, model: nn.Module | None = None) -> dict:
+    """The normalisation and input size a library's model expects, from its own config: timm's
+    `resolve_model_data_config` (its pretrained_cfg), torchvision's `weights.transforms()`. {"mean", "std",
+    "input_size" (the square side, or None), "source"}; ImageNet's statistics where a model declares none (a factory
+    of yours, a torchvision model without weights)."""
+    out = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": None, "source": "ImageNet statistics"}
+    try:
+        if config.family == "timm" and model is not None:
+            import timm
+
+            cfg = timm.data.resolve_model_data_config(model)
+            return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "input_size": int(cfg["input_size"][-1]),
+                    "source": f"timm's data config of {config.name}"}
+        if config.family == "torchvision":
+            import torchvision
+
+            preset = torchvision.models.get_model_weights(config.name).DEFAULT.transforms()
+            return {"mean": tuple(preset.mean), "std": tuple(preset.std), "input_size": int(preset.crop_size[0]),
+                    "source": f"torchvision's {config.name} weights transforms"}
+    except Exception:  # a model without declared weights or data config: ImageNet's statistics
+        pass
+    return out
 
 
 def _external(config: ModelConfig, input_shape: tuple, num_classes: int) -> nn.Module:
@@ -348,11 +374,20 @@ def _external(config: ModelConfig, input_shape: tuple, num_classes: int) -> nn.M
     return model
 
 
+def classification_models() -> list[str]:
+    """torchvision's image classifiers: the models of `torchvision.models` itself, without its detection,
+    segmentation, video, optical-flow and quantized submodules."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def _torchvision(config: ModelConfig, num_classes: int) -> nn.Module:
     import torchvision
 
-    if config.name not in torchvision.models.list_models(module=None):
-        raise ModelError(f"torchvision has no model {config.name!r}; its classification models include "
+    if config.name not in classification_models():
+        raise ModelError(f"torchvision has no classification model {config.name!r} (detection, segmentation, video "
+                         "and optical-flow models do not classify images); its classification models include "
                          "resnet18, resnet50, mobilenet_v2, efficientnet_b0, vit_b_16 "
                          "(torchvision.models.list_models() lists them all)")
     if config.pretrained:

@@ -535,7 +535,7 @@ def compare(runs, store: RunStore | None = None, aggregated: bool = False, wide:
     if c.headline:
         out.append_display_data(W.HTML(f"<b>{html.escape(c.headline)}</b>"))
     out.append_display_data(pd.DataFrame(c.cells(), columns=[name for name, _ in c.columns]))
-    notes = ([c.warning] if c.warning else []) + [f"{subject}: {verdict}" for subject, verdict in c.verdicts]
+    notes = [w for w in (c.warning, c.int8_warning) if w] + [f"{subject}: {verdict}" for subject, verdict in c.verdicts]
     if notes:
         out.append_display_data(W.HTML("<br>".join(f"<small>{html.escape(n)}</small>" for n in notes)))
     device = next((r["device"] for r in c.rows if r.get("device")), None)
