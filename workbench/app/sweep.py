@@ -138,8 +138,11 @@ def _search_form() -> None:
                       help="the best configuration is trained again on these seeds, each with its scratch twin")
     for p in problems:
         st.error(p)
-    st.caption(f"Up to {trials} trials on Ray Tune (Optuna's TPE sampler), each a run in the store, chosen on "
-               f"validation accuracy; then the best over {seeds} seed(s), each with its scratch twin, on test.")
+    st.caption(f"Up to {trials} trials on Ray Tune (Optuna's TPE sampler, after {search.tpe_startup_trials(trials)} "
+               f"random trials), each a run in the store, chosen on validation accuracy; then the best over {seeds} "
+               f"seed(s), each with its scratch twin, on test. A trial that fails is recorded as failed, not scored.")
+    if search.tpe_note(trials):
+        st.warning(search.tpe_note(trials), icon=":material/casino:")
     if st.button("Launch search", type="primary", key="swr_launch", disabled=bool(problems) or not ranges):
         store = common.store()
         group = new_run_id("search")
@@ -191,11 +194,13 @@ def _search_results() -> None:
     common.chart(plots.search_history(trials), "sw_search_history")
     scored = [t for t in trials if t["val_acc"] is not None]
     try:
-        imp = search.importances(scored)
+        ranges = [search.ParamRange(**r) for r in status.get("ranges") or []]
+        imp = search.importances(scored, ranges)
     except Exception:
         imp = {}
     if len(imp) > 1:
         common.chart(plots.search_importances(imp), "sw_search_importances")
+        st.caption(f"Importance method: {search.IMPORTANCE_METHOD}, over the finished trials.")
     elif len(imp) == 1:
         st.caption("One parameter searched: there is no other to compare its importance with.")
     elif len(scored) < 3:

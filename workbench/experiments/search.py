@@ -169,9 +169,13 @@ def apply(base, values: dict):
 
 def connect(address: str | None = None, num_cpus: int | None = None):
     """An embedded Ray for this machine, or the cluster at `address` (checked first, so a wrong address fails
-    in seconds with the address in the message instead of hanging)."""
+    in seconds with the address in the message instead of hanging). Without `address`, the cluster named by
+    ``RAY_ADDRESS`` when it is set: what `ray job submit -- kdw search ...` sets for the job it starts."""
     ray = require_ray()
     if ray.is_initialized():
+        return ray
+    if not address and os.environ.get("RAY_ADDRESS"):  # inside a Ray job, or a shell pointed at a cluster
+        ray.init(log_to_driver=False)  # ray.init reads RAY_ADDRESS itself, in every form it accepts
         return ray
     if address and address != "auto":
         host, _, port = address.replace("ray://", "").rpartition(":")
@@ -215,17 +219,34 @@ def _epoch_reporter(run_id: str):
 
 def _trainable(trial_config: dict):
     """One trial (in a Ray worker): a run of the store, reporting its validation accuracy every epoch."""
-    from ray import tune
-
-
     store = RunStore(trial_config["_store"])
     base = TrainConfig.from_dict(trial_config["_base"])
     values = {k: v for k, v in trial_config.items() if not k.startswith("_")}
     config = apply(base, values)
     run = store.create(config.record(trial_config["_command"]) | {"search_values": values}, prefix="trial")
     state = execute_run(run, store, [_epoch_reporter(run.run_id)])
-    if state != "done":  # a failed trial stays in the store with its metrics; the search goes on
-        tune.report({"val_acc": 0.0, "val_loss": float("inf"), "epoch": 0, "run_id": run.run_id, "state": state})
+    if state != "done":  # an error for Ray Tune, so Optuna records a FAILED trial (not a score of 0) and goes on
+        raise TrialFailed(f"trial {run.run_id} {state}: {run.status().get('error') or 'see its log.txt'}")
+
+
+class TrialFailed(RuntimeError):
+    """A search trial whose run did not finish; Ray Tune marks the trial errored and the sampler learns nothing
+    from it. The run stays in the store with its epochs."""
+
+
+def tpe_startup_trials(trials: int) -> int:
+    """How many of a budget's trials TPE draws at random before it models the results: Optuna's default of 10,
+    sized down to a third of a small budget (at least 2, so its first model has two points)."""
+    return min(10, max(2, trials // 3))
+
+
+def tpe_note(trials: int) -> str | None:
+    """What a front end says when a budget is too small for TPE to leave its random start, else None."""
+    startup = tpe_startup_trials(trials)
+    if trials > startup:
+        return None
+    return (f"With {trials} trial(s) every trial is drawn at random: TPE models the results only after its first "
+            f"{startup} random trials, so give the search at least {startup + 1} trials for it to choose any.")
 
 
 @dataclass
@@ -399,6 +420,7 @@ def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler,
     if _cancel_path(store, group).exists():  # cancelled while it was waiting to start
         return SearchResult(group, [], None, [], state="cancelled")
     ray = connect(address, num_cpus)
+    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
     from ray.tune.search.optuna import OptunaSearch
@@ -418,11 +440,16 @@ def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler,
     tuner = tune.Tuner(
         tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus}), param_space=space,
         tune_config=tune.TuneConfig(metric="val_acc", mode="max", num_samples=trials, scheduler=sched,
-                                    search_alg=OptunaSearch(seed=base.seed), time_budget_s=time_budget_s,
+                                    search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(
+                                        n_startup_trials=tpe_startup_trials(trials), seed=base.seed)),
+                                    time_budget_s=time_budget_s,
                                     max_concurrent_trials=workers, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(store.cache_dir / "ray"), name=group, verbose=0,
                                   stop=_stopper(store, group), callbacks=[_settler(store, base.epochs)]))
-    say(f"search {group}: {trials} trial(s) of {base.method} over {', '.join(r.name for r in ranges)}")
+    say(f"search {group}: {trials} trial(s) of {base.method} over {', '.join(r.name for r in ranges)} "
+        f"(TPE after {tpe_startup_trials(trials)} random trials)")
+    if tpe_note(trials):
+        say(tpe_note(trials))
     grid = None
     try:
         grid = tuner.fit()
@@ -598,24 +625,42 @@ def trial_rows(trials: list[dict]) -> list[dict]:
              "state": t["state"], "run": t["run_id"]} for t in trials]
 
 
-def importances(trials: list[dict]) -> dict[str, float]:
-    """Optuna's parameter importances of the finished trials (empty with fewer than three, or one parameter)."""
+IMPORTANCE_METHOD = "fANOVA (Optuna's FanovaImportanceEvaluator)"
+
+
+def importances(trials: list[dict], ranges: list[ParamRange] | None = None) -> dict[str, float]:
+    """fANOVA parameter importances of the finished trials (empty with fewer than three, or one parameter).
+
+    The study is rebuilt from the trials with each parameter's searched distribution (`ranges`: its log scale
+    and whole numbers kept); a parameter without its range spans the values tried.
+    """
     import optuna
-    from optuna.distributions import FloatDistribution
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     done = [t for t in trials if t["val_acc"] is not None]
     names = sorted({k for t in done for k in t["values"]})
     if len(done) < 3 or len(names) < 2:
         return {n: 1.0 for n in names} if len(names) == 1 and len(done) >= 3 else {}
-    lows = {n: min(t["values"][n] for t in done) for n in names}
-    highs = {n: max(t["values"][n] for t in done) for n in names}
+    given = {r.name: r for r in ranges or []}
+
+    def dist(n):
+        r = given.get(n)
+        if r is not None and r.integer:
+            return IntDistribution(int(r.low), int(r.high), log=r.log)
+        if r is not None:
+            return FloatDistribution(r.low, r.high, log=r.log)
+        low, high = min(t["values"][n] for t in done), max(t["values"][n] for t in done)
+        return FloatDistribution(low, high if high > low else low + 1e-9)
+
+    dists = {n: dist(n) for n in names}
     study = optuna.create_study(direction="maximize")
     for t in done:
-        dists = {n: FloatDistribution(lows[n], highs[n] if highs[n] > lows[n] else lows[n] + 1e-9) for n in names}
-        study.add_trial(optuna.trial.create_trial(params={n: float(t["values"][n]) for n in names},
-                                                  distributions=dists, value=t["val_acc"]))
+        params = {n: int(t["values"][n]) if isinstance(dists[n], IntDistribution) else float(t["values"][n])
+                  for n in names}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t["val_acc"]))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return dict(optuna.importance.get_param_importances(study))
+    return {k: float(v) for k, v in get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0)).items()}
 
 
 def start_search(store: RunStore, group: str) -> None:
