@@ -43,7 +43,7 @@ demo-fast: setup
 	$(VENV)/bin/kdw demo --fast
 
 app: setup
-	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true
+	$(VENV)/bin/kdw app --host $(HOST) --port $(PORT)
 
 lab: setup
 	KDW_RUNS_DIR=$(CURDIR)/runs $(VENV)/bin/jupyter lab --ip $(HOST) --notebook-dir notebooks \

@@ -10,6 +10,30 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
+import leftovers  # noqa: E402
+
+leftovers.mark_session()  # every process the suite starts carries the mark (see pytest_sessionfinish)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session if a Ray, Streamlit, JupyterLab or Chromium process that it started still runs."""
+    left = leftovers.wait_for_none(grace_s=30.0)
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"  {kind}: pid {p.pid}: {cmd}" for p, kind, cmd in left]
+    text = "processes started by the test suite are still running:\n" + "\n".join(lines)
+    if reporter:
+        reporter.write_line(text, red=True)
+    else:
+        print(text, file=sys.stderr)
+    for p, _, _ in left:  # clean up what the failure reports
+        try:
+            p.kill()
+        except Exception:
+            pass
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 @pytest.fixture(autouse=True)
 def _isolate(tmp_path, monkeypatch):

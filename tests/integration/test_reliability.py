@@ -126,7 +126,11 @@ def test_the_app_hides_error_details_and_pins_a_streamlit_that_supports_it():
 
     config = (ROOT / ".streamlit" / "config.toml").read_text()
     assert 'showErrorDetails = "none"' in config and 'address = "127.0.0.1"' in config
-    assert 'st.set_option("client.showErrorDetails", "none")' in (ROOT / "app.py").read_text()
+    assert 'st.set_option("client.showErrorDetails", "none")' in (ROOT / "workbench" / "app" / "entry.py").read_text()
+    from workbench.cli.serve import app_command
+
+    cmd = app_command("127.0.0.1", 8501)  # kdw app passes the toml's settings as flags: a wheel has no toml
+    assert cmd[cmd.index("--client.showErrorDetails") + 1] == "none" and "--server.address" in cmd
     assert '"streamlit>=1.60,<2"' in (ROOT / "pyproject.toml").read_text()
 
 

@@ -1,8 +1,8 @@
 """The `kdw` command line: train teachers, distil, compare, export, and the demo.
 
 One module per command group: `cli.train` (demo, teacher, distill, scratch, sweep, search, chains, resume,
-cancel), `cli.results` (runs, compare, report, profile, methods, teachers), `cli.deploy` (export, publish-teacher)
-and `cli.internal` (what the workbench starts itself). `cli.common` holds what they share.
+cancel), `cli.results` (runs, compare, report, profile, methods, teachers), `cli.deploy` (export, publish-teacher),
+`cli.serve` (app) and `cli.internal` (what the workbench starts itself). `cli.common` holds what they share.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from workbench.cli import deploy, internal, results, train
+from workbench.cli import deploy, internal, results, serve, train
 from workbench.cli.common import EPILOG
 
 TRAINING = ("teacher", "distill", "scratch", "sweep", "born-again", "takd", "search")  # take --seeds
@@ -28,7 +28,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         return sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
 
-    handlers = {**train.register(add), **results.register(add), **deploy.register(add), **internal.register(sub)}
+    handlers = {**train.register(add), **results.register(add), **deploy.register(add), **serve.register(add),
+                **internal.register(sub)}
     return p, handlers
 
 

@@ -225,7 +225,7 @@ def _trainable(trial_config: dict):
     config = apply(base, values)
     run = store.create(config.record(trial_config["_command"]) | {"search_values": values}, prefix="trial")
     state = execute_run(run, store, [_epoch_reporter(run.run_id)])
-    if state != "done":  # an error for Ray Tune, so Optuna records a FAILED trial (not a score of 0) and goes on
+    if state in ("failed", "diverged"):  # an error for Ray Tune: Optuna records a FAILED trial, not a score of 0
         raise TrialFailed(f"trial {run.run_id} {state}: {run.status().get('error') or 'see its log.txt'}")
 
 

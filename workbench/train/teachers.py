@@ -2,7 +2,7 @@
 
 A teacher spec is one of
 
-- the name of a shipped teacher (``assets/teachers/<name>.safetensors`` with a card
+- the name of a shipped teacher (``workbench/assets/teachers/<name>.safetensors``, package data, with a card
   ``<name>.json``), e.g. ``fashion-mnist-cnn``; ``shipped:<name>`` also works;
 - the id of a finished run in the run store (``run:<id>`` also works);
 - a path to a ``.safetensors`` file whose metadata holds its model config, or with a
@@ -41,7 +41,7 @@ VIEWS = ("plain", "flip")
 
 def assets_dir() -> Path:
     env = os.environ.get("KDW_ASSETS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "assets"
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "assets"  # package data: in the wheel too
 
 
 def shipped_teachers(dataset: str | None = None) -> list[dict]:

@@ -53,8 +53,8 @@ def default_targets() -> list[str]:
         return []
     try:
         import tomllib
-    except ImportError:  # Python 3.10
-        return []
+    except ImportError:  # Python 3.10: the same parser from PyPI (a dependency there)
+        import tomli as tomllib
     try:
         track = tomllib.loads(path.read_text()).get("track", [])
     except Exception as e:
