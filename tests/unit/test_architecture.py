@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "workbench"
 
 # bottom to top; a module may import from its own layer or below (docs/architecture.md)
 LAYERS = [
-    ("workbench", "workbench.errors", "workbench.io"),
+    ("workbench", "workbench.errors", "workbench.io", "workbench.logs"),
     ("workbench.core",),
     ("workbench.tasks", "workbench.data", "workbench.models"),
     ("workbench.store",),

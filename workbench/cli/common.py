@@ -122,6 +122,11 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
                                                     "(default: the run id)")
     g.add_argument("--track", action="append", default=None, metavar="TARGET",
                    help="also log to tensorboard[:DIR] or mlflow[:URI] (repeatable; default: the settings file's)")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="options from a YAML, TOML or JSON file (a run's config.json reruns it); flags given here "
+                        "override the file")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as JSON (what --config reads) and exit without training")
     g.add_argument("--run-id", default=None, help="name the run (letters, digits, _ . -)")
     g.add_argument("--group", default=None, help="tag runs that belong together")
     g.add_argument("--background", action="store_true", help="queue as a job and return at once")
@@ -161,48 +166,123 @@ def parse_labels(v: str | None):
                          f"point or a percent sign (0.05, 5%), got {v!r}") from None
 
 
-def method_params_from_args(args) -> dict:
-    """--param pairs, with -T and --alpha folded in as the method's own hyperparameters."""
+def method_params_from_args(args, method: str | None = None) -> dict:
+    """--param pairs, with -T and --alpha folded in as the hyperparameters of `method` (default: --method)."""
     from workbench.core.methods import METHODS, parse_params
 
     params = parse_params(args.param)
-    info = METHODS[args.method]
+    name = method or args.method
+    info = METHODS[name]
     if args.temperature is not None:
         if not info.temperature_key:
-            raise ValueError(f"{args.method} has no temperature; its hyperparameters are "
+            raise ValueError(f"{name} has no temperature; its hyperparameters are "
                              f"{', '.join(info.defaults) or 'none'} (`kdw methods`)")
         params[info.temperature_key] = args.temperature
     if args.alpha is not None:
         if not info.weight_key:
-            raise ValueError(f"--alpha is the weight in [0, 1] of vanilla KD's distillation term; {args.method} "
+            raise ValueError(f"--alpha is the weight in [0, 1] of vanilla KD's distillation term; {name} "
                              f"takes its own weights with --param ({', '.join(info.defaults)})")
         params[info.weight_key] = args.alpha
     return params
 
 
+# the TrainConfig field each training flag sets: with --config FILE, a field comes from a flag given on the command
+# line, else from the file, else from the flag's default
+FLAG_FIELDS = {
+    "dataset": ("dataset",), "data_dir": ("data_dir",), "label_column": ("label_column",),
+    "model": ("model", "depth", "width", "pretrained"), "teacher": ("teacher",), "image_size": ("image_size",),
+    "channels": ("channels",), "init": ("init",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
+    "rdzv_endpoint": ("rdzv_endpoint",), "rdzv_id": ("rdzv_id",), "track": ("track",), "epochs": ("epochs",),
+    "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "optimizer": ("optimizer",),
+    "labels": ("labels",), "augment": ("augment",), "seed": ("seed",), "device": ("device",),
+    "compile": ("compile",), "group": ("group",), "profile": ("no_profile",), "method": ("method",),
+    "method_params": ("param", "temperature", "alpha"), "teacher_weights": ("teacher_weights",),
+}
+# what a run's config.json holds beyond the options (written by TrainConfig.record and the run store)
+RECORD_KEYS = {"model_label", "objective", "method_label", "task", "command", "created", "method_temperature",
+               "method_weight", "schema_version", "run_id", "search_values", "search_confirm", "kind",
+               "temperature", "alpha"}
+
+
+def read_config_file(path: str) -> dict:
+    """A training config from a YAML, TOML or JSON file (a run's config.json included): the TrainConfig fields it
+    sets. ValueError, in one sentence, for a file that cannot be read or names an option that does not exist."""
+    import json as json_module
+    from pathlib import Path
+
+    from workbench.train.loop import TrainConfig
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"--config {path}: no such file")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif p.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            data = json_module.loads(text)
+    except Exception as e:
+        raise ValueError(f"--config {path} could not be read ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a mapping of options (dataset: digits, epochs: 10, ...)")
+    fields = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - fields - RECORD_KEYS)
+    if unknown:
+        raise ValueError(f"--config {path}: unknown option(s) {', '.join(unknown)}; the options are "
+                         f"{', '.join(sorted(fields - {'kind'}))}")
+    if "kind" in data:  # a run's config.json, of any schema version: every option it ran with, checked
+        try:
+            data = TrainConfig.from_dict(data).to_dict()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--config {path}: {e}") from None
+    return {k: v for k, v in data.items() if k in fields and k not in ("kind", "group")}
+
+
 def train_config(args, kind: str, seed: int, **over):
-    from workbench.models.zoo import parse_model
+    from workbench.models.zoo import ModelConfig, parse_model
     from workbench.tasks import DATASETS
     from workbench.train.loop import TrainConfig
     from workbench.train.teachers import default_teacher
     from workbench.train.tracking import default_targets
 
-    if args.dataset not in DATASETS:  # before any advice about teachers for it
-        raise ValueError(f"unknown data set {args.dataset!r}; choose one of {', '.join(DATASETS)}")
+    explicit = getattr(args, "_explicit", None)  # the flags given on the command line (None: no --config)
+    given = (lambda f: True) if explicit is None else \
+        (lambda f: any(d in explicit for d in FLAG_FIELDS.get(f, (f,))))
+    file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    if "model" in file and isinstance(file["model"], str):
+        file["model"] = parse_model(file["model"]).to_dict()
+    if kind == "kd" and file.get("method"):
+        from workbench.core.methods import method_info
+
+        if not method_info(file["method"]).distils:  # a teacher's or scratch run's file: the options, not its ce
+            file.pop("method")
+            file.pop("method_params", None)
+    dataset = args.dataset if given("dataset") or "dataset" not in file else file["dataset"]
+    if dataset not in DATASETS:  # before any advice about teachers for it
+        raise ValueError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
     from workbench.experiments.recipes import dataset_defaults
 
-    defaults = dataset_defaults(args.dataset)
-    teacher = getattr(args, "teacher", None)
-    method = getattr(args, "method", None) if kind == "kd" else None
+    defaults = dataset_defaults(dataset)
+    teacher = getattr(args, "teacher", None) if given("teacher") or "teacher" not in file else file["teacher"]
+    method = (getattr(args, "method", None) if given("method") or "method" not in file else file["method"]) \
+        if kind == "kd" else None
     if kind != "teacher" and not teacher:
-        teacher = default_teacher(args.dataset)
+        teacher = default_teacher(dataset)
         from workbench.experiments.recipes import uses_teacher
 
         if kind == "kd" and not teacher and uses_teacher(method):
-            raise ValueError(f"no shipped teacher for {args.dataset}; train one with `kdw teacher --dataset "
-                             f"{args.dataset}` and pass its run id with --teacher")
+            raise ValueError(f"no shipped teacher for {dataset}; train one with `kdw teacher --dataset "
+                             f"{dataset}` and pass its run id with --teacher")
     fields = dict(
-        kind=kind, dataset=args.dataset, data_dir=args.data_dir, teacher=teacher,
+        kind=kind, dataset=dataset, data_dir=args.data_dir, teacher=teacher,
         label_column=getattr(args, "label_column", None),
         model=parse_model(args.model, args.depth, args.width, args.pretrained),
         image_size=args.image_size, channels=args.channels, init=args.init, stream=args.stream,
@@ -214,8 +294,30 @@ def train_config(args, kind: str, seed: int, **over):
         optimizer=args.optimizer, labels=parse_labels(args.labels), augment=args.augment, seed=seed,
         device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
     if kind == "kd":
-        fields.update(method=method, method_params=method_params_from_args(args),
+        fields.update(method=method, method_params=method_params_from_args(args, method),
                       teacher_weights=tuple(args.teacher_weights) if args.teacher_weights else None)
+    if file:
+        merged = {k: v for k, v in file.items() if kind == "kd" or k not in ("method", "method_params",
+                                                                            "teacher_weights")}
+        for name, value in fields.items():
+            if name in ("kind", "dataset", "teacher", "method") or given(name) or name not in merged:
+                merged[name] = value
+        if kind == "kd" and file.get("method") == method and not given("method_params"):
+            merged["method_params"] = file.get("method_params") or {}
+        elif kind == "kd" and file.get("method") == method:  # flags refine the file's values
+            merged["method_params"] = {**(file.get("method_params") or {}), **fields["method_params"]}
+        if not given("seed") and "seed" in file:
+            merged["seed"] = int(file["seed"]) + (seed - args.seed)  # --seeds counts on from the file's seed
+        if "batch_size" not in file and not given("batch_size"):
+            merged["batch_size"] = defaults.batch_size
+        if "lr" not in file and not given("lr"):
+            merged["lr"] = defaults.lr
+        if isinstance(merged.get("model"), dict):
+            merged["model"] = ModelConfig.from_dict(merged["model"])
+        for key in ("track", "teacher_weights"):
+            if isinstance(merged.get(key), list):
+                merged[key] = tuple(merged[key])
+        fields = merged
     fields.update(over)
     return TrainConfig(**fields)
 

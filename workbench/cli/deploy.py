@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 
 from workbench.cli import common
+from workbench.logs import logger
+
+log = logger("workbench.cli")
 
 
 def cmd_export(args) -> int:
@@ -31,10 +34,10 @@ def cmd_export(args) -> int:
               + (f"  [{m['quantization']}]" if m.get("quantization") else ""))
     for m in results:
         for note in m.get("notes") or []:
-            print(f"note: {m['variant']}: {note}", file=sys.stderr)
+            log.info("%s: %s", m["variant"], note)
         advice = (m.get("int8_check") or {}).get("advice")
         if advice:
-            print(f"warning: {m['variant']}: {advice}", file=sys.stderr)
+            log.warning("%s: %s", m["variant"], advice)
     print()
     print(common.table(comparison_rows([run]), args))
     print(f"\nvariants under {run.path / 'variants'}; `kdw compare {run.run_id}` lists them with the run")

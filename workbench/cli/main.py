@@ -13,6 +13,7 @@ import sys
 
 from workbench.cli import deploy, internal, results, serve, train
 from workbench.cli.common import EPILOG
+from workbench.logs import configure_cli
 
 TRAINING = ("teacher", "distill", "scratch", "sweep", "born-again", "takd", "search")  # take --seeds
 
@@ -33,7 +34,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return p, handlers
 
 
+def explicit_options(argv) -> set[str]:
+    """The options given on the command line (not defaulted): a flag given wins over the --config file."""
+    parser, _ = build_parser()
+    parsers = [parser]
+    while parsers:
+        p = parsers.pop()
+        p._defaults.clear()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += list(action.choices.values())
+            elif action.dest != "help":
+                action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(sys.argv[1:] if argv is None else argv))) - {"command"}
+
+
+def print_config(args) -> int:
+    """`--print-config`: the config the command would train (its first seed; a distillation's scratch twin and
+    further seeds follow from it), as JSON that --config reads back."""
+    import json
+
+    from workbench.cli.common import train_config
+
+    kind = {"teacher": "teacher", "scratch": "scratch"}.get(args.command, "kd")
+    print(json.dumps(train_config(args, kind, args.seed).to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
 def main(argv=None) -> int:
+    configure_cli()
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -42,6 +71,10 @@ def main(argv=None) -> int:
     if args.command in TRAINING and args.seeds < 1:
         parser.error("--seeds must be >= 1")
     try:
+        if getattr(args, "config", None):
+            args._explicit = explicit_options(argv)
+        if getattr(args, "print_config", False):
+            return print_config(args)
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted: the run is marked cancelled; finished epochs are kept in its metrics.jsonl",

@@ -6,6 +6,9 @@ import json
 import sys
 
 from workbench.cli import common
+from workbench.logs import logger
+
+log = logger("workbench.cli")
 
 
 def cmd_runs(args) -> int:
@@ -104,8 +107,8 @@ def cmd_profile(args) -> int:
             line += f"; teacher not re-measured ({m['teacher_error']})"
         print(line)
     if busy and max(busy) > BUSY_LIMIT:
-        print(f"warning: other processes used up to {100 * max(busy):.0f}% of the CPU meanwhile; "
-              "these timings are unreliable too", file=sys.stderr)
+        log.warning("other processes used up to %.0f%% of the CPU meanwhile; these timings are unreliable too",
+                    100 * max(busy))
     return 0
 
 

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from workbench.logs import logger
+
+log = logger("workbench.cli")
+
 # the settings of the repository's .streamlit/config.toml, as flags: a wheel has no such file beside it
 STREAMLIT_OPTIONS = {"server.headless": "true", "server.fileWatcherType": "none", "server.maxUploadSize": "50",
                      "browser.gatherUsageStats": "false", "client.toolbarMode": "viewer",
@@ -39,8 +43,7 @@ def cmd_app(args) -> int:
         print(shlex.join(command))
         return 0
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {args.host}: anyone who can reach this machine can use the workbench",
-              file=sys.stderr)
+        log.warning("serving on %s: anyone who can reach this machine can use the workbench", args.host)
     print(f"KD Workbench on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
     try:
         return subprocess.call(command)

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
+from workbench.logs import logger
+
+log = logger(__name__)
 KINDS = ("tensorboard", "mlflow")
 INSTALL = "pip install -e '.[tracking]' (or pip install 'kd-workbench[tracking]')"
 
@@ -58,7 +60,7 @@ def default_targets() -> list[str]:
     try:
         track = tomllib.loads(path.read_text()).get("track", [])
     except Exception as e:
-        print(f"warning: {path} could not be read ({e}); no default tracking", file=sys.stderr)
+        log.warning("%s could not be read (%s); no default tracking", path, e)
         return []
     return [track] if isinstance(track, str) else list(track)
 
@@ -91,8 +93,8 @@ class Tracker:
         if str(what) in self.warned:
             return
         self.warned.add(str(what))
-        print(f"warning: tracking to {what} failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-              "the run goes on, and the run store keeps everything", file=sys.stderr, flush=True)
+        log.warning("tracking to %s failed (%s: %s); the run goes on, and the run store keeps everything", what,
+                    type(error).__name__, str(error).splitlines()[0] if str(error) else "")
 
     def __call__(self, event: dict) -> None:
         for sink in list(self.sinks):
