@@ -141,6 +141,39 @@ def test_tensorboard_and_mlflow_get_params_metrics_and_artifacts(store, tmp_path
     assert {a.path for a in client.list_artifacts(ml_run.info.run_id)} == {"summary.json", "student.safetensors"}
 
 
+def test_mlflow_defaults_to_sqlite_ends_runs_by_state_and_groups_them_under_a_parent(store, monkeypatch):
+    """MLflow as its users expect: SQLite in the run store (or $MLFLOW_TRACKING_URI), FINISHED or FAILED, and the
+    runs of one group as children of a parent run; TensorBoard closes its writer and logs add_hparams."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from workbench.jobs.queue import execute_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = {**TINY.to_dict(), "epochs": 2, "group": "g1", "track": ("mlflow", "tensorboard")}
+    ok = store.create(TrainConfig(**base).record(), run_id="ok")
+    bad = store.create(TrainConfig(**{**base, "init": str(store.root / "missing.safetensors")}).record(), run_id="bad")
+    assert execute_run(ok, store) == "done" and execute_run(bad, store) == "failed"
+    client = MlflowClient(tracking_uri=f"sqlite:///{store.root / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("kd-workbench").experiment_id])}
+    assert runs["ok"].info.status == "FINISHED" and runs["bad"].info.status == "FAILED"
+    parent = runs["g1"]
+    assert runs["ok"].data.tags["mlflow.parentRunId"] == runs["bad"].data.tags["mlflow.parentRunId"] == \
+        parent.info.run_id
+    assert parent.data.tags["kdw.kind"] == "group"
+    assert runs["ok"].data.params["method_params.alpha"] == "0.9"  # params in batches, all of them
+    events = EventAccumulator(str(store.root / "tensorboard" / "ok"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"_hparams_/experiment", "_hparams_/session_end_info"} <= set(events.summary_metadata)  # HParams view
+    assert "hparam/test_acc" in events.Tags()["scalars"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store.root / 'elsewhere.db'}")
+    again = store.create(TrainConfig(**{**base, "group": None, "track": ("mlflow",)}).record(), run_id="env")
+    assert execute_run(again, store) == "done"
+    other = MlflowClient(tracking_uri=f"sqlite:///{store.root / 'elsewhere.db'}")
+    (only,) = other.search_runs([other.get_experiment_by_name("kd-workbench").experiment_id])
+    assert only.info.run_name == "env" and only.info.status == "FINISHED"
+
+
 def test_an_unreachable_tracking_uri_warns_and_the_run_goes_on(store, caplog):
     cfg = TrainConfig(**{**TINY.to_dict(), "epochs": 2, "track": ("mlflow:http://127.0.0.1:9",)})
     run = store.create(cfg.record(), run_id="offline")

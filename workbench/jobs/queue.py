@@ -129,33 +129,41 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
         (run.checkpoint_path).unlink(missing_ok=True)
     run.set_status("running", **process_identity(), started=time.time(), error=None, resume=None,
                    worker=_slot_env())
+    tracker, state = None, "failed"
     try:
         extra = []
         if config.track:
             from workbench.train.tracking import Tracker
 
-            extra.append(Tracker(config.track, run, run.config, store.root))
+            tracker = Tracker(config.track, run, run.config, store.root)
+            extra.append(tracker)
         with _Heartbeat(run):
             summary = train(config, run=run, store=store, callbacks=[_Progress(run), *extra, *callbacks],
                             teacher=teacher, resume=checkpoint)
         if summary.get("diverged"):
             run.set_status("diverged", error=summary["diverged"])
-            return "diverged"
+            state = "diverged"
+            return state
         run.set_status("done")
-        return "done"
+        state = "done"
+        return state
     except KeyboardInterrupt:
         run.set_status("cancelled", error="cancelled by the user")
+        state = "cancelled"
         if reraise_interrupt:
             raise
-        return "cancelled"
+        return state
     except Diverged as e:
         run.set_status("diverged", error=str(e))
-        return "diverged"
+        state = "diverged"
+        return state
     except Exception as e:
         run.set_status("failed", error=friendly_error(e))
         _log_traceback(run)
-        return "failed"
+        return state
     finally:
+        if tracker is not None:  # MLflow ends FINISHED, FAILED or KILLED; TensorBoard's writer is closed
+            tracker.close(state)
         if old is not None:
             signal.signal(signal.SIGTERM, old)
 
