@@ -25,7 +25,7 @@ def server(runs_dir, tmp_path):
     proc = start_server([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
                          "true", "--server.port", str(port), "--server.address", "127.0.0.1",
                          "--browser.gatherUsageStats", "false"], url + "/_stcore/health", tmp_path / "streamlit.log",
-                        env, ROOT, timeout=60, ok=lambda body: body == b"ok")
+                        env, ROOT, timeout=180, ok=lambda body: body == b"ok")
     yield url
     stop_server(proc)
 
@@ -46,7 +46,7 @@ def test_browser_launch_watch_compare_and_export(server, runs_dir):
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    expect.set_options(timeout=60_000)
+    expect.set_options(timeout=180_000)  # polls; generous on a busy machine
     # a small sweep, so that the Sweep page has something real to show
     kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "32", "--epochs", "10",
         "--batch-size", "64", "--temperatures", "1", "4", "--alphas", "0.5", "0.9", "--seeds", "2",
@@ -54,7 +54,7 @@ def test_browser_launch_watch_compare_and_export(server, runs_dir):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1900}, accept_downloads=True)
-        page.set_default_timeout(60_000)
+        page.set_default_timeout(180_000)
 
         page.goto(server + "/")  # the default page lives at the root
         expect(page.get_by_role("heading", name="Dark knowledge")).to_be_visible()
@@ -184,6 +184,7 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=180_000)  # polls; generous on a busy machine
     kdw("demo", "--fast", "--runs-dir", str(runs_dir))
     kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "3",
         "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--no-profile", "--runs-dir", str(runs_dir))
@@ -191,7 +192,7 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": width, "height": height})
-        page.set_default_timeout(60_000)
+        page.set_default_timeout(180_000)
         problems = {}
         for path, heading in [("/dark-knowledge?dataset=digits&image=17&T=6", "Dark knowledge"), ("/train", "Train"),
                               ("/compare", "Compare"), ("/sweep", "Sweep")]:

@@ -9,6 +9,7 @@ import builtins
 import os
 import time
 
+import leftovers
 import psutil
 import pytest
 from conftest import kdw
@@ -45,9 +46,9 @@ def _mark(monkeypatch):
     monkeypatch.setenv(MARK, uuid.uuid4().hex)
 
 
-def _ray_processes() -> list[psutil.Process]:
-    names = ("raylet", "gcs_server", "ray::", "default_worker.py", "dashboard")
-    mark = os.environ.get(MARK)
+def _ray_processes(mark: str | None = None) -> list[psutil.Process]:
+    names = leftovers.KINDS["ray"]  # monitor.py and log_monitor.py too: `ray stop` alone is no proof
+    mark = mark or os.environ.get(MARK)
     out = []
     for p in psutil.process_iter(["cmdline", "name"]):
         cmd = " ".join(p.info["cmdline"] or []) + " " + (p.info["name"] or "")
@@ -210,6 +211,10 @@ def searched(tmp_path_factory):
     finally:
         search.shutdown()
         os.environ.pop(MARK, None)
+    deadline = time.monotonic() + 30
+    while _ray_processes("module-search") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes("module-search"), [p.info["cmdline"] for p in _ray_processes("module-search")]
     return store, result, took
 
 
@@ -361,11 +366,16 @@ def test_a_search_on_a_two_node_ray_cluster_with_a_shared_store(runs_dir, tmp_pa
         runs = RunStore(runs_dir).list(group="c1")
         assert len(runs) == 4 and all(r.state in ("done", "cancelled") for r in runs)
     finally:
-        for p in _ray_processes():
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        deadline = time.monotonic() + 30
+        while _ray_processes() and time.monotonic() < deadline:  # what `ray stop` left: its monitors
+            for p in _ray_processes():
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            time.sleep(0.5)
+        assert not _ray_processes(), [p.info["cmdline"] for p in _ray_processes()]
 
 
 @pytest.mark.slow
