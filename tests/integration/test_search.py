@@ -320,7 +320,7 @@ def test_kdw_sweep_runs_its_grid_on_ray_with_two_workers(runs_dir, monkeypatch):
     spans = [(r.status()["started"], r.path.joinpath("summary.json").stat().st_mtime) for r in runs]
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], "the two runs did not overlap"
     assert "KD gain" in proc.stdout
-    assert not _ray_processes()
+    assert not _ray_processes(), [p.info["cmdline"] for p in _ray_processes()]  # kdw waited for Ray's processes
 
 
 @pytest.mark.slow

@@ -597,15 +597,40 @@ def _settler(store: RunStore, epochs: int):
     return Settle()
 
 
-def shutdown() -> None:
-    """Stop the embedded Ray (its processes included)."""
+def shutdown(wait_s: float = 30.0) -> None:
+    """Stop the embedded Ray, and wait until the processes it started have exited.
+
+    `ray.shutdown()` returns before its workers (`ray::` processes), `monitor.py` and `log_monitor.py` are gone; on
+    a busy machine they linger for seconds. This waits up to `wait_s` for the Ray processes below this one (raylet,
+    GCS, monitors, workers), then kills what is left, so a sweep or a search that returns leaves nothing running.
+    """
     try:
         import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
     except ImportError:
-        pass
+        return
+    if not ray.is_initialized():
+        return
+    import psutil
+
+    def is_ray(p) -> bool:
+        try:
+            cmd = " ".join(p.cmdline()) or p.name()
+        except psutil.Error:
+            return False
+        return any(n in cmd for n in ("ray::", "raylet", "gcs_server", "/ray/", "default_worker.py"))
+
+    try:
+        started = [p for p in psutil.Process().children(recursive=True) if is_ray(p)]
+    except psutil.Error:
+        started = []
+    ray.shutdown()
+    _, alive = psutil.wait_procs(started, timeout=wait_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
 
 
 def trial_table(store: RunStore, group: str) -> list[dict]:
