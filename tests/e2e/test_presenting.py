@@ -150,8 +150,29 @@ def test_default_columns_ratios_to_the_teacher_and_a_headline():
     assert names == ["role", "model", "test acc %", "KD gain", "params", "size MB", "latency ms", "vs teacher"]
     assert dict(table_columns(False, rows=rows))["vs teacher"](rows[1]) == "11× smaller, 2.3× faster, −5.9 pts"
     assert "ECE" in [n for n, _ in table_columns(False, wide=True, rows=rows)]
-    assert headline(rows).startswith("The best distilled student, mlp, is 11.2× smaller and 2.3× faster than the "
+    assert headline(rows).startswith("The best distilled student, mlp, is 11× smaller and 2.3× faster than the "
                                      "teacher cnn, and 5.86 points less accurate (87.11% against 92.97%)")
+
+
+def test_a_student_larger_and_slower_than_its_teacher_is_said_so_and_busy_timings_are_never_quoted():
+    """A torchvision mobilenet_v2 student (2.2M parameters) beside the 288k-parameter digits teacher."""
+    from workbench.analysis.compare import add_teacher_ratios, vs_teacher
+
+    rows = [{"role": "teacher", "model": "cnn(d=2, w=32)", "test_acc": 0.9889, "size_mb": 1.16, "latency_ms": 0.4},
+            {"role": "kd", "model": "torchvision:mobilenet_v2", "test_acc": 0.95, "size_mb": 9.0, "latency_ms": 1.36,
+             "kd_gain": 0.01, "method": "kd", "temperature": 4.0, "alpha": 0.9}]
+    add_teacher_ratios(rows)
+    assert vs_teacher(rows[1]) == "7.8× larger, 3.4× slower, −3.9 pts"
+    assert headline(rows).startswith("The best distilled student, torchvision:mobilenet_v2, is 7.8× larger and "
+                                     "3.4× slower than the teacher cnn(d=2, w=32)")
+    fast = [dict(rows[0], latency_ms=2093.0), dict(rows[1], latency_ms=1.0)]
+    add_teacher_ratios(fast)
+    assert "2,093× faster" in headline(fast) and vs_teacher(fast[1]).startswith("7.8× larger, 2,093× faster")
+    busy = [dict(rows[0], cpu_busy=0.8), dict(rows[1])]
+    add_teacher_ratios(busy)
+    line = headline(busy)
+    assert "slower" not in line and "faster" not in line and "busy CPU (re-measure)" in line
+    assert vs_teacher(busy[1]).endswith("3.4× slower*, −3.9 pts")  # the table greys it and marks it
 
 
 # 9. the Pareto caption describes what is drawn; points are named

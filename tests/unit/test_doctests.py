@@ -5,11 +5,13 @@ import doctest
 import pytest
 
 import workbench.analysis.compare
+import workbench.analysis.format
 import workbench.core.losses
 import workbench.core.metrics
 
 
-@pytest.mark.parametrize("module", [workbench.core.losses, workbench.core.metrics, workbench.analysis.compare])
+@pytest.mark.parametrize("module", [workbench.core.losses, workbench.core.metrics, workbench.analysis.compare,
+                                    workbench.analysis.format])
 def test_docstring_examples_pass(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0

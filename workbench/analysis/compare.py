@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from workbench.analysis.describe import run_title
-from workbench.analysis.format import ROLE_NAMES, _num, format_flops, format_gain, format_pct
+from workbench.analysis.format import ROLE_NAMES, _num, format_flops, format_gain, format_pct, format_ratio
 from workbench.evaluate import BUSY_LIMIT
 from workbench.store.runs import Run, dig
 
@@ -246,16 +246,16 @@ ECE_MEANS = "ECE: how far the model's confidence is from its accuracy (0 is perf
 
 
 def vs_teacher(r: dict) -> str:
-    """'11× smaller, 2.3× faster, −5.8 pts': a row against the teacher of its table (see `add_teacher_ratios`)."""
+    """'11× smaller, 2.3× faster, −5.8 pts' (or '7.8× larger, 3× slower*'): a row against the teacher of its table
+    (see `add_teacher_ratios`); * marks a speed timed on a busy CPU."""
     v = r.get("vs_teacher")
     if not v:
         return "—"
     bits = []
     if v.get("smaller"):
-        bits.append(f"{v['smaller']:.2g}× smaller" if v["smaller"] < 10 else f"{v['smaller']:.0f}× smaller")
+        bits.append(format_ratio(v["smaller"], "smaller", "larger"))
     if v.get("faster"):
-        speed = f"{v['faster']:.2g}×" if v["faster"] < 10 else f"{v['faster']:.0f}×"
-        bits.append(f"{speed} faster" + ("*" if v.get("unreliable") else ""))
+        bits.append(format_ratio(v["faster"], "faster", "slower") + ("*" if v.get("unreliable") else ""))
     if v.get("acc_pts") is not None:
         bits.append(f"{v['acc_pts']:+.1f} pts".replace("-", "−"))
     return ", ".join(bits) or "—"
@@ -336,10 +336,10 @@ def headline(rows: list[dict]) -> str | None:
     v = best.get("vs_teacher") or add_teacher_ratios([t, best])[1].get("vs_teacher") or {}
     parts = []
     if v.get("smaller"):
-        parts.append(f"{v['smaller']:.3g}× smaller")
-    if v.get("faster"):
-        parts.append(f"{v['faster']:.3g}× faster" + (" (timed on a busy CPU)" if best.get("timing_unreliable")
-                                                     or t.get("timing_unreliable") else ""))
+        parts.append(format_ratio(v["smaller"], "smaller", "larger"))
+    busy = v.get("unreliable") or best.get("timing_unreliable") or t.get("timing_unreliable")
+    if v.get("faster") and not busy:  # a timing flagged as busy is never quoted
+        parts.append(format_ratio(v["faster"], "faster", "slower"))
     cost = v.get("acc_pts")
     acc = (f"{abs(cost):.2f} points {'less' if cost < 0 else 'more'} accurate "
            f"({100 * best['test_acc']:.2f}% against {100 * t['test_acc']:.2f}%)") if cost is not None else ""
@@ -348,8 +348,10 @@ def headline(rows: list[dict]) -> str | None:
             if gain is not None else "")
     sizes = f"{' and '.join(parts)} than the teacher {t['model']}, and " if parts else ""
     who = f"the teacher {t['model']}" if not parts else "the teacher"
+    speed = "; its speed against the teacher's is not quoted: a timing was taken on a busy CPU (re-measure)" \
+        if v.get("faster") and busy else ""
     return (f"The best {ROLE_NAMES['kd']} student, {best['model']}, is {sizes}"
-            f"{acc.replace(' accurate', ' accurate than ' + who, 1) if acc and not parts else acc}{twin}.")
+            f"{acc.replace(' accurate', ' accurate than ' + who, 1) if acc and not parts else acc}{twin}{speed}.")
 
 
 def unify_timings(rows: list[dict]) -> list[dict]:

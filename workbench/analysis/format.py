@@ -49,3 +49,16 @@ def format_flops(v) -> str:
 
 def _num(v, fmt):
     return "—" if v is None else format(v, fmt)
+
+
+def format_ratio(ratio: float, more: str, less: str) -> str:
+    """A ratio of teacher ÷ student, worded by its direction, formatted one way everywhere (two significant
+    digits below 10, whole numbers above).
+
+    >>> format_ratio(11.18, "smaller", "larger"), format_ratio(1 / 7.76, "smaller", "larger")
+    ('11× smaller', '7.8× larger')
+    >>> format_ratio(2093.4, "faster", "slower"), format_ratio(1.0, "faster", "slower")
+    ('2,093× faster', '1× faster')
+    """
+    word, x = (more, ratio) if ratio >= 1 else (less, 1 / ratio)
+    return f"{x:.2g}× {word}" if x < 10 else f"{x:,.0f}× {word}"
