@@ -102,9 +102,20 @@ class _Heartbeat:
         self.thread.join()  # no heartbeat write may land after the final status
 
 
+def _claim_lock(store: RunStore):
+    """The store's lock for a run's fate: claiming it, starting it and cancelling it before it starts."""
+    from filelock import FileLock
+
+    return FileLock(str(store.root / ".claim.lock"))
+
+
 def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: bool = False, teacher=None,
-                resume: bool = False, launch: bool = True) -> str:
+                resume: bool = False, launch: bool = True, queued: bool = False) -> str:
     """Run `run`'s config here and now; returns the final state (done, failed, cancelled or diverged).
+
+    `queued` (a job of the queue): the run starts only if it is still queued when this process takes it, decided
+    under the same lock as `LocalQueueRunner.cancel`, so a run whose status says "cancelled before it started"
+    never trains.
 
     The status records this process's identity (pid, start time, host); metrics.jsonl starts empty, or, with
     `resume`, keeps the epochs up to the run's checkpoint. A config with `nproc` > 1 is launched through
@@ -121,16 +132,20 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
         return _launch_distributed(run, store, config, resume)
     old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     checkpoint = run.checkpoint_path if resume else None
-    run.cancel_path.unlink(missing_ok=True)  # an old request never stops a new start
-    if resume:
-        run.keep_metrics_until(_checkpoint_epoch(checkpoint))
-    else:
-        run.reset_metrics()
-        (run.checkpoint_path).unlink(missing_ok=True)
-    run.set_status("running", **process_identity(), started=time.time(), error=None, resume=None,
-                   worker=_slot_env())
     tracker, state = None, "failed"
     try:
+        with _claim_lock(store):  # the start and a cancel of the queued run are decided one at a time
+            if queued and run.state != "queued":  # cancelled (or taken) while it waited: it never trains
+                state = run.state
+                return state
+            run.cancel_path.unlink(missing_ok=True)  # an old request never stops a new start
+            run.set_status("running", **process_identity(), started=time.time(), error=None, resume=None,
+                           worker=_slot_env())
+        if resume:
+            run.keep_metrics_until(_checkpoint_epoch(checkpoint))
+        else:
+            run.reset_metrics()
+            (run.checkpoint_path).unlink(missing_ok=True)
         extra = []
         if config.track:
             from workbench.train.tracking import Tracker
@@ -377,10 +392,11 @@ class LocalQueueRunner(Runner):
         that now belongs to another process is never signalled.
         """
         run = self.store.get(run_id)
-        st = run.status()
-        if st["state"] == "queued":
-            run.set_status("cancelled", error="cancelled before it started")
-            return "cancelled before it started"
+        with _claim_lock(self.store):  # never between a job's check that the run is queued and its start
+            st = run.status()
+            if st["state"] == "queued":
+                run.set_status("cancelled", error="cancelled before it started")
+                return "cancelled before it started"
         if st["state"] != "running":
             return f"nothing to cancel: it is {st['state']}"
         run.request_cancel()
@@ -595,9 +611,7 @@ def _unclaimed(store: RunStore) -> list[Run]:
 def claim(run: Run, identity: dict | None = None) -> bool:
     """Take a queued run for this process (or `identity`), under the store's claim lock; False if it is not
     queued or a live process holds it. A claim by a process that has died is taken over."""
-    from filelock import FileLock
-
-    with FileLock(str(run.store.root / ".claim.lock")):
+    with _claim_lock(run.store):
         if run.state != "queued":
             return False
         holder = _claim_holder(run)
@@ -671,10 +685,10 @@ def run_job(run_id: str, store: RunStore) -> str:
     if run.state != "queued":
         raise RunStoreError(f"run {run_id} is {run.state}, not queued")
     if run.status().get("resume"):  # queued to go on from its checkpoint
-        return execute_run(run, store, resume=True)
+        return execute_run(run, store, resume=True, queued=True)
     if run.summary_path.exists() or run.metrics_path.exists():
         raise RunStoreError(f"run {run_id} already has results; it is not run again")
-    return execute_run(run, store)
+    return execute_run(run, store, queued=True)
 
 
 def fail_stale_runs(store: RunStore) -> list[str]:
