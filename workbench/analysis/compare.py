@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from workbench.analysis.describe import run_title
 from workbench.analysis.format import ROLE_NAMES, _num, format_flops, format_gain, format_pct, format_ratio
@@ -489,7 +490,7 @@ class Comparison:
     def __post_init__(self):
         self.shown = aggregate(self.rows) if self.aggregated else self.rows
 
-    @property
+    @cached_property
     def columns(self) -> list[tuple[str, callable]]:
         return table_columns(self.aggregated, self.wide, self.shown)
 

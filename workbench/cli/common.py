@@ -8,7 +8,9 @@ never load torch.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from workbench.core.losses import OBJECTIVE
 
@@ -207,9 +209,6 @@ RECORD_KEYS = {"model_label", "objective", "method_label", "task", "command", "c
 def read_config_file(path: str) -> dict:
     """A training config from a YAML, TOML or JSON file (a run's config.json included): the TrainConfig fields it
     sets. ValueError, in one sentence, for a file that cannot be read or names an option that does not exist."""
-    import json as json_module
-    from pathlib import Path
-
     from workbench.train.loop import TrainConfig
 
     p = Path(path).expanduser()
@@ -228,7 +227,7 @@ def read_config_file(path: str) -> dict:
                 import tomli as tomllib
             data = tomllib.loads(text)
         else:
-            data = json_module.loads(text)
+            data = json.loads(text)
     except Exception as e:
         raise ValueError(f"--config {path} could not be read ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):

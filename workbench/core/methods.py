@@ -78,7 +78,7 @@ class Method(nn.Module):
     temperature_key: str | None = None  # the hyperparameter that softens distributions (-T), if there is one
     weight_key: str | None = None  # the weight in [0, 1] of the distillation term, whose 0 is scratch (--alpha)
     primary: tuple[str, ...] = ()  # the hyperparameters that drive sliders, -T/--alpha and run labels
-    search_first: str | None = None  # the hyperparameter a search form offers first (None: the first primary)
+    search_first: str | None = None  # the hyperparameter a search form offers first (None: beta, the first primary)
     distils = True  # False: the label-only objective of teacher and scratch runs (ce)
     learns_from_unlabelled = True  # sees every training sample (the teacher's signal where labels are hidden)
     needs_feature_maps = False  # True: only for tasks whose models have spatial feature maps (images)
@@ -267,7 +267,6 @@ class LSKD(Method):
 
 class DKD(Method):
     name = "dkd"
-    search_first = "beta"
     title = "Decoupled KD"
     citation = "Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022."
     description = "separate weights for the target-class and the non-target-class parts of KD"
@@ -294,7 +293,6 @@ class DKD(Method):
 
 class DIST(Method):
     name = "dist"
-    search_first = "beta"
     title = "DIST"
     citation = "Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. NeurIPS 2022."
     description = "match inter- and intra-class relations (Pearson correlation) instead of exact probabilities"
@@ -330,7 +328,6 @@ def make_adapter(student_shape: tuple, teacher_shape: tuple) -> nn.Module:
 
 class FitNet(Method):
     name = "fitnet"
-    search_first = "beta"
     title = "FitNets"
     citation = "Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015."
     description = "regress an intermediate teacher feature (the hint) from the student's, through an adapter"
@@ -360,7 +357,6 @@ class FitNet(Method):
 
 class AT(Method):
     name = "at"
-    search_first = "beta"
     needs_feature_maps = True  # attention maps are spatial
     title = "Attention transfer"
     citation = "Zagoruyko, Komodakis. Paying More Attention to Attention. ICLR 2017."
@@ -407,7 +403,6 @@ class _EmbeddingMethod(Method):
 
 class PKT(_EmbeddingMethod):
     name = "pkt"
-    search_first = "beta"
     title = "Probabilistic knowledge transfer"
     citation = "Passalis, Tefas. Learning Deep Representations with Probabilistic Knowledge Transfer. ECCV 2018."
     description = "match the batch's conditional similarity distributions (cosine kernel) of the embeddings"
@@ -423,7 +418,6 @@ class PKT(_EmbeddingMethod):
 
 class RKD(_EmbeddingMethod):
     name = "rkd"
-    search_first = "beta"
     title = "Relational KD"
     citation = "Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019."
     description = "match pairwise distances and triplet angles between the samples' embeddings"
@@ -441,7 +435,6 @@ class RKD(_EmbeddingMethod):
 
 class SP(_EmbeddingMethod):
     name = "sp"
-    search_first = "beta"
     title = "Similarity-preserving KD"
     citation = "Tung, Mori. Similarity-Preserving Knowledge Distillation. ICCV 2019."
     description = "match the batch's row-normalised similarity matrices of the last stage's features"
@@ -477,7 +470,6 @@ class CRD(_EmbeddingMethod):
     """
 
     name = "crd"
-    search_first = "beta"
     title = "Contrastive representation distillation"
     citation = "Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020."
     description = "contrast each student embedding with its teacher embedding against many negatives (memory bank)"
@@ -598,9 +590,11 @@ def default_method(kind: str) -> str:
 
 
 def first_searched(name: str) -> str | None:
-    """The hyperparameter a search of method `name` starts from: its own choice, its first primary, its first."""
+    """The hyperparameter a search of method `name` starts from: its own choice, else `beta` (the weight of the
+    distillation term in most papers' notation), else its first primary, else its first."""
     m = method_info(name)
-    return m.search_first or next(iter(m.primary), None) or next(iter(m.defaults), None)
+    return m.search_first or ("beta" if "beta" in m.defaults else None) or next(iter(m.primary), None) or \
+        next(iter(m.defaults), None)
 
 
 def method_info(name: str) -> type[Method]:
