@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[app,notebook,deploy,timm,tracking,search,dev]'
+	$(PY) -m pip install --quiet -e '.[app,notebook,deploy,timm,tracking,search,text,dev]'
 	@touch $(STAMP)
 
 # JupyterLab defaults for the notebooks: start the notebook's kernel without asking, no news pop-up (offline).
@@ -32,7 +32,7 @@ $(LAB_OVERRIDES): etc/jupyterlab/overrides.json $(STAMP)
 	@mkdir -p $(dir $@)
 	cp $< $@
 
-# Debian packages: Fashion-MNIST's IDX files and Chromium for the browser tests.
+# Debian packages: Fashion-MNIST's IDX files, WordNet and fortunes (text data), and Chromium for the browser tests.
 system:
 	@./.ci/system-deps
 

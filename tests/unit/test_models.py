@@ -51,7 +51,7 @@ def test_model_config_round_trips_and_labels():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"family": "transformer"}, "unknown model family 'transformer'"),
+    ({"family": "vit"}, "unknown model family 'vit'"),
     ({"family": "resnet", "depth": 10}, "depth must be one of"),
     ({"family": "mlp", "width": 0}, "a whole number between 1 and 65536, got 0"),
     ({"family": "mlp", "width": 0.5}, "width must be a whole number, got 0.5"),

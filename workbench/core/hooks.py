@@ -83,7 +83,12 @@ def feature_shapes(model: nn.Module, names: list[str], input_shape, device="cpu"
     model.eval()
     with FeatureHooks(model, names) as hooks, torch.no_grad():
         p = next(model.parameters())
-        model(torch.zeros(2, *input_shape, device=p.device, dtype=p.dtype))
+        if getattr(model, "kdw_vocab", None) is not None:  # a text model: token ids (1 is never padding here)
+            x = torch.full((2, *input_shape), (int(model.kdw_vocab["pad_id"]) + 1) % int(model.kdw_vocab["vocab_size"]),
+                           dtype=torch.long, device=p.device)
+        else:
+            x = torch.zeros(2, *input_shape, device=p.device, dtype=p.dtype)
+        model(x)
         shapes = {k: tuple(v.shape[1:]) for k, v in hooks.pop().items()}
     model.train(was_training)
     return shapes

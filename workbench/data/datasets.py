@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,8 @@ class Dataset:
     source: str = ""  # where the files came from
     skipped: list = field(default_factory=list)  # image files that could not be decoded
     feature_names: tuple = ()  # a table's column names
+    vocab: dict | None = None  # text: {"tokenizer", "tokenizer_id", "vocab_size", "pad_id", "max_length"}
+    texts: dict | None = None  # text: {"train" | "val" | "test": the strings}, for showing samples
     _device_copies: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -153,10 +155,7 @@ class Dataset:
         if key not in self._device_copies:
             tensors = {k: getattr(self, k).to(device) for k in
                        ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-            self._device_copies[key] = Dataset(
-                name=self.name, classes=self.classes, mean=self.mean, std=self.std,
-                default_augment=self.default_augment, fingerprint=self.fingerprint,
-                source=self.source, skipped=self.skipped, **tensors)
+            self._device_copies[key] = replace(self, **tensors, _device_copies={})
         return self._device_copies[key]
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:

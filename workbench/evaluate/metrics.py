@@ -26,7 +26,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from workbench.models.zoo import checkpoint_bytes, count_params
+from workbench.models.zoo import checkpoint_bytes, count_params, sample_input
 
 # ---------------------------------------------------------------------------
 # metrics from logits (pure functions)
@@ -67,8 +67,7 @@ def flops_per_sample(model: nn.Module, input_shape) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    p = next(model.parameters())
-    x = torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype)
+    x = sample_input(model, input_shape)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         model(x)
@@ -118,16 +117,14 @@ def latency_ms(model: nn.Module, input_shape, device: torch.device | str = "cpu"
     """Median batch-1 forward latency in milliseconds (≥ `reps` passes, ≥ `min_time_s` of them when fast)."""
     if warmup < 5 or reps < 30:
         raise ValueError("docs/conventions.md asks for >= 5 warm-up and >= 30 timed passes")
-    p = next(model.parameters())
-    x = torch.randn(1, *input_shape, device=p.device, dtype=p.dtype)
+    x = sample_input(model, input_shape, random=True)
     return 1e3 * statistics.median(time_forward(model, x, warmup, reps, min_time_s))
 
 
 def throughput(model: nn.Module, input_shape, batch_size: int = 256, warmup: int = 2, reps: int = 10,
                min_time_s: float = 0.3) -> float:
     """Samples per second at `batch_size`, from the median of ≥ `reps` timed passes (≥ `min_time_s` when fast)."""
-    p = next(model.parameters())
-    x = torch.randn(batch_size, *input_shape, device=p.device, dtype=p.dtype)
+    x = sample_input(model, input_shape, batch_size, random=True)
     return batch_size / statistics.median(time_forward(model, x, warmup, reps, min_time_s))
 
 

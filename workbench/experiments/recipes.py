@@ -70,17 +70,27 @@ class DatasetDefaults:
 
 
 TABLE_DEFAULTS = DatasetDefaults(epochs=40, sweep_epochs=30, labels=None, batch_size=16, lr=1e-2)  # ~100-500 rows
+TEXT_DEFAULTS = DatasetDefaults(epochs=5, sweep_epochs=3, labels=None, batch_size=64, lr=3e-3)
+FINE_TUNE_LR = 5e-5  # a pretrained Hugging Face encoder (hf:) is fine-tuned, not trained from scratch (BERT's 2e-5..5e-5)
 DATASET_DEFAULTS = {
     "fashion-mnist": DatasetDefaults(epochs=10, sweep_epochs=5, labels=1000),
     "digits": DatasetDefaults(epochs=20, sweep_epochs=15, labels=None),
     "wine": TABLE_DEFAULTS,
     "breast-cancer": TABLE_DEFAULTS,
     "table": TABLE_DEFAULTS,
+    "wordnet": replace(TEXT_DEFAULTS, labels=2000),
+    "fortunes": TEXT_DEFAULTS,
+    "text-csv": TEXT_DEFAULTS,
 }
 
 
 def dataset_defaults(name: str) -> DatasetDefaults:
     return DATASET_DEFAULTS.get(name, DatasetDefaults(epochs=10, sweep_epochs=5, labels=None))
+
+
+def default_lr(dataset: str, model) -> float:
+    """The peak learning rate a run starts from: the data set's, or `FINE_TUNE_LR` for a pretrained hf: encoder."""
+    return FINE_TUNE_LR if getattr(model, "family", None) == "hf" else dataset_defaults(dataset).lr
 
 
 def dataset_choices(sample_kind: str | None = None) -> tuple[list[str], dict[str, str]]:

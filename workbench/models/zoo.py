@@ -62,9 +62,16 @@ FAMILIES: dict[str, FamilySpec] = {
     "torchvision": FamilySpec(None, None, None, "torchvision:NAME, any classification model of torchvision"),
     "timm": FamilySpec(None, None, None, "timm:NAME, any model of timm (optional extra)"),
     "factory": FamilySpec(None, None, None, "path/file.py:fn or package.module:fn, your own model factory"),
+    # text (workbench.models.text): token ids in, built for the tokenizer's vocabulary
+    "bag": FamilySpec(1, 128, None, "bag of embeddings: the mean of width-dim token embeddings, depth layers"),
+    "textcnn": FamilySpec(1, 128, None, "CNN over tokens: width filters of widths 3, 4, 5, depth conv layers"),
+    "bilstm": FamilySpec(1, 128, None, "bidirectional LSTM: depth layers of width units"),
+    "transformer": FamilySpec(2, 128, None, "Transformer encoder: depth layers of width dims"),
+    "hf": FamilySpec(None, None, None, "hf:FOLDER or hf:PACKAGE, a Hugging Face encoder with a new head (text extra)"),
 }
 ZOO = ("mlp", "cnn", "resnet", "mobilenet_v2", "resnet18")  # built here, with their size knobs
-EXTERNAL = ("torchvision", "timm", "factory")  # named by a spec string
+EXTERNAL = ("torchvision", "timm", "factory", "hf")  # named by a spec string
+TEXT_FAMILIES = ("bag", "textcnn", "bilstm", "transformer", "hf")  # take token ids (workbench.models.text)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -86,8 +93,9 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.family not in FAMILIES:
-            raise ModelError(f"unknown model family {self.family!r}; choose one of {', '.join(ZOO)}, or a spec "
-                             "torchvision:NAME, timm:NAME, path/file.py:fn or package.module:fn")
+            raise ModelError(f"unknown model family {self.family!r}; choose one of {', '.join(ZOO)}, for text one of "
+                             f"{', '.join(TEXT_FAMILIES[:-1])}, or a spec torchvision:NAME, timm:NAME, hf:FOLDER, "
+                             "path/file.py:fn or package.module:fn")
         if self.family in EXTERNAL:
             if not self.name or not isinstance(self.name, str) or not self.name.strip():
                 raise ModelError(f"a {self.family} model needs a name (e.g. {self.family}:"
@@ -122,7 +130,7 @@ class ModelConfig:
                     raise ModelError(f"{self.family} width counts units or channels: a whole number between 1 and "
                                      f"65536, got {self.width}")
                 object.__setattr__(self, "width", width)
-        if self.pretrained and self.family not in ("resnet18", "mobilenet_v2"):
+        if self.pretrained and self.family not in ("resnet18", "mobilenet_v2", "hf"):
             raise ModelError("pretrained weights exist only for resnet18 and mobilenet_v2")
 
     @property
@@ -172,6 +180,8 @@ def parse_model(spec: str, depth=None, width=None, pretrained: bool = False) -> 
         head, tail = spec.split(":", 1)
         if head in ("torchvision", "timm"):
             return ModelConfig(head, depth, width, pretrained, name=tail.strip())
+        if head == "hf":  # a Hugging Face folder is its weights: fine-tuned from them
+            return ModelConfig("hf", depth, width, True, name=tail.strip())
         if not tail.strip() or not re.fullmatch(r"[A-Za-z_]\w*", tail.strip()):
             raise ModelError(f"{spec!r} names no model: a factory spec is path/to/file.py:function or "
                              "package.module:function")
@@ -293,8 +303,18 @@ def _resnet18(input_shape, num_classes, pretrained: bool):
     return m
 
 
-def build_model(config: ModelConfig, input_shape, num_classes: int) -> nn.Module:
-    """Build the model that `config` describes for images of `input_shape` (C, H, W)."""
+def build_model(config: ModelConfig, input_shape, num_classes: int, vocab: dict | None = None) -> nn.Module:
+    """Build the model that `config` describes for images of `input_shape` (C, H, W), rows of (F,) features, or
+    (L,) token ids of the tokenizer `vocab` describes (text: {"vocab_size", "pad_id", ...})."""
+    if config.family in TEXT_FAMILIES:
+        if num_classes < 2:
+            raise ModelError(f"num_classes must be >= 2, got {num_classes}")
+        from workbench.models.text import build_text_model  # transformers is an optional extra
+
+        model = build_text_model(config, tuple(input_shape), num_classes, vocab)
+        model.kdw_config, model.kdw_input_shape, model.kdw_num_classes = config, tuple(input_shape), num_classes
+        model.kdw_vocab = dict(vocab) if vocab else None
+        return model
     if len(input_shape) != 3 and config.family not in ("mlp", "factory"):
         raise ModelError(f"a {config.family} model takes images: input_shape must be (C, H, W), got "
                          f"{tuple(input_shape)}; use an mlp for rows of features")
@@ -557,6 +577,21 @@ def _size_hint(model: nn.Module, channels: int) -> str:
     return ""
 
 
+def sample_input(model: nn.Module, input_shape, batch: int = 1, random: bool = False) -> torch.Tensor:
+    """A batch of inputs `model` takes, on its device: float images or features (zeros, or normal noise with
+    `random`), or token ids that are not padding for a text model. For probing, FLOPs, timing and export."""
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    if getattr(model, "kdw_vocab", None) is not None or getattr(model, "kdw_config", None) is not None \
+            and model.kdw_config.family in TEXT_FAMILIES:
+        from workbench.models.text import sample_ids
+
+        return sample_ids(model, input_shape, batch, device)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    make = torch.randn if random else torch.zeros
+    return make(batch, *input_shape, device=device, dtype=dtype)
+
+
 def count_params(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -585,6 +620,8 @@ def checkpoint_metadata(model: nn.Module, **extra) -> dict[str, str]:
     for key in ("kdw_mean", "kdw_std"):  # the normalisation the model expects, where it is not the data set's
         if getattr(model, key, None) is not None:
             meta[key] = json.dumps(list(getattr(model, key)))
+    if getattr(model, "kdw_vocab", None):  # a text model's tokenizer
+        meta["kdw_vocab"] = json.dumps(model.kdw_vocab)
     meta.update({f"kdw_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     return meta
 
@@ -738,11 +775,12 @@ def load_checkpoint(path_or_bytes, config: ModelConfig | None = None, input_shap
                         for d in input_shape)
     num_classes = _meta_int(num_classes, "kdw_num_classes", where, 1, 1_000_000)
     label = f"{config.label()} for input {input_shape} and {num_classes} classes"
+    vocab = _meta_vocab(meta, where) if "kdw_vocab" in meta else None
     with torch.device("meta"):  # shapes only: a forged header cannot make us allocate a huge model
-        skeleton = build_model(config, input_shape, num_classes)
+        skeleton = build_model(config, input_shape, num_classes, vocab)
     _check_shapes(skeleton, shapes, label)
     tensors, meta = read_checkpoint(path_or_bytes)
-    model = build_model(config, input_shape, num_classes)
+    model = build_model(config, input_shape, num_classes, vocab)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -754,6 +792,16 @@ def load_checkpoint(path_or_bytes, config: ModelConfig | None = None, input_shap
             if isinstance(values, list) and len(values) == input_shape[0]:
                 setattr(model, key, tuple(float(v) for v in values))
     return model.eval(), meta
+
+
+def _meta_vocab(meta: dict, where: str) -> dict:
+    """A text model's tokenizer description from checkpoint metadata, its numbers checked."""
+    vocab = _meta_json(meta, "kdw_vocab", where)
+    if not isinstance(vocab, dict) or not {"vocab_size", "pad_id"} <= set(vocab):
+        raise ModelError(f"metadata key kdw_vocab of {where} must give vocab_size and pad_id")
+    vocab["vocab_size"] = _meta_int(vocab["vocab_size"], "kdw_vocab", where, 2, 10_000_000)
+    vocab["pad_id"] = _meta_int(vocab["pad_id"], "kdw_vocab", where, 0, vocab["vocab_size"] - 1)
+    return vocab
 
 
 def load_weights(model: nn.Module, path) -> dict:

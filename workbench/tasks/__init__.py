@@ -5,8 +5,9 @@ from __future__ import annotations
 from workbench.tasks.base import Task
 from workbench.tasks.image import ImageClassification
 from workbench.tasks.table import TabularClassification
+from workbench.tasks.text import TextClassification
 
-TASKS: tuple[Task, ...] = (ImageClassification(), TabularClassification())
+TASKS: tuple[Task, ...] = (ImageClassification(), TabularClassification(), TextClassification())
 DATASETS: tuple[str, ...] = tuple(d for t in TASKS for d in t.datasets)  # every data set, of every task
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from workbench.core.metrics import classification_metrics
 from workbench.data.datasets import Dataset
 from workbench.errors import ModelError
+from workbench.models.zoo import build_model, sample_input
 
 
 class Task:
@@ -38,6 +39,10 @@ class Task:
     def load_for(self, config, teacher_model: nn.Module | None = None) -> Dataset:
         """The data set a run of `config` trains on (with the teacher that will teach it, if any)."""
         return self.load(config.dataset, config.data_dir, stream=config.stream, label_column=config.label_column)
+
+    def build_student(self, model_config, shape: tuple[int, ...], dataset: Dataset) -> nn.Module:
+        """The student that `model_config` (a ModelConfig) describes, for samples of `shape` of this data set."""
+        return build_model(model_config, shape, dataset.num_classes)
 
     def prepare_student(self, student: nn.Module, dataset: Dataset, shape: tuple[int, ...]) -> None:
         """Whatever a student needs to know of the data before it trains (nothing, by default)."""
@@ -74,12 +79,11 @@ class Task:
     def probe(self, model: nn.Module, shape: tuple[int, ...]) -> None:
         """ModelError in one sentence unless `model` takes one sample of `shape` and returns (1, K) logits."""
         label = model.kdw_config.label() if hasattr(model, "kdw_config") else type(model).__name__
-        p = next(model.parameters(), None)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                out = model(torch.zeros(1, *shape, device=p.device if p is not None else "cpu"))
+                out = model(sample_input(model, shape))
         except Exception as e:  # models fail on a wrong input in many ways
             raise ModelError(f"{label} cannot take samples of shape {tuple(shape)} "
                              f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None

@@ -36,7 +36,7 @@ from workbench.data.transforms import AUGMENTATIONS
 from workbench.errors import Diverged, TrainingError
 from workbench.evaluate.metrics import model_profile, predict_logits
 from workbench.io import atomic_write
-from workbench.models.zoo import ModelConfig, build_model, count_params, is_convnet, load_weights
+from workbench.models.zoo import ModelConfig, count_params, is_convnet, load_weights
 from workbench.store.runs import migrate_config
 from workbench.tasks import DATASETS, task_for
 from workbench.train.teachers import Teacher, cached_logits, data_identity, load_teacher
@@ -90,6 +90,8 @@ class TrainConfig:
     teacher_weights: tuple | None = None  # weights of an ensemble teacher ("a,b"); equal if None
     image_size: int | None = None  # the student's square input side (None: the data set's); the teacher keeps its own
     channels: int | None = None  # the student's input channels, 1 or 3 (None: the data set's; grey ↔ colour converts)
+    max_length: int | None = None  # text: tokens per sample, longer ones truncated (None: 64)
+    tokenizer: str | None = None  # text: a tokenizer folder (None: the teacher's, an hf: model's, else MiniLM's)
     init: str | None = None  # weights to start the student from: .safetensors or a .pth/.pt state dict
     stream: bool | None = None  # image folders / CSV: stream from the disk cache (None: when they exceed the budget)
     nproc: int = 1  # data-parallel processes (torch.distributed.run): gloo on the CPU, NCCL on GPUs
@@ -145,6 +147,9 @@ class TrainConfig:
             raise ValueError(f"seed must be a whole number in [0, 2^63), got {self.seed}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or not 4 <= self.image_size <= 1024):
             raise ValueError(f"image_size must be a whole number of pixels between 4 and 1024, got {self.image_size}")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or not 1 <= self.max_length <= 4096):
+            raise ValueError(f"max_length must be a whole number of tokens between 1 and 4096, got {self.max_length}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {self.channels}")
         if self.init is not None and not str(self.init).strip():
@@ -380,7 +385,7 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     shape = task.student_shape(dataset, config)
     if student is None:
         task.check_family(config.model.family)
-        student = build_model(config.model, shape, dataset.num_classes)
+        student = task.build_student(config.model, shape, dataset)
     else:  # a module of the user's: it sees the data at the config's size and channels
         student.kdw_input_shape, student.kdw_num_classes = shape, dataset.num_classes
         student.kdw_config = getattr(student, "kdw_config", config.model)

@@ -1,0 +1,163 @@
+"""Text classification, the third task on the Task seam: tokenised once and cached, a Hugging Face teacher
+(a tiny random BERT saved to a local folder), students built here, and one clear sentence for bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import kdw
+from text_fixtures import text_csv, tiny_bert
+
+from workbench.data.text import WORDNET_FILE, load_text, read_fortunes, read_wordnet, text_cache_root
+from workbench.errors import DataError, ModelError
+from workbench.models.zoo import TEXT_FAMILIES, ModelConfig, build_model, load_checkpoint, parse_model
+from workbench.tasks import task_for
+from workbench.train.loop import TrainConfig, check_setup
+
+pytest.importorskip("transformers", reason="the text extra (make installs it)")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """(a learnable 3-class text CSV of 300 rows, a tiny BERT folder whose tokenizer knows its words)."""
+    root = tmp_path_factory.mktemp("text")
+    path = text_csv(root / "texts.csv", n_per_class=100)
+    texts = [row.rsplit(",", 1)[0] for row in path.read_text().splitlines()[1:]]
+    return path, tiny_bert(root / "bert", texts)
+
+
+def _config(corpus, **kw):
+    path, bert = corpus
+    base = dict(kind="scratch", dataset="text-csv", data_dir=str(path), model=ModelConfig("bag", width=16),
+                tokenizer=str(bert), epochs=1, batch_size=16, profile=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_text_is_tokenised_once_into_padded_ids_with_fixed_splits(corpus):
+    path, bert = corpus
+    ds = load_text("text-csv", path, tokenizer_path=str(bert), max_length=24)
+    assert task_for("text-csv").name == "text-classification" and ds.classes == ("animal", "food", "tool")
+    assert ds.x_train.dtype == torch.int64 and ds.input_shape == (24,)
+    assert len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 300 and len(ds.x_test) == 60
+    assert ds.vocab["pad_id"] == 0 and ds.vocab["max_length"] == 24 and ds.vocab["vocab_size"] > 20
+    assert (ds.x_train[:, 0] == 2).all()  # [CLS] first, then the words, then padding
+    assert len(ds.texts["test"]) == len(ds.y_test) and all(isinstance(t, str) for t in ds.texts["test"])
+    cached = list(text_cache_root().glob("text-csv-*.npy"))
+    assert len(cached) == 1
+    again = load_text("text-csv", path, tokenizer_path=str(bert), max_length=24)  # from the cache
+    assert torch.equal(ds.x_test, again.x_test) and torch.equal(ds.y_val, again.y_val)
+    longer = load_text("text-csv", path, tokenizer_path=str(bert), max_length=32)
+    assert torch.equal(longer.y_test, ds.y_test)  # the splits never depend on the length or the tokenizer
+    assert len(list(text_cache_root().glob("text-csv-*.npy"))) == 2
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES[:-1])
+def test_every_student_family_cuts_its_batch_to_the_longest_text(corpus, family):
+    """Dynamic padding: the same sentences padded to 64 or to their own length give the same logits."""
+    _, bert = corpus
+    ds = load_text("text-csv", corpus[0], tokenizer_path=str(bert), max_length=64)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family, depth=1, width=16), (64,), 3, ds.vocab).eval()
+    x = ds.x_val[:8]
+    longest = int((x != 0).sum(1).max())
+    with torch.no_grad():
+        full, cut = model(x), model(x[:, :longest])
+    assert full.shape == (8, 3) and torch.allclose(full, cut, atol=1e-5)
+
+
+def test_a_hf_teacher_fine_tunes_and_teaches_a_bag_of_embeddings_student(corpus, runs_dir):
+    """kdw teacher with hf:FOLDER, then kdw distill with a label budget: the teacher's tokenizer is the student's,
+    its logits are cached, and the comparison table shows both."""
+    path, bert = corpus
+    common = ("--dataset", "text-csv", "--data-dir", str(path), "--batch-size", "16", "--runs-dir", str(runs_dir))
+    kdw("teacher", *common, "--model", f"hf:{bert}", "--epochs", "5", "--lr", "3e-3", "--run-id", "bert",
+        "--no-profile")
+    teacher = json.loads((runs_dir / "bert" / "summary.json").read_text())
+    assert teacher["task"] == "text-classification" and teacher["test"]["accuracy"] > 0.5
+    model, meta = load_checkpoint(runs_dir / "bert" / "student.safetensors")
+    assert json.loads(meta["kdw_vocab"])["tokenizer"] == str(bert) and model.kdw_config.family == "hf"
+
+    out = kdw("distill", *common, "--teacher", "bert", "--model", "bag", "--width", "16", "--epochs", "5",
+              "--lr", "1e-2", "--labels", "30", "--no-profile").stdout
+    assert "bag(d=1, w=16)" in out and "hf:" in out and "scratch" in out and "distilled" in out
+    (run,) = [p for p in runs_dir.glob("kd-*")]
+    kd = json.loads((run / "summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert kd["task"] == "text-classification" and config["tokenizer"] is None and config["labels"] == 30
+    assert 0.0 <= kd["test"]["agreement"] <= 1.0 and len(kd["test"]["confusion_matrix"]) == 3
+    assert list((runs_dir / ".cache" / "teacher-logits").glob("*"))  # the teacher ran once per sample, cached
+
+
+def test_a_student_reads_its_teachers_tokens_or_is_refused(corpus, tmp_path):
+    path, bert = corpus
+    other = tiny_bert(tmp_path / "other", ["entirely different words here"])
+    task = task_for("text-csv")
+    model = build_model(parse_model(f"hf:{bert}"), (64,), 3,
+                        load_text("text-csv", path, tokenizer_path=str(bert)).vocab)
+    assert task.tokenizer_for(_config(corpus, tokenizer=None), model) == str(bert)
+    with pytest.raises(ModelError, match="another tokenizer than the teacher's"):
+        task.tokenizer_for(_config(corpus, tokenizer=str(other)), model)
+
+
+def test_wordnet_definitions_are_labelled_with_six_categories():
+    if not WORDNET_FILE.is_file():
+        pytest.skip("Debian's wordnet-base is not installed (make installs it as root)")
+    t = read_wordnet()
+    assert t.classes == ("animal", "artifact", "food", "location", "person", "plant")
+    assert len(t.texts) == 43_995 and all(t.texts) and not any('"' in s for s in t.texts[:200])
+    assert torch.bincount(torch.from_numpy(t.labels)).tolist() == [7509, 11587, 2573, 3209, 11087, 8030]
+
+
+def test_fortunes_are_labelled_by_their_file():
+    if not Path("/usr/share/games/fortunes").is_dir():
+        pytest.skip("Debian's fortunes is not installed (make installs it as root)")
+    t = read_fortunes()
+    assert len(t.classes) >= 10 and "computers" in t.classes and len(t.texts) > 5000
+    assert all(t.texts) and not any(s.startswith("%") for s in t.texts)
+
+
+def _csv(tmp_path, text):
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("content,says", [
+    ("sentence,label\na b,x\nc d,y\n", "no column 'text'"),
+    ("text,category\na b,x\nc d,y\n", "no column 'label'"),
+    ("text,label\na b,x\n,y\n", "line 3: the text is empty"),
+    ("text,label\na b,x\nc d,x\ne f,x\n", "single class"),
+])
+def test_bad_text_csvs_get_one_sentence(tmp_path, corpus, content, says):
+    with pytest.raises(DataError, match=says):
+        load_text("text-csv", _csv(tmp_path, content), tokenizer_path=str(corpus[1]))
+
+
+def test_bad_text_settings_are_refused_before_any_run_folder(corpus, tmp_path, runs_dir):
+    path, bert = corpus
+    with pytest.raises(ValueError, match="max_length must be a whole number of tokens"):
+        _config(corpus, max_length=0)
+    with pytest.raises(ModelError, match="not a model folder"):
+        check_setup(_config(corpus, model=parse_model(f"hf:{tmp_path}")))
+    with pytest.raises(ModelError, match="neither a model folder nor an installed package"):
+        parse_model("hf:no-such-model-anywhere") and build_model(parse_model("hf:no-such-model-anywhere"), (8,), 2)
+    with pytest.raises(ModelError, match="unknown model family 'lstm'"):
+        ModelConfig("lstm")
+    big = tiny_bert(tmp_path / "big", [f"word{i}" for i in range(200)])
+    small = tiny_bert(tmp_path / "small", ["few words"])
+    with pytest.raises(ModelError, match="the tokenizer does not fit the model"):
+        check_setup(_config(corpus, model=parse_model(f"hf:{small}"), tokenizer=str(big)))
+    proc = kdw("scratch", "--dataset", "text-csv", "--data-dir", str(path), "--tokenizer", str(bert),
+               "--max-length", "0", "--runs-dir", str(runs_dir), check=False)
+    assert proc.returncode != 0 and "max_length must be a whole number of tokens" in proc.stderr
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_a_missing_text_extra_names_it(monkeypatch, corpus):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails
+    with pytest.raises(ModelError, match=r"pip install -e '\.\[text\]'"):
+        check_setup(_config(corpus))

@@ -1,0 +1,56 @@
+"""Tiny randomly initialised text models saved to local folders, so text tests never need the real MiniLM."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_bert(folder: Path, texts, hidden: int = 32, layers: int = 2, heads: int = 2) -> Path:
+    """A BERT of `layers` × `hidden` with a WordPiece tokenizer whose vocabulary is the words of `texts`;
+    saved with save_pretrained (safetensors) into `folder`. Returns the folder."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
+    core = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+        ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    tok.save_pretrained(str(folder))
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128,
+                     pad_token_id=0)
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def text_csv(path: Path, n_per_class: int = 30) -> Path:
+    """A small, learnable text CSV: three classes whose sentences use their own words."""
+    import random
+
+    rng = random.Random(0)
+    vocab = {"animal": ["dog", "cat", "horse", "bird", "fish", "wolf"],
+             "food": ["bread", "cheese", "apple", "soup", "rice", "cake"],
+             "tool": ["hammer", "saw", "drill", "wrench", "axe", "chisel"]}
+    filler = ["a", "the", "small", "large", "old", "new", "is", "of", "with", "and"]
+    rows = ["text,label"]
+    for label, words in vocab.items():
+        for _ in range(n_per_class):
+            sent = [rng.choice(filler) for _ in range(rng.randint(2, 6))] + rng.sample(words, 2)
+            rng.shuffle(sent)
+            rows.append(f"{' '.join(sent)},{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path

