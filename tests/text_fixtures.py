@@ -31,7 +31,9 @@ def tiny_bert(folder: Path, texts, hidden: int = 32, layers: int = 2, heads: int
                      num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128,
                      pad_token_id=0)
     import torch
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()
     torch.manual_seed(0)
     BertForSequenceClassification(cfg).save_pretrained(str(folder), safe_serialization=True)
     return folder

@@ -161,3 +161,93 @@ def test_a_missing_text_extra_names_it(monkeypatch, corpus):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails
     with pytest.raises(ModelError, match=r"pip install -e '\.\[text\]'"):
         check_setup(_config(corpus))
+
+
+def test_a_student_cut_from_its_teacher_keeps_the_named_layers_and_their_weights(corpus, runs_dir):
+    """DistilBERT-style: --student-from-teacher --keep-layers 0,2 of a 3-layer BERT teacher starts from the
+    teacher's embeddings and layers 0 and 2, and trains; a layer the teacher lacks is one sentence."""
+    path, _ = corpus
+    root = runs_dir.parent
+    texts = [row.rsplit(",", 1)[0] for row in path.read_text().splitlines()[1:]]
+    bert3 = tiny_bert(root / "bert3", texts, layers=3)
+    common = ("--dataset", "text-csv", "--data-dir", str(path), "--batch-size", "16", "--runs-dir", str(runs_dir),
+              "--no-profile")
+    kdw("teacher", *common, "--model", f"hf:{bert3}", "--epochs", "2", "--lr", "3e-3", "--run-id", "t3")
+    bad = kdw("distill", *common, "--teacher", "t3", "--student-from-teacher", "--keep-layers", "0,7",
+              "--no-scratch", check=False)
+    assert bad.returncode != 0 and "names layer 7, but the teacher has 3 layers (0 to 2)" in bad.stderr
+    assert not list(runs_dir.glob("kd-*"))
+
+    from workbench.store.runs import RunStore
+    from workbench.train.loop import check_setup
+    from workbench.train.teachers import load_teacher
+
+    store = RunStore(runs_dir)
+    config = TrainConfig(kind="kd", dataset="text-csv", data_dir=str(path), teacher="t3", keep_layers=(0, 2),
+                         model=parse_model(f"hf:{bert3}", depth=2), epochs=1, batch_size=16, profile=False)
+    s = check_setup(config, store)
+    teacher = load_teacher("t3", store).model
+    t_layers, s_layers = teacher.hf.bert.encoder.layer, s.student.hf.bert.encoder.layer
+    assert len(s_layers) == 2 and s.student.kdw_config.label() == f"hf:{bert3}(d=2)"
+    for i, k in enumerate((0, 2)):
+        for a, b in zip(s_layers[i].parameters(), t_layers[k].parameters()):
+            assert torch.equal(a.detach().cpu(), b.detach().cpu())
+    assert torch.equal(s.student.hf.classifier.weight.detach().cpu(), teacher.hf.classifier.weight)
+    assert all(p.requires_grad for p in s.student.parameters())
+
+    out = kdw("distill", *common, "--teacher", "t3", "--student-from-teacher", "--keep-layers", "0,2", "--epochs",
+              "1", "--lr", "1e-3", "--no-scratch", "--run-id", "cut").stdout
+    assert "(d=2)" in out
+    model, _ = load_checkpoint(runs_dir / "cut" / "student.safetensors")  # rebuilt with two layers
+    assert len(model.hf.bert.encoder.layer) == 2
+    assert json.loads((runs_dir / "cut" / "config.json").read_text())["keep_layers"] == [0, 2]
+
+
+@pytest.fixture(scope="module")
+def bert_teacher_run(corpus, tmp_path_factory):
+    """A finished teacher run of the tiny BERT (2 layers, width 32, 2 heads) in a store of its own."""
+    from workbench.jobs.queue import run_in_process
+    from workbench.store.runs import RunStore
+
+    path, bert = corpus
+    store = RunStore(tmp_path_factory.mktemp("bert-runs"))
+    run_in_process(store, TrainConfig(kind="teacher", dataset="text-csv", data_dir=str(path),
+                                      model=parse_model(f"hf:{bert}"), epochs=4, batch_size=16, lr=3e-3,
+                                      profile=False), run_id="bert")
+    return store
+
+
+@pytest.mark.parametrize("method,off", [("tinybert", {"alpha": 0.0, "beta": 0.0, "gamma": 0.0}),
+                                        ("minilm", {"beta": 0.0})])
+def test_transformer_methods_train_a_transformer_student_and_their_terms_matter(corpus, bert_teacher_run, method,
+                                                                                 off):
+    """TinyBERT and MiniLM hook the layers of both Transformers: every term is logged and non-zero, their
+    projections never reach the exported student, and the run differs from the same run with the terms off."""
+    from workbench.jobs.queue import run_in_process
+    from workbench.train.loop import train
+
+    store = bert_teacher_run
+    path, _ = corpus
+    cfg = TrainConfig(kind="kd", dataset="text-csv", data_dir=str(path), teacher="bert", method=method,
+                      model=ModelConfig("transformer", depth=2, width=32), epochs=4, batch_size=16, lr=3e-3,
+                      profile=False)
+    run = run_in_process(store, cfg)
+    rows = run.metrics()
+    terms = [k for k in rows[0] if k.startswith("loss_") and k != "loss_ce"]
+    assert {"loss_attention"} <= set(terms) and all(abs(r[k]) > 1e-6 for r in rows for k in terms), rows
+    assert not any(k.startswith("projections") for k in run.load_model("best").state_dict())
+    off_run = train(cfg.with_params(**off), store=store)
+    real, other = run.load_model("best").state_dict(), off_run["_model"].state_dict()
+    assert max((real[k] - other[k]).abs().max().item() for k in real if real[k].is_floating_point()) > 1e-4
+
+
+def test_transformer_methods_refuse_models_without_layers(corpus, bert_teacher_run, store):
+    path, _ = corpus
+    with pytest.raises(ValueError, match="the student has none"):
+        check_setup(TrainConfig(kind="kd", dataset="text-csv", data_dir=str(path), teacher="bert", method="minilm",
+                                model=ModelConfig("bag", width=16), profile=False), bert_teacher_run)
+    with pytest.raises(ValueError, match="which image models have not"):
+        check_setup(TrainConfig(kind="kd", dataset="digits", teacher="digits-cnn", method="tinybert",
+                                profile=False), store)
+    assert "tinybert" in task_for("wordnet").method_names() and "tinybert" not in task_for("digits").method_names()
+    assert "at" not in task_for("wordnet").method_names()

@@ -146,3 +146,62 @@ def test_fused_objective_matches_the_reference_in_value_and_gradient(T, alpha):
     assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda z: fused_distillation_objective(z, torch.log_softmax(z_t / T, 1), y, T,
                                                                            alpha), (z_s.clone().requires_grad_(True),))
+
+
+# ---------------------------------------------------------------------------
+# Transformer layers (text): TinyBERT's hidden-state MSE, MiniLM's relation KL, on the tokens that are not padding
+
+def test_hidden_state_mse_hand_worked_with_a_projection_and_padding():
+    from workbench.core.losses import hidden_state_mse
+
+    s = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])  # (1, 3, 2); the last token is padding
+    t = torch.tensor([[[2.0, 0.0, 0.0], [6.0, 0.0, 1.0], [0.0, 0.0, 0.0]]])  # (1, 3, 3)
+    proj = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))  # W h = (2 h1, h2, 0)
+    # token 1: (2, 2, 0) - (2, 0, 0) -> 4; token 2: (6, 4, 0) - (6, 0, 1) -> 16 + 1; mean over 2 tokens × 3 dims
+    value = hidden_state_mse(s, t, torch.tensor([[1, 1, 0]]), proj)
+    assert value.item() == pytest.approx((4 + 17) / 6)
+    with pytest.raises(ValueError, match="must match the teacher's"):
+        hidden_state_mse(s, t, torch.ones(1, 3))
+
+
+def _relation_kl_by_loops(a_s, b_s, a_t, b_t, mask, heads):
+    """The definition, one head and one query at a time, with padding keys left out of each softmax."""
+    total, count = 0.0, 0
+    for b in range(a_s.shape[0]):
+        keep = [j for j in range(a_s.shape[1]) if mask[b, j]]
+        for h in range(heads):
+            def rel(a, bb):
+                d = a.shape[-1] // heads
+                x, y = a[b, :, h * d:(h + 1) * d], bb[b, :, h * d:(h + 1) * d]
+                return [torch.softmax(torch.stack([x[i] @ y[j] / math.sqrt(d) for j in keep]), 0) for i in keep]
+            for p_s, p_t in zip(rel(a_s, b_s), rel(a_t, b_t)):
+                total += float((p_t * (p_t.log() - p_s.log())).sum())
+                count += 1
+    return total / count
+
+
+def test_relation_kl_equals_its_definition_with_different_widths_and_padding():
+    from workbench.core.losses import relation_kl
+
+    torch.manual_seed(0)
+    q_s, k_s = torch.randn(2, 5, 4), torch.randn(2, 5, 4)  # the student: width 4
+    q_t, k_t = torch.randn(2, 5, 6), torch.randn(2, 5, 6)  # the teacher: width 6; both split into 2 heads
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    value = relation_kl(q_s, k_s, q_t, k_t, mask, 2).item()
+    assert value == pytest.approx(_relation_kl_by_loops(q_s, k_s, q_t, k_t, mask, 2), rel=1e-5)
+    assert value > 0 and relation_kl(q_t, k_t, q_t, k_t, mask, 2).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="does not split into 4 heads"):
+        relation_kl(q_s, k_s, q_t, k_t, mask, 4)
+
+
+def test_relation_kl_sends_no_gradient_to_padding_or_the_teacher():
+    from workbench.core.losses import relation_kl
+
+    torch.manual_seed(1)
+    v_s = torch.randn(1, 4, 4, requires_grad=True)
+    v_t = torch.randn(1, 4, 4, requires_grad=True)
+    relation_kl(v_s, v_s, v_t, v_t, torch.tensor([[1, 1, 0, 0]]), 2).backward()
+    assert torch.isfinite(v_s.grad).all() and v_s.grad[0, :2].abs().sum() > 0
+    assert v_s.grad[0, 2:].abs().sum() == 0 and v_t.grad is None

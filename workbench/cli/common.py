@@ -89,6 +89,12 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
         g = p.add_argument_group("distillation")
         g.add_argument("--teacher", default=None,
                        help="shipped teacher name, teacher run id or .safetensors file (default: the shipped one)")
+        g.add_argument("--student-from-teacher", action="store_true",
+                       help="text: the student is the hf: teacher itself with only the layers --keep-layers, "
+                            "initialised from the teacher's weights (DistilBERT-style); replaces --model")
+        g.add_argument("--keep-layers", default=None, metavar="I,J,...",
+                       help="with --student-from-teacher: the teacher's layers the student keeps, 0-based "
+                            "(default: every other one, 0,2,4 of 6)")
         if kind == "kd":
             from workbench.core.methods import DISTILLATION_METHODS, METHODS
 
@@ -200,7 +206,8 @@ def method_params_from_args(args, method: str | None = None) -> dict:
 FLAG_FIELDS = {
     "dataset": ("dataset",), "data_dir": ("data_dir",), "label_column": ("label_column",),
     "model": ("model", "depth", "width", "pretrained"), "teacher": ("teacher",), "image_size": ("image_size",),
-    "max_length": ("max_length",), "tokenizer": ("tokenizer",), "channels": ("channels",), "init": ("init",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
+    "max_length": ("max_length",), "tokenizer": ("tokenizer",),
+    "keep_layers": ("keep_layers", "student_from_teacher"), "channels": ("channels",), "init": ("init",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
     "rdzv_endpoint": ("rdzv_endpoint",), "rdzv_id": ("rdzv_id",), "track": ("track",), "epochs": ("epochs",),
     "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "optimizer": ("optimizer",),
     "labels": ("labels",), "augment": ("augment",), "seed": ("seed",), "device": ("device",),
@@ -288,11 +295,14 @@ def train_config(args, kind: str, seed: int, **over):
             raise ValueError(f"no shipped teacher for {dataset}; train one with `kdw teacher --dataset "
                              f"{dataset}` and pass its run id with --teacher")
     model = parse_model(args.model, args.depth, args.width, args.pretrained)
+    keep = None
+    if getattr(args, "student_from_teacher", False) or getattr(args, "keep_layers", None):
+        model, keep = student_cut_from(teacher, getattr(args, "keep_layers", None), args)
     fields = dict(
         kind=kind, dataset=dataset, data_dir=args.data_dir, teacher=teacher,
         label_column=getattr(args, "label_column", None), model=model,
         image_size=args.image_size, channels=args.channels, init=args.init, stream=args.stream,
-        max_length=getattr(args, "max_length", None), tokenizer=getattr(args, "tokenizer", None),
+        max_length=getattr(args, "max_length", None), tokenizer=getattr(args, "tokenizer", None), keep_layers=keep,
         nproc=args.nproc, nnodes=getattr(args, "nnodes", None), rdzv_endpoint=getattr(args, "rdzv_endpoint", None),
         rdzv_id=getattr(args, "rdzv_id", None),
         track=tuple(args.track) if args.track is not None else tuple(default_targets()),
@@ -322,12 +332,40 @@ def train_config(args, kind: str, seed: int, **over):
             merged["lr"] = defaults.lr
         if isinstance(merged.get("model"), dict):
             merged["model"] = ModelConfig.from_dict(merged["model"])
-        for key in ("track", "teacher_weights"):
+        for key in ("track", "teacher_weights", "keep_layers"):
             if isinstance(merged.get(key), list):
                 merged[key] = tuple(merged[key])
         fields = merged
     fields.update(over)
     return TrainConfig(**fields)
+
+
+def student_cut_from(teacher: str | None, keep_layers: str | None, args):
+    """(the student's ModelConfig, the kept layers) of --student-from-teacher [--keep-layers I,J,...]."""
+    from dataclasses import replace
+
+    from workbench.store.runs import RunStore
+    from workbench.train.teachers import teacher_model_config
+
+    if not getattr(args, "student_from_teacher", False):
+        raise ValueError("--keep-layers goes with --student-from-teacher")
+    if not teacher:
+        raise ValueError("--student-from-teacher needs a teacher: --teacher RUN")
+    config = teacher_model_config(teacher, RunStore(getattr(args, "runs_dir", None)))
+    if config.family != "hf":
+        raise ValueError(f"--student-from-teacher needs a Hugging Face teacher (hf:), not {config.label()}")
+    if keep_layers:
+        try:
+            keep = tuple(int(k) for k in str(keep_layers).split(",") if k.strip())
+        except ValueError:
+            raise ValueError(f"--keep-layers takes layer numbers separated by commas (0,2,4), got {keep_layers!r}") \
+                from None
+    else:
+        from workbench.models.text import resolve_hf
+
+        n = json.loads((resolve_hf(config.name) / "config.json").read_text()).get("num_hidden_layers", 2)
+        keep = tuple(range(0, int(config.depth or n), 2))
+    return replace(config, depth=len(keep), pretrained=False), keep
 
 
 def command_line() -> str:

@@ -52,6 +52,8 @@ class FeatureHooks:
         for name, (path, want_input) in self.targets.items():
             def hook(module, inputs, output, name=name, want_input=want_input):
                 value = inputs[0] if want_input else output
+                if isinstance(value, tuple):  # a layer that returns (hidden states, attentions, ...)
+                    value = value[0]
                 self._store[name] = value.flatten(1) if name == "embedding" and value.ndim > 2 else value
             self._handles.append(modules[path].register_forward_hook(hook))
         return self

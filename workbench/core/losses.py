@@ -13,6 +13,8 @@ the Keras example put their α on the cross-entropy instead.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -622,3 +624,89 @@ def crd_nce_loss(scores: torch.Tensor, n_data: int, eps: float = 1e-7) -> torch.
     log_d1 = torch.log(scores[:, 0] / (scores[:, 0] + m_pn + eps))
     log_d0 = torch.log(m_pn / (scores[:, 1:] + m_pn + eps))
     return -(log_d1.sum() + log_d0.sum()) / B
+
+
+# ---------------------------------------------------------------------------
+# Transformer layers (text): hidden states, attention distributions and value relations, over the tokens that
+# are not padding. `mask` is (B, L), 1 for a token and 0 for padding.
+
+def hidden_state_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor,
+                     projection: torch.nn.Module | None = None) -> torch.Tensor:
+    r"""TinyBERT's hidden-state loss: the mean squared error between the projected student hidden states and the
+    teacher's, over the tokens that are not padding.
+
+    .. math:: \mathcal{L}_{hidn} = \frac{1}{n\,d}\sum_{i:\ m_i = 1} \| W_h\,h^S_i - h^T_i \|_2^2
+
+    with n the number of tokens, d the teacher's width, and W_h a learnable projection (a linear layer from the
+    student's width to the teacher's; identity when None), trained with the student and dropped from the exported
+    student.
+
+    Paper: X. Jiao, Y. Yin, L. Shang, X. Jiang, X. Chen, L. Li, F. Wang, Q. Liu. "TinyBERT: Distilling BERT for
+    Natural Language Understanding." Findings of EMNLP 2020. arXiv:1909.10351 (eq. 8).
+
+    >>> s, t = torch.ones(1, 3, 2), torch.zeros(1, 3, 2)
+    >>> hidden_state_mse(s, t, torch.tensor([[1, 1, 0]])).item()  # the padded token does not count
+    1.0
+    """
+    _check_batch(student_hidden, teacher_hidden)
+    s = projection(student_hidden) if projection is not None else student_hidden
+    t = teacher_hidden.detach()
+    if s.shape != t.shape:
+        raise ValueError(f"after the projection the student hidden states {tuple(s.shape)} must match the "
+                         f"teacher's {tuple(t.shape)}")
+    m = mask[:, :s.shape[1]].to(s.dtype).unsqueeze(-1)  # (B, L, 1)
+    return ((s - t).pow(2) * m).sum() / (m.sum().clamp_min(1.0) * s.shape[-1])
+
+
+def relation_distributions(a: torch.Tensor, b: torch.Tensor, heads: int, mask: torch.Tensor) -> torch.Tensor:
+    r"""Per-head log distributions log softmax(A_h B_hᵀ / √d_h) over the tokens that are not padding, (B, H, L, L).
+
+    With a, b the queries and keys this is log self-attention; with the values twice, MiniLM's value relation.
+    The width splits into `heads` heads of d_h = d / heads.
+
+    >>> a = torch.zeros(1, 2, 4)
+    >>> relation_distributions(a, a, 2, torch.tensor([[1, 1]])).exp()[0, 0, 0].tolist()
+    [0.5, 0.5]
+    """
+    B, L, D = a.shape
+    if D % heads:
+        raise ValueError(f"a width of {D} does not split into {heads} heads")
+    d = D // heads
+    ah = a.reshape(B, L, heads, d).transpose(1, 2)  # (B, H, L, d)
+    bh = b.reshape(B, L, heads, d).transpose(1, 2)
+    scores = ah.float() @ bh.float().transpose(-1, -2) / math.sqrt(d)  # (B, H, L, L)
+    keys = mask[:, :L].bool()[:, None, None, :]  # padding is never attended to
+    return torch.log_softmax(scores.masked_fill(~keys, float("-inf")), dim=-1)
+
+
+def relation_kl(student_a: torch.Tensor, student_b: torch.Tensor, teacher_a: torch.Tensor, teacher_b: torch.Tensor,
+                mask: torch.Tensor, heads: int) -> torch.Tensor:
+    r"""KL(teacher ‖ student) between relation distributions, summed over the keys and averaged over the heads and
+    the tokens that are not padding.
+
+    .. math::
+        R = \mathrm{softmax}\Big(\frac{A B^\top}{\sqrt{d_h}}\Big),\quad
+        \mathcal{L} = \frac{1}{H\,n}\sum_{h}\sum_{i:\ m_i = 1}\mathrm{KL}\big(R^T_{h,i}\,\|\,R^S_{h,i}\big)
+
+    Both models' widths split into the same `heads` relation heads, so their widths and head counts may differ
+    (MiniLMv2's relation heads). With (A, B) = (Q, K) this is the attention-distribution transfer of MiniLM (and
+    the KL form of TinyBERT's attention loss, which the paper writes as an MSE of the scores); with (V, V) it is
+    MiniLM's value-relation transfer.
+
+    Papers: W. Wang, F. Wei, L. Dong, H. Bao, N. Yang, M. Zhou. "MiniLM: Deep Self-Attention Distillation for
+    Task-Agnostic Compression of Pre-Trained Transformers." NeurIPS 2020. arXiv:2002.10957 (eqs. 5-7);
+    W. Wang, H. Bao, S. Huang, L. Dong, F. Wei. "MiniLMv2: Multi-Head Self-Attention Relation Distillation for
+    Compressing Pretrained Transformers." Findings of ACL 2021. arXiv:2012.15828.
+
+    >>> q = torch.randn(2, 5, 8)
+    >>> m = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    >>> relation_kl(q, q, q, q, m, 2).item()  # the same relations: no loss
+    0.0
+    """
+    _check_batch(student_a, teacher_a)
+    log_s = relation_distributions(student_a, student_b, heads, mask)
+    log_t = relation_distributions(teacher_a.detach(), teacher_b.detach(), heads, mask)
+    keys = mask[:, :log_s.shape[-1]].bool()[:, None, None, :]
+    kl = torch.where(keys, log_t.exp() * (log_t - log_s), 0.0).sum(-1)  # (B, H, L); padding keys: 0·log 0 = 0
+    queries = mask[:, :kl.shape[-1]].to(kl.dtype)[:, None, :]  # (B, 1, L)
+    return (kl * queries).sum() / (queries.sum().clamp_min(1.0) * heads)

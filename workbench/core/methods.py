@@ -82,6 +82,7 @@ class Method(nn.Module):
     distils = True  # False: the label-only objective of teacher and scratch runs (ce)
     learns_from_unlabelled = True  # sees every training sample (the teacher's signal where labels are hidden)
     needs_feature_maps = False  # True: only for tasks whose models have spatial feature maps (images)
+    needs_transformer_layers = False  # True: only for tasks whose models are Transformers (text)
     note = ""  # one line a front end shows beside the objective (what a knob means, a convention)
     SYMBOLS = {"temperature": "T", "alpha": "α", "beta": "β", "gamma": "γ"}  # short names in labels
 
@@ -578,8 +579,145 @@ class DML(Method):
                 f"{int(self.p['peers'])} peers, T = {self.p['temperature']:g}")
 
 
+# ---------------------------------------------------------------------------
+# Transformer layers (text): the models expose `transformer_layers()` (per layer, the module paths of its output
+# and its query, key and value projections) and `attention_heads` (workbench.models.text)
+
+def _transformer_parts(model: nn.Module | None, who: str, method: str) -> tuple[list[dict], int]:
+    if model is None or not hasattr(model, "transformer_layers"):
+        raise ValueError(f"{method} matches Transformer layers, and the {who} has none; use an hf: model or the "
+                         "transformer family on both sides, or a logit method such as kd")
+    return model.transformer_layers(), int(model.attention_heads)
+
+
+def _relation_heads(s_width: int, s_heads: int, t_heads: int) -> int:
+    """The relation heads both models split into: the teacher's where the student's width allows it."""
+    return t_heads if s_width % t_heads == 0 else math.gcd(s_heads, t_heads)
+
+
+class _TransformerMethod(Method):
+    """Matches layers of a Transformer student to layers of a Transformer teacher, on the tokens that are not
+    padding (the mask comes from the batch's ids and the student's pad id)."""
+
+    teacher_input = "features"
+    needs_transformer_layers = True
+
+    def _setup_parts(self, student, teacher):
+        self.s_layers, self.s_heads = _transformer_parts(student, "student", self.name)
+        self.t_layers, self.t_heads = _transformer_parts(teacher, "teacher", self.name)
+        self.pad_id = int(getattr(student, "pad_id", 0))
+
+    def mask(self, ctx: StepContext, length: int) -> torch.Tensor:
+        return (ctx.inputs[:, :length] != self.pad_id).long()  # (B, L): the batch as the models cut it
+
+
+class TinyBERT(_TransformerMethod):
+    name = "tinybert"
+    title = "TinyBERT"
+    citation = ("Jiao et al. TinyBERT: Distilling BERT for Natural Language Understanding. Findings of EMNLP 2020 "
+                "(arXiv:1909.10351).")
+    description = ("match each student layer's hidden states (through a learned projection) and attention "
+                   "distributions to its teacher layer, and the softened logits")
+    defaults = {"temperature": 1.0, "alpha": 0.5, "beta": 1.0, "gamma": 1.0}
+    help = {"temperature": "T of the logit term (TinyBERT: 1)", "alpha": "weight of the logit KD term in [0, 1]",
+            "beta": "weight of the hidden-state MSE", "gamma": "weight of the attention KL"}
+    temperature_key = "temperature"
+    primary = ("temperature", "beta", "gamma")
+    note = ("Student layer m (of M) learns from teacher layer m·N/M (of N), TinyBERT's uniform mapping; the attention "
+            "term is a KL of distributions (the paper's MSE of scores, in the form MiniLM uses).")
+
+    def check(self):
+        losses.check_temperature(self.p["temperature"])
+        losses.check_alpha(self.p["alpha"])
+        for k in ("beta", "gamma"):
+            if self.p[k] < 0:
+                raise ValueError(f"tinybert: {k} must be >= 0, got {self.p[k]:g}")
+
+    def setup(self, student, teacher, input_shape, num_classes, n_train):
+        self._setup_parts(student, teacher)
+        M, N = len(self.s_layers), len(self.t_layers)
+        self.pairs = [(m, (m + 1) * N // M - 1) for m in range(M)] if M <= N else [(m, m * N // M) for m in range(M)]
+        s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
+        adapters = []
+        for m, n in self.pairs:
+            d_s, d_t = s_mods[self.s_layers[m]["query"]].in_features, t_mods[self.t_layers[n]["query"]].in_features
+            proj = nn.Linear(d_s, d_t)
+            if d_s == d_t:  # a student cut from its teacher starts aligned
+                nn.init.eye_(proj.weight)
+                nn.init.zeros_(proj.bias)
+            adapters.append(proj)
+        self.projections = nn.ModuleList(adapters)
+        self.heads = [_relation_heads(s_mods[self.s_layers[m]["query"]].out_features, self.s_heads, self.t_heads)
+                      for m, _ in self.pairs]
+        need = ("hidden", "query", "key")
+        self.student_features = tuple(self.s_layers[m][r] for m, _ in self.pairs for r in need)
+        self.teacher_features = tuple(self.t_layers[n][r] for _, n in self.pairs for r in need)
+
+    def teacher_target(self, teacher_logits):
+        return torch.log_softmax(teacher_logits.float() / self.p["temperature"], 1)
+
+    def terms(self, ctx):
+        T, a = self.p["temperature"], self.p["alpha"]
+        hidden = attention = 0.0
+        for (m, n), proj, heads in zip(self.pairs, self.projections, self.heads):
+            s, t = self.s_layers[m], self.t_layers[n]
+            hs, ht = ctx.s_feats[s["hidden"]].float(), ctx.t_feats[t["hidden"]].float()
+            mask = self.mask(ctx, hs.shape[1])
+            hidden = hidden + losses.hidden_state_mse(hs, ht, mask, proj)
+            attention = attention + losses.relation_kl(ctx.s_feats[s["query"]].float(), ctx.s_feats[s["key"]].float(),
+                                                       ctx.t_feats[t["query"]].float(), ctx.t_feats[t["key"]].float(),
+                                                       mask, heads)
+        return {"ce": (1.0 - a) * self.ce(ctx), "kd": a * losses.soft_kl(ctx.s_logits, ctx.t_target, T),
+                "hidden": self.p["beta"] * hidden, "attention": self.p["gamma"] * attention}
+
+    def objective_text(self):
+        T, a = f"{self.p['temperature']:g}", f"{self.p['alpha']:g}"
+        return (f"L = (1 − {a})·CE + {a}·{T}²·KL(p_t ‖ p_s) + {self.p['beta']:g}·Σ_m MSE(W_m h_s^m, h_t^g(m)) "
+                f"+ {self.p['gamma']:g}·Σ_m KL(A_t^g(m) ‖ A_s^m)")
+
+
+class MiniLM(_TransformerMethod):
+    name = "minilm"
+    title = "MiniLM"
+    citation = ("Wang et al. MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained "
+                "Transformers. NeurIPS 2020 (arXiv:2002.10957).")
+    description = ("match the last layer's self-attention distributions and value relations (softmax(VVᵀ/√d)) of "
+                   "the teacher")
+    defaults = {"ce_weight": 1.0, "beta": 1.0}
+    help = {"beta": "weight of the attention and value-relation KL terms", "ce_weight": "weight of CE on labels"}
+    primary = ("beta",)
+    note = ("Only the last layers are matched, so the student's depth and width are free; both split into the "
+            "teacher's heads where the student's width allows it (MiniLMv2's relation heads).")
+
+    def check(self):
+        if self.p["beta"] < 0:
+            raise ValueError(f"minilm: beta must be >= 0, got {self.p['beta']:g}")
+
+    def setup(self, student, teacher, input_shape, num_classes, n_train):
+        self._setup_parts(student, teacher)
+        s, t = self.s_layers[-1], self.t_layers[-1]
+        width = dict(student.named_modules())[s["query"]].out_features
+        self.heads = _relation_heads(width, self.s_heads, self.t_heads)
+        self.student_features = tuple(s[r] for r in ("query", "key", "value"))
+        self.teacher_features = tuple(t[r] for r in ("query", "key", "value"))
+
+    def terms(self, ctx):
+        s, t = self.s_layers[-1], self.t_layers[-1]
+        q_s, k_s, v_s = (ctx.s_feats[s[r]].float() for r in ("query", "key", "value"))
+        q_t, k_t, v_t = (ctx.t_feats[t[r]].float() for r in ("query", "key", "value"))
+        mask = self.mask(ctx, q_s.shape[1])
+        return {"ce": self.ce(ctx),
+                "attention": self.p["beta"] * losses.relation_kl(q_s, k_s, q_t, k_t, mask, self.heads),
+                "value": self.p["beta"] * losses.relation_kl(v_s, v_s, v_t, v_t, mask, self.heads)}
+
+    def objective_text(self):
+        b = f"{self.p['beta']:g}"
+        return (f"L = {_ce(self.p)} + {b}·KL(softmax(Q_tK_tᵀ/√d) ‖ softmax(Q_sK_sᵀ/√d)) + "
+                f"{b}·KL(softmax(V_tV_tᵀ/√d) ‖ softmax(V_sV_sᵀ/√d)), last layers")
+
+
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CE, KD, LSKD, DKD, DIST, FitNet, AT, PKT, RKD, SP, CRD,
-                                                        DML)}
+                                                        DML, TinyBERT, MiniLM)}
 DISTILLATION_METHODS = tuple(n for n, m in METHODS.items() if m.distils)  # what a kd run may use
 DEFAULT_METHODS = {"teacher": "ce", "scratch": "ce", "kd": "kd"}  # a run's method when its config names none
 

@@ -148,35 +148,74 @@ def _heads(width: int) -> int:
     return next(h for h in (8, 4, 2, 1) if width % h == 0 and (width // h >= 16 or h == 1))
 
 
+class EncoderLayer(nn.Module):
+    """A pre-norm Transformer encoder layer (Vaswani et al., 2017) with its query, key and value projections as
+    modules of their own, so that the attention methods (TinyBERT, MiniLM) can hook them."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.1):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+        self.out = nn.Linear(width, width)
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, L, D), (B, L) -> (B, L, D)
+        B, L, D = h.shape
+        x = self.norm1(h)
+
+        def split(t):
+            return t.reshape(B, L, self.heads, D // self.heads).transpose(1, 2)  # (B, H, L, d)
+
+        keep = mask.bool()[:, None, None, :]  # (B, 1, 1, L): padding is never attended to
+        a = nn.functional.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
+                                                       attn_mask=keep, dropout_p=self.drop.p if self.training else 0.0)
+        h = h + self.drop(self.out(a.transpose(1, 2).reshape(B, L, D)))
+        return h + self.drop(self.ff(self.norm2(h)))
+
+
 class TinyTransformer(TextModel):
-    """A pre-norm Transformer encoder (Vaswani et al., 2017), as small as depth × width asks."""
+    """A small Transformer encoder: token and learned position embeddings, depth pre-norm layers, mean-pooled."""
 
     def __init__(self, vocab_size, pad_id, num_classes, depth=2, width=128, max_positions=512):
         super().__init__(vocab_size, pad_id)
         self.embed = nn.Embedding(vocab_size, width, padding_idx=pad_id)
         self.pos = nn.Embedding(max_positions, width)
-        layer = nn.TransformerEncoderLayer(width, _heads(width), 4 * width, dropout=0.1, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.heads = _heads(width)
+        self.layers = nn.ModuleList(EncoderLayer(width, self.heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.fc = nn.Linear(width, num_classes)
 
     def encode(self, ids, mask):
         pos = torch.arange(ids.shape[1], device=ids.device)
         h = self.embed(ids) + self.pos(pos)[None]
-        h = self.encoder(h, src_key_padding_mask=mask == 0)
+        for layer in self.layers:
+            h = layer(h, mask)
         return self.fc(_masked_mean(self.norm(h), mask))
+
+    def transformer_layers(self) -> list[dict[str, str]]:
+        return [{"hidden": f"layers.{i}", "query": f"layers.{i}.query", "key": f"layers.{i}.key",
+                 "value": f"layers.{i}.value"} for i in range(len(self.layers))]
+
+    @property
+    def attention_heads(self) -> int:
+        return self.heads
 
 
 class HFClassifier(TextModel):
     """A Hugging Face encoder (``AutoModelForSequenceClassification``) with a head for `num_classes`."""
 
-    def __init__(self, folder: Path, num_classes: int, pretrained: bool):
+    def __init__(self, folder: Path, num_classes: int, pretrained: bool, layers: int | None = None):
         transformers = require_transformers()
         try:
             cfg = transformers.AutoConfig.from_pretrained(str(folder), num_labels=num_classes, local_files_only=True)
         except Exception as e:
             raise ModelError(f"hf:{folder} has no config transformers can read ({type(e).__name__})") from None
+        if layers is not None:  # a shallower copy of the architecture (a student made from its teacher)
+            if layers > cfg.num_hidden_layers:
+                raise ModelError(f"hf:{folder} has {cfg.num_hidden_layers} layers, not {layers}")
+            cfg.num_hidden_layers = int(layers)
         pad = cfg.pad_token_id if getattr(cfg, "pad_token_id", None) is not None else 0
         super().__init__(cfg.vocab_size, pad)
         if pretrained:
@@ -199,6 +238,29 @@ class HFClassifier(TextModel):
     def encode(self, ids, mask):
         return self.hf(input_ids=ids, attention_mask=mask).logits
 
+    def transformer_layers(self) -> list[dict[str, str]]:
+        """Per layer, the module paths of its output (the hidden states) and of its query, key and value
+        projections (BERT's query/key/value, DistilBERT's q_lin/k_lin/v_lin, and the q_proj style)."""
+        layers = encoder_layers(self)
+        base = next(n for n, m in self.named_modules() if m is layers)
+        names = {"query": ("query", "q_lin", "q_proj", "q"), "key": ("key", "k_lin", "k_proj", "k"),
+                 "value": ("value", "v_lin", "v_proj", "v")}
+        out = []
+        for i, layer in enumerate(layers):
+            paths = {"hidden": f"{base}.{i}"}
+            for role, candidates in names.items():
+                found = [n for n, m in layer.named_modules() if n.rsplit(".", 1)[-1] in candidates
+                         and isinstance(m, nn.Linear)]
+                if not found:
+                    raise ModelError(f"layer {i} of {type(self.hf).__name__} has no {role} projection to hook")
+                paths[role] = f"{base}.{i}.{found[0]}"
+            out.append(paths)
+        return out
+
+    @property
+    def attention_heads(self) -> int:
+        return int(self.hf.config.num_attention_heads)
+
 
 def build_text_model(config, input_shape, num_classes: int, vocab: dict | None) -> nn.Module:
     """The text model that `config` (a ModelConfig) describes, for ids of length input_shape[0]."""
@@ -206,7 +268,7 @@ def build_text_model(config, input_shape, num_classes: int, vocab: dict | None) 
         raise ModelError(f"a {config.family} model takes token ids: input_shape must be (length,), got "
                          f"{tuple(input_shape)}")
     if config.family == "hf":
-        model = HFClassifier(resolve_hf(config.name), num_classes, config.pretrained)
+        model = HFClassifier(resolve_hf(config.name), num_classes, config.pretrained, config.depth)
         if input_shape[0] > model.max_positions:
             raise ModelError(f"{config.label()} reads at most {model.max_positions} tokens; lower --max-length "
                              f"(now {input_shape[0]})")
@@ -227,6 +289,47 @@ def build_text_model(config, input_shape, num_classes: int, vocab: dict | None) 
     return TinyTransformer(v, pad, num_classes, d, w, max_positions=max(512, int(input_shape[0])))
 
 
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The Transformer layers of a Hugging Face encoder: the ModuleList as long as its config's layer count."""
+    hf = getattr(model, "hf", model)
+    n = getattr(getattr(hf, "config", None), "num_hidden_layers", None)
+    for module in hf.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ModelError(f"{type(hf).__name__} has no list of {n} Transformer layers to keep")
+
+
+def student_from_teacher(teacher: nn.Module, keep: tuple[int, ...]) -> nn.Module:
+    """A DistilBERT-style student (Sanh et al., 2019): the teacher with only the layers `keep` (0-based), every
+    weight initialised from the teacher's own (embeddings, the kept layers in order, pooler and head)."""
+    import copy
+
+    from workbench.models.zoo import replace_config
+
+    if not isinstance(teacher, HFClassifier):
+        raise ModelError("--student-from-teacher needs a Hugging Face teacher (an hf: model or a teacher run of one)")
+    layers = encoder_layers(teacher)
+    keep = tuple(int(k) for k in keep)
+    bad = [k for k in keep if not 0 <= k < len(layers)]
+    if bad:
+        raise ModelError(f"--keep-layers names layer {bad[0]}, but the teacher has {len(layers)} layers "
+                         f"(0 to {len(layers) - 1})")
+    if not keep or len(set(keep)) != len(keep):
+        raise ModelError(f"--keep-layers must name distinct layers of the teacher, got {','.join(map(str, keep))}")
+    student = copy.deepcopy(teacher)
+    kept = encoder_layers(student)
+    new = nn.ModuleList([kept[k] for k in keep])
+    for name, module in student.hf.named_modules():  # swap the list in place, wherever the architecture keeps it
+        for child_name, child in module.named_children():
+            if child is kept:
+                setattr(module, child_name, new)
+    student.hf.config.num_hidden_layers = len(keep)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    replace_config(student, depth=len(keep), pretrained=False)
+    return student.train()
+
+
 def tokenizer_folder(config) -> Path | None:
     """The tokenizer that comes with a model config (an hf: folder's), or None for students built here."""
     return resolve_hf(config.name) if config.family == "hf" else None
@@ -242,4 +345,4 @@ def sample_ids(model: nn.Module, shape, batch: int, device=None) -> torch.Tensor
 
 
 __all__ = ["TEXT_FAMILIES", "HFClassifier", "build_text_model", "default_tokenizer", "load_tokenizer",
-           "resolve_hf", "sample_ids", "tokenizer_folder"]
+           "resolve_hf", "sample_ids", "student_from_teacher", "tokenizer_folder"]

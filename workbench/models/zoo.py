@@ -100,7 +100,12 @@ class ModelConfig:
             if not self.name or not isinstance(self.name, str) or not self.name.strip():
                 raise ModelError(f"a {self.family} model needs a name (e.g. {self.family}:"
                                  f"{'resnet50' if self.family != 'factory' else 'my_models.py:make_model'})")
-            if self.depth is not None or self.width is not None:
+            if self.family == "hf" and self.depth is not None and self.width is None:  # its first depth layers
+                depth = _whole(self.depth, "depth")
+                if not 1 <= depth <= 1000:
+                    raise ModelError(f"depth must be between 1 and 1000, got {self.depth}")
+                object.__setattr__(self, "depth", depth)
+            elif self.depth is not None or self.width is not None:
                 raise ModelError(f"{self.family}:{self.name} has no depth or width knob; pick another model instead")
             if self.pretrained and self.family == "factory":
                 raise ModelError("pretrained weights come from torchvision or timm; for your own model, "
@@ -144,7 +149,8 @@ class ModelConfig:
     def label(self) -> str:
         """A short human name, e.g. ``cnn(d=1, w=16)`` or ``torchvision:resnet50``."""
         if self.family in EXTERNAL:
-            return self.name if self.family == "factory" else f"{self.family}:{self.name}"
+            label = self.name if self.family == "factory" else f"{self.family}:{self.name}"
+            return f"{label}(d={self.depth})" if self.depth is not None else label
         knobs = []
         if self.resolved_depth is not None:
             knobs.append(f"d={self.resolved_depth}")
@@ -575,6 +581,11 @@ def _size_hint(model: nn.Module, channels: int) -> str:
     finally:
         model.train(was_training)
     return ""
+
+
+def replace_config(model: nn.Module, **changes) -> None:
+    """Record on `model` that it is now another config (a student cut from its teacher, say)."""
+    model.kdw_config = replace(model.kdw_config, **changes)
 
 
 def sample_input(model: nn.Module, input_shape, batch: int = 1, random: bool = False) -> torch.Tensor:

@@ -29,6 +29,7 @@ class Task:
     augmentations: tuple[str, ...] = ("none",)  # batch augmentations that make sense for these samples
     families: tuple[str, ...] | None = None  # zoo families that take these samples (None: any)
     feature_maps = True  # its models have spatial feature maps (what attention transfer matches)
+    transformer_layers = False  # its models may be Transformers (what TinyBERT and MiniLM match)
 
     # -- data ---------------------------------------------------------------------------------------------
     def load(self, name: str, data_dir=None, *, size: int | None = None, stream: bool | None = None,
@@ -43,6 +44,11 @@ class Task:
     def build_student(self, model_config, shape: tuple[int, ...], dataset: Dataset) -> nn.Module:
         """The student that `model_config` (a ModelConfig) describes, for samples of `shape` of this data set."""
         return build_model(model_config, shape, dataset.num_classes)
+
+    def student_from_teacher(self, teacher_model: nn.Module, keep_layers: tuple[int, ...]) -> nn.Module:
+        """A student cut from its teacher: the teacher's architecture with only some of its layers."""
+        raise ModelError(f"a student cut from its teacher (--student-from-teacher) is for Hugging Face text models, "
+                         f"not {self.title.lower()} models")
 
     def prepare_student(self, student: nn.Module, dataset: Dataset, shape: tuple[int, ...]) -> None:
         """Whatever a student needs to know of the data before it trains (nothing, by default)."""
@@ -72,9 +78,25 @@ class Task:
     def check_method(self, method) -> None:
         """ValueError unless `method` (a core.methods.Method) works on this task's models: logit and embedding
         methods work on any task; a method that needs spatial feature maps needs a task whose models have them."""
+        if method.needs_transformer_layers and not self.transformer_layers:
+            raise ValueError(f"{method.name} ({method.title}) matches Transformer layers, which "
+                             f"{self.title.lower()} models have not; use a logit method such as kd")
         if method.needs_feature_maps and not self.feature_maps:
             raise ValueError(f"{method.name} ({method.title}) matches spatial feature maps, and "
                              f"{self.title.lower()} models have none; use a logit method such as kd")
+
+    def method_names(self) -> list[str]:
+        """The distillation methods that work on this task's models (what a front end offers)."""
+        from workbench.core.methods import DISTILLATION_METHODS, build_method
+
+        out = []
+        for name in DISTILLATION_METHODS:
+            try:
+                self.check_method(build_method(name))
+            except ValueError:
+                continue
+            out.append(name)
+        return out
 
     def probe(self, model: nn.Module, shape: tuple[int, ...]) -> None:
         """ModelError in one sentence unless `model` takes one sample of `shape` and returns (1, K) logits."""

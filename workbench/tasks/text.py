@@ -21,6 +21,7 @@ class TextClassification(Task):
     datasets = TEXT_DATASETS
     sample_kind = "text"
     feature_maps = False  # a text model's hidden states are sequences of vectors, not spatial maps
+    transformer_layers = True  # hf: encoders and the transformer family expose their layers
     augmentations = ("none",)
     families = (*TEXT_FAMILIES, "factory")
 
@@ -59,6 +60,11 @@ class TextClassification(Task):
 
     def build_student(self, model_config, shape, dataset):
         return build_model(model_config, shape, dataset.num_classes, dataset.vocab)
+
+    def student_from_teacher(self, teacher_model, keep_layers):
+        from workbench.models.text import student_from_teacher
+
+        return student_from_teacher(teacher_model, keep_layers)
 
     def check_teacher(self, teacher_model, dataset, trained_on, here) -> None:
         if trained_on is not None and trained_on != here:

@@ -92,6 +92,7 @@ class TrainConfig:
     channels: int | None = None  # the student's input channels, 1 or 3 (None: the data set's; grey ↔ colour converts)
     max_length: int | None = None  # text: tokens per sample, longer ones truncated (None: 64)
     tokenizer: str | None = None  # text: a tokenizer folder (None: the teacher's, an hf: model's, else MiniLM's)
+    keep_layers: tuple | None = None  # a student cut from its hf: teacher: the teacher's layers it keeps (0-based)
     init: str | None = None  # weights to start the student from: .safetensors or a .pth/.pt state dict
     stream: bool | None = None  # image folders / CSV: stream from the disk cache (None: when they exceed the budget)
     nproc: int = 1  # data-parallel processes (torch.distributed.run): gloo on the CPU, NCCL on GPUs
@@ -150,6 +151,14 @@ class TrainConfig:
         if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
                                             or not 1 <= self.max_length <= 4096):
             raise ValueError(f"max_length must be a whole number of tokens between 1 and 4096, got {self.max_length}")
+        if self.keep_layers is not None:
+            keep = tuple(self.keep_layers)
+            if not keep or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in keep) \
+                    or len(set(keep)) != len(keep):
+                raise ValueError(f"keep_layers must name distinct layers of the teacher (0, 2, 4), got {self.keep_layers}")
+            if not self.teacher:
+                raise ValueError("a student cut from its teacher (keep_layers) needs a teacher")
+            object.__setattr__(self, "keep_layers", keep)
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {self.channels}")
         if self.init is not None and not str(self.init).strip():
@@ -189,6 +198,7 @@ class TrainConfig:
         d["model"] = self.model.to_dict()
         d["teacher_weights"] = list(self.teacher_weights) if self.teacher_weights is not None else None
         d["track"] = list(self.track)
+        d["keep_layers"] = list(self.keep_layers) if self.keep_layers is not None else None
         return d
 
     def record(self, command: str = "") -> dict:
@@ -383,7 +393,13 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
 
     torch.manual_seed(config.seed)  # the same init for a scratch student and its distilled twin
     shape = task.student_shape(dataset, config)
-    if student is None:
+    if student is None and config.keep_layers is not None:  # DistilBERT-style: the teacher, fewer layers
+        student = task.student_from_teacher(teacher.model, config.keep_layers)
+        if student.kdw_config != replace(config.model, pretrained=False):
+            raise ValueError(f"the config's student is {config.model.label()}, but the teacher cut to layers "
+                             f"{','.join(map(str, config.keep_layers))} is {student.kdw_config.label()}")
+        student.kdw_input_shape, student.kdw_vocab = shape, dataset.vocab
+    elif student is None:
         task.check_family(config.model.family)
         student = task.build_student(config.model, shape, dataset)
     else:  # a module of the user's: it sees the data at the config's size and channels
