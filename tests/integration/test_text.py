@@ -251,3 +251,38 @@ def test_transformer_methods_refuse_models_without_layers(corpus, bert_teacher_r
                                 profile=False), store)
     assert "tinybert" in task_for("wordnet").method_names() and "tinybert" not in task_for("digits").method_names()
     assert "at" not in task_for("wordnet").method_names()
+
+
+def test_a_text_student_exports_to_onnx_with_ids_and_mask_dynamic_in_batch_and_length(corpus, bert_teacher_run):
+    """ONNX fp32 and dynamic int8 of a Transformer student and of the hf: teacher: the graph takes input_ids and
+    attention_mask, agrees with PyTorch on the test set, and reads other batch sizes and lengths."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from workbench.deploy.export import ExportOptions, export_run
+    from workbench.jobs.queue import run_in_process
+
+    store = bert_teacher_run
+    path, _ = corpus
+    run = run_in_process(store, TrainConfig(kind="kd", dataset="text-csv", data_dir=str(path), teacher="bert",
+                                            model=ModelConfig("transformer", depth=1, width=32), epochs=3,
+                                            batch_size=16, lr=3e-3, profile=False))
+    for r in (run, store.get("bert")):
+        results = {m["variant"]: m for m in export_run(r, store, ExportOptions(int8=True))}
+        assert set(results) == {"onnx-fp32", "onnx-int8"}
+        assert results["onnx-fp32"]["check"]["top1_agreement"] == 1.0
+        assert results["onnx-fp32"]["check"]["max_abs_logit_diff"] < 1e-3
+        assert results["onnx-int8"]["quantization"].startswith("dynamic int8")
+        assert results["onnx-int8"]["check"]["top1_agreement"] >= 0.9
+        assert results["onnx-int8"]["profile"]["latency_ms"] > 0
+    session = ort.InferenceSession(str(run.variants_path / "onnx-fp32" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    model = run.load_model("best").eval()
+    ids = model.kdw_vocab and load_text("text-csv", path, tokenizer_path=model.kdw_vocab["tokenizer"],
+                                        max_length=12).x_test[:3]  # another batch size and length
+    mask = (ids != model.pad_id).long()
+    (onnx_logits,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():
+        assert np.allclose(onnx_logits, model(ids).numpy(), atol=1e-4)
+    with pytest.raises(Exception, match="pruning is for image and table models"):
+        export_run(run, store, ExportOptions(prune=0.5))

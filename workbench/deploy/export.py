@@ -53,7 +53,7 @@ from workbench.evaluate.metrics import (
 )
 from workbench.io import atomic_write_json
 from workbench.jobs.spawn import spawn
-from workbench.models.zoo import count_params
+from workbench.models.zoo import count_params, sample_input
 from workbench.store.runs import Run, RunStore
 from workbench.tasks import task_for
 from workbench.train.loop import TrainConfig, train
@@ -145,21 +145,24 @@ def export_args(options: ExportOptions) -> list[str]:
 # ---------------------------------------------------------------------------
 # export, quantization, pruning
 
-def export_onnx(model: nn.Module, input_shape, folder: Path) -> Path:
-    """`model` as folder/model.onnx with a dynamic batch axis: one file, so that ONNX Runtime's pre-processing can
-    read it, unless the weights are too large for one protobuf (then model.onnx.data beside it)."""
+def export_onnx(model: nn.Module, input_shape, folder: Path, task=None) -> Path:
+    """`model` as folder/model.onnx with a dynamic batch axis (and length, for text; the task decides its inputs):
+    one file, so that ONNX Runtime's pre-processing can read it, unless the weights are too large for one protobuf
+    (then model.onnx.data beside it)."""
+    from workbench.tasks.base import Task
+
     require("onnx")
     require("onnxscript")
+    task = task or Task()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     model = copy.deepcopy(model).float().cpu().eval()
-    x = torch.zeros(2, *input_shape)
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    example = task.export_inputs(model, sample_input(model, input_shape, 2))
     weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     try:
-        torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
-                          external_data=weight_bytes > SINGLE_FILE_LIMIT,
-                          input_names=["input"], output_names=["logits"], verbose=False)
+        torch.onnx.export(task.export_module(model), example, str(path), dynamo=True,
+                          dynamic_shapes=task.export_dynamic_shapes(), external_data=weight_bytes > SINGLE_FILE_LIMIT,
+                          input_names=list(task.export_input_names), output_names=["logits"], verbose=False)
     except Exception as e:  # the exporter's reports are long; say which operator, in one line
         text = str(e)
         op = re.search(r"op='([^']+)'", text) or re.search(r"target=torch\.ops\.([\w.]+)", text)
@@ -178,10 +181,16 @@ def _session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def ort_logits(session, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """(N, K) float32 logits of an ONNX Runtime session on all of `x`."""
-    name = session.get_inputs()[0].name
-    out = [session.run(None, {name: x[i:i + batch_size].numpy()})[0] for i in range(0, len(x), batch_size)]
+def ort_feed(session, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    """The session's inputs, by name, in the order the task made them."""
+    return {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+
+
+def ort_logits(session, x: torch.Tensor, batch_size: int = 256, inputs=None) -> torch.Tensor:
+    """(N, K) float32 logits of an ONNX Runtime session on all of `x` (`inputs(batch)` makes the graph's inputs of a
+    batch of samples; default: the batch itself)."""
+    inputs = inputs or (lambda b: (b,))
+    out = [session.run(None, ort_feed(session, inputs(x[i:i + batch_size])))[0] for i in range(0, len(x), batch_size)]
     return torch.from_numpy(np.concatenate(out)).float()
 
 
@@ -346,21 +355,22 @@ def calibration_images(dataset, count: int, seed: int = 0) -> torch.Tensor:
 def measure(folder: Path, source: nn.Module, dataset, teacher_logits: torch.Tensor | None) -> dict:
     """Every figure of the artifact in `folder`, measured with ONNX Runtime; PyTorch eager of `source` beside it."""
     ort = require("onnxruntime")
+    task = task_for(dataset.name)
     session = _session(folder / "model.onnx")
     x_test, y_test = dataset.split("test")
-    logits = ort_logits(session, x_test)  # (N_test, K)
+    src = source.float().cpu().eval()
+    logits = ort_logits(session, x_test, inputs=lambda b: task.export_inputs(src, b))  # (N_test, K)
     with torch.inference_mode():
         ref = torch.cat([source(x_test[i:i + 256]).float() for i in range(0, len(x_test), 256)])
     files = artifact_files(folder)
     shape = tuple(dataset.input_shape)
-    name = session.get_inputs()[0].name
-    one, batch = torch.randn(1, *shape).numpy(), torch.randn(256, *shape).numpy()
+    one, batch = task.timing_batch(src, dataset, 1), task.timing_batch(src, dataset, 256)
+    feed_one, feed_batch = ort_feed(session, task.export_inputs(src, one)), ort_feed(session, task.export_inputs(src, batch))
     with OtherCpuLoad() as load:
-        lat = time_calls(lambda: session.run(None, {name: one}), warmup=5, reps=30, min_time_s=0.2)
-        thr = time_calls(lambda: session.run(None, {name: batch}), warmup=2, reps=10, min_time_s=0.3)
-        src = source.float().cpu().eval()
-        eager_lat = time_forward(src, torch.from_numpy(one), 5, 30, 0.2)
-        eager_thr = time_forward(src, torch.from_numpy(batch), 2, 10, 0.3)
+        lat = time_calls(lambda: session.run(None, feed_one), warmup=5, reps=30, min_time_s=0.2)
+        thr = time_calls(lambda: session.run(None, feed_batch), warmup=2, reps=10, min_time_s=0.3)
+        eager_lat = time_forward(src, one, 5, 30, 0.2)
+        eager_thr = time_forward(src, batch, 2, 10, 0.3)
     import statistics
 
     profile = {"latency_ms": 1e3 * statistics.median(lat), "throughput": 256 / statistics.median(thr),
@@ -411,6 +421,9 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
     with its reason, and the ones before it stay.
     """
     exportable(run)
+    if options.prune is not None and not task_for(run.config["dataset"]).prunable:
+        raise DeployError(f"pruning is for image and table models; export a {task_for(run.config['dataset']).title.lower()} "
+                          "run without --prune")
     for mod in ("onnx", "onnxscript", "onnxruntime") + (("torch_pruning",) if options.prune else ()):
         require(mod)
     say = progress or (lambda *a: None)
@@ -420,8 +433,7 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
     config = run.config
     model = run.load_model("best").float().eval()
     task = task_for(config["dataset"])
-    source = task.load(config["dataset"], config.get("data_dir"), size=config.get("image_size"),
-                       stream=config.get("stream"), label_column=config.get("label_column"))
+    source = task.load_run_data(config, model)
     dataset = task.view_for(source, model)  # the samples as the student saw them in training
     teacher_logits = _teacher_test_logits(run, store, source)
     calib = calibration_images(dataset, options.calibration, options.seed) if options.int8 else None
@@ -435,7 +447,7 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
         say(name, "exporting", step / len(names))
         try:
             if fp32_from is None:
-                export_onnx(source, dataset.input_shape, folder)
+                export_onnx(source, dataset.input_shape, folder, task)
                 info = {"precision": "fp32", "quantization": None}
             else:
                 _, done = quantize_int8(fp32_from, folder, calib, options.int8_format)

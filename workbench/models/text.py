@@ -262,6 +262,18 @@ class HFClassifier(TextModel):
         return int(self.hf.config.num_attention_heads)
 
 
+class MaskedText(nn.Module):
+    """A text model as exported: (input_ids, attention_mask) -> logits, with no batch cutting (the graph is
+    dynamic in batch and length, and the runtime is given what it should read)."""
+
+    def __init__(self, model: TextModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(input_ids, attention_mask)
+
+
 def build_text_model(config, input_shape, num_classes: int, vocab: dict | None) -> nn.Module:
     """The text model that `config` (a ModelConfig) describes, for ids of length input_shape[0]."""
     if len(input_shape) != 1:

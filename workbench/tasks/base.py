@@ -30,12 +30,18 @@ class Task:
     families: tuple[str, ...] | None = None  # zoo families that take these samples (None: any)
     feature_maps = True  # its models have spatial feature maps (what attention transfer matches)
     transformer_layers = False  # its models may be Transformers (what TinyBERT and MiniLM match)
+    prunable = True  # torch-pruning's channel pruning applies to its models (deploy --prune)
 
     # -- data ---------------------------------------------------------------------------------------------
     def load(self, name: str, data_dir=None, *, size: int | None = None, stream: bool | None = None,
              **options) -> Dataset:
         """The data set `name` as tensors with its fixed validation and test splits."""
         raise NotImplementedError
+
+    def load_run_data(self, config: dict, model: nn.Module) -> Dataset:
+        """The data set a finished run (its config.json, its trained model) was trained on, to evaluate or export."""
+        return self.load(config["dataset"], config.get("data_dir"), size=config.get("image_size"),
+                         stream=config.get("stream"), label_column=config.get("label_column"))
 
     def load_for(self, config, teacher_model: nn.Module | None = None) -> Dataset:
         """The data set a run of `config` trains on (with the teacher that will teach it, if any)."""
@@ -138,8 +144,23 @@ class Task:
         """The task's test figures: accuracy, ECE, confusion matrix (and agreement with the teacher)."""
         return classification_metrics(logits, targets, num_classes, teacher_logits)
 
-    def export_input(self, shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
-        """A dummy input for export and timing; its first dimension is the (dynamic) batch."""
-        return torch.zeros(batch, *shape)
+    # -- export -------------------------------------------------------------------------------------------
+    export_input_names: tuple[str, ...] = ("input",)  # the exported graph's inputs
 
-    export_input_names = ("input",)
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """What the ONNX exporter traces: the model itself, taking the inputs `export_inputs` makes."""
+        return model
+
+    def export_inputs(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Stored samples (a batch of the data set's x) as the exported graph's inputs, in `export_input_names` order."""
+        return (x,)
+
+    def export_dynamic_shapes(self) -> tuple[dict, ...]:
+        """The dynamic axes of each export input: the batch."""
+        return ({0: torch.export.Dim("batch", min=1, max=65536)},)
+
+    def timing_batch(self, model: nn.Module, dataset: Dataset, batch: int) -> torch.Tensor:
+        """Samples to time a model or an artifact on: noise shaped like the data (images, features)."""
+        return torch.randn(batch, *dataset.input_shape)
+
+    timing_note = ""  # what one timed sample is, where a front end should say it (text: its length in tokens)

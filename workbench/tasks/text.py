@@ -21,6 +21,7 @@ class TextClassification(Task):
     datasets = TEXT_DATASETS
     sample_kind = "text"
     feature_maps = False  # a text model's hidden states are sequences of vectors, not spatial maps
+    prunable = False  # channel pruning of embeddings and attention heads is not what torch-pruning does here
     transformer_layers = True  # hf: encoders and the transformer family expose their layers
     augmentations = ("none",)
     families = (*TEXT_FAMILIES, "factory")
@@ -65,6 +66,39 @@ class TextClassification(Task):
         from workbench.models.text import student_from_teacher
 
         return student_from_teacher(teacher_model, keep_layers)
+
+    # -- export: (input_ids, attention_mask), both dynamic in batch and length
+    export_input_names = ("input_ids", "attention_mask")
+
+    def export_module(self, model):
+        from workbench.models.text import MaskedText
+
+        return MaskedText(model).eval()
+
+    def export_inputs(self, model, x):
+        return x, (x != model.pad_id).long()
+
+    def export_dynamic_shapes(self):
+        import torch
+
+        batch, length = torch.export.Dim("batch", min=1, max=65536), torch.export.Dim("length", min=2, max=4096)
+        return ({0: batch, 1: length}, {0: batch, 1: length})
+
+    def timing_batch(self, model, dataset, batch):
+        """Sentences of the data set's full length (max_length tokens, no padding): the stated length of every
+        latency and sentences-per-second figure of a text model."""
+        from workbench.models.text import sample_ids
+
+        return sample_ids(model, dataset.input_shape, batch)
+
+    @property
+    def timing_note(self):
+        return "per sentence of max-length tokens"
+
+    def load_run_data(self, config: dict, model):
+        vocab = getattr(model, "kdw_vocab", None) or {}
+        return self.load(config["dataset"], config.get("data_dir"), tokenizer=vocab.get("tokenizer"),
+                         max_length=vocab.get("max_length") or config.get("max_length"))
 
     def check_teacher(self, teacher_model, dataset, trained_on, here) -> None:
         if trained_on is not None and trained_on != here:

@@ -592,7 +592,8 @@ def finish(s: Session, run=None, profile: bool = True) -> dict:
     last_state = copy.deepcopy(student.state_dict())
     last_test = s.task.metrics(predict_logits(student, s.ds.x_test), dataset.y_test, k, s.test_teacher)
     student.load_state_dict(s.best["state"])
-    best_test = s.task.metrics(predict_logits(student, s.ds.x_test), dataset.y_test, k, s.test_teacher)
+    best_test = last_test if s.best["epoch"] == s.epoch else \
+        s.task.metrics(predict_logits(student, s.ds.x_test), dataset.y_test, k, s.test_teacher)  # the same weights
     method = s.method
     summary = {
         "kind": s.config.kind,
