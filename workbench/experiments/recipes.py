@@ -18,7 +18,7 @@ from pathlib import Path
 
 from workbench.analysis.format import ROLE_NAMES
 from workbench.core.methods import method_info
-from workbench.data.datasets import available_datasets, load_dataset
+from workbench.data.datasets import IMAGE_DATASETS, available_datasets, load_dataset
 from workbench.data.images import list_csv, list_folder
 from workbench.data.tables import EMBEDDED_TABLES, load_table
 from workbench.errors import DataError
@@ -93,11 +93,26 @@ def default_lr(dataset: str, model) -> float:
     return FINE_TUNE_LR if getattr(model, "family", None) == "hf" else dataset_defaults(dataset).lr
 
 
-def dataset_choices(sample_kind: str | None = None) -> tuple[list[str], dict[str, str]]:
+def available_texts() -> dict[str, str | None]:
+    """The text data sets that ship with Debian packages: None where one loads here, else how to get it."""
+    from workbench.data.text import FORTUNES_DIR, WORDNET_FILE
+
+    try:
+        import tokenizers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        hint = "the text extra (pip install -e '.[text]') is not installed"
+        return {"wordnet": hint, "fortunes": hint}
+    return {"wordnet": None if WORDNET_FILE.is_file() else "sudo apt-get install wordnet-base",
+            "fortunes": None if FORTUNES_DIR.is_dir() else "sudo apt-get install fortunes"}
+
+
+def dataset_choices(sample_kind: str | tuple | None = None) -> tuple[list[str], dict[str, str]]:
     """(embedded data sets that load here, {missing data set: how to get it}); only those whose task shows samples
-    of `sample_kind` ("image", "features") when it is given (the Dark knowledge views show images)."""
-    avail = available_datasets() | dict.fromkeys(EMBEDDED_TABLES)
-    avail = {k: v for k, v in avail.items() if sample_kind is None or task_for(k).sample_kind == sample_kind}
+    of `sample_kind` ("image", "features", "text") when it is given (the Dark knowledge views show images)."""
+    avail = available_datasets() | dict.fromkeys(EMBEDDED_TABLES) | available_texts()
+    kinds = (sample_kind,) if isinstance(sample_kind, str) else sample_kind
+    avail = {k: v for k, v in avail.items() if kinds is None or task_for(k).sample_kind in kinds}
     return [k for k, v in avail.items() if v is None], {k: v for k, v in avail.items() if v is not None}
 
 
@@ -120,11 +135,16 @@ def _upload_input_shape(path: Path) -> tuple | None:
 
 
 def check_data_path(name: str, path: str, label_column: str | None = None) -> str | None:
-    """Why a user's image folder, CSV manifest or CSV table cannot be used, in one sentence; None if it can."""
+    """Why a user's image folder, CSV manifest, CSV table or text CSV cannot be used, in one sentence; None if it
+    can."""
     p = Path(path).expanduser()
     try:
         if name == "table":
             load_table(name, p, label_column=label_column)
+        elif name == "text-csv":
+            from workbench.data.text import read_text_csv
+
+            read_text_csv(p)
         elif name == "csv":
             list_csv(p)
         elif (p / "train").is_dir() and (p / "test").is_dir():
@@ -147,7 +167,7 @@ def teacher_choices(dataset: str, store: RunStore, uploads: Path | None = None, 
         if r.config.get("dataset") == dataset and (data_dir is None or r.config.get("data_dir") == data_dir):
             acc = r.summary.get("test", {}).get("accuracy")
             out.append((f"{r.run_id} (teacher run{'' if acc is None else f', {100 * acc:.2f}% test'})", r.run_id))
-    if uploads is not None and uploads.is_dir() and dataset not in ("image-folder", "csv"):
+    if uploads is not None and uploads.is_dir() and dataset in IMAGE_DATASETS and dataset not in ("image-folder", "csv"):
         shape = tuple(load_dataset(dataset).input_shape)
         for p in sorted(uploads.glob("*.safetensors")):
             if _upload_input_shape(p) == shape:
