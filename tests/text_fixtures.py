@@ -56,3 +56,35 @@ def text_csv(path: Path, n_per_class: int = 30) -> Path:
             rows.append(f"{' '.join(sent)},{label}")
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+_WORDNET_TEACHER: dict = {}
+
+
+def wordnet_teacher(runs_dir: Path, run_id: str = "wn-bert") -> str:
+    """A tiny BERT teacher run on WordNet's definitions (its tokenizer knows their words), copied into `runs_dir`;
+    trained once per test session (about 20 s). Skips the test where WordNet is not installed."""
+    import shutil
+    import tempfile
+
+    import pytest
+
+    pytest.importorskip("transformers")
+    from workbench.data.text import WORDNET_FILE, read_wordnet
+    from workbench.jobs.queue import run_in_process
+    from workbench.models.zoo import parse_model
+    from workbench.store.runs import RunStore
+    from workbench.train.loop import TrainConfig
+
+    if not WORDNET_FILE.is_file():
+        pytest.skip("Debian's wordnet-base is not installed (make installs it as root)")
+    if "store" not in _WORDNET_TEACHER:
+        root = Path(tempfile.mkdtemp(prefix="kdw-wordnet-teacher-"))
+        bert = tiny_bert(root / "bert", read_wordnet().texts)
+        store = RunStore(root / "runs")
+        run_in_process(store, TrainConfig(kind="teacher", dataset="wordnet", model=parse_model(f"hf:{bert}"),
+                                          epochs=1, batch_size=128, lr=3e-3, max_length=32, profile=False),
+                       run_id=run_id)
+        _WORDNET_TEACHER["store"] = store.root
+    shutil.copytree(_WORDNET_TEACHER["store"] / run_id, Path(runs_dir) / run_id)
+    return run_id

@@ -245,3 +245,28 @@ def test_the_train_page_distils_a_text_classifier_from_a_text_teacher(runs_dir, 
         time.sleep(0.5)
     assert all(r.state == "done" for r in runs), [r.status() for r in runs]
     assert all(r.summary["task"] == "text-classification" for r in runs)
+
+
+def test_dark_knowledge_shows_a_text_teachers_softened_probabilities_for_a_sentence(runs_dir):
+    from text_fixtures import wordnet_teacher
+
+    wordnet_teacher(runs_dir)
+    at = page_app("dark_knowledge").run()
+    at.radio(key="dk_mode").set_value("text").run()
+    _no_errors(at)
+    assert at.selectbox(key="dk_text_dataset").value == "wordnet"
+    assert at.selectbox(key="dk_text_teacher").value.startswith("wn-bert")
+    assert any("True class" in m.value and "(right)" in m.value for m in at.markdown)
+    assert _charts(at) >= 3  # bars, ranking, T² chart
+    h1 = float(at.metric[1].value.split()[0])
+    at.slider(key="dk_T").set_value(10.0).run()
+    _no_errors(at)
+    assert float(at.metric[1].value.split()[0]) > h1  # a higher T flattens: more entropy
+    assert at.query_params["mode"] == "text" and at.query_params["sentence"]
+    at.text_input(key="dk_text").input("a tall tree with needles that grows in cold forests").run()
+    _no_errors(at)
+    assert any("The teacher reads it as" in m.value for m in at.markdown)
+    assert any("tree with needles" in m.value for m in at.markdown)
+    at.button(key="dk_text_random").click().run()
+    _no_errors(at)
+    assert at.text_input(key="dk_text").value == ""

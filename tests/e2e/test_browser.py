@@ -178,6 +178,17 @@ def _finished_search(runs_dir) -> None:
                          test_acc=0.81, verdict="KD helps")
 
 
+def _text_teacher(runs_dir) -> bool:
+    """A WordNet teacher run in the store, for the sentence mode (False where WordNet or the text extra is missing)."""
+    from text_fixtures import wordnet_teacher
+
+    try:
+        wordnet_teacher(runs_dir)
+    except pytest.skip.Exception:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("width, height", [(1400, 900), (1024, 768)])
 def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_dir, width, height):
     """Classroom projector and laptop sizes: each page by its own URL, no exception, no clipped text or plot part."""
@@ -189,6 +200,7 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
     kdw("sweep", "--engine", "local", "--dataset", "digits", "--model", "mlp", "--depth", "1", "--width", "16", "--epochs", "3",
         "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--no-profile", "--runs-dir", str(runs_dir))
     _finished_search(runs_dir)
+    text_teacher = _text_teacher(runs_dir)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": width, "height": height})
@@ -223,5 +235,17 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
         found = page.evaluate(CLIPPED_JS)
         if found:
             problems["/sweep (search)"] = found
+        if text_teacher:  # Dark knowledge's sentence mode, from its address
+            page.goto(server + "/dark-knowledge?mode=text&dataset=wordnet&sentence=3&T=5")
+            expect(page.get_by_role("heading", name="Dark knowledge")).to_be_visible()
+            expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            expect(page.get_by_text(re.compile(r"^True class \w+; the teacher predicts"))).to_be_visible()
+            page.wait_for_timeout(2500)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.get_by_label(re.compile("^Test sentence")).input_value() == "3"
+            page.screenshot(path=str(ARTIFACTS / f"dark-knowledge-text-{width}.png"), full_page=True)
+            found = page.evaluate(CLIPPED_JS)
+            if found:
+                problems["/dark-knowledge (sentences)"] = found
         browser.close()
     assert not problems, problems

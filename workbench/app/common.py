@@ -105,6 +105,14 @@ def teacher(spec: str, runs_root: str, mtime: float):
     return load_teacher(spec, RunStore(runs_root))
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def tokenizer(folder: str):
+    """A text model's tokenizer, loaded once per server."""
+    from workbench.data.text import load_tokenizer
+
+    return load_tokenizer(folder)[0]
+
+
 def teacher_for(spec: str):
     return teacher(spec, str(store().root), _spec_mtime(spec))
 

