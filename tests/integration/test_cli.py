@@ -83,7 +83,9 @@ def test_bad_alpha_is_refused(runs_dir):
 
 
 def test_unknown_model_and_dataset_are_refused(runs_dir):
-    _fails("distill", *FAST, "--model", "transformer", "--runs-dir", str(runs_dir), match="unknown model family")
+    _fails("distill", *FAST, "--model", "vit", "--runs-dir", str(runs_dir), match="unknown model family")
+    _fails("distill", *FAST, "--model", "transformer", "--runs-dir", str(runs_dir),
+           match="a transformer model reads text")
     _fails("distill", "--dataset", "imagenet", "--runs-dir", str(runs_dir), match="unknown data set 'imagenet'")
 
 

@@ -275,6 +275,10 @@ def test_a_text_student_exports_to_onnx_with_ids_and_mask_dynamic_in_batch_and_l
         assert results["onnx-int8"]["quantization"].startswith("dynamic int8")
         assert results["onnx-int8"]["check"]["top1_agreement"] >= 0.9
         assert results["onnx-int8"]["profile"]["latency_ms"] > 0
+        assert results["onnx-int8"]["profile"]["sample"] == "a sentence of 64 tokens"
+    from workbench.analysis.compare import comparison_rows, format_table
+
+    assert "batch 1 (a sentence of 64 tokens)" in format_table(comparison_rows([run]), wide=True)
     session = ort.InferenceSession(str(run.variants_path / "onnx-fp32" / "model.onnx"))
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
     model = run.load_model("best").eval()

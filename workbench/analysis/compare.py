@@ -78,7 +78,7 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "agreement": test.get("agreement"),
         "ece": test.get("ece"),
         "device": prof.get("device_name"),
-        "threads": prof.get("threads"),
+        "threads": prof.get("threads"), "sample": prof.get("sample"),
         "cpu_busy": prof.get("cpu_busy_elsewhere"),
         "train_s": summary.get("train_s"),
         "input_shape": summary.get("input_shape"),
@@ -174,7 +174,7 @@ def variant_rows(run: Run, parent: dict) -> list[dict]:
                      "params": m.get("params"), "size_mb": m.get("size_mb"), "flops": m.get("flops"),
                      "latency_ms": prof.get("latency_ms"), "throughput": prof.get("throughput"),
                      "agreement": test.get("agreement"), "ece": test.get("ece"), "device": prof.get("device_name"),
-                     "threads": prof.get("threads"), "cpu_busy": prof.get("cpu_busy_elsewhere"),
+                     "threads": prof.get("threads"), "sample": prof.get("sample"), "cpu_busy": prof.get("cpu_busy_elsewhere"),
                      "runtime": prof.get("runtime"), "quantization": m.get("quantization"),
                      "finetune": m.get("finetune"), "int8_check": m.get("int8_check"), "_twin": None, "_group": parent["_group"] + (v["name"],),
                      "_variant_of": run.run_id})
@@ -433,8 +433,10 @@ def format_table(rows: list[dict], aggregated: bool = False, wide: bool = False,
     lines = ["  ".join(c[i].rjust(widths[i]) if i > 1 else c[i].ljust(widths[i]) for i in keep) for c in cells]
     lines.insert(1, "  ".join("-" * widths[i] for i in keep))
     devices = sorted({f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")})
+    samples = sorted({r["sample"] for r in rows if r.get("sample")})
+    per = f" ({' or '.join(samples)})" if samples else ""
     foot = [f"test acc: the epoch with the best validation accuracy; KD gain: distilled − scratch twin, in points; "
-            f"size: the fp32 safetensors file; latency: fp32, batch 1, on {'; '.join(devices) or 'cpu'}."]
+            f"size: the fp32 safetensors file; latency: fp32, batch 1{per}, on {'; '.join(devices) or 'cpu'}."]
     if any(r.get("variant") for r in rows):
         foot.append("ONNX rows are measured by running the artifact in ONNX Runtime (same threads); their size counts "
                     "every file a deployment needs.")

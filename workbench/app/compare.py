@@ -81,9 +81,12 @@ def page() -> None:
     st.caption(describe.describe_runs(runs))
     device = comparison.device
     st.dataframe(_table(comparison), hide_index=True, key="cmp_table")
+    samples = sorted({r["sample"] for r in rows if r.get("sample")})  # text: sentences of a stated length
     st.caption(f"Test accuracy of the best-validation epoch. KD gain = distilled − scratch twin (same seed), in "
                f"points. Latency: median of ≥ 30 batch-1 passes, fp32, on {device}; each model is timed once per "
-               f"comparison (the quietest measurement on record). Size: the fp32 safetensors file."
+               f"comparison (the quietest measurement on record)"
+               + (f"; one sample is {' or '.join(samples)}, and throughput counts such sentences per second"
+                  if samples else "") + ". Size: the fp32 safetensors file."
                + (f" {AGREEMENT_MEANS} {ECE_MEANS} FLOPs count a multiply-add as 2." if wide else ""))
     warning = comparison.warning
     if warning:

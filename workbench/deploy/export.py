@@ -378,6 +378,8 @@ def measure(folder: Path, source: nn.Module, dataset, teacher_logits: torch.Tens
                "device_name": device_name("cpu"), "threads": session.get_session_options().intra_op_num_threads}
     if load.fraction is not None:
         profile["cpu_busy_elsewhere"] = round(load.fraction, 3)
+    if task.timed_sample(dataset):
+        profile["sample"] = task.timed_sample(dataset)
     return {
         "test": task_for(dataset.name).metrics(logits, y_test, dataset.num_classes, teacher_logits),
         "check": {"max_abs_logit_diff": (logits - ref).abs().max().item(),

@@ -315,8 +315,7 @@ def student_from_teacher(teacher: nn.Module, keep: tuple[int, ...]) -> nn.Module
     """A DistilBERT-style student (Sanh et al., 2019): the teacher with only the layers `keep` (0-based), every
     weight initialised from the teacher's own (embeddings, the kept layers in order, pooler and head)."""
     import copy
-
-    from workbench.models.zoo import replace_config
+    from dataclasses import replace
 
     if not isinstance(teacher, HFClassifier):
         raise ModelError("--student-from-teacher needs a Hugging Face teacher (an hf: model or a teacher run of one)")
@@ -338,7 +337,7 @@ def student_from_teacher(teacher: nn.Module, keep: tuple[int, ...]) -> nn.Module
     student.hf.config.num_hidden_layers = len(keep)
     for p in student.parameters():
         p.requires_grad_(True)
-    replace_config(student, depth=len(keep), pretrained=False)
+    student.kdw_config = replace(student.kdw_config, depth=len(keep), pretrained=False)  # what it now is
     return student.train()
 
 

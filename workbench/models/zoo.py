@@ -583,11 +583,6 @@ def _size_hint(model: nn.Module, channels: int) -> str:
     return ""
 
 
-def replace_config(model: nn.Module, **changes) -> None:
-    """Record on `model` that it is now another config (a student cut from its teacher, say)."""
-    model.kdw_config = replace(model.kdw_config, **changes)
-
-
 def sample_input(model: nn.Module, input_shape, batch: int = 1, random: bool = False) -> torch.Tensor:
     """A batch of inputs `model` takes, on its device: float images or features (zeros, or normal noise with
     `random`), or token ids that are not padding for a text model. For probing, FLOPs, timing and export."""

@@ -163,4 +163,6 @@ class Task:
         """Samples to time a model or an artifact on: noise shaped like the data (images, features)."""
         return torch.randn(batch, *dataset.input_shape)
 
-    timing_note = ""  # what one timed sample is, where a front end should say it (text: its length in tokens)
+    def timed_sample(self, dataset: Dataset) -> str | None:
+        """What one timed sample is, where the tables should say it (None: an image or a row, as the data set's)."""
+        return None

@@ -7,7 +7,8 @@ from torch import nn
 
 from workbench.data.datasets import IMAGE_DATASETS, Dataset, load_dataset
 from workbench.data.transforms import AUGMENTATIONS, convert
-from workbench.models.zoo import check_input
+from workbench.errors import ModelError
+from workbench.models.zoo import TEXT_FAMILIES, ZOO, check_input
 from workbench.tasks.base import Task
 
 
@@ -42,6 +43,11 @@ class ImageClassification(Task):
 
     def cache_views(self, augment: str) -> tuple[str, ...]:
         return ("plain", "flip") if "flip" in augment else ("plain",)
+
+    def check_family(self, family: str) -> None:
+        if family in TEXT_FAMILIES:
+            raise ModelError(f"a {family} model reads text (token ids), not images; use {', '.join(ZOO)}, "
+                             "torchvision:NAME, timm:NAME or your own factory")
 
     def probe(self, model, shape) -> None:
         check_input(model, shape)  # a wrong channel count, or an image too small for the model

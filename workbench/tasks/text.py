@@ -91,9 +91,8 @@ class TextClassification(Task):
 
         return sample_ids(model, dataset.input_shape, batch)
 
-    @property
-    def timing_note(self):
-        return "per sentence of max-length tokens"
+    def timed_sample(self, dataset):
+        return f"a sentence of {int(dataset.input_shape[0])} tokens"
 
     def load_run_data(self, config: dict, model):
         vocab = getattr(model, "kdw_vocab", None) or {}

@@ -621,6 +621,8 @@ def finish(s: Session, run=None, profile: bool = True) -> dict:
         summary["skipped_images"] = {"count": len(dataset.skipped), "first": dataset.skipped[:5]}
     if profile:
         summary["profile"] = model_profile(copy.deepcopy(student).float(), dataset.input_shape, "cpu")
+        if s.task.timed_sample(dataset):
+            summary["profile"]["sample"] = s.task.timed_sample(dataset)
     if s.teacher is not None:
         summary["teacher"] = teacher_summary(s.teacher, s.teacher_data, s.test_teacher, profile)
     student.load_state_dict(last_state)
