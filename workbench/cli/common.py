@@ -344,8 +344,8 @@ def student_cut_from(teacher: str | None, keep_layers: str | None, args):
     """(the student's ModelConfig, the kept layers) of --student-from-teacher [--keep-layers I,J,...]."""
     from dataclasses import replace
 
+    from workbench.experiments.strategies import teacher_model_config
     from workbench.store.runs import RunStore
-    from workbench.train.teachers import teacher_model_config
 
     if not getattr(args, "student_from_teacher", False):
         raise ValueError("--keep-layers goes with --student-from-teacher")

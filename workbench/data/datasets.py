@@ -303,6 +303,26 @@ def _assemble(name, x_tr, y_tr, x_te, y_te, classes, augment, val_fraction, sour
         fingerprint=digest.hexdigest()[:16], source=source)
 
 
+def fixed_splits(y: np.ndarray, classes, name: str, val_fraction: float = 0.1, test: np.ndarray | None = None,
+                 samples: str = "samples") -> dict[str, np.ndarray]:
+    """{"train", "val", "test"}: fixed, seeded, stratified indices of labels `y` (a stratified 20% test split, or the
+    rows a split column marks `test`; then `val_fraction` of the rest). DataError for a class of fewer than 3
+    `samples`, which could not appear in all three."""
+    counts = np.bincount(y, minlength=len(classes))
+    if (counts < 3).any():
+        rare = [classes[i] for i in np.flatnonzero(counts < 3)][:3]
+        raise DataError(f"{name}: class{'es' if len(rare) > 1 else ''} {', '.join(map(repr, rare))} "
+                        f"{'have' if len(rare) > 1 else 'has'} fewer than 3 {samples}; each class needs at least 3 "
+                        "(train, validation and test)")
+    if test is None:
+        test_idx, rest = _stratified_split(y, 0.2, SPLIT_SEED)
+    else:
+        idx = np.arange(len(y))
+        test_idx, rest = idx[test], idx[~test]
+    val_rel, tr_rel = _stratified_split(y[rest], val_fraction, SPLIT_SEED)
+    return {"train": rest[tr_rel], "val": rest[val_rel], "test": test_idx}
+
+
 def _stratified_split(y: np.ndarray, fraction: float, seed: int, count: int | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (held_out, rest), both sorted: about `fraction` of each class held out, seeded.

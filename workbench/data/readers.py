@@ -6,6 +6,7 @@ numpy arrays. Downloads happen only when asked for (``download=True``), through 
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import pickle
@@ -188,3 +189,15 @@ def read_cifar100(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
         if names:
             classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     return x_tr, y_tr, x_te, y_te, classes, str(d)
+
+
+def read_csv_rows(path: Path, what: str, needs: str) -> list[list[str]]:
+    """The non-blank rows of a CSV file `what` (a table, a text CSV) whose first row is a header; DataError in one
+    sentence for a missing, non-regular or empty file (`needs` says what its header must hold)."""
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if r and "".join(r).strip()]
+    if not rows:
+        raise DataError(f"{what} {path} is empty: it needs {needs} and one row per sample")
+    return rows

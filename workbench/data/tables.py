@@ -10,7 +10,6 @@ The test split (a stratified 20%) and the validation split are fixed and seeded,
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 from pathlib import Path
@@ -18,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.data.datasets import SPLIT_SEED, Dataset, _stratified_split
+from workbench.data.datasets import Dataset, fixed_splits
+from workbench.data.readers import read_csv_rows
 from workbench.errors import DataError
 
 EMBEDDED_TABLES = ("wine", "breast-cancer")  # in scikit-learn's wheel: always there
@@ -53,12 +53,7 @@ def load_table(name: str, path=None, *, label_column: str | None = None, val_fra
 
 def read_csv_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]:
     """(features, labels, class names, feature names) of a CSV with a header; DataError in one sentence."""
-    if not path.is_file():
-        raise DataError(f"table {path} does not exist" if not path.exists() else f"table {path} is not a file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r and "".join(r).strip()]
-    if not rows:
-        raise DataError(f"table {path} is empty: it needs a header row and one row per sample")
+    rows = read_csv_rows(path, "table", "a header row")
     header = [h.strip() for h in rows[0]]
     if label_column not in header:
         raise DataError(f"table {path} has no column {label_column!r} (its columns: {', '.join(header[:8])}"
@@ -102,15 +97,8 @@ def _label_key(v: str):
 
 def assemble_table(name, x: np.ndarray, y: np.ndarray, classes, columns, source, val_fraction=0.1) -> Dataset:
     """(N, F) features and labels -> a Dataset: a stratified 20% test split, a validation split, standardised."""
-    counts = np.bincount(y, minlength=len(classes))
-    if (counts < 3).any():
-        rare = [classes[i] for i in np.flatnonzero(counts < 3)][:3]
-        raise DataError(f"{name}: class{'es' if len(rare) > 1 else ''} {', '.join(map(repr, rare))} "
-                        f"{'have' if len(rare) > 1 else 'has'} fewer than 3 samples; each class needs at least 3 "
-                        "(train, validation and test)")
-    test_idx, rest = _stratified_split(y, 0.2, SPLIT_SEED)
-    val_rel, tr_rel = _stratified_split(y[rest], val_fraction, SPLIT_SEED)
-    train_idx, val_idx = rest[tr_rel], rest[val_rel]
+    splits = fixed_splits(y, classes, name, val_fraction)
+    train_idx, val_idx, test_idx = splits["train"], splits["val"], splits["test"]
     mean = x[train_idx].mean(axis=0)
     std = x[train_idx].std(axis=0)
     std = np.where(std > 1e-12, std, 1.0)  # a constant column stays 0 after centring

@@ -20,7 +20,6 @@ splits are fixed and seeded, as for images, and never depend on the tokenizer.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import re
@@ -30,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.data.datasets import SPLIT_SEED, Dataset, _stratified_split
+from workbench.data.datasets import Dataset, fixed_splits
+from workbench.data.readers import read_csv_rows
 from workbench.errors import DataError, ModelError
 
 TEXT_DATASETS = ("wordnet", "fortunes", "text-csv")
@@ -115,12 +115,7 @@ def read_text_csv(path) -> Texts:
     if not path:
         raise DataError("text-csv needs a CSV file: --data-dir FILE.csv with the columns text and label")
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"text CSV {path} does not exist" if not path.exists() else f"text CSV {path} is not a file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r and "".join(r).strip()]
-    if not rows:
-        raise DataError(f"text CSV {path} is empty: it needs a header row (text,label) and one row per sample")
+    rows = read_csv_rows(path, "text CSV", "a header row (text,label)")
     header = [h.strip().lower() for h in rows[0]]
     missing = [c for c in ("text", "label") if c not in header]
     if missing:
@@ -165,21 +160,9 @@ def read_texts(name: str, path=None) -> Texts:
 
 def text_splits(t: Texts, val_fraction: float = 0.1) -> dict[str, np.ndarray]:
     """{"train", "val", "test"}: fixed, seeded, stratified indices (a split column decides test where given)."""
-    counts = np.bincount(t.labels, minlength=len(t.classes))
-    if (counts < 3).any():
-        rare = [t.classes[i] for i in np.flatnonzero(counts < 3)][:3]
-        raise DataError(f"{t.name}: class{'es' if len(rare) > 1 else ''} {', '.join(map(repr, rare))} "
-                        f"{'have' if len(rare) > 1 else 'has'} fewer than 3 texts; each class needs at least 3 "
-                        "(train, validation and test)")
-    if t.test is None:
-        test_idx, rest = _stratified_split(t.labels, 0.2, SPLIT_SEED)
-    else:
-        if not t.test.any() or t.test.all():
-            raise DataError(f"{t.source}: the split column must mark some rows train and some test")
-        idx = np.arange(len(t.labels))
-        test_idx, rest = idx[t.test], idx[~t.test]
-    val_rel, tr_rel = _stratified_split(t.labels[rest], val_fraction, SPLIT_SEED)
-    return {"train": rest[tr_rel], "val": rest[val_rel], "test": test_idx}
+    if t.test is not None and (not t.test.any() or t.test.all()):
+        raise DataError(f"{t.source}: the split column must mark some rows train and some test")
+    return fixed_splits(t.labels, t.classes, t.name, val_fraction, t.test, samples="texts")
 
 
 # ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from workbench.data.datasets import Dataset
 from workbench.data.transforms import batch_flip_lr
 from workbench.errors import ModelError, RunStoreError
 from workbench.io import atomic_write
-from workbench.models.zoo import ModelConfig, checkpoint_header, is_convnet, load_checkpoint, read_checkpoint
+from workbench.models.zoo import ModelConfig, is_convnet, load_checkpoint, read_checkpoint
 from workbench.store.runs import RunStore, validate_run_id
 from workbench.tasks import task_for
 
@@ -178,26 +178,6 @@ def load_teacher(spec: str, store=None, config: ModelConfig | None = None, tempe
     known = ", ".join(sorted(shipped)) or "none shipped"
     raise ModelError(f"unknown teacher {spec!r}: not a shipped teacher ({known}), a finished run id, "
                      "or a .safetensors file")
-
-
-def teacher_model_config(spec: str, store=None) -> ModelConfig:
-    """The model config of a teacher (a shipped one, a run, a .safetensors file) without loading its weights."""
-    store = store or RunStore()
-    name = spec.split(":", 1)[1] if spec.startswith(("shipped:", "run:")) else spec
-    shipped = {c["name"]: c for c in shipped_teachers()}
-    path = None
-    if not spec.startswith("run:") and name in shipped:
-        path = shipped[name]["path"]
-    elif not name.endswith(".safetensors") and "/" not in name:
-        try:
-            return ModelConfig.from_dict(store.get(name).config["model"])
-        except (ValueError, RunStoreError, KeyError):
-            raise ModelError(f"unknown teacher {spec!r}: not a shipped teacher or a run id") from None
-    path = Path(path or name)
-    _, meta = checkpoint_header(path)
-    if "kdw_model" not in meta:
-        raise ModelError(f"{path} does not say which model it holds")
-    return ModelConfig.from_dict(json.loads(meta["kdw_model"]))
 
 
 def data_identity(name: str | None, data_dir: str | None = None) -> str:
