@@ -247,6 +247,25 @@ def test_the_train_page_distils_a_text_classifier_from_a_text_teacher(runs_dir, 
     assert all(r.summary["task"] == "text-classification" for r in runs)
 
 
+def test_the_train_page_reads_a_saved_hugging_face_data_set(runs_dir, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from text_fixtures import text_csv
+
+    rows = [r.rsplit(",", 1) for r in text_csv(tmp_path / "t.csv", n_per_class=20).read_text().splitlines()[1:]]
+    datasets.Dataset.from_dict({"sentence": [t for t, _ in rows], "topic": [c for _, c in rows]}).save_to_disk(
+        str(tmp_path / "saved"))
+    at = page_app("train").run()
+    at.selectbox(key="tr_dataset").select("hf-dataset").run()
+    at.text_input(key="tr_dataset_path").input(str(tmp_path)).run()
+    assert any("not written by save_to_disk" in e.value for e in at.error) or \
+        any("not written by save_to_disk" in str(w.value) for w in at.warning)
+    at.text_input(key="tr_dataset_path").input(str(tmp_path / "saved")).run()
+    assert any("no column 'label'" in str(m.value) for m in [*at.error, *at.warning])
+    at.text_input(key="tr_dataset_label_column").input("topic").run()
+    _no_errors(at)
+    assert any("60 texts in 3 classes" in c.value for c in at.caption)
+
+
 def test_dark_knowledge_shows_a_text_teachers_softened_probabilities_for_a_sentence(runs_dir):
     from text_fixtures import wordnet_teacher
 

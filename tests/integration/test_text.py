@@ -157,6 +157,57 @@ def test_bad_text_settings_are_refused_before_any_run_folder(corpus, tmp_path, r
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
+def _saved(folder: Path, rows, test_rows=None, label="label", class_label=True) -> Path:
+    """A Hugging Face data set of (text, class) rows written with save_to_disk (a DatasetDict with a test split)."""
+    datasets = pytest.importorskip("datasets")
+    names = sorted({c for _, c in rows})
+    feature = datasets.ClassLabel(names=names) if class_label else datasets.Value("string")
+    features = datasets.Features({"text": datasets.Value("string"), label: feature})
+
+    def part(rs):
+        return datasets.Dataset.from_dict({"text": [t for t, _ in rs],
+                                           label: [names.index(c) if class_label else c for _, c in rs]},
+                                          features=features)
+
+    d = datasets.DatasetDict({"train": part(rows), **({"test": part(test_rows)} if test_rows else {})})
+    d.save_to_disk(str(folder))
+    return folder
+
+
+def test_a_saved_hugging_face_data_set_trains_like_a_csv(corpus, tmp_path, runs_dir):
+    path, bert = corpus
+    rows = [tuple(r.rsplit(",", 1)) for r in path.read_text().splitlines()[1:]]
+    folder = _saved(tmp_path / "saved", rows[::2], rows[1::2][:60])
+    ds = load_text("hf-dataset", folder, tokenizer_path=str(bert), max_length=24)
+    assert task_for("hf-dataset").name == "text-classification" and ds.classes == ("animal", "food", "tool")
+    assert len(ds.x_test) == 60 and len(ds.x_train) + len(ds.x_val) == 150  # its test split is the test set
+    assert set(ds.texts["test"]) <= {t for t, _ in rows[1::2]}
+    strings = _saved(tmp_path / "strings", rows, label="category", class_label=False)  # no split, string classes
+    ds2 = load_text("hf-dataset", strings, tokenizer_path=str(bert), max_length=24, label_column="category")
+    assert ds2.classes == ("animal", "food", "tool") and len(ds2.x_test) == 60  # a stratified 20%
+    proc = kdw("scratch", "--dataset", "hf-dataset", "--data-dir", str(strings), "--label-column", "category",
+               "--tokenizer", str(bert), "--model", "bag", "--width", "16", "--epochs", "8", "--batch-size", "16",
+               "--no-profile", "--run-id", "saved", "--runs-dir", str(runs_dir), check=False)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((runs_dir / "saved" / "summary.json").read_text())
+    assert summary["task"] == "text-classification" and summary["test"]["accuracy"] > 0.34
+
+
+def test_a_bad_saved_data_set_gets_one_sentence(corpus, tmp_path):
+    path, bert = corpus
+    tok = str(bert)
+    with pytest.raises(DataError, match="was not written by save_to_disk"):
+        load_text("hf-dataset", tmp_path, tokenizer_path=tok)
+    with pytest.raises(DataError, match="needs a folder"):
+        load_text("hf-dataset", None, tokenizer_path=tok)
+    one = _saved(tmp_path / "one", [("a dog", "animal"), ("a cat", "animal"), ("a cow", "animal")])
+    with pytest.raises(DataError, match="single class"):
+        load_text("hf-dataset", one, tokenizer_path=tok)
+    other = _saved(tmp_path / "other", [("a dog", "animal"), ("bread", "food")], label="y")
+    with pytest.raises(DataError, match="no column 'label'.*--label-column"):
+        load_text("hf-dataset", other, tokenizer_path=tok)
+
+
 def test_a_missing_text_extra_names_it(monkeypatch, corpus):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails
     with pytest.raises(ModelError, match=r"pip install -e '\.\[text\]'"):

@@ -143,7 +143,8 @@ def dataset_picker(key: str, label: str = "Data set", on_change=None, args=(), s
 
 OWN_DATA = {"image-folder": "an image folder (one subfolder per class)", "csv": "a CSV manifest (path,label[,split])",
             "table": "a CSV table (numeric columns and a label column)",
-            "text-csv": "a CSV of texts (text,label[,split])"}
+            "text-csv": "a CSV of texts (text,label[,split])",
+            "hf-dataset": "a Hugging Face data set saved with save_to_disk"}
 
 
 @dataclass(frozen=True)
@@ -197,11 +198,14 @@ def data_source(key: str, on_change=None) -> Source | None:
         return Source(name)
     c1, c2 = st.columns([3, 1])
     placeholder = {"image-folder": "/path/to/images", "csv": "/path/to/manifest.csv", "table": "/path/to/table.csv",
-                   "text-csv": "/path/to/texts.csv"}
-    path = c1.text_input("Folder" if name == "image-folder" else "CSV file", key=f"{key}_path",
+                   "text-csv": "/path/to/texts.csv", "hf-dataset": "/path/to/saved_dataset"}
+    path = c1.text_input("Folder" if name in ("image-folder", "hf-dataset") else "CSV file", key=f"{key}_path",
                          placeholder=placeholder[name]).strip()
     size = label_column = None
-    if name == "table":
+    if name == "hf-dataset":
+        label_column = c2.text_input("Label column", "label", key=f"{key}_label_column",
+                                     help="The column that holds each text's class.").strip() or None
+    elif name == "table":
         label_column = c2.text_input("Label column", "label", key=f"{key}_label_column",
                                      help="The CSV column that holds each row's class; every other column is a "
                                           "numeric feature.").strip() or "label"

@@ -45,13 +45,14 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
                    help="images: digits | fashion-mnist | cifar10 | cifar100 | image-folder | csv; tables: wine | "
-                        "breast-cancer | table; text: wordnet | fortunes | text-csv (default: digits)")
+                        "breast-cancer | table; text: wordnet | fortunes | text-csv | hf-dataset (default: digits)")
     g.add_argument("--data-dir", default=None,
                    help="folder holding the data set's files; for image-folder, the folder of class subfolders; "
                         "for csv, the manifest file (path,label[,split]); for table, the CSV file (a header, numeric "
-                        "columns and a label column); for text-csv, the CSV file (text,label[,split])")
+                        "columns and a label column); for text-csv, the CSV file (text,label[,split]); for hf-dataset, "
+                        "the folder a Hugging Face data set was saved to (save_to_disk)")
     g.add_argument("--label-column", default=None,
-                   help="table: the CSV column that holds the class (default: label)")
+                   help="table, hf-dataset: the column that holds the class (default: label)")
     g.add_argument("--labels", default=None,
                    help="label budget: a count (1000, or 1 for one label) or a fraction with a decimal point or a "
                         "percent sign (0.05, 5%%); default all")

@@ -10,6 +10,11 @@ Data sets by name:
   file (art, computers, food, …), for the files with at least 100 texts. Noisier: a fortune's file is a loose topic.
 - ``text-csv``: a CSV file of your own (``--data-dir FILE.csv``) with a header and the columns ``text`` and
   ``label``, and optionally ``split`` (train or test; without it a stratified 20% is held out for test).
+- ``hf-dataset``: a Hugging Face data set saved with ``save_to_disk`` (``--data-dir FOLDER``), a ``Dataset`` or a
+  ``DatasetDict``. Its text column is ``text`` or ``sentence`` (or its only string column), its class column
+  ``label`` (or ``--label-column``); a ``ClassLabel`` column gives the class names. A ``test`` split is the test
+  set; every other split is training data (the validation split is drawn from it, as for every data set). Needs
+  the ``datasets`` package (in the text extra).
 
 Every sample is tokenised once by the tokenizer of the model that reads it (a Hugging Face tokenizer folder),
 truncated at ``max_length`` tokens and padded with the tokenizer's pad id into an (N, max_length) int64 tensor;
@@ -33,7 +38,7 @@ from workbench.data.datasets import Dataset, fixed_splits
 from workbench.data.readers import read_csv_rows
 from workbench.errors import DataError, ModelError
 
-TEXT_DATASETS = ("wordnet", "fortunes", "text-csv")
+TEXT_DATASETS = ("wordnet", "fortunes", "text-csv", "hf-dataset")
 DEFAULT_MAX_LENGTH = 64
 MAX_MAX_LENGTH = 4096
 WORDNET_FILE = Path("/usr/share/wordnet/data.noun")
@@ -148,13 +153,96 @@ def read_text_csv(path) -> Texts:
                  np.array(test, dtype=bool) if si is not None else None)
 
 
-def read_texts(name: str, path=None) -> Texts:
+TEXT_COLUMNS = ("text", "sentence", "content", "document")
+
+
+def require_datasets():
+    """The datasets module, or ModelError naming the text extra."""
+    try:
+        import datasets
+    except ImportError:
+        raise ModelError(f"hf-dataset needs the optional package datasets: {EXTRA_HINT}") from None
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def load_hf_disk(path) -> dict:
+    """{split name: datasets.Dataset} of a folder written by ``save_to_disk``; DataError for anything else."""
+    if not path:
+        raise DataError("hf-dataset needs a folder written by a Hugging Face data set's save_to_disk: --data-dir FOLDER")
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{path} is not a folder; give the folder a Hugging Face data set was saved to (save_to_disk)")
+    if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        raise DataError(f"{path} was not written by save_to_disk (it has neither dataset_dict.json nor state.json)")
+    datasets = require_datasets()
+    try:
+        d = datasets.load_from_disk(str(path))
+    except Exception as e:  # a damaged folder fails in pyarrow, json or datasets itself
+        raise DataError(f"{path} cannot be read as a saved data set ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:160]})") from None
+    parts = dict(d) if isinstance(d, datasets.DatasetDict) else {"train": d}
+    if not parts or not any(len(v) for v in parts.values()):
+        raise DataError(f"the data set in {path} has no rows")
+    return parts
+
+
+def hf_text_column(part, path) -> str:
+    """The column of a saved data set that holds the texts."""
+    features = part.features
+    for c in TEXT_COLUMNS:
+        if c in features:
+            return c
+    strings = [c for c, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    if len(strings) == 1:
+        return strings[0]
+    raise DataError(f"the data set in {path} has no text column (its columns: {', '.join(list(features)[:8])}); "
+                    f"name it one of {', '.join(TEXT_COLUMNS)}")
+
+
+def read_hf_disk(path, label_column: str | None = None) -> Texts:
+    """A labelled text data set saved with ``save_to_disk`` (see the module docstring)."""
+    parts = load_hf_disk(path)
+    first = next(iter(parts.values()))
+    text_col = hf_text_column(first, path)
+    label_col = label_column or next((c for c in ("label", "labels") if c in first.features), None)
+    if label_col is None or label_col not in first.features:
+        raise DataError(f"the data set in {path} has no column {label_col or 'label'!r} (its columns: "
+                        f"{', '.join(list(first.features)[:8])}); name the class column with --label-column")
+    feature = first.features[label_col]
+    names = tuple(feature.names) if hasattr(feature, "names") else None
+    texts, raw, test = [], [], []
+    for split, part in parts.items():
+        if text_col not in part.features or label_col not in part.features:
+            raise DataError(f"the {split} split of {path} lacks the column {text_col!r} or {label_col!r}")
+        for n, (text, label) in enumerate(zip(part[text_col], part[label_col])):
+            text = (text or "").strip() if isinstance(text, str) else ""
+            if not text:
+                raise DataError(f"the {split} split of {path}, row {n}: the text is empty")
+            if label is None or (names is not None and not 0 <= int(label) < len(names)):
+                raise DataError(f"the {split} split of {path}, row {n}: no class (label {label!r})")
+            texts.append(text)
+            raw.append(names[int(label)] if names is not None else str(label))
+            test.append(split == "test")
+    seen = set(raw)
+    classes = tuple(c for c in names if c in seen) if names is not None else tuple(sorted(seen))
+    if len(seen) < 2:
+        raise DataError(f"the data set in {path} holds a single class ({raw[0]!r}); classification needs at least two")
+    index = {c: i for i, c in enumerate(classes)}
+    has_test = any(test)
+    return Texts("hf-dataset", tuple(texts), np.array([index[v] for v in raw], dtype=np.int64), classes,
+                 str(Path(path).expanduser()), np.array(test, dtype=bool) if has_test else None)
+
+
+def read_texts(name: str, path=None, label_column: str | None = None) -> Texts:
     if name == "wordnet":
         return read_wordnet(path)
     if name == "fortunes":
         return read_fortunes(path)
     if name == "text-csv":
         return read_text_csv(path)
+    if name == "hf-dataset":
+        return read_hf_disk(path, label_column)
     raise DataError(f"unknown text data set {name!r}; choose one of {', '.join(TEXT_DATASETS)}")
 
 
@@ -213,12 +301,12 @@ def tokenize(texts, tokenizer, max_length: int, batch: int = 4096) -> np.ndarray
 
 
 def load_text(name: str, path=None, *, tokenizer_path: str, max_length: int = DEFAULT_MAX_LENGTH,
-              val_fraction: float = 0.1) -> Dataset:
+              val_fraction: float = 0.1, label_column: str | None = None) -> Dataset:
     """A text data set tokenised by the tokenizer in folder `tokenizer_path`, as a Dataset of (N, L) ids."""
     if not isinstance(max_length, int) or isinstance(max_length, bool) or not 1 <= max_length <= MAX_MAX_LENGTH:
         raise DataError(f"max length must be a whole number of tokens between 1 and {MAX_MAX_LENGTH}, "
                         f"got {max_length}")
-    t = read_texts(name, path)
+    t = read_texts(name, path, label_column)
     splits = text_splits(t, val_fraction)
     tok, tok_id = load_tokenizer(tokenizer_path)
     digest = hashlib.sha256("\x1f".join(t.texts).encode() + t.labels.tobytes() + repr(t.classes).encode())

@@ -81,6 +81,7 @@ DATASET_DEFAULTS = {
     "wordnet": replace(TEXT_DEFAULTS, labels=2000),
     "fortunes": TEXT_DEFAULTS,
     "text-csv": TEXT_DEFAULTS,
+    "hf-dataset": TEXT_DEFAULTS,
 }
 
 
@@ -135,7 +136,7 @@ def _upload_input_shape(path: Path) -> tuple | None:
 
 
 def check_data_path(name: str, path: str, label_column: str | None = None) -> str | None:
-    """Why a user's image folder, CSV manifest, CSV table or text CSV cannot be used, in one sentence; None if it
+    """Why a user's image folder, CSV manifest, CSV table, text CSV or saved data set cannot be used, in one sentence; None if it
     can."""
     p = Path(path).expanduser()
     try:
@@ -145,6 +146,10 @@ def check_data_path(name: str, path: str, label_column: str | None = None) -> st
             from workbench.data.text import read_text_csv
 
             read_text_csv(p)
+        elif name == "hf-dataset":
+            from workbench.data.text import read_hf_disk
+
+            read_hf_disk(p, label_column)
         elif name == "csv":
             list_csv(p)
         elif (p / "train").is_dir() and (p / "test").is_dir():

@@ -32,7 +32,8 @@ class TextClassification(Task):
             from workbench.models.text import default_tokenizer
 
             tokenizer = default_tokenizer()
-        return load_text(name, data_dir, tokenizer_path=str(tokenizer), max_length=max_length or DEFAULT_MAX_LENGTH)
+        return load_text(name, data_dir, tokenizer_path=str(tokenizer), max_length=max_length or DEFAULT_MAX_LENGTH,
+                         label_column=label_column)
 
     def tokenizer_for(self, config, teacher_model=None) -> str:
         """The tokenizer folder a run of `config` reads its text with (see the module docstring)."""
@@ -54,7 +55,7 @@ class TextClassification(Task):
 
     def load_for(self, config, teacher_model=None):
         return self.load(config.dataset, config.data_dir, tokenizer=self.tokenizer_for(config, teacher_model),
-                         max_length=config.max_length)
+                         max_length=config.max_length, label_column=config.label_column)
 
     def student_shape(self, dataset, config) -> tuple[int, ...]:
         return (int(dataset.vocab["max_length"]),)
@@ -97,7 +98,8 @@ class TextClassification(Task):
     def load_run_data(self, config: dict, model):
         vocab = getattr(model, "kdw_vocab", None) or {}
         return self.load(config["dataset"], config.get("data_dir"), tokenizer=vocab.get("tokenizer"),
-                         max_length=vocab.get("max_length") or config.get("max_length"))
+                         max_length=vocab.get("max_length") or config.get("max_length"),
+                         label_column=config.get("label_column"))
 
     def check_teacher(self, teacher_model, dataset, trained_on, here) -> None:
         if trained_on is not None and trained_on != here:
