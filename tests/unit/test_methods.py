@@ -221,7 +221,8 @@ ZERO_DISTILLATION = {"kd": {"alpha": 0.0}, "lskd": {"kd_weight": 0.0}, "dkd": {"
                      "dml": {"mutual_weight": 0.0}}
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m != "ce" and not METHODS[m].needs_transformer_layers])
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "ce" and not METHODS[m].needs_transformer_layers
+                                  and not METHODS[m].only_tokens])  # those two: tests/integration/test_text, test_lm
 def test_every_method_trains_and_its_distillation_term_matters(store, name):
     """Beats chance on digits, logs a non-zero distillation term, and differs measurably from the same run with
     that term's weight at zero (same seed): a method whose distillation term silently dropped out would fail."""

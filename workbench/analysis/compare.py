@@ -23,7 +23,7 @@ from workbench.store.runs import Run, dig
 
 # what must match for a scratch run to be a KD run's fair baseline
 TWIN_KEYS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
-             "labels", "augment", "seed")
+             "labels", "augment", "seed", "seq_len", "train_tokens", "val_tokens")
 ROLE_ORDER = {"teacher": 0, "scratch": 1, "kd": 2}
 
 
@@ -68,6 +68,10 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "epochs": config.get("epochs"),
         "test_acc": test.get("accuracy"),
         "test_acc_last": last.get("accuracy") if last else None,
+        "test_ppl": test.get("perplexity"),  # language models: perplexity on the test split's tokens
+        "ms_per_token": prof.get("ms_per_token"),
+        "tokens_per_s_b1": prof.get("tokens_per_s_b1"),
+        "tokens_per_s_b32": prof.get("tokens_per_s_b32"),
         "best_epoch": summary.get("best_epoch"),
         "kd_gain": None,
         "params": prof.get("params") or summary.get("params"),
@@ -117,6 +121,11 @@ def comparison_rows(runs: list[Run], variants: bool = True) -> list[dict]:
         if r["role"] == "kd" and r["_twin"] in scratch and r["test_acc"] is not None:
             twin = scratch[r["_twin"]]
             r["kd_gain"] = r["test_acc"] - twin["test_acc"]
+            r["twin"] = twin["run_id"]
+        elif r["role"] == "kd" and r["_twin"] in scratch and r.get("test_ppl") is not None \
+                and scratch[r["_twin"]].get("test_ppl") is not None:
+            twin = scratch[r["_twin"]]
+            r["ppl_gain"] = twin["test_ppl"] - r["test_ppl"]  # > 0: the teacher lowered the perplexity
             r["twin"] = twin["run_id"]
     # a teacher that is itself one of the listed runs (a teacher run, or a TAKD assistant) already has its row
     listed = {r["run_id"] for r in rows}
@@ -287,18 +296,28 @@ def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None 
         cols += [("T", lambda r: _num(r.get("temperature"), "g")), ("α", lambda r: _num(r.get("alpha"), "g")),
                  ("labels", lambda r: "all" if r.get("labels") is None else _num(r.get("labels"), "g"))]
         cols.append(("seeds", lambda r: str(r["seeds"])) if aggregated else ("seed", lambda r: _num(r.get("seed"), "d")))
-    cols.append(("test acc %", lambda r: format_pct(r["test_acc"], s(r, "test_acc"))))
-    if wide:
+    lm = any(r.get("test_ppl") is not None for r in rows)
+    if lm:  # language models: perplexity, its drop against the scratch twin, agreement with the teacher's top 1
+        cols += [("test ppl", lambda r: _num(r.get("test_ppl"), ",.1f")),
+                 ("ppl vs scratch", lambda r: "—" if r.get("ppl_gain") is None else f"{-r['ppl_gain']:+,.1f}"),
+                 ("agreement %", lambda r: format_pct(r.get("agreement")))]
+    else:
+        cols.append(("test acc %", lambda r: format_pct(r["test_acc"], s(r, "test_acc"))))
+    if wide and not lm:
         cols.append(("test acc % (last)", lambda r: format_pct(r["test_acc_last"], s(r, "test_acc_last"))))
+    cols += [] if lm else [("KD gain", lambda r: format_gain(r.get("kd_gain"), s(r, "kd_gain")))]
     cols += [
-        ("KD gain", lambda r: format_gain(r.get("kd_gain"), s(r, "kd_gain"))),
         ("params", lambda r: _num(r.get("params"), ",.0f")),
         ("size MB", lambda r: _num(r.get("size_mb"), ".3f")),
     ]
     if wide:
         cols.append(("FLOPs", lambda r: format_flops(r.get("flops"))))
     cols.append(("latency ms", lambda r: _timing(r, "latency_ms", ".3f")))
-    if wide:
+    if lm:
+        cols += [("ms/token", lambda r: _timing(r, "ms_per_token", ".3f")),
+                 ("tokens/s b=1", lambda r: _timing(r, "tokens_per_s_b1", ",.0f")),
+                 ("tokens/s b=32", lambda r: _timing(r, "tokens_per_s_b32", ",.0f"))]
+    if wide and not lm:
         cols += [("samples/s (b=256)", lambda r: _timing(r, "throughput", ",.0f")),
                  ("agreement %", lambda r: format_pct(r.get("agreement"))), ("ECE", lambda r: _num(r.get("ece"), ".3f"))]
     cols.append(("vs teacher", vs_teacher))
@@ -435,8 +454,15 @@ def format_table(rows: list[dict], aggregated: bool = False, wide: bool = False,
     devices = sorted({f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")})
     samples = sorted({r["sample"] for r in rows if r.get("sample")})
     per = f" ({' or '.join(samples)})" if samples else ""
-    foot = [f"test acc: the epoch with the best validation accuracy; KD gain: distilled − scratch twin, in points; "
-            f"size: the fp32 safetensors file; latency: fp32, batch 1{per}, on {'; '.join(devices) or 'cpu'}."]
+    if any(r.get("test_ppl") is not None for r in rows):
+        foot = [f"test ppl: perplexity on the test split's tokens, of the epoch with the best validation perplexity; "
+                f"ppl vs scratch: distilled − scratch twin (lower is better); agreement: next-token top-1 agreement "
+                f"with the teacher; size: the fp32 safetensors file; latency: fp32, batch 1{per}, on "
+                f"{'; '.join(devices) or 'cpu'}."]
+    else:
+        foot = [f"test acc: the epoch with the best validation accuracy; KD gain: distilled − scratch twin, in "
+                f"points; size: the fp32 safetensors file; latency: fp32, batch 1{per}, on "
+                f"{'; '.join(devices) or 'cpu'}."]
     if any(r.get("variant") for r in rows):
         foot.append("ONNX rows are measured by running the artifact in ONNX Runtime (same threads); their size counts "
                     "every file a deployment needs.")

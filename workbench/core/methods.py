@@ -83,6 +83,8 @@ class Method(nn.Module):
     learns_from_unlabelled = True  # sees every training sample (the teacher's signal where labels are hidden)
     needs_feature_maps = False  # True: only for tasks whose models have spatial feature maps (images)
     needs_transformer_layers = False  # True: only for tasks whose models are Transformers (text)
+    token_level = False  # True: it also distils next-token distributions (`token_terms`, language models)
+    only_tokens = False  # True: next-token distributions only (reverse KL, JSD, skew KL)
     note = ""  # one line a front end shows beside the objective (what a knob means, a convention)
     SYMBOLS = {"temperature": "T", "alpha": "α", "beta": "β", "gamma": "γ"}  # short names in labels
 
@@ -126,6 +128,13 @@ class Method(nn.Module):
     def loss(self, ctx: StepContext) -> torch.Tensor:
         return sum(self.terms(ctx).values())
 
+    def token_terms(self, s_logits: torch.Tensor, targets: torch.Tensor, topk_values: torch.Tensor | None,
+                    topk_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The objective of a language model's step, as named, weighted terms: `s_logits` (N, V) at N next-token
+        positions, `targets` (N,) (−1 for padding), and the teacher's cached top-k logits (N, k) values and ids
+        (None without a teacher). Only methods with `token_level` have one."""
+        raise NotImplementedError(f"{self.name} does not distil next-token distributions")
+
     def objective_text(self) -> str:
         """The objective with this method's values filled in, as plain text."""
         return ""
@@ -161,8 +170,13 @@ class CE(Method):
     distils = False
     learns_from_unlabelled = False  # labels alone: a scratch student never sees the samples whose labels are hidden
 
+    token_level = True
+
     def terms(self, ctx):
         return {"ce": self.ce(ctx)}
+
+    def token_terms(self, s_logits, targets, topk_values, topk_ids):
+        return {"ce": losses.token_cross_entropy(s_logits, targets)}
 
     def objective_text(self):
         return "L = CE(z_s, y)"
@@ -209,6 +223,7 @@ class KD(Method):
     note = ("α weights the distillation term: α = 0 is the student trained without the teacher (scratch), α = 1 is "
             "pure distillation. (torchdistill and Keras put their α on the cross-entropy.)")
     closed_form = True  # False: the same terms through plain autograd (for tests and debugging)
+    token_level = True  # on a language model: token-level forward KL to the teacher's top k (losses.token_forward_kl)
 
     def check(self):
         losses.check_temperature(self.p["temperature"])
@@ -227,6 +242,11 @@ class KD(Method):
         else:
             ce, kd = (1.0 - a) * self.ce(ctx), a * losses.soft_kl(ctx.s_logits, ctx.t_target, T)
         return {"ce": ce, "kd": kd}
+
+    def token_terms(self, s_logits, targets, topk_values, topk_ids):
+        T, a = self.p["temperature"], self.p["alpha"]
+        return {"ce": (1.0 - a) * losses.token_cross_entropy(s_logits, targets),
+                "kd": a * losses.token_forward_kl(s_logits, topk_values, topk_ids, targets, T)}
 
     def objective_text(self):
         T, a = f"{self.p['temperature']:g}", f"{self.p['alpha']:g}"
@@ -716,8 +736,100 @@ class MiniLM(_TransformerMethod):
                 f"{b}·KL(softmax(V_tV_tᵀ/√d) ‖ softmax(V_sV_sᵀ/√d)), last layers")
 
 
+# ---------------------------------------------------------------------------
+# divergences for language models: next-token distributions only, from the teacher's cached top k
+
+class _TokenMethod(Method):
+    """(1 − α)·CE + α·T²·D(teacher ‖ student) per next token, for a divergence D of `core.losses`."""
+
+    token_level = True
+    only_tokens = True
+    temperature_key = "temperature"
+    weight_key = "alpha"
+    divergence = ""  # how D reads in the objective
+
+    def check(self):
+        losses.check_temperature(self.p["temperature"])
+        losses.check_alpha(self.p["alpha"])
+
+    def terms(self, ctx):
+        raise ValueError(f"{self.name} distils next-token distributions of language models, not class logits")
+
+    def divergence_term(self, s_logits, topk_values, topk_ids, targets) -> torch.Tensor:
+        raise NotImplementedError
+
+    def token_terms(self, s_logits, targets, topk_values, topk_ids):
+        a = self.p["alpha"]
+        return {"ce": (1.0 - a) * losses.token_cross_entropy(s_logits, targets),
+                self.name: a * self.divergence_term(s_logits, topk_values, topk_ids, targets)}
+
+    def objective_text(self):
+        T, a = f"{self.p['temperature']:g}", f"{self.p['alpha']:g}"
+        return f"L = (1 − {a})·CE(z_s, y) + {a}·{T}²·{self.divergence.format(**self.p)}, per next token"
+
+
+class ReverseKL(_TokenMethod):
+    name = "reverse_kl"
+    title = "Reverse KL (MiniLLM)"
+    citation = "Gu, Dong, Wei, Huang. MiniLLM: Knowledge Distillation of Large Language Models. ICLR 2024."
+    description = "mode-seeking: KL(student ‖ teacher) per next token, over the teacher's top k"
+    defaults = {"temperature": 1.0, "alpha": 0.5}
+    help = {"temperature": "T > 0 softens both next-token distributions",
+            "alpha": "weight of the divergence in [0, 1]: 0 = scratch"}
+    primary = ("temperature", "alpha")
+    divergence = "KL(q̃_s ‖ p̃_t)"
+
+    def divergence_term(self, s_logits, topk_values, topk_ids, targets):
+        return losses.token_reverse_kl(s_logits, topk_values, topk_ids, targets, self.p["temperature"])
+
+
+class JSD(_TokenMethod):
+    name = "jsd"
+    title = "Generalised JSD (GKD)"
+    citation = ("Agarwal, Vieillard, Zhou, Stanczyk, Ramos Garea, Geist, Bachem. On-Policy Distillation of Language "
+                "Models: Learning from Self-Generated Mistakes. ICLR 2024.")
+    description = "β·KL(p ‖ m) + (1 − β)·KL(q ‖ m) with m = β·p + (1 − β)·q, per next token"
+    defaults = {"temperature": 1.0, "alpha": 0.5, "beta": 0.5}
+    help = {"temperature": "T > 0 softens both next-token distributions",
+            "alpha": "weight of the divergence in [0, 1]: 0 = scratch",
+            "beta": "β in (0, 1): the teacher's share of the mixture m (GKD: 0.5 is the symmetric JSD)"}
+    primary = ("temperature", "alpha", "beta")
+    search_first = "beta"
+    divergence = "JSD_β={beta:g}(p_t ‖ q_s)"
+
+    def check(self):
+        super().check()
+        if not 0.0 < self.p["beta"] < 1.0:
+            raise ValueError(f"jsd: beta must be in (0, 1), got {self.p['beta']:g}; β → 0 is forward KL (kd), "
+                             "β → 1 reverse KL (reverse_kl)")
+
+    def divergence_term(self, s_logits, topk_values, topk_ids, targets):
+        return losses.token_jsd(s_logits, topk_values, topk_ids, targets, self.p["temperature"], self.p["beta"])
+
+
+class SkewKL(_TokenMethod):
+    name = "skew_kl"
+    title = "Skew KL (DistiLLM)"
+    citation = "Ko, Kim, Chen, Yun. DistiLLM: Towards Streamlined Distillation for Large Language Models. ICML 2024."
+    description = "KL(p ‖ λ·p + (1 − λ)·q) per next token: forward KL kept bounded where the student gives ~0"
+    defaults = {"temperature": 1.0, "alpha": 0.5, "skew": 0.1}
+    help = {"temperature": "T > 0 softens both next-token distributions",
+            "alpha": "weight of the divergence in [0, 1]: 0 = scratch",
+            "skew": "λ in [0, 1): the teacher's share mixed into the student (DistiLLM: 0.1; 0 = forward KL)"}
+    primary = ("temperature", "alpha", "skew")
+    divergence = "KL(p_t ‖ {skew:g}·p_t + (1 − {skew:g})·q_s)"
+
+    def check(self):
+        super().check()
+        if not 0.0 <= self.p["skew"] < 1.0:
+            raise ValueError(f"skew_kl: skew λ must be in [0, 1), got {self.p['skew']:g}")
+
+    def divergence_term(self, s_logits, topk_values, topk_ids, targets):
+        return losses.token_skew_kl(s_logits, topk_values, topk_ids, targets, self.p["temperature"], self.p["skew"])
+
+
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CE, KD, LSKD, DKD, DIST, FitNet, AT, PKT, RKD, SP, CRD,
-                                                        DML, TinyBERT, MiniLM)}
+                                                        DML, TinyBERT, MiniLM, ReverseKL, JSD, SkewKL)}
 DISTILLATION_METHODS = tuple(n for n, m in METHODS.items() if m.distils)  # what a kd run may use
 DEFAULT_METHODS = {"teacher": "ce", "scratch": "ce", "kd": "kd"}  # a run's method when its config names none
 

@@ -24,7 +24,7 @@ from workbench.data.tables import EMBEDDED_TABLES, load_table
 from workbench.errors import DataError
 from workbench.models.zoo import ModelConfig, parse_model
 from workbench.store.runs import RunStore
-from workbench.tasks import task_for
+from workbench.tasks import infer_task, task_for
 from workbench.train.loop import TrainConfig
 from workbench.train.teachers import shipped_teachers
 
@@ -71,6 +71,7 @@ class DatasetDefaults:
 
 TABLE_DEFAULTS = DatasetDefaults(epochs=40, sweep_epochs=30, labels=None, batch_size=16, lr=1e-2)  # ~100-500 rows
 TEXT_DEFAULTS = DatasetDefaults(epochs=5, sweep_epochs=3, labels=None, batch_size=64, lr=3e-3)
+LM_DEFAULTS = DatasetDefaults(epochs=3, sweep_epochs=2, labels=None, batch_size=8, lr=1e-3)  # blocks of 128 tokens
 FINE_TUNE_LR = 5e-5  # a pretrained Hugging Face encoder (hf:) is fine-tuned, not trained from scratch (BERT's 2e-5..5e-5)
 DATASET_DEFAULTS = {
     "fashion-mnist": DatasetDefaults(epochs=10, sweep_epochs=5, labels=1000),
@@ -85,13 +86,16 @@ DATASET_DEFAULTS = {
 }
 
 
-def dataset_defaults(name: str) -> DatasetDefaults:
+def dataset_defaults(name: str, model=None) -> DatasetDefaults:
+    """The defaults of a run on data set `name` (of a language model `model` where the data set is also a corpus)."""
+    if model is not None and task_for(name, infer_task(name, model)).token_level:
+        return LM_DEFAULTS
     return DATASET_DEFAULTS.get(name, DatasetDefaults(epochs=10, sweep_epochs=5, labels=None))
 
 
 def default_lr(dataset: str, model) -> float:
     """The peak learning rate a run starts from: the data set's, or `FINE_TUNE_LR` for a pretrained hf: encoder."""
-    return FINE_TUNE_LR if getattr(model, "family", None) == "hf" else dataset_defaults(dataset).lr
+    return FINE_TUNE_LR if getattr(model, "family", None) == "hf" else dataset_defaults(dataset, model).lr
 
 
 def available_texts() -> dict[str, str | None]:

@@ -68,10 +68,13 @@ FAMILIES: dict[str, FamilySpec] = {
     "bilstm": FamilySpec(1, 128, None, "bidirectional LSTM: depth layers of width units"),
     "transformer": FamilySpec(2, 128, None, "Transformer encoder: depth layers of width dims"),
     "hf": FamilySpec(None, None, None, "hf:FOLDER or hf:PACKAGE, a Hugging Face encoder with a new head (text extra)"),
+    # language models (workbench.models.lm): token ids in, next-token logits out
+    "llama": FamilySpec(4, 192, None, "LLaMA-style decoder: depth layers of width dims, --heads heads (width/64)"),
 }
 ZOO = ("mlp", "cnn", "resnet", "mobilenet_v2", "resnet18")  # built here, with their size knobs
 EXTERNAL = ("torchvision", "timm", "factory", "hf")  # named by a spec string
 TEXT_FAMILIES = ("bag", "textcnn", "bilstm", "transformer", "hf")  # take token ids (workbench.models.text)
+LM_FAMILIES = ("llama",)  # next-token models built here (workbench.models.lm); hf: causal LMs too
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -90,8 +93,16 @@ class ModelConfig:
     width: float | None = None  # units (mlp), base channels (cnn, resnet), multiplier (mobilenet_v2)
     pretrained: bool = False  # the library's own weights (resnet18, mobilenet_v2, torchvision:, timm:; online)
     name: str | None = None  # torchvision/timm model name, or the factory "file.py:fn" / "package.module:fn"
+    heads: int | None = None  # llama: attention heads (None: width / 64)
 
     def __post_init__(self):
+        if self.heads is not None:
+            if self.family != "llama":
+                raise ModelError(f"{self.family} has no heads knob (--heads is for llama students)")
+            heads = _whole(self.heads, "heads")
+            if not 1 <= heads <= 256:
+                raise ModelError(f"heads must be between 1 and 256, got {self.heads}")
+            object.__setattr__(self, "heads", heads)
         if self.family not in FAMILIES:
             raise ModelError(f"unknown model family {self.family!r}; choose one of {', '.join(ZOO)}, for text one of "
                              f"{', '.join(TEXT_FAMILIES[:-1])}, or a spec torchvision:NAME, timm:NAME, hf:FOLDER, "
@@ -157,16 +168,21 @@ class ModelConfig:
         if self.resolved_width is not None:
             w = self.resolved_width
             knobs.append(f"w={int(w) if float(w).is_integer() else w}")
+        if self.heads is not None:
+            knobs.append(f"h={self.heads}")
         return f"{self.family}({', '.join(knobs)})" if knobs else self.family
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["heads"] is None:
+            d.pop("heads")  # configs of models without heads read as they always did
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         if not isinstance(d, dict) or "family" not in d:
             raise ModelError(f"a model config needs at least a 'family', got {d!r}")
-        unknown = set(d) - {"family", "depth", "width", "pretrained", "name"}
+        unknown = set(d) - {"family", "depth", "width", "pretrained", "name", "heads"}
         if unknown:
             raise ModelError(f"unknown model config keys {sorted(unknown)}")
         return cls(**d)
@@ -312,6 +328,13 @@ def _resnet18(input_shape, num_classes, pretrained: bool):
 def build_model(config: ModelConfig, input_shape, num_classes: int, vocab: dict | None = None) -> nn.Module:
     """Build the model that `config` describes for images of `input_shape` (C, H, W), rows of (F,) features, or
     (L,) token ids of the tokenizer `vocab` describes (text: {"vocab_size", "pad_id", ...})."""
+    if config.family in LM_FAMILIES or (config.family == "hf" and vocab and "seq_len" in vocab):
+        from workbench.models.lm import build_lm_model  # transformers is an optional extra
+
+        model = build_lm_model(config, tuple(input_shape), vocab)
+        model.kdw_config, model.kdw_input_shape, model.kdw_num_classes = config, tuple(input_shape), model.vocab_size
+        model.kdw_vocab = dict(vocab) if vocab else None
+        return model
     if config.family in TEXT_FAMILIES:
         if num_classes < 2:
             raise ModelError(f"num_classes must be >= 2, got {num_classes}")
@@ -613,7 +636,10 @@ def is_convnet(model: nn.Module) -> bool:
 def state_dict_fp32(model: nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous fp32 CPU copies of the weights (buffers included), as saved to disk."""
     out = {}
+    tied = set(getattr(model, "kdw_tied", ()))  # weights that are another one (a tied output embedding)
     for k, v in model.state_dict().items():
+        if k in tied:
+            continue
         v = v.detach().to("cpu")
         out[k] = (v.float() if v.is_floating_point() else v).contiguous().clone()
     return out
@@ -734,7 +760,8 @@ def _meta_int(value, key: str, where: str, low: int, high: int) -> int:
 
 def _check_shapes(model: nn.Module, shapes: dict[str, tuple], label: str) -> None:
     """ModelError listing the first keys that do not fit (missing, unexpected, or of another shape)."""
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = set(getattr(model, "kdw_tied", ()))
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in tied}
     problems = [f"{k}: expected {want[k]}, found {shapes[k]}" for k in want if k in shapes and shapes[k] != want[k]]
     problems += [f"{k}: missing" for k in want if k not in shapes]
     problems += [f"{k}: unexpected" for k in shapes if k not in want]
@@ -788,7 +815,10 @@ def load_checkpoint(path_or_bytes, config: ModelConfig | None = None, input_shap
     tensors, meta = read_checkpoint(path_or_bytes)
     model = build_model(config, input_shape, num_classes, vocab)
     try:
-        model.load_state_dict(tensors, strict=True)
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        missing = set(missing) - set(getattr(model, "kdw_tied", ()))
+        if missing or unexpected:
+            raise RuntimeError(f"missing keys {sorted(missing)[:3]}, unexpected keys {sorted(unexpected)[:3]}")
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelError(f"the weights do not fit {label}: {first}") from None

@@ -370,6 +370,8 @@ class Run:
             "created": cfg.get("created"),
             "test_acc_best": dig(sm, "test", "accuracy"),
             "test_acc_last": dig(sm, "test_last", "accuracy"),
+            **({"test_ppl_best": dig(sm, "test", "perplexity"), "test_ppl_last": dig(sm, "test_last", "perplexity")}
+               if dig(sm, "test", "perplexity") is not None else {}),
             "error": st.get("error"),
         }
 

@@ -31,6 +31,7 @@ class Task:
     feature_maps = True  # its models have spatial feature maps (what attention transfer matches)
     transformer_layers = False  # its models may be Transformers (what TinyBERT and MiniLM match)
     prunable = True  # torch-pruning's channel pruning applies to its models (deploy --prune)
+    token_level = False  # its models predict next tokens: only methods with token_terms distil them
 
     # -- data ---------------------------------------------------------------------------------------------
     def load(self, name: str, data_dir=None, *, size: int | None = None, stream: bool | None = None,
@@ -84,6 +85,12 @@ class Task:
     def check_method(self, method) -> None:
         """ValueError unless `method` (a core.methods.Method) works on this task's models: logit and embedding
         methods work on any task; a method that needs spatial feature maps needs a task whose models have them."""
+        if self.token_level and not method.token_level:
+            raise ValueError(f"{method.name} ({method.title}) distils class logits or features; a language model "
+                             "is distilled per next token: use kd, reverse_kl, jsd or skew_kl")
+        if method.only_tokens and not self.token_level:
+            raise ValueError(f"{method.name} ({method.title}) distils next-token distributions of language "
+                             f"models, not {self.title.lower()} classifiers; use kd")
         if method.needs_transformer_layers and not self.transformer_layers:
             raise ValueError(f"{method.name} ({method.title}) matches Transformer layers, which "
                              f"{self.title.lower()} models have not; use a logit method such as kd")

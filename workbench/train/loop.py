@@ -33,12 +33,13 @@ from workbench.data.datasets import Dataset, label_mask
 from workbench.data.images import StreamLoader
 from workbench.data.loaders import BatchLoader
 from workbench.data.transforms import AUGMENTATIONS
-from workbench.errors import Diverged, TrainingError
+from workbench.errors import Diverged
 from workbench.evaluate.metrics import model_profile, predict_logits
 from workbench.io import atomic_write
 from workbench.models.zoo import ModelConfig, count_params, is_convnet, load_weights
 from workbench.store.runs import migrate_config
-from workbench.tasks import DATASETS, task_for
+from workbench.tasks import DATASETS, infer_task, task_for
+from workbench.train.steps import _emit, autocast_dtype, available_devices, lr_at, make_optimizer, pick_device  # noqa: F401
 from workbench.train.teachers import Teacher, cached_logits, data_identity, load_teacher
 from workbench.train.tracking import check_target
 
@@ -100,6 +101,11 @@ class TrainConfig:
     rdzv_endpoint: str | None = None  # several machines: host:port of the c10d rendezvous
     rdzv_id: str | None = None  # several machines: the same id on every machine (default: the run id)
     track: tuple = ()  # where else to log: "tensorboard[:DIR]", "mlflow[:URI]" (workbench.train.tracking)
+    task: str | None = None  # the task's name, derived: the data set's (language modelling for a language model)
+    seq_len: int | None = None  # language models: tokens a model reads per block (None: 128)
+    train_tokens: int | None = None  # language models: the training corpus's cap in tokens (None: 20,000)
+    val_tokens: int | None = None  # language models: tokens of the validation and of the test split (None: 4,096)
+    topk: int | None = None  # language models: the teacher's logits cached per token (None: 32)
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -108,6 +114,11 @@ class TrainConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        # the task follows from the data set, and for a data set of several (fortunes) from the model: always
+        # derived, so a config copied with another data set or model has the right one
+        object.__setattr__(self, "task", infer_task(self.dataset, self.model))
+        task = task_for(self.dataset, self.task)
+        lm = task.token_level
         if self.method is None:
             object.__setattr__(self, "method", default_method(self.kind))
         info = method_info(self.method)
@@ -124,8 +135,23 @@ class TrainConfig:
         if self.teacher_weights is not None:
             object.__setattr__(self, "teacher_weights", tuple(_finite("teacher weight", w)
                                                               for w in self.teacher_weights))
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be a whole number >= 1, got {self.epochs}")
+        if lm and self.kind == "teacher" and self.epochs == 0:
+            pass  # a pretrained language model registered as a teacher: evaluated, not trained
+        elif isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a whole number >= 1, got {self.epochs}"
+                             + (" (0 only evaluates a pretrained language-model teacher)" if lm else ""))
+        for key, low, high in (("seq_len", 2, 8192), ("train_tokens", 3, 10 ** 10), ("val_tokens", 3, 10 ** 9),
+                               ("topk", 1, 10 ** 7)):
+            v = getattr(self, key)
+            if v is None:
+                continue
+            if not lm:
+                raise ValueError(f"{key} is for language models, not {task.title.lower()} runs")
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise ValueError(f"{key} must be a whole number between {low:,} and {high:,}, got {v!r}")
+        if lm and self.labels is not None:
+            raise ValueError("a label budget is for classifiers; a language model learns from every token (cap the "
+                             "corpus with train_tokens instead)")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a whole number >= 1, got {self.batch_size}")
         if not _finite("lr", self.lr) > 0:
@@ -205,7 +231,7 @@ class TrainConfig:
         """What a run's config.json holds: the config, the student's label, the objective and how it was launched."""
         method = self.build_method()
         return self.to_dict() | {"model_label": self.model.label(), "objective": method.objective_text(),
-                                 "method_label": method.label(), "task": task_for(self.dataset).name,
+                                 "method_label": method.label(), "task": self.task,
                                  "method_temperature": method.temperature,
                                  "method_weight": method.p[method.weight_key] if method.weight_key else None,
                                  "command": command}
@@ -226,55 +252,6 @@ def _finite(name: str, v) -> float:
     if not math.isfinite(f):
         raise ValueError(f"{name} must be a finite number, got {v!r}")
     return f
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for 'auto'; a clear error for a device that is not here."""
-    has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
-    if requested == "mps" and not has_mps:
-        raise TrainingError("device mps was asked for, but this machine has no Apple MPS; use --device cpu or auto")
-    return torch.device(requested)
-
-
-def available_devices() -> list[str]:
-    out = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        out.append("cuda")
-    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-        out.append("mps")
-    return out
-
-
-def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """bf16 where the device runs it fast (CUDA with bf16 support), else None (full fp32)."""
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> float:
-    """Linear warm-up over the first 5% of steps, then cosine decay to 0."""
-    warm = max(1, int(warmup_frac * total))
-    if step < warm:
-        return peak * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig, extra: torch.nn.Module | None = None
-                   ) -> torch.optim.Optimizer:
-    """AdamW or SGD over the model and a method's learnable parts (`extra`), no decay on 1-d parameters."""
-    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
-    decay = [p for p in params if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def resolve_augment(config: TrainConfig, dataset) -> str:
@@ -298,14 +275,11 @@ class TqdmProgress:
             self.bar.update(1)
         elif event["event"] == "epoch" and self.bar is not None:
             terms = {k[5:]: f"{v:.3f}" for k, v in event.items() if k.startswith("loss_")}
-            self.bar.set_postfix(epoch=event["epoch"], **terms, val_acc=f"{100 * event['val_acc']:.2f}%")
+            score = {"val_ppl": f"{event['val_ppl']:.1f}"} if "val_ppl" in event else \
+                {"val_acc": f"{100 * event['val_acc']:.2f}%"}
+            self.bar.set_postfix(epoch=event["epoch"], **terms, **score)
         elif event["event"] == "end" and self.bar is not None:
             self.bar.close()
-
-
-def _emit(callbacks, event: dict) -> None:
-    for cb in callbacks:
-        cb(event)
 
 
 # ---------------------------------------------------------------------------
@@ -363,6 +337,10 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     is this function. Pass `teacher` to reuse one already loaded, and `student` to train a model you
     built yourself (a pruned student, say) instead of `config.model`.
     """
+    if task_for(config.dataset, config.task).token_level:  # a language model: next-token distillation
+        from workbench.train import lm
+
+        return lm.prepare(config, store, teacher)
     t0 = time.perf_counter()
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -372,7 +350,7 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
-    task = task_for(config.dataset)
+    task = task_for(config.dataset, config.task)
     method = config.build_method()
     task.check_method(method)
     if config.teacher and teacher is None:
@@ -642,6 +620,11 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
     every epoch a run's folder gets a checkpoint that `kdw resume` continues from. A non-finite loss raises
     Diverged after recording the epoch's metrics.
     """
+    if task_for(config.dataset, config.task).token_level:  # a language model: workbench.train.lm
+        from workbench.train import lm
+
+        return lm.train(config, run=run, callbacks=callbacks, store=store, teacher=teacher, session=session,
+                        resume=resume)
     s = session if session is not None else prepare(config, store, dataset, teacher, student)
     if s.config != config:
         raise ValueError("the session was prepared for another config")
