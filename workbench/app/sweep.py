@@ -105,7 +105,7 @@ def _search_form() -> None:
     base = _base("swr")
     if base is None:
         return
-    name = st.selectbox("Method", list(DISTILLATION_METHODS), key="swr_method",
+    name = st.selectbox("Method", [m for m in DISTILLATION_METHODS if not METHODS[m].only_tokens], key="swr_method",
                         format_func=lambda n: f"{n} · {METHODS[n].title}")
     st.caption(f"{METHODS[name].description}. *{METHODS[name].citation}*")
     base = replace(base, method=name, method_params=dict(METHODS[name].defaults),

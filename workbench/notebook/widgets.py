@@ -166,7 +166,8 @@ class DistillPanel(W.VBox):
                                          layout=W.Layout(width="420px"), **SLIDER)
         self.alpha = W.FloatSlider(value=0.9, min=0.0, max=1.0, step=0.05, description="α (KD weight)",
                                    layout=W.Layout(width="420px"), **SLIDER)
-        self.method = W.Dropdown(options=[(f"{k} · {METHODS[k].title}", k) for k in DISTILLATION_METHODS],
+        self.method = W.Dropdown(options=[(f"{k} · {METHODS[k].title}", k) for k in DISTILLATION_METHODS
+                                             if not METHODS[k].only_tokens],  # language models: the CLI
                                  value="kd", description="method")
         self.method_params = W.Text(value="", description="params", placeholder="e.g. beta=100, stage=stage3")
         self.method_info = W.HTML()
@@ -392,7 +393,8 @@ class SearchPanel(W.VBox):
         self.epochs = W.BoundedIntText(value=3, min=1, max=500, description="epochs", **_half())
         self.labels = W.BoundedIntText(value=0, min=0, max=10**7, description="labels", **_half(),
                                        tooltip="visible training labels; 0 = all")
-        self.method = W.Dropdown(options=[(f"{k} · {METHODS[k].title}", k) for k in DISTILLATION_METHODS],
+        self.method = W.Dropdown(options=[(f"{k} · {METHODS[k].title}", k) for k in DISTILLATION_METHODS
+                                             if not METHODS[k].only_tokens],  # language models: the CLI
                                  value="dkd", description="method")
         self.ranges = W.Text(description="ranges", layout=W.Layout(width="420px"),
                              placeholder="name=low:high[:log][:int]; e.g. beta=1:16:log; temperature=1:8")
