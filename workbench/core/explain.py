@@ -86,3 +86,36 @@ def t_squared_scaling(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         out["grad_with"].append(grad.norm().item())
         out["grad_without"].append(grad.norm().item() / T ** 2)
     return out
+
+
+@dataclass
+class NextTokenView:
+    """What a language model says about the next token after a prompt, at T = 1 and at T."""
+
+    ids: list[int]  # the shown tokens: the reference model's top k at T = 1, most likely first
+    logits: torch.Tensor  # (V,) the model's next-token logits
+    temperature: float
+    probs_t1: list[float]  # its probabilities of `ids` at T = 1 and at T (over the whole vocabulary)
+    probs_T: list[float]
+    entropy_t1: float  # nats, of the whole next-token distribution
+    entropy_T: float
+    shown_mass_t1: float  # the share of the probability the shown tokens hold
+    shown_mass_T: float
+
+
+def next_token_view(logits: torch.Tensor, temperature: float, k: int = 20, ids: list[int] | None = None
+                    ) -> NextTokenView:
+    """Softened next-token probabilities of one logit vector (V,), for its own top k (or the tokens `ids`, to show
+    a student's view of the teacher's choices).
+
+    >>> v = next_token_view(torch.tensor([3.0, 1.0, 0.0, 0.0]), 2.0, k=2)
+    >>> v.ids, [round(p, 3) for p in v.probs_t1], [round(p, 3) for p in v.probs_T]
+    ([0, 1], [0.81, 0.11], [0.551, 0.203])
+    """
+    logits = logits.detach().float().flatten()
+    if ids is None:
+        ids = logits.topk(min(k, logits.numel())).indices.tolist()
+    p1, pT = softmax_t(logits, 1.0), softmax_t(logits, temperature)
+    sel = torch.tensor(ids, dtype=torch.long)
+    return NextTokenView(list(ids), logits, float(temperature), p1[sel].tolist(), pT[sel].tolist(),
+                         entropy(p1).item(), entropy(pT).item(), float(p1[sel].sum()), float(pT[sel].sum()))
