@@ -247,6 +247,38 @@ def test_the_train_page_distils_a_text_classifier_from_a_text_teacher(runs_dir, 
     assert all(r.summary["task"] == "text-classification" for r in runs)
 
 
+def test_dark_knowledge_shows_a_language_models_next_token_distribution(runs_dir, tmp_path):
+    """Next token: a tiny LLaMA teacher run and a student of it; the teacher's top tokens at T = 1 and at T, the
+    student's beside them, and an empty prompt refused in one sentence."""
+    pytest.importorskip("transformers")
+    from text_fixtures import lm_teacher
+
+    from workbench.jobs.queue import run_in_process
+    from workbench.models.zoo import ModelConfig
+    from workbench.train.loop import TrainConfig
+
+    store = RunStore(runs_dir)
+    lm_teacher(runs_dir, tmp_path)
+    teacher = store.get("tl").config
+    run_in_process(store, TrainConfig(kind="scratch", model=ModelConfig("llama", depth=1, width=16, heads=2),
+                                      teacher="tl", epochs=1, topk=8, profile=False,
+                                      **{k: teacher[k] for k in ("dataset", "data_dir", "seq_len", "train_tokens",
+                                                                 "val_tokens")}), run_id="st")
+    at = page_app("dark_knowledge").run()
+    at.radio(key="dk_mode").set_value("tokens").run()
+    _no_errors(at)
+    assert at.selectbox(key="dk_tok_teacher").value.endswith("tl")
+    assert any("most likely next token" in m.value for m in at.markdown)
+    assert _charts(at) == 2  # the next-token bars and the T² chart
+    at.text_area(key="dk_prompt").input("the cat sees").run()
+    at.selectbox(key="dk_tok_student").select_index(1).run()
+    _no_errors(at)
+    bars = at.get("plotly_chart")[0].proto.spec
+    assert "student, T = 4" in bars
+    at.text_area(key="dk_prompt").input("   ").run()
+    assert any("the prompt has no tokens" in e.value for e in at.error)
+
+
 def test_the_train_page_reads_a_saved_hugging_face_data_set(runs_dir, tmp_path):
     datasets = pytest.importorskip("datasets")
     from text_fixtures import text_csv

@@ -189,8 +189,20 @@ def _text_teacher(runs_dir) -> bool:
     return True
 
 
+def _lm_teacher(runs_dir, root) -> bool:
+    """A tiny language-model teacher run in the store, for the next-token mode (False without the text extra)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    from text_fixtures import lm_teacher
+
+    lm_teacher(runs_dir, root)
+    return True
+
+
 @pytest.mark.parametrize("width, height", [(1400, 900), (1024, 768)])
-def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_dir, width, height):
+def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_dir, width, height, tmp_path):
     """Classroom projector and laptop sizes: each page by its own URL, no exception, no clipped text or plot part."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -201,6 +213,7 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
         "--temperatures", "2", "4", "--alphas", "0.9", "--seeds", "1", "--no-profile", "--runs-dir", str(runs_dir))
     _finished_search(runs_dir)
     text_teacher = _text_teacher(runs_dir)
+    lm_teacher = _lm_teacher(runs_dir, tmp_path)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": width, "height": height})
@@ -247,5 +260,17 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
             found = page.evaluate(CLIPPED_JS)
             if found:
                 problems["/dark-knowledge (sentences)"] = found
+        if lm_teacher:  # Dark knowledge's next-token mode, from its address
+            page.goto(server + "/dark-knowledge?mode=tokens&teacher=tl&prompt=the%20cat%20sees&T=3")
+            expect(page.get_by_role("heading", name="Dark knowledge")).to_be_visible()
+            expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            expect(page.get_by_text(re.compile(r"^The teacher.s most likely next token: "))).to_be_visible()
+            page.wait_for_timeout(2500)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.get_by_role("textbox", name="Prompt").input_value() == "the cat sees"
+            page.screenshot(path=str(ARTIFACTS / f"dark-knowledge-tokens-{width}.png"), full_page=True)
+            found = page.evaluate(CLIPPED_JS)
+            if found:
+                problems["/dark-knowledge (next token)"] = found
         browser.close()
     assert not problems, problems
