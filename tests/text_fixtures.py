@@ -26,16 +26,21 @@ def tiny_bert(folder: Path, texts, hidden: int = 32, layers: int = 2, heads: int
         ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                   sep_token="[SEP]", mask_token="[MASK]")
-    tok.save_pretrained(str(folder))
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128,
                      pad_token_id=0)
+    return _save_random(BertForSequenceClassification, cfg, tok, folder)
+
+
+def _save_random(model_class, config, tokenizer, folder: Path) -> Path:
+    """A model of `model_class` initialised with seed 0, saved with its tokenizer (safetensors) into `folder`."""
     import torch
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+    tokenizer.save_pretrained(str(folder))
     torch.manual_seed(0)
-    BertForSequenceClassification(cfg).save_pretrained(str(folder), safe_serialization=True)
+    model_class(config).save_pretrained(str(folder), safe_serialization=True)
     return folder
 
 
@@ -105,17 +110,10 @@ def tiny_llama(folder: Path, texts, hidden: int = 32, layers: int = 2, heads: in
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
-    tok.save_pretrained(str(folder))
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=1, eos_token_id=1)
-    import torch
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(str(folder), safe_serialization=True)
-    return folder
+    return _save_random(LlamaForCausalLM, cfg, tok, folder)
 
 
 def lm_corpus(path: Path, n: int = 400) -> Path:
@@ -130,3 +128,19 @@ def lm_corpus(path: Path, n: int = 400) -> Path:
              f"{rng.choice(objects)} ." for _ in range(n)]
     path.write_text("\n\n".join(paras) + "\n")
     return path
+
+
+def lm_teacher(runs_dir: Path, root: Path, run_id: str = "tl") -> str:
+    """A tiny LLaMA registered as a language-model teacher run (epochs 0) in `runs_dir`, on a corpus written under
+    `root`; takes about a second. Returns the run id."""
+    from workbench.jobs.queue import run_in_process
+    from workbench.models.zoo import parse_model
+    from workbench.store.runs import RunStore
+    from workbench.train.loop import TrainConfig
+
+    corpus = lm_corpus(Path(root) / "corpus.txt")
+    llama = tiny_llama(Path(root) / "llama", corpus.read_text().split())
+    run_in_process(RunStore(runs_dir), TrainConfig(kind="teacher", dataset="text-file", data_dir=str(corpus),
+                                                   model=parse_model(f"hf:{llama}"), epochs=0, seq_len=16,
+                                                   train_tokens=2000, val_tokens=200, profile=False), run_id=run_id)
+    return run_id

@@ -454,7 +454,8 @@ def format_table(rows: list[dict], aggregated: bool = False, wide: bool = False,
     devices = sorted({f"{r['device']}, {r['threads']} threads" for r in rows if r.get("device")})
     samples = sorted({r["sample"] for r in rows if r.get("sample")})
     per = f" ({' or '.join(samples)})" if samples else ""
-    if any(r.get("test_ppl") is not None for r in rows):
+    lm = any(r.get("test_ppl") is not None for r in rows)
+    if lm:
         foot = [f"test ppl: perplexity on the test split's tokens, of the epoch with the best validation perplexity; "
                 f"ppl vs scratch: distilled − scratch twin (lower is better); agreement: next-token top-1 agreement "
                 f"with the teacher; size: the fp32 safetensors file; latency: fp32, batch 1{per}, on "
@@ -472,7 +473,7 @@ def format_table(rows: list[dict], aggregated: bool = False, wide: bool = False,
     int8 = int8_warning(rows)
     if int8:
         foot.append(f"⚠ warning: {int8}")
-    if wide:
+    if wide and not lm:  # a language model's agreement is defined in its first line; it has no ECE
         foot += [AGREEMENT_MEANS, ECE_MEANS]
     if dropped:
         foot.append(f"({len(dropped)} column(s) left out to fit the terminal: {', '.join(reversed(dropped))}; "

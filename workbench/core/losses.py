@@ -725,6 +725,17 @@ def relation_kl(student_a: torch.Tensor, student_b: torch.Tensor, teacher_a: tor
 # With k = V every one equals its dense form; tests/unit bound the error for smaller k on a tiny model.
 # Positions whose target is −1 (padding) are left out; the mean is over the remaining tokens.
 
+def check_beta(beta: float) -> None:
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"beta must be in (0, 1), got {beta:g}; β → 0 is forward KL (kd), β → 1 reverse KL "
+                         "(reverse_kl)")
+
+
+def check_skew(skew: float) -> None:
+    if not 0.0 <= skew < 1.0:
+        raise ValueError(f"skew λ must be in [0, 1), got {skew:g}")
+
+
 def _token_mask(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mask = (targets >= 0).float()
     return mask, mask.sum().clamp_min(1.0)
@@ -823,8 +834,7 @@ def token_jsd(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_ids:
     0.2152
     """
     check_temperature(temperature)
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"beta must be in (0, 1), got {beta}; β → 0 is forward KL (kd), β → 1 reverse KL")
+    check_beta(beta)
     mask, n = _token_mask(targets)
     log_p = F.log_softmax(topk_values.float() / temperature, dim=-1)
     log_q_k, log_q_tail = _student_on_topk(student_logits, topk_ids, temperature)
@@ -848,17 +858,14 @@ def token_skew_kl(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_
     >>> round(kd.item(), 3), round(skl.item(), 3), skl.item() <= -math.log(0.1)
     (8.998, 2.3, True)
     """
-    check_temperature(temperature)
-    if not 0.0 <= skew < 1.0:
-        raise ValueError(f"skew λ must be in [0, 1), got {skew}")
+    check_skew(skew)
+    if skew == 0.0:
+        return token_forward_kl(student_logits, topk_values, topk_ids, targets, temperature)
     mask, n = _token_mask(targets)
     log_p = F.log_softmax(topk_values.float() / temperature, dim=-1)
     log_q_k, _ = _student_on_topk(student_logits, topk_ids, temperature)
-    if skew == 0.0:
-        kl = (log_p.exp() * (log_p - log_q_k)).sum(-1)
-    else:
-        log_m_k = torch.logaddexp(log_p + math.log(skew), log_q_k + math.log(1.0 - skew))
-        kl = (log_p.exp() * (log_p - log_m_k)).sum(-1)
+    log_m_k = torch.logaddexp(log_p + math.log(skew), log_q_k + math.log(1.0 - skew))
+    kl = (log_p.exp() * (log_p - log_m_k)).sum(-1)
     return temperature ** 2 * (kl * mask).sum() / n
 
 

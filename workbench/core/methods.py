@@ -799,9 +799,7 @@ class JSD(_TokenMethod):
 
     def check(self):
         super().check()
-        if not 0.0 < self.p["beta"] < 1.0:
-            raise ValueError(f"jsd: beta must be in (0, 1), got {self.p['beta']:g}; β → 0 is forward KL (kd), "
-                             "β → 1 reverse KL (reverse_kl)")
+        losses.check_beta(self.p["beta"])
 
     def divergence_term(self, s_logits, topk_values, topk_ids, targets):
         return losses.token_jsd(s_logits, topk_values, topk_ids, targets, self.p["temperature"], self.p["beta"])
@@ -821,8 +819,7 @@ class SkewKL(_TokenMethod):
 
     def check(self):
         super().check()
-        if not 0.0 <= self.p["skew"] < 1.0:
-            raise ValueError(f"skew_kl: skew λ must be in [0, 1), got {self.p['skew']:g}")
+        losses.check_skew(self.p["skew"])
 
     def divergence_term(self, s_logits, topk_values, topk_ids, targets):
         return losses.token_skew_kl(s_logits, topk_values, topk_ids, targets, self.p["temperature"], self.p["skew"])

@@ -36,7 +36,7 @@ import torch
 
 from workbench.data.datasets import Dataset, fixed_splits
 from workbench.data.readers import read_csv_rows
-from workbench.errors import DataError, ModelError
+from workbench.errors import DataError, ModelError, require
 
 TEXT_DATASETS = ("wordnet", "fortunes", "text-csv", "hf-dataset")
 DEFAULT_MAX_LENGTH = 64
@@ -157,11 +157,8 @@ TEXT_COLUMNS = ("text", "sentence", "content", "document")
 
 
 def require_datasets():
-    """The datasets module, or ModelError naming the text extra."""
-    try:
-        import datasets
-    except ImportError:
-        raise ModelError(f"hf-dataset needs the optional package datasets: {EXTRA_HINT}") from None
+    """The datasets module, or MissingExtra naming the text extra."""
+    datasets = require("datasets", "text", "hf-dataset")
     datasets.disable_progress_bars()
     return datasets
 
@@ -288,6 +285,16 @@ def load_tokenizer(path) -> tuple[object, str]:
         if f.is_file() and (f.name.startswith(("tokenizer", "vocab", "special_tokens", "merges"))):
             h.update(f.name.encode() + f.read_bytes())
     return tok, h.hexdigest()[:16]
+
+
+def unlike_tokenizer(vocab: dict, candidates) -> str | None:
+    """Of (tokenizer folder or None, what it is) pairs, the `what` of the first whose tokenizer is not the one
+    `vocab` (a model's kdw_vocab) names; None where every given one is that tokenizer."""
+    for folder, what in candidates:
+        if folder is not None and Path(folder).resolve() != Path(vocab["tokenizer"]).resolve() \
+                and load_tokenizer(folder)[1] != vocab.get("tokenizer_id"):
+            return what
+    return None
 
 
 def tokenize(texts, tokenizer, max_length: int, batch: int = 4096) -> np.ndarray:

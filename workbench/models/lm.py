@@ -22,17 +22,17 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from workbench.data.text import require_transformers
-from workbench.errors import ModelError
+from workbench.errors import ModelError, require
 
 LM_FAMILIES = ("llama",)
 MAX_POSITIONS = 8192
-GGUF_HINT = "pip install gguf (in the text extra: pip install -e '.[text]')"
 
 
 def _cache_root() -> Path:
@@ -84,19 +84,18 @@ def _check_gguf(path: Path) -> None:
         magic = f.read(4)
     if magic != b"GGUF":
         raise ModelError(f"{path} is not a GGUF model file (it does not start with the GGUF magic bytes)")
-    if importlib.util.find_spec("gguf") is None:
-        raise ModelError(f"a GGUF model needs the optional package gguf: {GGUF_HINT}")
+    require("gguf", "text", "a GGUF model")
 
 
 def dequantised_folder(folder: Path, gguf: str) -> Path:
     """The fp32 copy of a GGUF model (config, safetensors weights, tokenizer), written on first use."""
     path = folder / gguf
-    _check_gguf(path)
     st = path.stat()
     key = hashlib.sha256(f"{path}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
     out = _cache_root() / f"{path.stem}-{key}"
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
+    _check_gguf(path)
     transformers = require_transformers()
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf, dtype=torch.float32)
@@ -117,7 +116,10 @@ def dequantised_folder(folder: Path, gguf: str) -> Path:
     config.pop("_model_name_or_path", None)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tok.save_pretrained(str(tmp))
-    os.replace(tmp, out) if not out.exists() else None
+    if out.exists():  # another process wrote it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
     return out
 
 

@@ -10,7 +10,6 @@ from workbench.tasks.text import TextClassification
 
 TASKS: tuple[Task, ...] = (ImageClassification(), TabularClassification(), TextClassification(), LanguageModelling())
 DATASETS: tuple[str, ...] = tuple(dict.fromkeys(d for t in TASKS for d in t.datasets))  # every data set, of every task
-TASK_NAMES: tuple[str, ...] = tuple(t.name for t in TASKS)
 
 
 def task_for(dataset: str, task: str | None = None) -> Task:
@@ -43,4 +42,4 @@ def infer_task(dataset: str, model, teacher_is_lm: bool = False) -> str:
     return task_for(dataset, wanted).name
 
 
-__all__ = ["DATASETS", "TASKS", "TASK_NAMES", "Task", "infer_task", "task_for"]
+__all__ = ["DATASETS", "TASKS", "Task", "infer_task", "task_for"]

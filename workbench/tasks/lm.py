@@ -8,8 +8,6 @@ Distillation is per next token, from the teacher's cached top-k logits (`workben
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -17,6 +15,8 @@ from workbench.data.lm import DEFAULT_SEQ_LEN, DEFAULT_TRAIN_TOKENS, DEFAULT_VAL
 from workbench.errors import ModelError
 from workbench.models.zoo import build_model
 from workbench.tasks.base import Task
+
+TIMED_TOKENS = 32  # the block length every latency and tokens-per-second figure of a language model is measured on
 
 
 class LanguageModelling(Task):
@@ -39,19 +39,19 @@ class LanguageModelling(Task):
                        train_tokens=train_tokens or DEFAULT_TRAIN_TOKENS, val_tokens=val_tokens or DEFAULT_VAL_TOKENS)
 
     def tokenizer_for(self, config, teacher_model=None) -> str:
-        from workbench.data.text import load_tokenizer
+        from workbench.data.text import unlike_tokenizer
         from workbench.models.lm import lm_tokenizer_folder
 
         own = lm_tokenizer_folder(config.model) if config.model.family == "hf" and config.keep_layers is None \
             else None
         vocab = getattr(teacher_model, "kdw_vocab", None) if teacher_model is not None else None
         if vocab:
-            for other, what in ((own, f"the student {config.model.label()}"), (config.tokenizer, "--tokenizer")):
-                if other is not None and Path(other).resolve() != Path(vocab["tokenizer"]).resolve() \
-                        and load_tokenizer(other)[1] != vocab.get("tokenizer_id"):
-                    raise ModelError(f"{what} has another vocabulary than the teacher's ({vocab['tokenizer']}); "
-                                     "distilling across tokenizers is not supported: a student must predict the "
-                                     "teacher's tokens")
+            what = unlike_tokenizer(vocab, ((own, f"the student {config.model.label()}"),
+                                            (config.tokenizer, "--tokenizer")))
+            if what:
+                raise ModelError(f"{what} has another vocabulary than the teacher's ({vocab['tokenizer']}); "
+                                 "distilling across tokenizers is not supported: a student must predict the "
+                                 "teacher's tokens")
             return vocab["tokenizer"]
         tok = config.tokenizer or own
         if tok is None:
@@ -109,8 +109,11 @@ class LanguageModelling(Task):
             raise ModelError(f"seq_len {dataset.vocab['seq_len']} is longer than the teacher's {positions} positions")
 
     def timing_batch(self, model, dataset, batch):
-        length = min(int(dataset.vocab["seq_len"]), 32)
-        return torch.randint(0, int(dataset.vocab["vocab_size"]), (batch, length))
+        return torch.randint(0, int(dataset.vocab["vocab_size"]), (batch, self._timed_length(dataset)))
 
     def timed_sample(self, dataset):
-        return f"a block of {min(int(dataset.vocab['seq_len']), 32)} tokens"
+        return f"a block of {self._timed_length(dataset)} tokens"
+
+    @staticmethod
+    def _timed_length(dataset) -> int:
+        return min(int(dataset.vocab["seq_len"]), TIMED_TOKENS)

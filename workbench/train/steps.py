@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from workbench.errors import TrainingError
+from workbench.errors import Diverged, TrainingError
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -62,3 +62,20 @@ def make_optimizer(model: torch.nn.Module, config, extra: torch.nn.Module | None
 def _emit(callbacks, event: dict) -> None:
     for cb in callbacks:
         cb(event)
+
+
+def check_finite(row: dict, epoch: int, lr: float, callbacks=(), hint: str = "") -> None:
+    """Diverged, after the epoch's row reaches the callbacks, when the epoch's loss is not a finite number."""
+    if not math.isfinite(row["train_loss"]):
+        _emit(callbacks, {"event": "epoch", **row})
+        raise Diverged(f"the loss became {row['train_loss']} in epoch {epoch}: training diverged. "
+                       f"Try a learning rate 10× lower (now {lr:g}){hint}.")
+
+
+def save_epoch_weights(run, model, epoch: int, improved: bool) -> None:
+    """The run's last weights after an epoch, and its best ones when the epoch improved on them."""
+    if run is None:
+        return
+    if improved:
+        run.save_weights(model, "best", epoch=epoch)
+    run.save_weights(model, "last", epoch=epoch)
