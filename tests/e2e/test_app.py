@@ -279,6 +279,68 @@ def test_dark_knowledge_shows_a_language_models_next_token_distribution(runs_dir
     assert any("the prompt has no tokens" in e.value for e in at.error)
 
 
+def test_the_train_page_distils_a_language_model_and_compare_shows_its_generations(runs_dir, tmp_path):
+    """Train → a language model: a corpus file, the tiny LLaMA teacher run, a llama student and the token-level
+    methods; its scratch twin and distilled run train, their curves show perplexity, and Compare lists perplexity
+    and the generations of teacher, scratch and distilled students side by side."""
+    pytest.importorskip("transformers")
+    from text_fixtures import lm_teacher
+
+    lm_teacher(runs_dir, tmp_path)
+    corpus = RunStore(runs_dir).get("tl").config["data_dir"]
+    at = page_app("train").run()
+    at.radio(key="tr_task").set_value("lm").run()
+    corpora = at.selectbox(key="tr_lm_dataset").options
+    assert any("a folder of .txt files" in o for o in corpora) and not any("digits" in o for o in corpora)
+    at.selectbox(key="tr_lm_dataset").select("text-file").run()
+    at.text_input(key="tr_lm_dataset_path").input(str(tmp_path / "nothing.txt")).run()
+    assert any("does not exist" in e.value for e in at.error)
+    at.text_input(key="tr_lm_dataset_path").input(corpus).run()
+    _no_errors(at)
+    assert at.selectbox(key="tr_lm_teacher").value.startswith("tl (language model, test ppl")
+    methods = at.selectbox(key="tr_lm_method").options
+    assert any(o.startswith("reverse_kl") for o in methods) and any(o.startswith("jsd") for o in methods)
+    assert not any(o.startswith("fitnets") for o in methods)
+    at.number_input(key="tr_lm_depth").set_value(1).run()
+    at.number_input(key="tr_lm_width").set_value(17).run()
+    assert any("heads of an even size" in e.value for e in at.error)  # one sentence, Launch off
+    assert at.button(key="tr_launch").disabled
+    at.number_input(key="tr_lm_width").set_value(16).run()
+    at.number_input(key="tr_lm_heads").set_value(2).run()
+    at.number_input(key="tr_lm_seq_len").set_value(16).run()
+    at.number_input(key="tr_lm_train_tokens").set_value(2000).run()
+    at.number_input(key="tr_lm_epochs").set_value(2).run()
+    _no_errors(at)
+    assert any("parameters, for the teacher's" in c.value for c in at.caption)
+    assert any("2,000 training tokens in blocks of 16" in c.value for c in at.caption)
+    at.button(key="tr_launch").click().run()
+    _no_errors(at)
+    runs = [r for r in RunStore(runs_dir).list() if r.config["kind"] != "teacher"]
+    assert sorted(r.config["kind"] for r in runs) == ["kd", "scratch"]
+    deadline = time.monotonic() + 180
+    while any(r.state not in ("done", "failed", "cancelled", "diverged") for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all(r.state == "done" for r in runs), [r.status() for r in runs]
+    assert all(r.summary["task"] == "language-modelling" for r in runs)
+    at.run()
+    _no_errors(at)
+    assert "validation perplexity" in at.get("plotly_chart")[0].proto.spec
+
+    cmp = page_app("compare").run()
+    cmp.selectbox(key="cmp_dataset").select("text-file").run()
+    _no_errors(cmp)
+    columns = cmp.dataframe[0].value.columns
+    assert "test ppl" in columns and "ppl vs scratch" in columns and "test acc %" not in columns
+    assert any("test perplexity is" in m.value for m in cmp.markdown)
+    assert cmp.radio(key="cmp_gen_mode").value == "greedy"
+    titles = [c.value for c in cmp.caption]
+    assert any(t.startswith("teacher") and "tl" in t for t in titles)  # the teacher's own run's generations
+    assert any("scratch" in t for t in titles) and any("distilled" in t for t in titles)
+    cmp.radio(key="cmp_gen_mode").set_value("sampled").run()
+    _no_errors(cmp)
+    assert any(t.value.strip() for t in cmp.text)
+
+
 def test_the_train_page_reads_a_saved_hugging_face_data_set(runs_dir, tmp_path):
     datasets = pytest.importorskip("datasets")
     from text_fixtures import text_csv

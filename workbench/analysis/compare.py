@@ -226,10 +226,14 @@ def aggregate(rows: list[dict]) -> list[dict]:
         agg["seeds"] = len(members)
         agg["run_ids"] = [m["run_id"] for m in members]
         for key in ("test_acc", "test_acc_last", "kd_gain", "params", "size_mb", "flops", "latency_ms",
-                    "throughput", "agreement", "ece", "train_s"):
+                    "throughput", "agreement", "ece", "train_s", "test_ppl", "ppl_gain", "ms_per_token",
+                    "tokens_per_s_b1", "tokens_per_s_b32"):
             agg[key], agg[key + "_std"] = mean_std([m.get(key) for m in members])
+        agg["sample"] = first.get("sample")
         if agg["role"] == "kd" and not agg["variant"]:
-            agg["verdict"] = gain_verdict(agg["kd_gain"], agg["kd_gain_std"], agg["seeds"])
+            lm = agg["test_ppl"] is not None
+            agg["verdict"] = gain_verdict(agg["ppl_gain"] if lm else agg["kd_gain"],
+                                          agg["ppl_gain_std"] if lm else agg["kd_gain_std"], agg["seeds"])
         agg["timing_unreliable"] = any(m.get("timing_unreliable") for m in members)
         agg["cpu_busy"] = max((m.get("cpu_busy") or 0) for m in members)
         out.append(agg)
@@ -298,8 +302,9 @@ def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None 
         cols.append(("seeds", lambda r: str(r["seeds"])) if aggregated else ("seed", lambda r: _num(r.get("seed"), "d")))
     lm = any(r.get("test_ppl") is not None for r in rows)
     if lm:  # language models: perplexity, its drop against the scratch twin, agreement with the teacher's top 1
-        cols += [("test ppl", lambda r: _num(r.get("test_ppl"), ",.1f")),
-                 ("ppl vs scratch", lambda r: "—" if r.get("ppl_gain") is None else f"{-r['ppl_gain']:+,.1f}"),
+        cols += [("test ppl", lambda r: _num(r.get("test_ppl"), ",.1f") + _pm(s(r, "test_ppl"), ",.1f")),
+                 ("ppl vs scratch", lambda r: "—" if r.get("ppl_gain") is None
+                  else f"{-r['ppl_gain']:+,.1f}".replace("-", "−") + _pm(s(r, "ppl_gain"), ",.1f")),
                  ("agreement %", lambda r: format_pct(r.get("agreement")))]
     else:
         cols.append(("test acc %", lambda r: format_pct(r["test_acc"], s(r, "test_acc"))))
@@ -322,6 +327,11 @@ def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None 
                  ("agreement %", lambda r: format_pct(r.get("agreement"))), ("ECE", lambda r: _num(r.get("ece"), ".3f"))]
     cols.append(("vs teacher", vs_teacher))
     return cols
+
+
+def _pm(std, fmt: str) -> str:
+    """' ± 12.3' for a spread over seeds, '' without one."""
+    return "" if std is None else f" ± {std:{fmt}}"
 
 
 def add_teacher_ratios(rows: list[dict]) -> list[dict]:
@@ -348,6 +358,8 @@ def add_teacher_ratios(rows: list[dict]) -> list[dict]:
 def headline(rows: list[dict]) -> str | None:
     """One sentence on the best distilled student against the teacher and its scratch twin, or None."""
 
+    if any(r.get("test_ppl") is not None for r in rows):
+        return _lm_headline(rows)
     kd = [r for r in rows if r["role"] == "kd" and not r.get("variant") and r.get("test_acc") is not None]
     teachers = [r for r in rows if r["role"] == "teacher" and not r.get("variant")]
     if not kd or len(teachers) != 1:
@@ -372,6 +384,30 @@ def headline(rows: list[dict]) -> str | None:
         if v.get("faster") and busy else ""
     return (f"The best {ROLE_NAMES['kd']} student, {best['model']}, is {sizes}"
             f"{acc.replace(' accurate', ' accurate than ' + who, 1) if acc and not parts else acc}{twin}{speed}.")
+
+
+def _lm_headline(rows: list[dict]) -> str | None:
+    """The headline of language models: the distilled student with the lowest test perplexity, against the teacher
+    (size, and speed unless a timing was taken on a busy CPU) and against its scratch twin."""
+    kd = [r for r in rows if r["role"] == "kd" and not r.get("variant") and r.get("test_ppl") is not None]
+    teachers = [r for r in rows if r["role"] == "teacher" and not r.get("variant") and r.get("test_ppl") is not None]
+    if not kd or len(teachers) != 1:
+        return None
+    best, t = min(kd, key=lambda r: r["test_ppl"]), teachers[0]
+    v = best.get("vs_teacher") or add_teacher_ratios([t, best])[1].get("vs_teacher") or {}
+    parts = [format_ratio(v["smaller"], "smaller", "larger")] if v.get("smaller") else []
+    busy = v.get("unreliable") or best.get("timing_unreliable") or t.get("timing_unreliable")
+    if v.get("faster") and not busy:
+        parts.append(format_ratio(v["faster"], "faster", "slower"))
+    than = f"{' and '.join(parts)} than the teacher {t['model']}; " if parts else ""
+    gain = best.get("ppl_gain")
+    twin = ""
+    if gain is not None:
+        scratch = best["test_ppl"] + gain
+        twin = (f", {'below' if gain > 0 else 'above'} its scratch twin's {scratch:,.1f} "
+                f"({'the teacher helps' if gain > 0 else 'the teacher does not help here'})")
+    return (f"The best {ROLE_NAMES['kd']} student, {best['model']}, is {than}its test perplexity is "
+            f"{best['test_ppl']:,.1f} against the teacher's {t['test_ppl']:,.1f}{twin}.")
 
 
 def unify_timings(rows: list[dict]) -> list[dict]:
@@ -577,6 +613,30 @@ class Comparison:
             out[f"teacher {teacher.get('label') or ''}".strip()] = teacher["test"]["confusion_matrix"]
         out[run_title(student.config)] = student.summary["test"]["confusion_matrix"]
         return out
+
+
+def generations(runs: list[Run], store=None) -> list[dict]:
+    """The stored generations of language-model runs side by side: one dict per prompt, {"prompt": text, "models":
+    {title: {"greedy": text, "sampled": text}}}, the teacher first (its own run's, found in `store` from a distilled
+    run's summary when it is not listed), then scratch and distilled students. [] when no run has generations."""
+    listed = [r for r in runs if r.state == "done" and r.summary.get("generations")]
+    ids = {r.run_id for r in listed}
+    if store is not None:
+        for r in list(listed):
+            spec = dig(r.summary, "teacher", "spec")
+            if spec and spec not in ids:
+                t = store.get(spec) if store.exists(spec) else None
+                if t is not None and t.state == "done" and t.summary.get("generations"):
+                    listed.append(t)
+                    ids.add(spec)
+    listed.sort(key=lambda r: (ROLE_ORDER.get(r.config.get("kind"), 3), r.config.get("seed") or 0))
+    by_prompt: dict[str, dict] = {}
+    for r in listed:
+        title = f"{run_title(r.config)} · {r.run_id}"
+        for g in r.summary["generations"]:
+            row = by_prompt.setdefault(g.get("prompt", ""), {"prompt": g.get("prompt", ""), "models": {}})
+            row["models"][title] = {"greedy": g.get("greedy", ""), "sampled": g.get("sampled", "")}
+    return list(by_prompt.values())
 
 
 def build_comparison(runs: list[Run], store=None, aggregated: bool = False, wide: bool = False) -> Comparison:

@@ -176,13 +176,17 @@ def loss_terms(rows: list[dict]) -> list[str]:
 
 def training_curves(series: dict[str, list[dict]], colors: dict[str, str] | None = None,
                     terms: bool = True) -> go.Figure:
-    """Per-epoch loss and validation accuracy of several runs. `series`: label -> metrics rows.
+    """Per-epoch loss and validation accuracy (perplexity, for language models) of several runs. `series`: label
+    -> metrics rows.
 
     Left: each run's objective (solid) and, where it has more than one, its named terms (dashed,
     dotted, ...), so a distilled run's cross-entropy can be read beside a scratch run's even though
-    its total includes the T²-scaled KD term. Right: validation accuracy.
+    its total includes the T²-scaled KD term. Right: validation accuracy, or, for runs whose rows hold
+    ``val_ppl``, validation perplexity on a log axis (lower is better).
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss and its terms", "validation accuracy"))
+    lm = any("val_ppl" in r for rows in series.values() for r in rows)
+    right = "validation perplexity" if lm else "validation accuracy"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss and its terms", right))
     for i, (label, rows) in enumerate(series.items()):
         color = (colors or {}).get(label, PALETTE[i % len(PALETTE)])
         epochs = [r["epoch"] for r in rows]
@@ -197,19 +201,28 @@ def training_curves(series: dict[str, list[dict]], colors: dict[str, str] | None
                                 line=dict(color=color, dash=TERM_DASHES[j % len(TERM_DASHES)], width=1.5),
                                 row=1, col=1, hovertemplate="epoch %{x}<br>" + term + " %{y:.4f}<extra>" + label
                                                             + "</extra>")
-        fig.add_scatter(x=epochs, y=[100 * r["val_acc"] for r in rows], name=label, legendgroup=label,
-                        showlegend=False, line_color=color, mode="lines+markers", row=1, col=2,
-                        hovertemplate="epoch %{x}<br>%{y:.2f}%<extra>" + label + "</extra>")
+        if lm:
+            y, hover = [r.get("val_ppl") for r in rows], "epoch %{x}<br>perplexity %{y:,.1f}<extra>"
+        else:
+            y, hover = [100 * r["val_acc"] if r.get("val_acc") is not None else None for r in rows], \
+                "epoch %{x}<br>%{y:.2f}%<extra>"
+        fig.add_scatter(x=epochs, y=y, name=label, legendgroup=label, showlegend=False, line_color=color,
+                        mode="lines+markers", row=1, col=2, hovertemplate=hover + label + "</extra>")
     last = max((r["epoch"] for rows in series.values() for r in rows), default=1)
     fig.update_xaxes(title="epoch", tick0=1, dtick=max(1, math.ceil(last / 10)))  # whole epochs, ≤ 10 ticks
     fig.update_yaxes(title="loss (nats, as weighted in the objective)", row=1, col=1)
-    fig.update_yaxes(title="accuracy (%)", row=1, col=2,
-                     range=accuracy_range([100 * r["val_acc"] for rows in series.values() for r in rows]))
+    if lm:
+        fig.update_yaxes(title="perplexity (log scale; lower is better)", type="log", row=1, col=2)
+        what = "perplexity on the fixed validation blocks (exp of the mean next-token cross-entropy; lower is better)"
+    else:
+        fig.update_yaxes(title="accuracy (%)", row=1, col=2,
+                         range=accuracy_range([100 * r["val_acc"] for rows in series.values() for r in rows
+                                               if r.get("val_acc") is not None]))
+        what = "accuracy on the fixed validation split"
     return _finish(fig, "Training curves",
                    "Left: each run's training objective per epoch (solid) and its weighted terms (dashed and "
                    "dotted; they add up to the solid line). A distilled run's total includes the T²-scaled KD "
-                   "term, so compare its cross-entropy term with the scratch run's. Right: accuracy on the fixed "
-                   "validation split.", height=480)
+                   f"term, so compare its cross-entropy term with the scratch run's. Right: {what}.", height=480)
 
 
 # ---------------------------------------------------------------------------
@@ -243,19 +256,27 @@ def _variant_kind(variant: str) -> str:
 
 
 def pareto(rows: list[dict], x: str = "latency_ms", device: str | None = None) -> go.Figure:
-    """Accuracy against latency or size; bubble area ∝ params; the Pareto frontier drawn.
+    """Accuracy (perplexity, for language models: a log axis turned upside down, so up is still better) against
+    latency or size; bubble area ∝ params; the Pareto frontier drawn.
 
     A run's deployed variants (rows with a `variant`) are joined to it by a thin line, PyTorch fp32 →
     ONNX fp32 → int8 → pruned, each kind with its own marker, in the run's role colour.
     """
     fig = go.Figure()
-    pts = [r for r in rows if r.get(x) is not None and r.get("test_acc") is not None]
+    lm = any(r.get("test_ppl") is not None for r in rows)
+    key, scale = ("test_ppl", 1.0) if lm else ("test_acc", 100.0)
+
+    def y(r):
+        return scale * r[key]
+
+    pts = [r for r in rows if r.get(x) is not None and r.get(key) is not None]
+    hover_y = "ppl %{y:,.1f}" if lm else "acc %{y:.2f}%"
     max_params = max([r.get("params") or 1 for r in pts] or [1])
     parents = {r["run_id"]: r for r in pts if not r.get("variant")}
     for pid in dict.fromkeys(r.get("_parent") for r in pts if r.get("variant")):  # one chain per run with variants
         chain = [parents[pid]] if pid in parents else []
         chain += [r for r in pts if r.get("_parent") == pid]
-        fig.add_scatter(x=[r[x] for r in chain], y=[100 * r["test_acc"] for r in chain], mode="lines",
+        fig.add_scatter(x=[r[x] for r in chain], y=[y(r) for r in chain], mode="lines",
                         line=dict(color=ROLE_COLORS.get(chain[-1]["role"], TEACHER), width=1), opacity=0.6,
                         showlegend=False, hoverinfo="skip")
     for role in ("teacher", "scratch", "kd"):
@@ -263,39 +284,43 @@ def pareto(rows: list[dict], x: str = "latency_ms", device: str | None = None) -
         if not sel:
             continue
         fig.add_scatter(
-            x=[r[x] for r in sel], y=[100 * r["test_acc"] for r in sel], mode="markers", name=ROLE_NAMES[role],
+            x=[r[x] for r in sel], y=[y(r) for r in sel], mode="markers", name=ROLE_NAMES[role],
             marker=dict(color=ROLE_COLORS[role], size=[8 + 40 * math.sqrt((r.get("params") or 0) / max_params)
                                                        for r in sel], opacity=0.75, line=dict(width=1, color="white")),
             text=[f"{r['model']}<br>{r.get('run_id', '')}" for r in sel],
             customdata=[[r.get("params"), r.get("temperature"), r.get("alpha")] for r in sel],
-            hovertemplate="%{text}<br>acc %{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<br>params %{customdata[0]:,}"
+            hovertemplate="%{text}<br>" + hover_y + "<br>" + AXES.get(x, x) + " %{x:.4g}<br>params %{customdata[0]:,}"
                           "<extra>" + ROLE_NAMES[role] + "</extra>")
     for kind, symbol in VARIANT_SYMBOLS.items():
         sel = [r for r in pts if r.get("variant") and _variant_kind(r["variant"]) == kind]
         if not sel:
             continue
         fig.add_scatter(
-            x=[r[x] for r in sel], y=[100 * r["test_acc"] for r in sel], mode="markers",
+            x=[r[x] for r in sel], y=[y(r) for r in sel], mode="markers",
             name=kind.replace("-", " ").replace("onnx", "ONNX"),
             marker=dict(symbol=symbol, size=11, color=[ROLE_COLORS.get(r["role"], TEACHER) for r in sel],
                         line=dict(width=1, color="black")),
             text=[f"{r['model']}<br>{r['run_id']}" for r in sel],
-            hovertemplate="%{text}<br>acc %{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<extra>" + kind + "</extra>")
-    front = pareto_front([(r[x], 100 * r["test_acc"]) for r in pts])
+            hovertemplate="%{text}<br>" + hover_y + "<br>" + AXES.get(x, x) + " %{x:.4g}<extra>" + kind + "</extra>")
+    front = pareto_front([(r[x], -y(r) if lm else y(r)) for r in pts])  # lower perplexity is better
     if len(front) > 1:
-        fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto frontier",
+        fig.add_scatter(x=[p[0] for p in front], y=[-p[1] if lm else p[1] for p in front], mode="lines",
+                        name="Pareto frontier",
                         line=dict(color="black", dash="dash", width=1))
     if 0 < len(pts) <= 12:  # few enough to name every point
         for r in pts:
             fig.add_annotation(x=math.log10(r[x]) if x in ("params", "flops", "size_mb") and r[x] > 0 else r[x],
-                               y=100 * r["test_acc"], text=str(r["model"]).split("(")[0] if r.get("variant")
+                               y=math.log10(y(r)) if lm else y(r), text=str(r["model"]).split("(")[0] if r.get("variant")
                                else ROLE_NAMES.get(r["role"], r["role"]), showarrow=False, yshift=14,
                                font=dict(size=10, color="#555"))
     fig.update_xaxes(title=AXES.get(x, x) + (f" on {device}" if device else ""),
                      type="log" if x in ("params", "flops", "size_mb") else "linear")
-    fig.update_yaxes(title="test accuracy (%)", range=accuracy_range([100 * r["test_acc"] for r in pts]))
+    if lm:
+        fig.update_yaxes(title="test perplexity (log scale, lower is up)", type="log", autorange="reversed")
+    else:
+        fig.update_yaxes(title="test accuracy (%)", range=accuracy_range([y(r) for r in pts]))
     variants = any(r.get("variant") for r in pts)
-    return _finish(fig, f"Accuracy against {AXES.get(x, x).split(' (')[0]}",
+    return _finish(fig, f"{'Perplexity' if lm else 'Accuracy'} against {AXES.get(x, x).split(' (')[0]}",
                    "Up and to the left is better. Bubble area is proportional to the parameter count"
                    + ("; the dashed line joins the models that no other model beats on both axes." if len(front) > 1
                       else "; no model here is beaten on both axes by another, so there is no frontier to draw.")

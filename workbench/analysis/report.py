@@ -13,7 +13,7 @@ import time
 
 from workbench import __version__
 from workbench.analysis import describe, plots
-from workbench.analysis.compare import AGREEMENT_MEANS, ECE_MEANS, Comparison, build_comparison
+from workbench.analysis.compare import AGREEMENT_MEANS, ECE_MEANS, Comparison, build_comparison, generations
 from workbench.store.runs import Run, dig
 
 
@@ -57,7 +57,8 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
     usable, left_out = [], []
     for r in runs:
         state = r.state
-        if state == "done" and isinstance(dig(r.summary, "test", "confusion_matrix"), list):
+        if state == "done" and (isinstance(dig(r.summary, "test", "confusion_matrix"), list)
+                                or isinstance(dig(r.summary, "test", "perplexity"), (int, float))):
             usable.append(r)
         else:
             why = r.status().get("error") if state != "done" else "its summary.json is missing or incomplete"
@@ -73,8 +74,10 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
     figs = [plots.pareto(rows, "latency_ms", device), plots.pareto(rows, "size_mb")]
     figs.append(plots.training_curves(*describe.curve_series(runs)))
     cms = summary.confusion_matrices()
-    k = len(next(iter(cms.values())))
-    figs.append(plots.confusion_matrices(cms, classes or [str(i) for i in range(k)]))
+    if cms:
+        k = len(next(iter(cms.values())))
+        figs.append(plots.confusion_matrices(cms, classes or [str(i) for i in range(k)]))
+    lm = any(r.get("test_ppl") is not None for r in rows)
 
     env = environment()
     def origin(r) -> str:
@@ -90,6 +93,13 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
         f"<details><summary>{html.escape(r.run_id)} ({html.escape(str(r.config.get('kind')))}, "
         f"{html.escape(str(r.config.get('model_label')))})</summary>{origin(r)}<pre>"
         f"{html.escape(json.dumps(r.config, indent=2, sort_keys=True, default=str))}</pre></details>" for r in runs)
+    gens = "".join(
+        f"<h3><code>{html.escape(g['prompt'])}</code></h3><table>"
+        + "".join(f"<tr><th>{html.escape(title)}</th><td style='text-align:left'>{html.escape(t['greedy'])}</td>"
+                  f"<td style='text-align:left'>{html.escape(t['sampled'])}</td></tr>" for title, t in g["models"].items())
+        + "</table>" for g in generations(runs))
+    gens = ("<h2>Generations</h2><p>32 new tokens after each prompt: greedy, then sampled (T = 1, top 50, seeded), "
+            "as each run stored them.</p>" + gens) if gens else ""
     env_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in env.items())
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     verdicts = "".join(f"<li>{html.escape(subject)}: {html.escape(verdict)}</li>"
@@ -130,23 +140,36 @@ the distillation term, so α = 0 is the scratch baseline):</p>
 <h2>Summary (mean ± std over seeds)</h2>
 {_table_html(summary)}
 <ul>{verdicts}</ul>
-<p>Test accuracy is the epoch with the best accuracy on the fixed validation split ("(last)", in the table of every
-run, is the final epoch). KD gain is the distilled student's accuracy minus its scratch twin's (same student,
-budget and seed), in points. Latency is the median of at least 30 batch-1 forward passes after 5 warm-ups, fp32
-on {html.escape(str(device))}, each model timed once per comparison; throughput is at batch 256. FLOPs count a
-multiply-add as 2. Size is the fp32 safetensors file (MB = 10⁶ bytes). {html.escape(AGREEMENT_MEANS)}
-{html.escape(ECE_MEANS)}</p>
+{_lm_means(device) if lm else _means(device)}
 {warning}
 <h2>Every run</h2>
 {_table_html(every)}
 <h2>Plots</h2>
 {''.join(_figure_html(f) for f in figs)}
+{gens}
 <h2>Configs</h2>
 {configs}
 <h2>Environment</h2>
 <table>{env_rows}</table>
 </body></html>
 """
+
+
+def _means(device) -> str:
+    return f"""<p>Test accuracy is the epoch with the best accuracy on the fixed validation split ("(last)", in the table
+of every run, is the final epoch). KD gain is the distilled student's accuracy minus its scratch twin's (same student,
+budget and seed), in points. Latency is the median of at least 30 batch-1 forward passes after 5 warm-ups, fp32
+on {html.escape(str(device))}, each model timed once per comparison; throughput is at batch 256. FLOPs count a
+multiply-add as 2. Size is the fp32 safetensors file (MB = 10⁶ bytes). {html.escape(AGREEMENT_MEANS)}
+{html.escape(ECE_MEANS)}</p>"""
+
+
+def _lm_means(device) -> str:
+    return f"""<p>Test perplexity is exp of the mean next-token cross-entropy on the test split's tokens, of the
+epoch with the lowest validation perplexity. "ppl vs scratch" is the distilled student's perplexity minus its scratch
+twin's (same student, corpus and seed): below zero, the teacher helped. Agreement is how often the student's most
+likely next token is the teacher's. Latency and tokens per second are fp32 forward passes over a block of tokens
+(the table says its length) on {html.escape(str(device))}. Size is the fp32 safetensors file (MB = 10⁶ bytes).</p>"""
 
 
 def write_report(runs: list[Run], path, title: str = "KD Workbench report", classes=None) -> int:

@@ -144,7 +144,8 @@ def dataset_picker(key: str, label: str = "Data set", on_change=None, args=(), s
 OWN_DATA = {"image-folder": "an image folder (one subfolder per class)", "csv": "a CSV manifest (path,label[,split])",
             "table": "a CSV table (numeric columns and a label column)",
             "text-csv": "a CSV of texts (text,label[,split])",
-            "hf-dataset": "a Hugging Face data set saved with save_to_disk"}
+            "hf-dataset": "a Hugging Face data set saved with save_to_disk",
+            "text-file": "a text file or a folder of .txt files (a corpus for a language model)"}
 
 
 @dataclass(frozen=True)
@@ -181,28 +182,35 @@ def save_to_url(keys) -> None:
         st.query_params.update(values)
 
 
-def data_source(key: str, on_change=None) -> Source | None:
-    """An embedded data set, or your own images or table; None while the path is not usable (with the reason
-    shown)."""
+def data_source(key: str, on_change=None, lm: bool = False) -> Source | None:
+    """An embedded data set, or your own images, table, texts or corpus; None while the path is not usable (with the
+    reason shown). `lm`: the data is read as a corpus for a language model (a saved data set needs no label column)."""
     names, missing = recipes.dataset_choices()
-    choices = names + list(OWN_DATA)
-    default = recipes.default_dataset()
+    corpora = task_for("text-file").datasets  # what a language model reads
+    if lm:
+        names, missing = [n for n in names if n in corpora], {k: v for k, v in missing.items() if k in corpora}
+    own = [k for k in OWN_DATA if (k in corpora if lm else k != "text-file")]
+    choices = names + own
+    default = recipes.default_dataset() if not lm else choices[0]
     if st.session_state.get(key) not in choices:
         st.session_state.pop(key, None)  # a name from an old address that is not here: the default
-    name = st.selectbox("Data set", choices, index=choices.index(default), key=key, on_change=on_change,
-                        format_func=lambda n: f"your own: {OWN_DATA[n]}" if n in OWN_DATA else n,
-                        help="Embedded data sets, or your own images or table through a path on this machine.")
+    name = st.selectbox("Corpus" if lm else "Data set", choices, index=choices.index(default), key=key,
+                        on_change=on_change, format_func=lambda n: f"your own: {OWN_DATA[n]}" if n in OWN_DATA else n,
+                        help="An embedded corpus, or your own texts through a path on this machine." if lm else
+                        "Embedded data sets, or your own images or table through a path on this machine.")
     for ds, how in missing.items():
         st.caption(f"**{ds}** is not installed: {how}")
     if name not in OWN_DATA:
         return Source(name)
     c1, c2 = st.columns([3, 1])
     placeholder = {"image-folder": "/path/to/images", "csv": "/path/to/manifest.csv", "table": "/path/to/table.csv",
-                   "text-csv": "/path/to/texts.csv", "hf-dataset": "/path/to/saved_dataset"}
-    path = c1.text_input("Folder" if name in ("image-folder", "hf-dataset") else "CSV file", key=f"{key}_path",
+                   "text-csv": "/path/to/texts.csv", "hf-dataset": "/path/to/saved_dataset",
+                   "text-file": "/path/to/corpus.txt"}
+    path = c1.text_input({"image-folder": "Folder", "hf-dataset": "Folder", "text-file": "Text file or folder"}.get(
+        name, "CSV file"), key=f"{key}_path",
                          placeholder=placeholder[name]).strip()
     size = label_column = None
-    if name == "hf-dataset":
+    if name == "hf-dataset" and not lm:
         label_column = c2.text_input("Label column", "label", key=f"{key}_label_column",
                                      help="The column that holds each text's class.").strip() or None
     elif name == "table":
@@ -215,7 +223,7 @@ def data_source(key: str, on_change=None) -> Source | None:
     if not path:
         st.caption("Give the path of your data on this machine.")
         return None
-    problem = recipes.check_data_path(name, path, label_column)
+    problem = recipes.check_data_path(name, path, label_column, lm=lm)
     if problem:
         st.error(problem)
         return None

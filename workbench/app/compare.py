@@ -8,7 +8,14 @@ import pandas as pd
 import streamlit as st
 
 from workbench.analysis import describe, plots
-from workbench.analysis.compare import AGREEMENT_MEANS, ECE_MEANS, Comparison, artifact_label, build_comparison
+from workbench.analysis.compare import (
+    AGREEMENT_MEANS,
+    ECE_MEANS,
+    Comparison,
+    artifact_label,
+    build_comparison,
+    generations,
+)
 from workbench.analysis.report import build_report
 from workbench.app import common
 from workbench.deploy.export import ExportOptions, start_export, zip_variant
@@ -82,12 +89,20 @@ def page() -> None:
     device = comparison.device
     st.dataframe(_table(comparison), hide_index=True, key="cmp_table")
     samples = sorted({r["sample"] for r in rows if r.get("sample")})  # text: sentences of a stated length
-    st.caption(f"Test accuracy of the best-validation epoch. KD gain = distilled − scratch twin (same seed), in "
-               f"points. Latency: median of ≥ 30 batch-1 passes, fp32, on {device}; each model is timed once per "
-               f"comparison (the quietest measurement on record)"
-               + (f"; one sample is {' or '.join(samples)}, and throughput counts such sentences per second"
-                  if samples else "") + ". Size: the fp32 safetensors file."
-               + (f" {AGREEMENT_MEANS} {ECE_MEANS} FLOPs count a multiply-add as 2." if wide else ""))
+    lm = any(r.get("test_ppl") is not None for r in rows)
+    if lm:
+        st.caption(f"Test perplexity of the best-validation epoch (exp of the mean next-token cross-entropy; lower is "
+                   f"better). ppl vs scratch = distilled − scratch twin (same seed): below zero, the teacher helped. "
+                   f"Agreement: how often the student's most likely next token is the teacher's. Latency, ms/token "
+                   f"and tokens/s: fp32 forward passes over {' or '.join(samples) or 'a block'} at batch 1 and 32, "
+                   f"on {device}. Size: the fp32 safetensors file.")
+    else:
+        st.caption(f"Test accuracy of the best-validation epoch. KD gain = distilled − scratch twin (same seed), in "
+                   f"points. Latency: median of ≥ 30 batch-1 passes, fp32, on {device}; each model is timed once per "
+                   f"comparison (the quietest measurement on record)"
+                   + (f"; one sample is {' or '.join(samples)}, and throughput counts such sentences per second"
+                      if samples else "") + ". Size: the fp32 safetensors file."
+                   + (f" {AGREEMENT_MEANS} {ECE_MEANS} FLOPs count a multiply-add as 2." if wide else ""))
     warning = comparison.warning
     if warning:
         st.warning(warning.replace("(kdw profile RUN)", "(grey in the table)"), icon=":material/speed:")
@@ -97,7 +112,8 @@ def page() -> None:
     for subject, verdict in comparison.verdicts:
         st.caption(f"{subject}: **{verdict}**")
 
-    tab_curves, tab_pareto, tab_cm = st.tabs(["Training curves", "Pareto", "Confusion matrices"])
+    tab_curves, tab_pareto, tab_cm = st.tabs(["Training curves", "Pareto",
+                                              "Generations" if lm else "Confusion matrices"])
     with tab_curves:
         common.chart(plots.training_curves(*describe.curve_series(runs)), "cmp_curves")
     with tab_pareto:
@@ -107,9 +123,13 @@ def page() -> None:
                         help="Latency is unreliable when it was timed on a busy CPU; size and FLOPs never are.")
         common.chart(plots.pareto(rows, axis, device if axis == "latency_ms" else None), "cmp_pareto")
     with tab_cm:
-        student_label = st.selectbox("Student", [common.run_label(r) for r in runs], key="cmp_cm_student")
-        student = next(r for r in runs if common.run_label(r) == student_label)
-        common.chart(plots.confusion_matrices(comparison.confusion_matrices(student), _classes(runs)), "cmp_cm")
+        if lm:
+            _generations(runs, store)
+            student_label = None
+        else:
+            student_label = st.selectbox("Student", [common.run_label(r) for r in runs], key="cmp_cm_student")
+            student = next(r for r in runs if common.run_label(r) == student_label)
+            common.chart(plots.confusion_matrices(comparison.confusion_matrices(student), _classes(runs)), "cmp_cm")
 
     if common.presenting():  # in front of a class: the results, not the tools
         return
@@ -119,11 +139,35 @@ def page() -> None:
     st.subheader("Export")
     st.caption("One self-contained HTML file: the table, the plots, every run's config, the environment and the "
                "date. It opens offline in any browser.")
-    classes = _classes(runs)
+    classes = None if lm else _classes(runs)
     title = f"KD Workbench report: {ds_name}"
     st.download_button("Export report", lambda: build_report(runs, title, classes).encode("utf-8"),
                        file_name=f"kdw-report-{time.strftime('%Y%m%d-%H%M%S')}.html", mime="text/html",
                        key="cmp_export", type="primary")
+
+
+def _generations(runs, store) -> None:
+    """The stored generations of the teacher, scratch and distilled students, side by side for each prompt."""
+    prompts = generations(runs, store)
+    if not prompts:
+        st.caption("These runs stored no generations.")
+        return
+    mode = st.radio("Decoding", ["greedy", "sampled"], horizontal=True, key="cmp_gen_mode",
+                    help="greedy: the most likely next token each time; sampled: T = 1 from the top 50, seeded, so a "
+                         "rerun of the same model writes the same text")
+    models = list(prompts[0]["models"])
+    st.caption(f"32 new tokens after each prompt, as each run wrote them when it finished ({len(models)} models; "
+               "the teacher's from its own run).")
+    for g in prompts:
+        with st.container(border=True):
+            st.markdown(f"**Prompt:** `{g['prompt']}`")
+            per_row = 2 if len(g["models"]) > 3 else max(1, len(g["models"]))
+            items = list(g["models"].items())
+            for i in range(0, len(items), per_row):
+                cols = st.columns(per_row)
+                for col, (title, text) in zip(cols, items[i:i + per_row]):
+                    col.caption(title)
+                    col.text(text[mode].strip() or "(nothing: the model ended the text)")
 
 
 def _deploy_panel(runs) -> None:

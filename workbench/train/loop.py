@@ -270,11 +270,25 @@ class TqdmProgress:
     """A callback drawing a tqdm bar over the steps, with the epoch's loss terms and validation accuracy."""
 
     def __init__(self, desc: str = "training"):
-        self.desc, self.bar = desc, None
+        self.desc, self.bar, self.stage, self.stage_text = desc, None, None, None
 
     def __call__(self, event: dict) -> None:
         from tqdm.auto import tqdm
 
+        if event["event"] == "stage":  # before the first step: a bar of its own, in percent, with its ETA
+            if event.get("text") != self.stage_text:
+                if self.stage is not None:
+                    self.stage.close()
+                self.stage_text = event.get("text")
+                tqdm.write(f"{self.desc}: {self.stage_text}", file=sys.stderr)
+                self.stage = tqdm(total=100, desc=f"{self.desc} (preparing)", unit="%", leave=False,
+                                  dynamic_ncols=True, mininterval=0.5, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]")
+            self.stage.n = 100 * float(event.get("fraction") or 0.0)
+            self.stage.refresh()
+            return
+        if self.stage is not None:
+            self.stage.close()
+            self.stage = None
         if event["event"] == "start":
             tqdm.write(f"{self.desc}: {event['objective']}", file=sys.stderr)  # beside the bar, not in the table
             self.bar = tqdm(total=event["total_steps"], desc=self.desc, unit="step", leave=True,
