@@ -110,6 +110,27 @@ def test_padding_tokens_are_left_out_of_every_token_loss():
     assert torch.allclose(losses.token_jsd(z_s, v, j, y, 2.0), full)
 
 
+@pytest.mark.parametrize("T", [1.0, 2.0, 0.5])
+def test_the_one_pass_ce_and_kl_equals_the_separate_losses_in_value_and_gradient(T):
+    """KD's step uses token_ce_and_kl (one autograd function); it must be the composition of token_cross_entropy
+    and token_forward_kl exactly, padding included."""
+    torch.manual_seed(0)
+    z0, v, y = torch.randn(12, 50, dtype=torch.float64), torch.randn(12, 6), torch.randint(0, 50, (12,))
+    j = torch.randint(0, 50, (12, 6))
+    y[:3] = -1
+    a_ce, a_kd = 0.3, 0.7
+    z = z0.clone().requires_grad_(True)
+    ref = a_ce * losses.token_cross_entropy(z, y) + a_kd * losses.token_forward_kl(z, v, j, y, T)
+    (g_ref,) = torch.autograd.grad(ref, z)
+    z = z0.clone().requires_grad_(True)
+    ce, kl = losses.token_ce_and_kl(z, v, j, y, T)
+    got = a_ce * ce + a_kd * T ** 2 * kl
+    (g,) = torch.autograd.grad(got, z)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(g.double(), g_ref.double(), atol=1e-6)
+    assert g[:3].abs().max() == 0  # padding positions get no gradient
+
+
 # ---------------------------------------------------------------------------
 # data
 
@@ -205,6 +226,43 @@ def test_compare_and_runs_show_each_language_models_perplexity(distilled):
     assert "test ppl" in out and "ppl vs scratch" in out and "tokens/s b=32" in out and "jsd" in out
     listing = json.loads(kdw("runs", "--json", "--runs-dir", str(distilled)).stdout)
     assert all(r.get("test_ppl_best", 0) > 1 for r in listing)
+
+
+def test_a_t_alpha_sweep_of_a_language_model_reports_perplexity(distilled):
+    """kdw sweep on the LM task: the grid's cells and its scratch row in perplexity, lower is better."""
+    out = kdw("sweep", *COMMON, "--data-dir", json.loads((distilled / "tl" / "config.json").read_text())["data_dir"],
+              "--teacher", "tl", "--model", "llama", "--depth", "1", "--width", "16", "--heads", "2", "--topk", "8",
+              "--epochs", "1", "--temperatures", "1", "2", "--alphas", "0.5", "--seeds", "1", "--engine", "local",
+              "--group", "sw", "--no-profile", "--runs-dir", str(distilled)).stdout
+    assert "scratch (α = 0): test perplexity" in out and "test ppl" in out and "below scratch" in out
+    from workbench.analysis import plots
+    from workbench.experiments.sweep import grid_table
+    from workbench.store.runs import RunStore
+
+    cells = grid_table(RunStore(distilled).list(group="sw"))
+    assert [c["temperature"] for c in cells] == [1, 2] and all(c["test_ppl"] > 1 for c in cells)
+    assert "perplexity" in plots.caption(plots.sweep_heatmap(cells, "ppl_gain"))
+
+
+@pytest.mark.slow
+def test_a_search_of_jsds_beta_on_a_language_model_chooses_by_validation_perplexity(distilled):
+    """kdw search on the LM task (Ray Tune, 3 trials of β, then the best over one seed with its scratch twin): trials
+    are scored on validation perplexity and the best is the lowest."""
+    pytest.importorskip("ray")
+    data_dir = json.loads((distilled / "tl" / "config.json").read_text())["data_dir"]
+    proc = kdw("search", *COMMON, "--data-dir", data_dir, "--teacher", "tl", "--model", "llama", "--depth", "1",
+               "--width", "16", "--heads", "2", "--topk", "8", "--epochs", "1", "--method", "jsd",
+               "--param-range", "beta=0.1:0.9", "--trials", "3", "--seeds", "1", "--scheduler", "none",
+               "--group", "se", "--no-profile", "--runs-dir", str(distilled))
+    assert "ppl " in proc.stdout and "below the scratch twin's" in proc.stdout
+    from workbench.experiments import search
+    from workbench.store.runs import RunStore
+
+    trials = search.trial_table(RunStore(distilled), "se")
+    assert len(trials) == 3 and all(t["val_ppl"] > 1 and t["val_acc"] is None for t in trials)
+    st = search.search_status(RunStore(distilled), "se")
+    assert st["best"]["val_ppl"] == min(t["val_ppl"] for t in trials)
+    assert st["test_ppl"] > 1 and st["gain"] is not None
 
 
 def test_a_prompt_longer_than_the_context_is_refused(lm):

@@ -352,14 +352,25 @@ def confusion_matrices(matrices: dict[str, list[list[int]]], classes) -> go.Figu
 # ---------------------------------------------------------------------------
 # sweeps
 
+HEATMAP_VALUES = {  # value: (scale, cell format, colour-bar title, title, lower is better)
+    "test_acc": (100.0, ".2f", "acc %", "Test accuracy (%)", False),
+    "kd_gain": (100.0, "+.2f", "gain, pts", "KD gain over scratch (pts)", False),
+    "test_ppl": (1.0, ",.1f", "ppl", "Test perplexity (lower is better)", True),
+    "ppl_gain": (1.0, "+,.1f", "ppl below scratch", "Perplexity below the scratch twin's", False),
+}
+
+
 def sweep_heatmap(cells: list[dict], value: str = "test_acc") -> go.Figure:
-    """A T × α grid of the mean of `value` over seeds (test_acc or kd_gain), the spread on hover.
+    """A T × α grid of the mean of `value` over seeds (test_acc or kd_gain; a language model's test_ppl or
+    ppl_gain, its scratch twin's perplexity minus its own), the spread on hover.
 
     `cells`: dicts with temperature, alpha, value, value_std and seeds (as from sweep.grid_table).
     """
+    scale, fmt, bar, title, lower = HEATMAP_VALUES[value]
     temps = sorted({c["temperature"] for c in cells})
     alphas = sorted({c["alpha"] for c in cells})
     z, text, hover = [], [], []
+    unit = "points" if value in ("test_acc", "kd_gain") else "perplexity"
     for a in alphas:
         zr, tr, hr = [], [], []
         for t in temps:
@@ -367,35 +378,42 @@ def sweep_heatmap(cells: list[dict], value: str = "test_acc") -> go.Figure:
             v = None if c is None else c.get(value)
             sd = None if c is None else c.get(value + "_std")
             n = 0 if c is None else c.get("seeds", 0)
-            zr.append(None if v is None else 100 * v)
-            tr.append("" if v is None else (f"{100 * v:+.2f}" if value == "kd_gain" else f"{100 * v:.2f}"))
+            zr.append(None if v is None else scale * v)
+            tr.append("" if v is None else f"{scale * v:{fmt}}")
             hr.append("not finished" if v is None else
-                      f"{100 * v:.2f} ± {100 * (sd or 0):.2f} points over {n} seed{'s' if n != 1 else ''}")
+                      f"{scale * v:{fmt}} ± {scale * (sd or 0):.2f} {unit} over {n} seed{'s' if n != 1 else ''}")
         z.append(zr)
         text.append(tr)
         hover.append(hr)
-    is_gain = value == "kd_gain"
+    is_gain = value in ("kd_gain", "ppl_gain")
     fig = go.Figure(go.Heatmap(
         z=z, x=[f"{t:g}" for t in temps], y=[f"{a:g}" for a in alphas], text=text, texttemplate="%{text}",
         customdata=hover, hovertemplate="T = %{x}, α = %{y}<br>%{customdata}<extra></extra>",
-        colorscale="RdBu" if is_gain else "Viridis", zmid=0 if is_gain else None,
-        colorbar=dict(title=dict(text="gain, pts" if is_gain else "acc %", side="right"), thickness=12)))
+        colorscale="RdBu" if is_gain else ("Viridis_r" if lower else "Viridis"), zmid=0 if is_gain else None,
+        colorbar=dict(title=dict(text=bar, side="right"), thickness=12)))
     fig.update_xaxes(title="temperature T", type="category")
     fig.update_yaxes(title="α (KD weight)", type="category")
-    title = "KD gain over scratch (pts)" if is_gain else "Test accuracy (%)"
-    cap = ("Each cell: mean over seeds of KD accuracy minus its scratch twin's (same seed), in points; red is a "
-           "loss, blue a gain. Hover for the spread." if is_gain else
-           "Each cell: the mean test accuracy over seeds at that T and α. Hover for the spread and the seed count.")
+    cap = {"kd_gain": "Each cell: mean over seeds of KD accuracy minus its scratch twin's (same seed), in points; red "
+                      "is a loss, blue a gain. Hover for the spread.",
+           "ppl_gain": "Each cell: mean over seeds of the scratch twin's test perplexity minus the distilled "
+                       "student's (same seed); blue: the teacher helped, red: it hurt. Hover for the spread.",
+           "test_ppl": "Each cell: the mean test perplexity over seeds at that T and α (lower is better). Hover for "
+                       "the spread and the seed count.",
+           }.get(value, "Each cell: the mean test accuracy over seeds at that T and α. Hover for the spread and the "
+                        "seed count.")
     fig = _finish(fig, title, cap, height=420)
     fig.update_layout(margin=dict(l=70, r=80))  # room for the α axis title and the colour bar's
     return fig
 
 
 def parallel_coordinates(rows: list[dict], dims: list[tuple[str, str]] | None = None) -> go.Figure:
-    """One line per run across hyperparameters and results, coloured by test accuracy."""
-    dims = dims or [("temperature", "T"), ("alpha", "α"), ("seed", "seed"), ("test_acc", "test acc (%)"),
-                    ("agreement", "agreement (%)"), ("ece", "ECE")]
-    usable = [r for r in rows if r.get("test_acc") is not None]
+    """One line per run across hyperparameters and results, coloured by test accuracy (a language model's: test
+    perplexity)."""
+    lm = any(r.get("test_ppl") is not None for r in rows)
+    key0, what = ("test_ppl", "test perplexity") if lm else ("test_acc", "test accuracy")
+    dims = dims or [("temperature", "T"), ("alpha", "α"), ("seed", "seed"),
+                    (key0, "test ppl" if lm else "test acc (%)"), ("agreement", "agreement (%)"), ("ece", "ECE")]
+    usable = [r for r in rows if r.get(key0) is not None]
     scale = {"test_acc": 100, "agreement": 100}
     dimensions = []
     for key, label in dims:
@@ -404,10 +422,10 @@ def parallel_coordinates(rows: list[dict], dims: list[tuple[str, str]] | None = 
             continue
         vals = [round((v if v is not None else 0) * scale.get(key, 1), 4) for v in vals]
         dimensions.append(dict(label=label, values=vals, tickformat=".3~g"))
-    return _parcoords(dimensions, [100 * r["test_acc"] for r in usable], "acc %",
+    return _parcoords(dimensions, [scale.get(key0, 1) * r[key0] for r in usable], "ppl" if lm else "acc %",
                       "Hyperparameters and results, one line per run",
                       "Each line is a run, passing through its hyperparameters and results; drag along an axis "
-                      "to filter. Colour is test accuracy.", height=460)
+                      f"to filter. Colour is {what}.", height=460)
 
 
 def _parcoords(dimensions: list[dict], color: list[float], color_title: str, title: str, caption_text: str,
@@ -450,31 +468,44 @@ def size_curves(cells: list[dict], x: str = "params") -> go.Figure:
 # ---------------------------------------------------------------------------
 # searches (trials as from search.trial_table: trial, run_id, state, values, val_acc, epochs)
 
-def search_history(trials: list[dict]) -> go.Figure:
-    """Optimisation history: each trial's best validation accuracy in the order it started, and the best so far."""
+def _trial_figure(trials: list[dict]) -> tuple[str, float, str, bool]:
+    """(key, scale, name, lower is better) of what a search scored its trials on: validation accuracy in %, or a
+    language model's validation perplexity."""
+    if any(t.get("val_ppl") is not None for t in trials):
+        return "val_ppl", 1.0, "validation perplexity", True
+    return "val_acc", 100.0, "validation accuracy", False
 
+
+def search_history(trials: list[dict]) -> go.Figure:
+    """Optimisation history: each trial's best validation accuracy (perplexity) in the order it started, and the
+    best so far."""
+    key, scale, what, lower = _trial_figure(trials)
+    unit = "" if lower else "%"
     fig = go.Figure()
-    done = [t for t in trials if t.get("val_acc") is not None]
+    done = [t for t in trials if t.get(key) is not None]
     stopped = [t for t in done if t["state"] != "done"]
     finished = [t for t in done if t["state"] == "done"]
     for sel, name, color, symbol in ((finished, "trial (all epochs)", KD, "circle"),
                                      (stopped, "trial stopped early", SCRATCH, "x")):
         if sel:
-            fig.add_scatter(x=[t["trial"] for t in sel], y=[100 * t["val_acc"] for t in sel], mode="markers",
+            fig.add_scatter(x=[t["trial"] for t in sel], y=[scale * t[key] for t in sel], mode="markers",
                             name=name, marker=dict(color=color, symbol=symbol, size=10),
                             text=[format_values(t["values"]) + f"<br>{t['epochs']} epoch(s), {t['state']}" for t in sel],
-                            hovertemplate="trial %{x}: %{y:.2f}%<br>%{text}<extra></extra>")
+                            hovertemplate="trial %{x}: %{y:.2f}" + unit + "<br>%{text}<extra></extra>")
     best, xs, ys = None, [], []
     for t in sorted(done, key=lambda t: t["trial"]):
-        best = t["val_acc"] if best is None else max(best, t["val_acc"])
+        best = t[key] if best is None else (min if lower else max)(best, t[key])
         xs.append(t["trial"])
-        ys.append(100 * best)
+        ys.append(scale * best)
     if xs:
         fig.add_scatter(x=xs, y=ys, mode="lines", line_shape="hv", name="best so far", line_color=TEACHER)
     fig.update_xaxes(title="trial", dtick=1, rangemode="tozero")
-    fig.update_yaxes(title="best validation accuracy (%)", range=accuracy_range([100 * t["val_acc"] for t in done]))
-    return _finish(fig, "Search history: validation accuracy per trial",
-                   "Each point is a trial's best validation accuracy (crosses: stopped early by the scheduler, or "
+    if lower:
+        fig.update_yaxes(title=f"best {what} (log scale, lower is better)", type="log")
+    else:
+        fig.update_yaxes(title=f"best {what} (%)", range=accuracy_range([scale * t[key] for t in done]))
+    return _finish(fig, f"Search history: {what} per trial",
+                   f"Each point is a trial's best {what} (crosses: stopped early by the scheduler, or "
                    "cancelled); the line is the best found so far. The test set is not used to choose.", height=400)
 
 
@@ -483,21 +514,24 @@ def search_importances(importances: dict[str, float]) -> go.Figure:
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h", marker_color=TEACHER,
                            hovertemplate="%{y}: %{x:.2f}<extra></extra>"))
-    fig.update_xaxes(title="importance (share of the variance of validation accuracy)", range=[0, 1])
+    fig.update_xaxes(title="importance (share of the variance of the validation score)", range=[0, 1])
     fig.update_yaxes(title="parameter")
     return _finish(fig, "Which parameters mattered",
-                   "Optuna's importance of each searched parameter for validation accuracy over the finished trials "
+                   "Optuna's importance of each searched parameter for the validation score (accuracy, or minus "
+                   "the perplexity of a language model) over the finished trials "
                    "(fANOVA); the shares add up to 1. With few trials, read it as a hint.",
                    height=120 + 50 * max(1, len(items)))
 
 
 def search_parallel(trials: list[dict]) -> go.Figure:
-    """One line per trial across the searched parameters and its validation accuracy."""
-    done = [t for t in trials if t.get("val_acc") is not None]
+    """One line per trial across the searched parameters and its validation accuracy (perplexity)."""
+    key, scale, what, lower = _trial_figure(trials)
+    done = [t for t in trials if t.get(key) is not None]
     names = sorted({k for t in done for k in t["values"]})
     dims = [dict(label=n, values=[t["values"].get(n) for t in done], tickformat=".3~g") for n in names]
-    dims.append(dict(label="val acc (%)", values=[round(100 * t["val_acc"], 3) for t in done], tickformat=".3~g"))
-    return _parcoords(dims, [100 * t["val_acc"] for t in done], "val %",
-                      "Searched values and validation accuracy, one line per trial",
-                      "Each line is a trial through its sampled values to its best validation accuracy; drag along "
-                      "an axis to filter. Colour is validation accuracy.", height=420)
+    label = "val ppl" if lower else "val acc (%)"
+    dims.append(dict(label=label, values=[round(scale * t[key], 3) for t in done], tickformat=".3~g"))
+    return _parcoords(dims, [scale * t[key] for t in done], "val ppl" if lower else "val %",
+                      f"Searched values and {what}, one line per trial",
+                      f"Each line is a trial through its sampled values to its best {what}; drag along "
+                      f"an axis to filter. Colour is {what}.", height=420)

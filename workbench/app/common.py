@@ -372,13 +372,15 @@ def device_choices() -> list[str]:
     return available_devices()
 
 
-def method_picker(key: str, student: dict | None = None, teacher: dict | None = None, methods=None) -> Method:
+def method_picker(key: str, student: dict | None = None, teacher: dict | None = None, methods=None,
+                  start: dict | None = None) -> Method:
     """The distillation method, its description and citation, and its own hyperparameters.
 
     Vanilla KD's T and α are sliders (keys `{key}_T`, `{key}_alpha`), the knobs a class plays with;
     every other method's hyperparameters sit in an expander, with its paper's defaults. A feature
     method's layer parameters offer the models' own stage names and module paths (`student`, `teacher`:
-    what `model_figures` says of each model).
+    what `model_figures` says of each model). `start` overrides the sliders' starting values (a language model's
+    T = 1).
     """
     name = st.selectbox("Method", list(methods or DISTILLATION_METHODS), key=key,
                         format_func=lambda n: f"{n} · {METHODS[n].title}",
@@ -391,10 +393,11 @@ def method_picker(key: str, student: dict | None = None, teacher: dict | None = 
         cols = st.columns(len(sliders))
         for col, k in zip(cols, sliders):
             if k == m.temperature_key:
-                params[k] = col.slider("Temperature T", 1.0, 20.0, float(m.defaults[k]), 0.5, key=f"{key}_T")
+                params[k] = col.slider("Temperature T", 1.0, 20.0, float((start or {}).get(k, m.defaults[k])), 0.5,
+                                       key=f"{key}_T")
             else:
-                params[k] = col.slider("α (weight of the KD term)", 0.0, 1.0, float(m.defaults[k]), 0.05,
-                                       key=f"{key}_alpha")
+                params[k] = col.slider("α (weight of the KD term)", 0.0, 1.0,
+                                       float((start or {}).get(k, m.defaults[k])), 0.05, key=f"{key}_alpha")
     rest = {k: v for k, v in m.defaults.items() if k not in sliders}
     if rest:
         with st.expander(f"{m.title} hyperparameters (defaults from its paper or its authors' code)"):

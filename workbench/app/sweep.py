@@ -180,8 +180,15 @@ def _search_results() -> None:
         st.warning("The search was cancelled; the finished trials are kept.", icon=":material/warning:")
     if status.get("best"):
         best = status["best"]
-        st.markdown(f"**Best on validation:** {format_values(best['values'])} ({100 * best['val_acc']:.2f}%)")
-    if status.get("gain") is not None:
+        st.markdown(f"**Best on validation:** {format_values(best['values'])} ({search.score_text(best)})")
+    if status.get("gain") is not None and status.get("test_ppl") is not None:  # a language model
+        sd = status.get("gain_std")
+        st.metric(f"Best configuration over {status.get('seeds')} seed(s): perplexity below the scratch twin's, on "
+                  "test", f"{status['gain']:+,.1f}" + (f" ± {sd:,.1f}" if sd is not None else ""),
+                  help="scratch twin's test perplexity minus the distilled student's, mean ± std over seeds: above "
+                       "0, the teacher helped")
+        st.caption(f"{status.get('verdict')} · test perplexity {status['test_ppl']:,.1f}")
+    elif status.get("gain") is not None:
         sd = status.get("gain_std")
         st.metric(f"Best configuration over {status.get('seeds')} seed(s): KD gain over scratch, on test",
                   f"{format_gain(status['gain'], sd)} pts",  # the spread beside the gain, never hidden
@@ -193,7 +200,7 @@ def _search_results() -> None:
         return
     st.dataframe(search.trial_rows(trials), hide_index=True)
     common.chart(plots.search_history(trials), "sw_search_history")
-    scored = [t for t in trials if t["val_acc"] is not None]
+    scored = [t for t in trials if t.get("score") is not None]
     try:
         ranges = [search.ParamRange(**r) for r in status.get("ranges") or []]
         imp = search.importances(scored, ranges)
@@ -249,13 +256,19 @@ def _results() -> None:
         return
     if group.startswith("sweep-"):
         sc = scratch_cell(finished)
-        if sc:
+        lm = bool(sc and sc.get("test_ppl") is not None)
+        if lm:
+            spread = (f"± {sc['test_ppl_std']:,.1f} over {sc['seeds']} seeds" if sc["test_ppl_std"] is not None
+                      else "one seed: its spread is unknown")
+            st.metric("Scratch baseline (α = 0): test perplexity", f"{sc['test_ppl']:,.1f}", help=spread)
+        elif sc:
             spread = (f"± {100 * sc['test_acc_std']:.2f} points over {sc['seeds']} seeds" if sc["test_acc_std"]
                       is not None else "one seed: its spread is unknown")
             st.metric("Scratch baseline (α = 0)", f"{100 * sc['test_acc']:.2f}%", help=spread)
         cells = grid_table(finished)
         if cells:  # one above the other: side by side, their titles and colour bars did not fit a projector
-            for value, key in (("test_acc", "sw_heat_acc"), ("kd_gain", "sw_heat_gain")):
+            for value, key in ((("test_ppl", "sw_heat_ppl"), ("ppl_gain", "sw_heat_ppl_gain")) if lm else
+                               (("test_acc", "sw_heat_acc"), ("kd_gain", "sw_heat_gain"))):
                 common.chart(plots.sweep_heatmap(cells, value), key)
         common.chart(plots.parallel_coordinates([r for r in comparison_rows(finished) if r["role"] == "kd"]),
                      "sw_parcoords")

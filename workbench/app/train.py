@@ -338,8 +338,8 @@ def _lm_form() -> list[tuple[str | None, TrainConfig]] | None:
                   f"{rate:,.0f} tokens/s it was measured at" if rate else "")
                + "; every later run with them reads the cache.")
     methods = task_for(source.name, "language-modelling").method_names()
-    try:
-        method = common.method_picker("tr_lm_method", methods=methods)
+    try:  # T = 1: only there does the top-k cache hold most of the teacher's mass (docs/performance.md)
+        method = common.method_picker("tr_lm_method", methods=methods, start={"temperature": 1.0, "alpha": 0.5})
     except ValueError as e:
         common.show_error("These hyperparameters cannot be used", e)
         return None

@@ -99,11 +99,22 @@ def cmd_sweep(args) -> int:
         print(common.table(size_table(runs), args, aggregated=True))
     else:
         sc = scratch_cell(runs)
-        print(f"\nscratch (α = 0): {format_pct(sc['test_acc'], sc['test_acc_std'])} % over {sc['seeds']} seed(s)")
-        print(f"{'T':>6s} {'α':>6s} {'test acc %':>16s} {'KD gain (pts)':>16s}")
-        for c in grid_table(runs):
-            print(f"{c['temperature']:6g} {c['alpha']:6g} {format_pct(c['test_acc'], c['test_acc_std']):>16s} "
-                  f"{format_gain(c['kd_gain'], c['kd_gain_std']):>16s}")
+        if sc and sc.get("test_ppl") is not None:  # language models: perplexity, lower is better
+            def pm(v, sd):
+                return "—" if v is None else f"{v:,.1f}" + (f" ± {sd:,.1f}" if sd is not None else "")
+
+            print(f"\nscratch (α = 0): test perplexity {pm(sc['test_ppl'], sc['test_ppl_std'])} over "
+                  f"{sc['seeds']} seed(s)")
+            print(f"{'T':>6s} {'α':>6s} {'test ppl':>18s} {'below scratch':>18s}")
+            for c in grid_table(runs):
+                print(f"{c['temperature']:6g} {c['alpha']:6g} {pm(c.get('test_ppl'), c.get('test_ppl_std')):>18s} "
+                      f"{pm(c.get('ppl_gain'), c.get('ppl_gain_std')):>18s}")
+        elif sc:
+            print(f"\nscratch (α = 0): {format_pct(sc['test_acc'], sc['test_acc_std'])} % over {sc['seeds']} seed(s)")
+            print(f"{'T':>6s} {'α':>6s} {'test acc %':>16s} {'KD gain (pts)':>16s}")
+            for c in grid_table(runs):
+                print(f"{c['temperature']:6g} {c['alpha']:6g} {format_pct(c['test_acc'], c['test_acc_std']):>16s} "
+                      f"{format_gain(c['kd_gain'], c['kd_gain_std']):>16s}")
     print(f"\nkdw compare --group {group} --aggregate   |   kdw report --group {group}")
     return 0
 
@@ -132,13 +143,19 @@ def cmd_search(args) -> int:
                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     finally:
         shutdown()
-    print(f"\n{'trial':40s} {'values':40s} {'val acc':>8s} {'epochs':>6s}  state")
+    from workbench.experiments.search import score_text
+
+    print(f"\n{'trial':40s} {'values':40s} {'val best':>12s} {'epochs':>6s}  state")
     for t in result.trials:
         values = format_values(t["values"], "=")
-        print(f"{t['run_id']:40s} {values:40s} {100 * t['val_acc']:7.2f}% {t['epochs']:6d}  {t['state']}")
+        print(f"{t['run_id']:40s} {values:40s} {score_text(t):>12s} {t['epochs']:6d}  {t['state']}")
     if result.state == "cancelled":
         print("\nthe search was cancelled; the finished trials are kept")
-    if result.gain is not None:
+    if result.gain is not None and result.test_ppl is not None:
+        spread = f" ± {result.gain_std:,.1f}" if result.gain_std is not None else ""
+        print(f"\nbest on validation, over {args.seeds} seed(s) on test: perplexity {result.test_ppl:,.1f}, "
+              f"{result.gain:+,.1f}{spread} below the scratch twin's ({result.verdict})")
+    elif result.gain is not None:
         spread = f" ± {100 * result.gain_std:.2f}" if result.gain_std is not None else ""
         print(f"\nbest on validation, over {args.seeds} seed(s) on test: {100 * result.test_acc:.2f}% test accuracy, "
               f"KD gain over the scratch twin {100 * result.gain:+.2f}{spread} points ({result.verdict})")

@@ -779,6 +779,63 @@ def token_forward_kl(student_logits: torch.Tensor, topk_values: torch.Tensor, to
     return temperature ** 2 * (kl * mask).sum() / n
 
 
+class _TokenCEAndKL(torch.autograd.Function):
+    """The forward pass and hand-written backward of `token_ce_and_kl` (one softmax per temperature in backward,
+    nothing of size (N, V) kept from the forward but the logits themselves)."""
+
+    @staticmethod
+    def forward(ctx, z, targets, log_p, ids, temperature):
+        mask, n = _token_mask(targets)
+        lse1 = torch.logsumexp(z, dim=-1)
+        safe = targets.clamp_min(0).long()
+        ce = ((lse1 - z.gather(-1, safe[:, None])[:, 0]) * mask).sum() / n
+        lse_t = lse1 if temperature == 1.0 else torch.logsumexp(z * (1.0 / temperature), dim=-1)
+        log_q_k = z.gather(-1, ids) / temperature - lse_t[:, None]
+        kl = ((log_p.exp() * (log_p - log_q_k)).sum(-1) * mask).sum() / n
+        ctx.save_for_backward(z, safe, log_p, ids, mask, lse1, lse_t)
+        ctx.temperature, ctx.n = temperature, n
+        return ce, kl
+
+    @staticmethod
+    def backward(ctx, g_ce, g_kl):
+        z, safe, log_p, ids, mask, lse1, lse_t = ctx.saved_tensors
+        T, w = ctx.temperature, mask[:, None] / ctx.n
+        # d CE / dz = softmax(z) − onehot(y);  d KL(p̃ ‖ softmax(z/T)) / dz = (softmax(z/T) − scatter(p̃)) / T
+        if T == 1.0:
+            grad = (z - lse1[:, None]).exp_().mul_(float(g_ce + g_kl))
+        else:
+            grad = (z - lse1[:, None]).exp_().mul_(float(g_ce))
+            grad.add_((z * (1.0 / T)).sub_(lse_t[:, None]).exp_(), alpha=float(g_kl) / T)
+        grad.scatter_add_(-1, safe[:, None], torch.full_like(safe[:, None], -float(g_ce), dtype=grad.dtype))
+        grad.scatter_add_(-1, ids, log_p.exp() * (-float(g_kl) / T))
+        return grad.mul_(w), None, None, None, None
+
+
+def token_ce_and_kl(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_ids: torch.Tensor,
+                    targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""(CE, KL(p̃_t ‖ q_s)) per next token, averaged over the real tokens, in one pass: the two terms of token-level
+    KD, ``(1 − α)·CE + α·T²·KL``, exactly `token_cross_entropy` and `token_forward_kl` / T².
+
+    .. math::
+        \mathrm{CE} = \frac{1}{N}\sum_n \big(\log\textstyle\sum_v e^{z_{nv}} - z_{n y_n}\big),\quad
+        \mathrm{KL} = \frac{1}{N}\sum_n \sum_{k} \tilde p_{nk}(\log \tilde p_{nk} - z_{nk}/T
+            + \log\textstyle\sum_v e^{z_{nv}/T})
+
+    Written as one autograd function because on a CPU the (N, V) passes over a large vocabulary, not the model,
+    dominate a small student's step: the separate losses make four of them (a log-softmax forward and backward
+    each), this makes one per temperature in the forward (a log-sum-exp) and one in the backward (the softmax
+    the gradient needs), so a distilled step costs about a scratch step at T = 1 (benchmarks/lm.py).
+
+    >>> z, v, j, y = torch.randn(3, 7), torch.randn(3, 2), torch.tensor([[0, 1]] * 3), torch.tensor([1, 2, -1])
+    >>> ce, kl = token_ce_and_kl(z, v, j, y, 2.0)
+    >>> torch.allclose(ce, token_cross_entropy(z, y)), torch.allclose(4 * kl, token_forward_kl(z, v, j, y, 2.0))
+    (True, True)
+    """
+    check_temperature(temperature)
+    log_p = F.log_softmax(topk_values.float() / temperature, dim=-1)
+    return _TokenCEAndKL.apply(student_logits.float(), targets, log_p, topk_ids.long(), float(temperature))
+
+
 def token_reverse_kl(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_ids: torch.Tensor,
                      targets: torch.Tensor, temperature: float) -> torch.Tensor:
     r"""Reverse KL, T²·KL(q̃_s ‖ p̃_t): mode-seeking, the student puts its mass where the teacher's is largest.

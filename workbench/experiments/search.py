@@ -211,10 +211,23 @@ def _epoch_reporter(run_id: str):
 
     def report(event):
         if event["event"] == "epoch":
-            tune.report({"val_acc": event["val_acc"], "val_loss": event["val_loss"], "epoch": event["epoch"],
+            tune.report({"score": epoch_score(event), "val_loss": event["val_loss"], "epoch": event["epoch"],
                          "run_id": run_id})
 
     return report
+
+
+def epoch_score(row: dict) -> float:
+    """What a search maximises, from an epoch's metrics: the validation accuracy of a classifier, minus the
+    validation perplexity of a language model (lower is better)."""
+    return -float(row["val_ppl"]) if "val_ppl" in row else float(row["val_acc"])
+
+
+def score_text(t: dict) -> str:
+    """A trial's best validation figure as a front end shows it: '93.10%' or 'ppl 812.4'."""
+    if t.get("val_ppl") is not None:
+        return f"ppl {t['val_ppl']:,.1f}"
+    return f"{100 * t['val_acc']:.2f}%" if t.get("val_acc") is not None else "—"
 
 
 def _trainable(trial_config: dict):
@@ -252,13 +265,15 @@ def tpe_note(trials: int) -> str | None:
 @dataclass
 class SearchResult:
     group: str
-    trials: list[dict]  # {run_id, values, val_acc, epochs, state}
+    trials: list[dict]  # {run_id, values, score, val_acc or val_ppl, epochs, state}
     best: dict | None  # the best trial's values and validation accuracy
     final_runs: list[str]  # the best configuration over seeds, each with its scratch twin
     gain: float | None = None  # paired KD gain on the test set, mean over seeds
     gain_std: float | None = None
     test_acc: float | None = None
     test_acc_std: float | None = None
+    test_ppl: float | None = None  # a language model's: gain is then its scratch twin's perplexity minus its own
+    test_ppl_std: float | None = None
     verdict: str = ""
     state: str = "done"  # done | cancelled
 
@@ -410,6 +425,7 @@ def search(base, ranges: list[ParamRange], trials: int, store: RunStore, group: 
         raise
     _write_status(store, group, state=result.state, best=result.best, final_runs=result.final_runs, gain=result.gain,
                   gain_std=result.gain_std, test_acc=result.test_acc, test_acc_std=result.test_acc_std,
+                  test_ppl=result.test_ppl, test_ppl_std=result.test_ppl_std,
                   verdict=result.verdict, ended=time.time(),
                   error="cancelled: the finished trials are kept" if result.state == "cancelled" else None)
     return result
@@ -439,7 +455,7 @@ def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler,
     cpus = max(1, int(resources.get("CPU", 1)) // workers)
     tuner = tune.Tuner(
         tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus}), param_space=space,
-        tune_config=tune.TuneConfig(metric="val_acc", mode="max", num_samples=trials, scheduler=sched,
+        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, scheduler=sched,
                                     search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(
                                         n_startup_trials=tpe_startup_trials(trials), seed=base.seed)),
                                     time_budget_s=time_budget_s,
@@ -462,15 +478,15 @@ def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler,
         _settle_trials(store, group, base.epochs, outcomes)
     found = []
     for t in trial_table(store, group):
-        if t["val_acc"] is not None:
+        if t["score"] is not None:
             found.append(t)
-    found.sort(key=lambda t: -t["val_acc"])
+    found.sort(key=lambda t: -t["score"])
     cancelled = _cancel_path(store, group).exists()
     result = SearchResult(group, found, found[0] if found else None, [], state="cancelled" if cancelled else "done")
     if not found or cancelled or seeds == 0:
         return result
     best = apply(base, found[0]["values"])
-    say(f"best on validation: {format_values(found[0]['values'], '=')} ({100 * found[0]['val_acc']:.2f}%); "
+    say(f"best on validation: {format_values(found[0]['values'], '=')} ({score_text(found[0])}); "
         f"now {seeds} seed(s), each with its scratch twin")
     configs = [c for seed in range(base.seed, base.seed + seeds)
                for c in distill_configs(replace(best, seed=seed, group=group), scratch=twins)]
@@ -484,9 +500,14 @@ def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler,
     if bad:
         raise RuntimeError(f"the confirmation run {bad[0].run_id} {bad[0].state}: {bad[0].status().get('error')}")
     rows = [r for r in comparison_rows(finals, variants=False) if r["role"] == "kd"]
-    if twins:
-        result.gain, result.gain_std = mean_std([r["kd_gain"] for r in rows])
-    result.test_acc, result.test_acc_std = mean_std([r["test_acc"] for r in rows])
+    if any(r.get("test_ppl") is not None for r in rows):  # a language model: perplexity, and its drop vs scratch
+        if twins:
+            result.gain, result.gain_std = mean_std([r.get("ppl_gain") for r in rows])
+        result.test_ppl, result.test_ppl_std = mean_std([r["test_ppl"] for r in rows])
+    else:
+        if twins:
+            result.gain, result.gain_std = mean_std([r["kd_gain"] for r in rows])
+        result.test_acc, result.test_acc_std = mean_std([r["test_acc"] for r in rows])
     result.verdict = gain_verdict(result.gain, result.gain_std, len(rows)) if twins else ""
     return result
 
@@ -502,11 +523,11 @@ def _grid_trial(trial_config: dict):
     store = RunStore(trial_config["_store"])
     run = store.get(trial_config["run_id"])
     if run.state != "queued":
-        tune.report({"val_acc": 0.0, "epoch": 0, "state": run.state})
+        tune.report({"score": 0.0, "epoch": 0, "state": run.state})
         return
     atomic_write_json(run.claim_path, process_identity())  # the driver's claim handed to this process
     state = execute_run(run, store, [_epoch_reporter(run.run_id)])
-    tune.report({"val_acc": 0.0, "epoch": 0, "state": state})
+    tune.report({"score": 0.0, "epoch": 0, "state": state})
 
 
 def run_grid(store: RunStore, configs: list, command: str = "", *, workers: int | None = None,
@@ -634,20 +655,26 @@ def shutdown(wait_s: float = 30.0) -> None:
 
 
 def trial_table(store: RunStore, group: str) -> list[dict]:
-    """The finished and running trials of a search, from the run store: values, best validation accuracy, epochs."""
+    """The finished and running trials of a search, from the run store: values, the best validation accuracy (or
+    perplexity, for a language model) as `score` (`epoch_score`: higher is better), epochs."""
     out = []
     for i, run in enumerate(r for r in store.list(group=group) if "search_values" in r.config):
         rows = run.metrics()
+        score = max((epoch_score(r) for r in rows), default=None)
+        lm = any("val_ppl" in r for r in rows)
         out.append({"trial": i + 1, "run_id": run.run_id, "state": run.state, "values": run.config["search_values"],
-                    "val_acc": max((r["val_acc"] for r in rows), default=None), "epochs": len(rows)})
+                    "score": score, "val_acc": None if lm else score,
+                    "val_ppl": -score if lm and score is not None else None, "epochs": len(rows)})
     return out
 
 
 def trial_rows(trials: list[dict]) -> list[dict]:
     """`trial_table` flattened for a table: one column per searched parameter, validation accuracy in %."""
+    lm = any(t.get("val_ppl") is not None for t in trials)
     return [{"trial": t["trial"], **{k: round(v, 4) if isinstance(v, float) else v for k, v in t["values"].items()},
-             "val acc %": None if t["val_acc"] is None else round(100 * t["val_acc"], 2), "epochs": t["epochs"],
-             "state": t["state"], "run": t["run_id"]} for t in trials]
+             **({"val ppl": None if t.get("val_ppl") is None else round(t["val_ppl"], 1)} if lm else
+                {"val acc %": None if t["val_acc"] is None else round(100 * t["val_acc"], 2)}),
+             "epochs": t["epochs"], "state": t["state"], "run": t["run_id"]} for t in trials]
 
 
 IMPORTANCE_METHOD = "fANOVA (Optuna's FanovaImportanceEvaluator)"
@@ -663,7 +690,7 @@ def importances(trials: list[dict], ranges: list[ParamRange] | None = None) -> d
     from optuna.distributions import FloatDistribution, IntDistribution
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-    done = [t for t in trials if t["val_acc"] is not None]
+    done = [t for t in trials if t.get("score") is not None]
     names = sorted({k for t in done for k in t["values"]})
     if len(done) < 3 or len(names) < 2:
         return {n: 1.0 for n in names} if len(names) == 1 and len(done) >= 3 else {}
@@ -683,7 +710,7 @@ def importances(trials: list[dict], ranges: list[ParamRange] | None = None) -> d
     for t in done:
         params = {n: int(t["values"][n]) if isinstance(dists[n], IntDistribution) else float(t["values"][n])
                   for n in names}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t["val_acc"]))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t["score"]))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return {k: float(v) for k, v in get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0)).items()}
 

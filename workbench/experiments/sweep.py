@@ -58,8 +58,12 @@ def grid_table(runs: list[Run]) -> list[dict]:
     for (T, a), members in sorted(cells.items()):
         acc, acc_sd = mean_std([m["test_acc"] for m in members])
         gain, gain_sd = mean_std([m["kd_gain"] for m in members])
-        out.append({"temperature": T, "alpha": a, "seeds": len(members), "test_acc": acc, "test_acc_std": acc_sd,
-                    "kd_gain": gain, "kd_gain_std": gain_sd, "run_ids": [m["run_id"] for m in members]})
+        cell = {"temperature": T, "alpha": a, "seeds": len(members), "test_acc": acc, "test_acc_std": acc_sd,
+                "kd_gain": gain, "kd_gain_std": gain_sd, "run_ids": [m["run_id"] for m in members]}
+        if any(m.get("test_ppl") is not None for m in members):  # a language model: perplexity, lower is better
+            cell["test_ppl"], cell["test_ppl_std"] = mean_std([m.get("test_ppl") for m in members])
+            cell["ppl_gain"], cell["ppl_gain_std"] = mean_std([m.get("ppl_gain") for m in members])
+        out.append(cell)
     return out
 
 
@@ -69,7 +73,8 @@ def scratch_cell(runs: list[Run]) -> dict | None:
     if not rows:
         return None
     acc, sd = mean_std([r["test_acc"] for r in rows])
-    return {"test_acc": acc, "test_acc_std": sd, "seeds": len(rows)}
+    ppl, ppl_sd = mean_std([r.get("test_ppl") for r in rows])
+    return {"test_acc": acc, "test_acc_std": sd, "test_ppl": ppl, "test_ppl_std": ppl_sd, "seeds": len(rows)}
 
 
 def size_table(runs: list[Run]) -> list[dict]:

@@ -36,6 +36,7 @@ from workbench.experiments.search import (
     cancel_search,
     default_range,
     parse_range,
+    score_text,
     search_status,
     trial_rows,
     trial_table,
@@ -484,13 +485,15 @@ class SearchPanel(W.VBox):
         state = st.get("state", "starting")
         text = f"{state}: {len(finished)} of {st.get('trials', '?')} trials finished"
         if st.get("best"):
-            text += f" · best on validation {100 * st['best']['val_acc']:.2f}% at {format_values(st['best']['values'])}"
-        if st.get("gain") is not None:
+            text += f" · best on validation {score_text(st['best'])} at {format_values(st['best']['values'])}"
+        if st.get("gain") is not None and st.get("test_ppl") is not None:
+            text += f" · perplexity below scratch on test {st['gain']:+,.1f} ({st.get('verdict')})"
+        elif st.get("gain") is not None:
             text += f" · KD gain over scratch on test {100 * st['gain']:+.2f} pts ({st.get('verdict')})"
         if state == "failed":
             text += f" <span style='color:#c00'>({st.get('error')})</span>"
         self.status.value = text
-        scored = [t for t in trials if t["val_acc"] is not None]
+        scored = [t for t in trials if t.get("score") is not None]
         if scored:
             _redraw(self.history, plots.search_history(trials))
             _redraw(self.parallel, plots.search_parallel(scored))

@@ -134,18 +134,20 @@ def topk_key(teacher: Teacher, dataset, split: str, k: int) -> str:
 
 def teacher_topk(teacher: Teacher, dataset, split: str, k: int, cache_dir, device, progress=None,
                  batch: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values (N, L, k) fp16, ids (N, L, k), nll (N, L) fp32) of the teacher on a split's blocks, from the disk
-    cache (memory-mapped) or computed once into it. `progress(done, total)` is called as blocks are done."""
+    """(values (N, L, k) fp16, ids (N, L, k), nll (N, L) fp32, None for the train split) of the teacher on a split's
+    blocks, from the disk cache (memory-mapped) or computed once into it. `progress(done, total)` is called as
+    blocks are done."""
     blocks = getattr(dataset, f"x_{split}")
     n, L = blocks.shape[0], blocks.shape[1] - 1
     vocab = teacher.model.vocab_size
+    with_nll = split != "train"  # the teacher's own loss is only ever read on held-out blocks
     folder = None
     if cache_dir is not None:
         folder = cache_dir / "teacher-topk" / topk_key(teacher, dataset, split, k)
         if (folder / "meta.json").is_file():
             try:
-                arrays = tuple(np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("values", "ids", "nll"))
-                if arrays[0].shape == (n, L, k) and arrays[2].shape == (n, L):
+                arrays = _open_cache(folder, with_nll)
+                if arrays[0].shape == (n, L, k) and (arrays[2] is None or arrays[2].shape == (n, L)):
                     return arrays
             except (OSError, ValueError):
                 pass
@@ -155,11 +157,11 @@ def teacher_topk(teacher: Teacher, dataset, split: str, k: int, cache_dir, devic
         open_ = np.lib.format.open_memmap
         values = open_(tmp / "values.npy", mode="w+", dtype=np.float16, shape=(n, L, k))
         ids = open_(tmp / "ids.npy", mode="w+", dtype=_ids_dtype(vocab), shape=(n, L, k))
-        nll = open_(tmp / "nll.npy", mode="w+", dtype=np.float32, shape=(n, L))
+        nll = open_(tmp / "nll.npy", mode="w+", dtype=np.float32, shape=(n, L)) if with_nll else None
     else:
         values = np.zeros((n, L, k), np.float16)
         ids = np.zeros((n, L, k), _ids_dtype(vocab))
-        nll = np.zeros((n, L), np.float32)
+        nll = np.zeros((n, L), np.float32) if with_nll else None
     model = teacher.model.eval()
     if progress is not None:
         progress(0, n)  # before the first batch: what is about to take the time
@@ -170,13 +172,15 @@ def teacher_topk(teacher: Teacher, dataset, split: str, k: int, cache_dir, devic
             v, j = z.topk(k, dim=-1)
             values[i:i + batch] = v.half().cpu().numpy()
             ids[i:i + batch] = j.cpu().numpy().astype(ids.dtype)
-            nll[i:i + batch] = F.cross_entropy(z.transpose(1, 2), x[:, 1:], reduction="none").cpu().numpy()
+            if nll is not None:
+                nll[i:i + batch] = F.cross_entropy(z.transpose(1, 2), x[:, 1:], reduction="none").cpu().numpy()
             if progress is not None:
                 progress(min(i + batch, n), n)
     if folder is None:
         return values, ids, nll
     for a in (values, ids, nll):
-        a.flush()
+        if a is not None:
+            a.flush()
     del values, ids, nll
     (tmp / "meta.json").write_text(json.dumps({"teacher": teacher.spec, "digest": teacher.digest, "split": split,
                                                "blocks": n, "seq_len": L, "k": k, "vocab": vocab}))
@@ -184,12 +188,20 @@ def teacher_topk(teacher: Teacher, dataset, split: str, k: int, cache_dir, devic
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         os.replace(tmp, folder)
-    return tuple(np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("values", "ids", "nll"))
+    return _open_cache(folder, with_nll)
 
 
-def topk_bytes(n_tokens: int, k: int, vocab: int) -> int:
-    """Bytes of the top-k cache for `n_tokens` tokens (values fp16, ids, the teacher's nll fp32)."""
-    return n_tokens * (k * (2 + np.dtype(_ids_dtype(vocab)).itemsize) + 4)
+def _open_cache(folder, with_nll: bool):
+    """(values, ids, nll or None) of a cache folder, memory-mapped."""
+    names = ("values", "ids", "nll") if with_nll else ("values", "ids")
+    arrays = tuple(np.load(folder / f"{name}.npy", mmap_mode="r") for name in names)
+    return arrays if with_nll else (*arrays, None)
+
+
+def topk_bytes(n_tokens: int, k: int, vocab: int, with_nll: bool = False) -> int:
+    """Bytes of the top-k cache's arrays for `n_tokens` tokens: values fp16 and ids (k each), and on held-out
+    blocks the teacher's nll (fp32, one per token)."""
+    return n_tokens * (k * (2 + np.dtype(_ids_dtype(vocab)).itemsize) + (4 if with_nll else 0))
 
 
 def _batch_topk(cache, idx: np.ndarray, device):
