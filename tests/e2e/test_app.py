@@ -331,7 +331,7 @@ def test_the_train_page_distils_a_language_model_and_compare_shows_its_generatio
     _no_errors(cmp)
     columns = cmp.dataframe[0].value.columns
     assert "test ppl" in columns and "ppl vs scratch" in columns and "test acc %" not in columns
-    assert any("test perplexity is" in m.value for m in cmp.markdown)
+    assert any("test perplexity of" in m.value and "scratch twin's" in m.value for m in cmp.markdown)
     assert cmp.radio(key="cmp_gen_mode").value == "greedy"
     titles = [c.value for c in cmp.caption]
     assert any(t.startswith("teacher") and "tl" in t for t in titles)  # the teacher's own run's generations

@@ -265,6 +265,51 @@ def test_a_search_of_jsds_beta_on_a_language_model_chooses_by_validation_perplex
     assert st["test_ppl"] > 1 and st["gain"] is not None
 
 
+def test_a_language_model_student_exports_to_onnx_fp32_and_int8_in_the_same_table(distilled):
+    """The decoder over a block (no KV cache) in ONNX, checked against PyTorch at every next-token position of the
+    test blocks, and its dynamic int8 copy, both measured in ONNX Runtime and listed beside the run."""
+    pytest.importorskip("onnxruntime")
+    runs = distilled
+    kd = next(p.parent.name for p in runs.glob("kd-*/summary.json")
+              if json.loads(p.read_text())["method"]["name"] == "kd")
+    out = kdw("export", kd, "--int8", "--runs-dir", str(runs)).stdout
+    assert "onnx-fp32" in out and "onnx-int8" in out and "test ppl" in out
+    fp32 = json.loads((runs / kd / "variants" / "onnx-fp32" / "metrics.json").read_text())
+    int8 = json.loads((runs / kd / "variants" / "onnx-int8" / "metrics.json").read_text())
+    torch_ppl = json.loads((runs / kd / "summary.json").read_text())["test"]["perplexity"]
+    assert fp32["check"]["top1_agreement"] > 0.99 and fp32["check"]["max_abs_logit_diff"] < 1e-3
+    assert fp32["test"]["perplexity"] == pytest.approx(torch_ppl, rel=1e-4)
+    assert int8["test"]["perplexity"] == pytest.approx(torch_ppl, rel=0.25) and "dynamic int8" in int8["quantization"]
+    assert int8["size_mb"] < fp32["size_mb"]
+    assert fp32["profile"]["tokens_per_s_b32"] > 0 and fp32["profile"]["ms_per_token"] > 0
+    table = kdw("compare", kd, "--wide", "--runs-dir", str(runs)).stdout
+    assert "ONNX fp32" in table and "ONNX int8" in table
+
+
+def test_sequence_level_kd_trains_on_the_teachers_own_samples_written_once(distilled):
+    """seqkd: the teacher continues each training block's first 16 tokens; the student trains on that text (its
+    scratch twin on the corpus), validated on the corpus; the samples are cached and reused, and α > 0 adds
+    token-level KD on them."""
+    runs = distilled
+    data_dir = json.loads((runs / "tl" / "config.json").read_text())["data_dir"]
+    common = (*COMMON, "--data-dir", data_dir, "--teacher", "tl", "--model", "llama", "--depth", "1", "--width", "16",
+              "--heads", "2", "--topk", "8", "--epochs", "1", "--no-profile", "--runs-dir", str(runs))
+    out = kdw("distill", *common, "--method", "seqkd", "--group", "sq").stdout
+    assert "test perplexity of" in out
+    summaries = [json.loads(p.read_text()) for p in runs.glob("*/summary.json")]
+    seq = [s for s in summaries if s["method"]["name"] == "seqkd"]
+    assert len(seq) == 1 and seq[0]["corpus"]["train_text"].startswith("the teacher's samples")
+    assert seq[0]["test"]["perplexity"] > 1  # scored on the corpus's test blocks, like every other run
+    scratch = [s for s in summaries if s["kind"] == "scratch" and s["corpus"]["train_text"] == "the corpus"]
+    assert scratch
+    samples = list((runs / ".cache" / "teacher-samples").glob("*.npy"))
+    assert len(samples) == 1
+    blocks = np.load(samples[0])
+    assert blocks.shape[1] == 17 and blocks.min() >= 0
+    kdw("distill", *common, "--method", "seqkd", "--alpha", "0.5", "--no-scratch", "--group", "sq")
+    assert list((runs / ".cache" / "teacher-samples").glob("*.npy")) == samples  # written once, read again
+
+
 def test_a_prompt_longer_than_the_context_is_refused(lm):
     from workbench.models.lm import hf_causal
     from workbench.train.lm import generations

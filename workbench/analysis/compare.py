@@ -180,6 +180,8 @@ def variant_rows(run: Run, parent: dict) -> list[dict]:
         test, prof = _dict(m.get("test")), _dict(m.get("profile"))
         rows.append({**parent, "variant": v["name"], "run_id": f"{run.run_id}/{v['name']}", "_parent": run.run_id,
                      "test_acc": test.get("accuracy"), "test_acc_last": None, "best_epoch": None, "kd_gain": None,
+                     "test_ppl": test.get("perplexity"), "ppl_gain": None, "ms_per_token": prof.get("ms_per_token"),
+                     "tokens_per_s_b1": prof.get("tokens_per_s_b1"), "tokens_per_s_b32": prof.get("tokens_per_s_b32"),
                      "params": m.get("params"), "size_mb": m.get("size_mb"), "flops": m.get("flops"),
                      "latency_ms": prof.get("latency_ms"), "throughput": prof.get("throughput"),
                      "agreement": test.get("agreement"), "ece": test.get("ece"), "device": prof.get("device_name"),
@@ -399,14 +401,15 @@ def _lm_headline(rows: list[dict]) -> str | None:
     busy = v.get("unreliable") or best.get("timing_unreliable") or t.get("timing_unreliable")
     if v.get("faster") and not busy:
         parts.append(format_ratio(v["faster"], "faster", "slower"))
-    than = f"{' and '.join(parts)} than the teacher {t['model']}; " if parts else ""
+    than = f"{' and '.join(parts)} than the teacher {t['model']}, with " if parts else ""
     gain = best.get("ppl_gain")
     twin = ""
     if gain is not None:
         scratch = best["test_ppl"] + gain
         twin = (f", {'below' if gain > 0 else 'above'} its scratch twin's {scratch:,.1f} "
                 f"({'the teacher helps' if gain > 0 else 'the teacher does not help here'})")
-    return (f"The best {ROLE_NAMES['kd']} student, {best['model']}, is {than}its test perplexity is "
+    lead = f"is {than}a" if than else "has a"
+    return (f"The best {ROLE_NAMES['kd']} student, {best['model']}, {lead} test perplexity of "
             f"{best['test_ppl']:,.1f} against the teacher's {t['test_ppl']:,.1f}{twin}.")
 
 

@@ -181,7 +181,8 @@ def _deploy_panel(runs) -> None:
     c1, c2, c3, c4 = st.columns([3, 1, 2, 2], vertical_alignment="bottom")
     run = labels[c1.selectbox("Run to deploy", list(labels), key="cmp_deploy_run")]
     int8 = c2.checkbox("int8", value=True, key="cmp_deploy_int8")
-    prune = c3.slider("Prune channels", 0.0, 0.9, 0.0, 0.1, key="cmp_deploy_prune",
+    prunable = run.summary.get("task") != "language-modelling"
+    prune = c3.slider("Prune channels", 0.0, 0.9, 0.0, 0.1, key="cmp_deploy_prune", disabled=not prunable,
                       help="0 = no pruned variant. Structured pruning by L2 magnitude (torch-pruning), then a short "
                            "distillation with the run's teacher and method.")
     epochs = c4.number_input("Fine-tune epochs", 0, 50, 3, key="cmp_deploy_epochs", disabled=prune == 0)
@@ -207,9 +208,13 @@ def _deploy_panel(runs) -> None:
             elif v["state"] == "done" and v["metrics"]:
                 m = v["metrics"]
                 c1, c2 = st.columns([4, 1], vertical_alignment="center")
-                c1.caption(f"**{label}**: {100 * m['test']['accuracy']:.2f}% test, {m['size_mb']:.3f} MB, "
+                lm = "perplexity" in m["test"]
+                score = f"test perplexity {m['test']['perplexity']:,.1f}" if lm else \
+                    f"{100 * m['test']['accuracy']:.2f}% test"
+                c1.caption(f"**{label}**: {score}, {m['size_mb']:.3f} MB, "
                            f"{m['profile']['latency_ms']:.3f} ms at batch 1 in ONNX Runtime; top-1 equals PyTorch's on "
-                           f"{100 * m['check']['top1_agreement']:.2f}% of test images")
+                           f"{100 * m['check']['top1_agreement']:.2f}% of "
+                           f"{'next-token positions' if lm else 'test images'}")
                 advice = (m.get("int8_check") or {}).get("advice")
                 if advice:
                     c1.warning(advice, icon=":material/warning:")

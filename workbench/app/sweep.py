@@ -200,7 +200,7 @@ def _search_results() -> None:
         return
     st.dataframe(search.trial_rows(trials), hide_index=True)
     common.chart(plots.search_history(trials), "sw_search_history")
-    scored = [t for t in trials if t.get("score") is not None]
+    scored = [t for t in trials if t.get("score", t.get("val_acc")) is not None]
     try:
         ranges = [search.ParamRange(**r) for r in status.get("ranges") or []]
         imp = search.importances(scored, ranges)

@@ -29,7 +29,9 @@ def cmd_export(args) -> int:
     results = export_run(run, store, options, progress, command=common.command_line())
     for m in results:
         c = m["check"]
-        print(f"{m['variant']:22s} {m['size_mb']:8.3f} MB  test acc {100 * m['test']['accuracy']:6.2f}%  "
+        score = (f"test ppl {m['test']['perplexity']:8,.1f}" if "perplexity" in m["test"] else
+                 f"test acc {100 * m['test']['accuracy']:6.2f}%")
+        print(f"{m['variant']:22s} {m['size_mb']:8.3f} MB  {score}  "
               f"top-1 = PyTorch on {100 * c['top1_agreement']:.2f}% (max |Δlogit| {c['max_abs_logit_diff']:.2g})"
               + (f"  [{m['quantization']}]" if m.get("quantization") else ""))
     for m in results:

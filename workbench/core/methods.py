@@ -744,6 +744,8 @@ class _TokenMethod(Method):
 
     token_level = True
     only_tokens = True
+    teacher_samples = False  # True: the run trains on the teacher's samples instead of the corpus (seqkd)
+    uses_token_cache = True  # the teacher's top-k logits of the training blocks are read
     temperature_key = "temperature"
     weight_key = "alpha"
     divergence = ""  # how D reads in the objective
@@ -805,6 +807,37 @@ class JSD(_TokenMethod):
         return losses.token_jsd(s_logits, topk_values, topk_ids, targets, self.p["temperature"], self.p["beta"])
 
 
+class SeqKD(_TokenMethod):
+    name = "seqkd"
+    title = "Sequence-level KD (Kim & Rush)"
+    citation = "Kim, Rush. Sequence-Level Knowledge Distillation. EMNLP 2016."
+    description = ("train on the teacher's own text: each training block's first tokens continued by the teacher, "
+                   "then cross-entropy on it (α > 0 adds token-level KD on the same text)")
+    defaults = {"temperature": 1.0, "alpha": 0.0}
+    help = {"temperature": "T > 0 of the token-level term (α > 0 only)",
+            "alpha": "weight of token-level KD on the teacher's text in [0, 1]: 0 = pure sequence-level KD"}
+    primary = ("alpha",)
+    divergence = "KL(p̃_t ‖ q_s)"
+    teacher_samples = True  # the training blocks are the teacher's samples (workbench.train.lm.teacher_samples)
+
+    @property
+    def uses_token_cache(self) -> bool:
+        return self.p["alpha"] > 0
+
+    def divergence_term(self, s_logits, topk_values, topk_ids, targets):
+        return losses.token_forward_kl(s_logits, topk_values, topk_ids, targets, self.p["temperature"])
+
+    def token_terms(self, s_logits, targets, topk_values, topk_ids):
+        if self.p["alpha"] == 0:
+            return {"ce": losses.token_cross_entropy(s_logits, targets)}
+        return super().token_terms(s_logits, targets, topk_values, topk_ids)
+
+    def objective_text(self):
+        if self.p["alpha"] == 0:
+            return "L = CE(z_s, ŷ) on the teacher's samples ŷ, per next token"
+        return super().objective_text().replace("CE(z_s, y)", "CE(z_s, ŷ)") + " of the teacher's samples ŷ"
+
+
 class SkewKL(_TokenMethod):
     name = "skew_kl"
     title = "Skew KL (DistiLLM)"
@@ -826,7 +859,7 @@ class SkewKL(_TokenMethod):
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CE, KD, LSKD, DKD, DIST, FitNet, AT, PKT, RKD, SP, CRD,
-                                                        DML, TinyBERT, MiniLM, ReverseKL, JSD, SkewKL)}
+                                                        DML, TinyBERT, MiniLM, ReverseKL, JSD, SkewKL, SeqKD)}
 DISTILLATION_METHODS = tuple(n for n, m in METHODS.items() if m.distils)  # what a kd run may use
 DEFAULT_METHODS = {"teacher": "ce", "scratch": "ce", "kd": "kd"}  # a run's method when its config names none
 

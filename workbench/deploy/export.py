@@ -53,7 +53,7 @@ from workbench.evaluate.metrics import (
 )
 from workbench.io import atomic_write_json
 from workbench.jobs.spawn import spawn
-from workbench.models.zoo import count_params, sample_input
+from workbench.models.zoo import count_params
 from workbench.store.runs import Run, RunStore
 from workbench.tasks import task_for
 from workbench.train.loop import TrainConfig, train
@@ -157,7 +157,7 @@ def export_onnx(model: nn.Module, input_shape, folder: Path, task=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     model = copy.deepcopy(model).float().cpu().eval()
-    example = task.export_inputs(model, sample_input(model, input_shape, 2))
+    example = task.export_example(model, input_shape)
     weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     try:
         torch.onnx.export(task.export_module(model), example, str(path), dynamo=True,
@@ -394,6 +394,57 @@ def measure(folder: Path, source: nn.Module, dataset, teacher_logits: torch.Tens
     }
 
 
+def measure_lm(folder: Path, source: nn.Module, dataset, teacher_logits=None) -> dict:
+    """Every figure of a language model's artifact in `folder`, measured with ONNX Runtime: perplexity on the test
+    blocks, per-token agreement with the PyTorch model it was made from, size, latency and tokens per second over
+    blocks of the task's timed length (batch 1 and 32); PyTorch eager beside it."""
+    import math
+    import statistics
+
+    import torch.nn.functional as F
+
+    ort = require("onnxruntime")
+    task = task_for(dataset.name, "language-modelling")
+    session = _session(folder / "model.onnx")
+    src = source.float().cpu().eval()
+    blocks = dataset.x_test
+    nll, agree, n_tok, diff = 0.0, 0, 0, 0.0
+    for i in range(0, len(blocks), 8):
+        x = blocks[i:i + 8]
+        z = torch.from_numpy(session.run(None, {"input_ids": x[:, :-1].numpy()})[0]).float()
+        with torch.inference_mode():
+            ref = src(x[:, :-1]).float()
+        t = x[:, 1:].reshape(-1)
+        nll += float(F.cross_entropy(z.reshape(-1, z.shape[-1]), t, reduction="sum"))
+        agree += int((z.argmax(-1) == ref.argmax(-1)).sum())
+        n_tok += t.numel()
+        diff = max(diff, float((z - ref).abs().max()))
+    one, batch = task.timing_batch(src, dataset, 1), task.timing_batch(src, dataset, 32)
+    with OtherCpuLoad() as load:
+        lat = time_calls(lambda: session.run(None, {"input_ids": one.numpy()}), warmup=3, reps=20, min_time_s=0.2)
+        thr = time_calls(lambda: session.run(None, {"input_ids": batch.numpy()}), warmup=1, reps=5, min_time_s=0.3)
+        eager_lat = time_forward(src, one, 3, 20, 0.2)
+    files = artifact_files(folder)
+    length = one.shape[1]
+    profile = {"latency_ms": 1e3 * statistics.median(lat), "ms_per_token": 1e3 * statistics.median(lat) / length,
+               "tokens_per_s_b1": length / statistics.median(lat),
+               "tokens_per_s_b32": batch.numel() / statistics.median(thr), "throughput": 32 / statistics.median(thr),
+               "runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider", "device": "cpu",
+               "device_name": device_name("cpu"), "threads": session.get_session_options().intra_op_num_threads,
+               "sample": task.timed_sample(dataset)}
+    if load.fraction is not None:
+        profile["cpu_busy_elsewhere"] = round(load.fraction, 3)
+    return {
+        "test": {"perplexity": math.exp(min(nll / n_tok, 50.0)), "nll": nll / n_tok, "tokens": n_tok},
+        "check": {"max_abs_logit_diff": diff, "top1_agreement": agree / n_tok,
+                  "reference": "the PyTorch fp32 model this artifact was made from, at every next-token position of "
+                               "the test blocks"},
+        "files": files, "size_bytes": sum(files.values()), "size_mb": sum(files.values()) / 1e6,
+        "params": sum(p.numel() for p in source.parameters()), "flops": None, "profile": profile,
+        "pytorch_eager": {"latency_ms": 1e3 * statistics.median(eager_lat), "threads": torch.get_num_threads()},
+    }
+
+
 # ---------------------------------------------------------------------------
 # a run's variants
 
@@ -423,9 +474,10 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
     with its reason, and the ones before it stay.
     """
     exportable(run)
-    if options.prune is not None and not task_for(run.config["dataset"]).prunable:
-        raise DeployError(f"pruning is for image and table models; export a {task_for(run.config['dataset']).title.lower()} "
-                          "run without --prune")
+    run_task = task_for(run.config["dataset"], run.config.get("task"))
+    if options.prune is not None and not run_task.prunable:
+        raise DeployError(f"pruning is for image and table models; export a {run_task.title.lower()} run without "
+                          "--prune")
     for mod in ("onnx", "onnxscript", "onnxruntime") + (("torch_pruning",) if options.prune else ()):
         require(mod)
     say = progress or (lambda *a: None)
@@ -434,10 +486,11 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
         _set_status(run.variants_path / n, "queued")
     config = run.config
     model = run.load_model("best").float().eval()
-    task = task_for(config["dataset"])
+    task = task_for(config["dataset"], config.get("task"))
     source = task.load_run_data(config, model)
     dataset = task.view_for(source, model)  # the samples as the student saw them in training
-    teacher_logits = _teacher_test_logits(run, store, source)
+    teacher_logits = None if task.token_level else _teacher_test_logits(run, store, source)
+    measured = measure_lm if task.token_level else measure
     calib = calibration_images(dataset, options.calibration, options.seed) if options.int8 else None
     base = {"run_id": run.run_id, "command": command, "created": time.time()}
     results = []
@@ -457,7 +510,7 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
                         "preprocessed": done["preprocessed"], "notes": done["notes"]}
             say(name, "measuring with ONNX Runtime", (step + 0.5) / len(names))
             metrics = {"variant": name, "format": "onnx", **info, **(extra or {}), **base,
-                       **measure(folder, source, dataset, teacher_logits)}
+                       **measured(folder, source, dataset, teacher_logits)}
             if fp32_from is not None:
                 metrics["int8_check"] = int8_check(metrics["check"]["top1_agreement"], done["int8"]["format"])
             atomic_write_json(folder / "metrics.json", metrics)

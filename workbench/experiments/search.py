@@ -223,6 +223,11 @@ def epoch_score(row: dict) -> float:
     return -float(row["val_ppl"]) if "val_ppl" in row else float(row["val_acc"])
 
 
+def _score(t: dict) -> float | None:
+    """A trial's score (`trial_table`), or its validation accuracy where a caller gives only that."""
+    return t["score"] if t.get("score") is not None else t.get("val_acc")
+
+
 def score_text(t: dict) -> str:
     """A trial's best validation figure as a front end shows it: '93.10%' or 'ppl 812.4'."""
     if t.get("val_ppl") is not None:
@@ -690,7 +695,7 @@ def importances(trials: list[dict], ranges: list[ParamRange] | None = None) -> d
     from optuna.distributions import FloatDistribution, IntDistribution
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-    done = [t for t in trials if t.get("score") is not None]
+    done = [t for t in trials if _score(t) is not None]
     names = sorted({k for t in done for k in t["values"]})
     if len(done) < 3 or len(names) < 2:
         return {n: 1.0 for n in names} if len(names) == 1 and len(done) >= 3 else {}
@@ -710,7 +715,7 @@ def importances(trials: list[dict], ranges: list[ParamRange] | None = None) -> d
     for t in done:
         params = {n: int(t["values"][n]) if isinstance(dists[n], IntDistribution) else float(t["values"][n])
                   for n in names}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t["score"]))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=_score(t)))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return {k: float(v) for k, v in get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0)).items()}
 

@@ -493,7 +493,7 @@ class SearchPanel(W.VBox):
         if state == "failed":
             text += f" <span style='color:#c00'>({st.get('error')})</span>"
         self.status.value = text
-        scored = [t for t in trials if t.get("score") is not None]
+        scored = [t for t in trials if t.get("score", t.get("val_acc")) is not None]
         if scored:
             _redraw(self.history, plots.search_history(trials))
             _redraw(self.parallel, plots.search_parallel(scored))

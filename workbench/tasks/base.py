@@ -158,6 +158,12 @@ class Task:
         """What the ONNX exporter traces: the model itself, taking the inputs `export_inputs` makes."""
         return model
 
+    def export_example(self, model: nn.Module, input_shape) -> tuple[torch.Tensor, ...]:
+        """The example inputs the exporter traces with: two samples of `input_shape`."""
+        from workbench.models.zoo import sample_input
+
+        return self.export_inputs(model, sample_input(model, input_shape, 2))
+
     def export_inputs(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Stored samples (a batch of the data set's x) as the exported graph's inputs, in `export_input_names` order."""
         return (x,)

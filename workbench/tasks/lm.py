@@ -108,6 +108,16 @@ class LanguageModelling(Task):
         if positions is not None and dataset.vocab["seq_len"] > positions:
             raise ModelError(f"seq_len {dataset.vocab['seq_len']} is longer than the teacher's {positions} positions")
 
+    # -- export: a decoder forward over a block of token ids, no KV cache ---------------------------------------
+    export_input_names = ("input_ids",)
+
+    def export_example(self, model, input_shape):
+        return (torch.randint(0, int(model.vocab_size), (2, 16)),)
+
+    def export_dynamic_shapes(self):
+        batch, length = torch.export.Dim("batch", min=1, max=65536), torch.export.Dim("length", min=2, max=8192)
+        return ({0: batch, 1: length},)
+
     def timing_batch(self, model, dataset, batch):
         return torch.randint(0, int(dataset.vocab["vocab_size"]), (batch, self._timed_length(dataset)))
 

@@ -214,11 +214,69 @@ def _batch_topk(cache, idx: np.ndarray, device):
 # ---------------------------------------------------------------------------
 # the stages
 
+SAMPLE_PROMPT_TOKENS = 16  # sequence-level KD: the teacher continues each training block from its first tokens
+
+
+def teacher_samples(teacher: Teacher, dataset, cache_dir, device, seed: int = 0, progress=None,
+                    batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Sequence-level KD's training text (Kim & Rush 2016): for each training block, its first
+    `SAMPLE_PROMPT_TOKENS` tokens continued by the teacher to the block's full length, sampled at T = 1 from its top 50
+    (seeded), end-of-text tokens included as the teacher writes them (it goes on with a new text). (N, L + 1) blocks
+    like `dataset.x_train`, cached on disk, keyed by the teacher's weights, the blocks and the seed."""
+    x = dataset.x_train
+    n, length = x.shape
+    P = min(SAMPLE_PROMPT_TOKENS, length - 1)
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(f"{teacher.digest}|{dataset.fingerprint}|{n}|{length}|{P}|{seed}".encode()).hexdigest()
+        path = cache_dir / "teacher-samples" / f"{key[:24]}.npy"
+        if path.is_file():
+            try:
+                return torch.from_numpy(np.load(path)).long()
+            except (OSError, ValueError):
+                pass
+    hf = teacher.model.hf.eval()
+    config = copy.deepcopy(hf.generation_config)
+    config.eos_token_id, config.pad_token_id = None, int(dataset.vocab.get("eos_id", dataset.vocab["pad_id"]))
+    config.do_sample, config.top_k, config.top_p, config.temperature = True, 50, None, 1.0
+    config.max_new_tokens = config.min_new_tokens = length - P
+    out = torch.empty_like(x)
+    if progress is not None:
+        progress(0, n)
+    with torch.inference_mode():
+        for i in range(0, n, batch):
+            prompt = x[i:i + batch, :P].to(device)
+            torch.manual_seed(seed + i)
+            g = hf.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
+            out[i:i + batch] = g[:, :length].cpu()
+            if progress is not None:
+                progress(min(i + batch, n), n)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
+        np.save(tmp, out.numpy().astype(np.int32))
+        os.replace(tmp, path)
+    return out
+
+
 def start(s: LMSession, store=None, callbacks=()) -> None:
     t0 = time.perf_counter()
+    cache_dir = store.cache_dir if store is not None else None
+    if getattr(s.method, "teacher_samples", False) and s.config.epochs > 0:
+        t_stage, n_blocks = time.perf_counter(), len(s.dataset.x_train)
+        text = (f"the teacher writes its own text for sequence-level KD: {n_blocks} blocks of "
+                f"{s.dataset.x_train.shape[1]:,} tokens (first run only, then cached)")
+
+        def wrote(n, total):
+            spent, frac = time.perf_counter() - t_stage, n / max(1, total)
+            _emit(callbacks, {"event": "stage", "text": text, "fraction": frac,
+                              "eta_s": spent / frac * (1 - frac) if frac > 0 else None})
+        samples = teacher_samples(s.teacher, s.dataset, cache_dir, s.device, s.config.seed, wrote)
+        fp = hashlib.sha256(f"{s.dataset.fingerprint}|teacher-samples|{s.teacher.digest}|{s.config.seed}".encode())
+        s.dataset = replace(s.dataset, x_train=samples, fingerprint=fp.hexdigest()[:16])
     if s.teacher is not None:
-        cache_dir = store.cache_dir if store is not None else None
-        splits = (["train"] if s.method.teacher_input != "none" and s.config.epochs > 0 else []) + ["val", "test"]
+        uses_cache = s.method.teacher_input != "none" and getattr(s.method, "uses_token_cache", True)
+        splits = (["train"] if uses_cache and s.config.epochs > 0 else []) + ["val", "test"]
         sizes = {sp: len(getattr(s.dataset, f"x_{sp}")) for sp in splits}
         total, done = sum(sizes.values()), 0
         t_stage = time.perf_counter()
@@ -386,7 +444,9 @@ def finish(s: LMSession, run=None, profile: bool = True) -> dict:
         "corpus": {"train_tokens": tokens_in(ds, "train"), "val_tokens": tokens_in(ds, "val"),
                    "test_tokens": tokens_in(ds, "test"),
                    "documents": ds.vocab.get("documents"), "corpus_tokens": ds.vocab.get("total_tokens"),
-                   "seq_len": int(ds.vocab["seq_len"]), "topk": s.topk if s.teacher is not None else None},
+                   "seq_len": int(ds.vocab["seq_len"]), "topk": s.topk if s.teacher is not None else None,
+                   "train_text": "the teacher's samples (sequence-level KD)"
+                   if getattr(method, "teacher_samples", False) else "the corpus"},
         "method": {"name": method.name, "params": method.p, "objective": method.objective_text(),
                    "title": method.title, "citation": method.citation},
     }
