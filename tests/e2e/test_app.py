@@ -341,6 +341,55 @@ def test_the_train_page_distils_a_language_model_and_compare_shows_its_generatio
     assert any(t.value.strip() for t in cmp.text)
 
 
+def test_the_sweep_page_runs_a_grid_of_a_language_model_and_offers_its_search(runs_dir, tmp_path):
+    """Sweep → a language model: a T × α grid of a llama student of the tiny teacher run, its scratch twin, and the
+    results in perplexity; the search form offers the token-level methods and their β."""
+    pytest.importorskip("transformers")
+    from text_fixtures import lm_teacher
+
+    lm_teacher(runs_dir, tmp_path)
+    corpus = RunStore(runs_dir).get("tl").config["data_dir"]
+    at = page_app("sweep").run()
+    at.radio(key="swg_task").set_value("lm").run()
+    at.selectbox(key="swg_lm_dataset").select("text-file").run()
+    at.text_input(key="swg_lm_dataset_path").input(corpus).run()
+    _no_errors(at)
+    assert at.selectbox(key="swg_lm_teacher").value.startswith("tl (language model")
+    at.number_input(key="swg_lm_depth").set_value(1).run()
+    at.number_input(key="swg_lm_width").set_value(16).run()
+    at.number_input(key="swg_lm_heads").set_value(2).run()
+    at.number_input(key="swg_lm_epochs").set_value(1).run()
+    at.multiselect(key="swg_T_lm").set_value([1.0]).run()
+    at.multiselect(key="swg_alpha_lm").set_value([0.5]).run()
+    at.slider(key="swg_seeds").set_value(1).run()
+    assert any("2 runs" in c.value for c in at.caption)
+    at.button(key="swg_launch").click().run()
+    _no_errors(at)
+    runs = [r for r in RunStore(runs_dir).list() if r.config["kind"] != "teacher"]
+    assert sorted(r.config["kind"] for r in runs) == ["kd", "scratch"]
+    assert all(r.config["task"] == "language-modelling" for r in runs)
+    deadline = time.monotonic() + 180
+    while any(r.state not in ("done", "failed", "cancelled", "diverged") for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all(r.state == "done" for r in runs), [r.status() for r in runs]
+    at.run()
+    _no_errors(at)
+    specs = " ".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "Test perplexity" in specs and "scratch twin" in specs
+    assert any("test perplexity" in m.label.lower() for m in at.metric)
+
+    at.radio(key="sw_kind").set_value("search").run()
+    at.radio(key="swr_task").set_value("lm").run()
+    at.selectbox(key="swr_lm_dataset").select("text-file").run()
+    at.text_input(key="swr_lm_dataset_path").input(corpus).run()
+    _no_errors(at)
+    methods = at.selectbox(key="swr_lm_method").options
+    assert any(o.startswith("jsd") for o in methods) and not any(o.startswith("dkd") for o in methods)
+    at.selectbox(key="swr_lm_method").select("jsd").run()
+    assert "beta" in at.multiselect(key="swr_params_jsd").options
+    assert any("validation perplexity" in c.value for c in at.caption)
+
+
 def test_the_train_page_reads_a_saved_hugging_face_data_set(runs_dir, tmp_path):
     datasets = pytest.importorskip("datasets")
     from text_fixtures import text_csv

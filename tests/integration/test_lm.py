@@ -242,6 +242,14 @@ def test_a_t_alpha_sweep_of_a_language_model_reports_perplexity(distilled):
     cells = grid_table(RunStore(distilled).list(group="sw"))
     assert [c["temperature"] for c in cells] == [1, 2] and all(c["test_ppl"] > 1 for c in cells)
     assert "perplexity" in plots.caption(plots.sweep_heatmap(cells, "ppl_gain"))
+    pytest.importorskip("ipywidgets")
+    from workbench.notebook import widgets
+
+    heat = widgets.sweep_heatmap("sw", RunStore(distilled))
+    assert [f.layout.title.text for f in heat.children] == ["Test perplexity (lower is better)",
+                                                            "Perplexity below the scratch twin's"]
+    view = widgets.compare("g", RunStore(distilled))
+    assert "validation perplexity" in view.children[1].layout.annotations[1].text  # the curves' right panel
 
 
 @pytest.mark.slow
@@ -308,6 +316,25 @@ def test_sequence_level_kd_trains_on_the_teachers_own_samples_written_once(disti
     assert blocks.shape[1] == 17 and blocks.min() >= 0
     kdw("distill", *common, "--method", "seqkd", "--alpha", "0.5", "--no-scratch", "--group", "sq")
     assert list((runs / ".cache" / "teacher-samples").glob("*.npy")) == samples  # written once, read again
+
+
+def test_a_student_cut_from_a_causal_lm_teacher_starts_from_its_layers(distilled):
+    """--student-from-teacher --keep-layers on a language model: the teacher with one of its two decoder layers, its
+    weights copied, distilled per next token."""
+    runs = distilled
+    data_dir = json.loads((runs / "tl" / "config.json").read_text())["data_dir"]
+    kdw("distill", *COMMON, "--data-dir", data_dir, "--teacher", "tl", "--student-from-teacher", "--keep-layers", "1",
+        "--topk", "8", "--epochs", "1", "-T", "1", "--no-scratch", "--no-profile", "--group", "cut",
+        "--runs-dir", str(runs))
+    from workbench.store.runs import RunStore
+
+    (run,) = RunStore(runs).list(group="cut")
+    assert run.state == "done" and run.config["keep_layers"] == [1]
+    teacher = RunStore(runs).get("tl").load_model()
+    student = run.load_model("best")
+    assert len(student.hf.model.layers) == 1 and len(teacher.hf.model.layers) == 2
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+    assert run.summary["test"]["perplexity"] < 2 * run.summary["teacher"]["test"]["perplexity"] + 50
 
 
 def test_a_prompt_longer_than_the_context_is_refused(lm):

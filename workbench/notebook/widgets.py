@@ -558,9 +558,10 @@ def compare(runs, store: RunStore | None = None, aggregated: bool = False, wide:
 
 
 def sweep_heatmap(runs, store: RunStore | None = None) -> W.HBox:
-    """The app's sweep heatmaps: mean test accuracy and KD gain over T × α (seed spread on hover)."""
+    """The app's sweep heatmaps: mean test accuracy and KD gain over T × α (a language model's test perplexity and
+    its drop against scratch), the seed spread on hover."""
     cells = grid_table(_as_runs(runs, store))
     if not cells:
         raise ValueError("no finished KD runs in these runs: run a sweep first (workbench.experiments.sweep or `kdw sweep`)")
-    return W.HBox([go.FigureWidget(plots.sweep_heatmap(cells, "test_acc")),
-                   go.FigureWidget(plots.sweep_heatmap(cells, "kd_gain"))])
+    values = ("test_ppl", "ppl_gain") if any(c.get("test_ppl") is not None for c in cells) else ("test_acc", "kd_gain")
+    return W.HBox([go.FigureWidget(plots.sweep_heatmap(cells, v)) for v in values])
