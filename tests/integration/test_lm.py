@@ -102,6 +102,15 @@ def test_reverse_kl_with_the_top_k_is_the_kl_of_both_distributions_renormalised_
     assert torch.allclose(_sparse("reverse_kl", z_s, v, j, 2.0), expected, rtol=1e-5)
 
 
+def test_a_language_models_kd_starts_at_t_1_unless_told_otherwise():
+    """The top-k cache holds the teacher at T = 1 (docs/performance.md): LanguageModelling.method_defaults."""
+    lm_kd = TrainConfig(kind="kd", dataset="fortunes", teacher="smol", model=ModelConfig("llama", 2, 64))
+    assert lm_kd.method_params == {"temperature": 1.0, "alpha": 0.5}
+    assert TrainConfig.from_dict(lm_kd.with_params(temperature=2.0).to_dict()).method_params["temperature"] == 2.0
+    image_kd = TrainConfig(kind="kd", dataset="digits", teacher="digits-cnn", model=ModelConfig("mlp", 1, 32))
+    assert image_kd.method_params == {"temperature": 4.0, "alpha": 0.9}
+
+
 def test_padding_tokens_are_left_out_of_every_token_loss():
     z_s, z_t = torch.randn(4, 10), torch.randn(4, 10)
     v, j = z_t.topk(5, -1)

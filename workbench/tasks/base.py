@@ -152,6 +152,10 @@ class Task:
         return classification_metrics(logits, targets, num_classes, teacher_logits)
 
     # -- export -------------------------------------------------------------------------------------------
+    # a method's starting hyperparameters for this task where they differ from the method's own (a run that names
+    # them keeps its own)
+    method_defaults: dict = {}
+
     export_input_names: tuple[str, ...] = ("input",)  # the exported graph's inputs
 
     def export_module(self, model: nn.Module) -> nn.Module:

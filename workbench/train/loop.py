@@ -139,7 +139,8 @@ class TrainConfig:
         if self.kind == "kd" and not self.teacher and info.needs_teacher:
             raise ValueError(f"a kd run with {self.method} needs a teacher")
         # unknown or out-of-range hyperparameters are an error now, not mid-run; stored resolved
-        object.__setattr__(self, "method_params", info(self.method_params).p)
+        given = {**task.method_defaults.get(self.method, {}), **self.method_params}  # a task's own starting values
+        object.__setattr__(self, "method_params", info(given).p)
         if self.teacher_weights is not None:
             object.__setattr__(self, "teacher_weights", tuple(_finite("teacher weight", w)
                                                               for w in self.teacher_weights))
