@@ -48,6 +48,22 @@ def test_a_reused_pid_is_neither_running_nor_signalled(store):
         stranger.wait()
 
 
+def test_a_pid_without_its_start_time_is_never_signalled(store):
+    """status.json without pid_started (an old or edited store): the run reads as lost, and kdw cancel signals
+    nobody."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run = store.create(TINY.record())
+        run.set_status("running", pid=stranger.pid, host=socket.gethostname())
+        assert run.status()["state"] == "failed"
+        LocalQueueRunner(store).cancel(run.run_id)
+        time.sleep(0.3)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_the_real_job_process_still_reads_as_running(store):
     run = store.create(TINY.record())
     run.set_status("running", **process_identity())

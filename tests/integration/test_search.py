@@ -139,6 +139,12 @@ def test_two_workers_run_two_jobs_at_once(store, monkeypatch):
 # bad input: one sentence each
 
 def test_bad_search_inputs_are_one_sentence_each():
+    # out of the method's own limits: refused before Ray starts, as a single run refuses them
+    with pytest.raises(ValueError, match=r"alpha=0.5:1.5 reaches 1.5, which kd refuses \(alpha must be in \[0, 1\]"):
+        search.check_ranges("kd", "mlp", [search.parse_range("alpha=0.5:1.5")])
+    with pytest.raises(ValueError, match="temperature=1:500 reaches 500, which kd refuses .*at most 100"):
+        search.check_ranges("kd", "mlp", [search.parse_range("temperature=1:500")])
+    assert search.check_ranges("kd", "mlp", [search.parse_range("temperature=1:8")])
     with pytest.raises(ValueError, match="dkd has no parameter 'gamma' to search; it can search .*beta"):
         search.check_ranges("dkd", "mlp", [search.parse_range("gamma=1:2")])
     with pytest.raises(ValueError, match="empty or inverted"):
@@ -163,7 +169,8 @@ def test_cli_rejects_bad_search_inputs_before_starting_anything(runs_dir):
     for extra, message in ((["--param-range", "gamma=1:2"], "dkd has no parameter 'gamma'"),
                            (["--param-range", "beta=16:1"], "empty or inverted"),
                            (["--param-range", "beta=1:16", "--trials", "0"], "trial budget must be at least 1"),
-                           (["--param-range", "beta=1:16", "--time-budget", "0"], "time budget must be above 0")):
+                           (["--param-range", "beta=1:16", "--time-budget", "0"], "time budget must be above 0"),
+                           (["--param-range", "temperature=1:500"], "reaches 500, which dkd refuses")):
         proc = kdw(*base, *extra, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr

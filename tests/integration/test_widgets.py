@@ -55,6 +55,18 @@ def test_distill_panel_shows_live_size_and_objective():
     assert "no hyperparameters" in p.objective.value
 
 
+def test_widgets_escape_every_user_string():
+    """A path or a spec with HTML in it reaches the widgets as text, never as markup."""
+    p = DistillPanel(dataset="digits")
+    assert "image-folder" in p.dataset.options
+    p.dataset.value = "image-folder"
+    p.data_dir.value = "/tmp/<img src=x onerror=alert(1)>"
+    assert "<img" not in p.size.value and "&lt;img src=x onerror=alert(1)&gt;" in p.size.value
+    p.dataset.value = "digits"
+    p.method_params.value = "<script>=1"
+    assert "<script>" not in p.objective.value and "&lt;script&gt;" in p.objective.value
+
+
 @pytest.mark.slow
 def test_distill_panel_trains_through_the_job_runner_and_fills_the_figure(runs_dir):
     p = DistillPanel(dataset="digits", store=RunStore(runs_dir))

@@ -123,6 +123,13 @@ def check_ranges(method: str, family: str, ranges: list[ParamRange]) -> list[Par
             raise ValueError(f"{method} has no parameter {r.name!r} to search; it can search {', '.join(allowed)}")
         if r.name in ("lr", "width") and r.low <= 0:
             raise ValueError(f"the range of {r.name} must be above 0, got {r.low:g}:{r.high:g}")
+        if r.name in METHODS[method].defaults:  # both ends within what the method accepts for a single run
+            for v in (r.low, r.high):
+                try:
+                    METHODS[method]({r.name: int(v) if allowed[r.name] else float(v)})
+                except ValueError as e:
+                    raise ValueError(f"the range {r.name}={r.low:g}:{r.high:g} reaches {v:g}, which {method} "
+                                     f"refuses ({str(e).removeprefix(method + ': ')})") from None
         out.append(replace(r, integer=r.integer or allowed[r.name]))
     return out
 

@@ -122,7 +122,8 @@ class TemperatureExplorer(W.VBox):
 
     def refresh(self) -> None:
         if not self.teacher.value:
-            self.info.value = f"<b>No teacher for {self.dataset.value}.</b> Train one with <code>kdw teacher</code>."
+            self.info.value = (f"<b>No teacher for {html.escape(str(self.dataset.value))}.</b> Train one with "
+                               "<code>kdw teacher</code>.")
             return
         ds, T = self._ds, float(self.temperature.value)
         v = teacher_view(self._teacher_model(), ds, int(self.index.value), T)
@@ -132,8 +133,9 @@ class TemperatureExplorer(W.VBox):
         _redraw(self.bars, plots.probability_bars(ds.classes, v.probs_t1.tolist(), v.probs_T.tolist(), T,
                                                   v.true_class))
         _redraw(self.ranking, plots.dark_knowledge_ranking(ds.classes, v.probs_T.tolist(), v.true_class, T))
-        top = ", ".join(f"{c} ({100 * p:.1f}%)" for c, p in v.wrong_ranking[:3])
-        self.info.value = (f"true: <b>{ds.classes[v.true_class]}</b>, predicted: <b>{ds.classes[v.predicted]}</b><br>"
+        top = html.escape(", ".join(f"{c} ({100 * p:.1f}%)" for c, p in v.wrong_ranking[:3]))
+        self.info.value = (f"true: <b>{html.escape(str(ds.classes[v.true_class]))}</b>, predicted: "
+                           f"<b>{html.escape(str(ds.classes[v.predicted]))}</b><br>"
                            f"entropy at T = 1: {v.entropy_t1:.3f} nats; at T = {T:g}: {v.entropy_T:.3f} nats<br>"
                            f"looks most like: {top}")
 
@@ -217,7 +219,7 @@ class DistillPanel(W.VBox):
             problem = "give the path of your images" if not path else recipes.check_data_path(self.dataset.value, path)
             if problem:
                 self._ds = None
-                self.size.value = f"<span style='color:#c00'>{problem}</span>"
+                self.size.value = f"<span style='color:#c00'>{html.escape(problem)}</span>"
                 self.teacher.options = []
                 return
         self._ds = load_dataset(self.dataset.value, path if own else None)
@@ -258,10 +260,10 @@ class DistillPanel(W.VBox):
             m = build_model(cfg, shape, self._ds.num_classes)
             check_input(m, shape)
 
-            self.size.value = (f"<b>{cfg.label()}</b> at {'×'.join(map(str, shape))}: {count_params(m):,} "
+            self.size.value = (f"<b>{html.escape(cfg.label())}</b> at {'×'.join(map(str, shape))}: {count_params(m):,} "
                                f"parameters · {format_flops(flops_per_sample(m, shape))} per image")
         except ValueError as e:
-            self.size.value = f"<span style='color:#c00'>{e}</span>"
+            self.size.value = f"<span style='color:#c00'>{html.escape(str(e))}</span>"
 
     def params(self) -> dict:
         """The method's hyperparameters: the params field, with T (if the method has one) and kd's α from the sliders."""
@@ -282,7 +284,8 @@ class DistillPanel(W.VBox):
         """A new method: its description, and the T slider at its default (greyed out if it has none)."""
         m = METHODS[self.method.value]
         defaults = ", ".join(f"{k}={v}" for k, v in m.defaults.items())
-        self.method_info.value = f"<small>{m.description}. <i>{m.citation}</i><br>defaults: {defaults}</small>"
+        self.method_info.value = (f"<small>{html.escape(m.description)}. <i>{html.escape(m.citation)}</i><br>"
+                                  f"defaults: {html.escape(defaults)}</small>")
         self.temperature.disabled = m.temperature_key is None
         if m.temperature_key:
             self.temperature.value = float(m.defaults[m.temperature_key])
@@ -292,10 +295,10 @@ class DistillPanel(W.VBox):
         try:
             m = self.built_method()
         except ValueError as e:
-            self.objective.value = f"<span style='color:#c00'>{e}</span>"
+            self.objective.value = f"<span style='color:#c00'>{html.escape(str(e))}</span>"
             return
         note = f"<br><small>{html.escape(m.note)}</small>" if m.note else ""
-        self.objective.value = f"<code>{m.objective_text()}</code>{note}"
+        self.objective.value = f"<code>{html.escape(m.objective_text())}</code>{note}"
 
     def configs(self) -> list[TrainConfig]:
         """[scratch twin, distilled run], or just the distilled run without the scratch box ticked."""
@@ -320,10 +323,10 @@ class DistillPanel(W.VBox):
             self.run_ids = launch(self.configs(), self.store, "notebook: DistillPanel", runner=self.runner,
                                   group=new_run_id("notebook"))
         except Exception as e:
-            self.status.value = f"<span style='color:#c00'>Cannot train: {friendly_error(e)}</span>"
+            self.status.value = f"<span style='color:#c00'>Cannot train: {html.escape(friendly_error(e))}</span>"
             return []
         self.train_button.disabled, self.stop_button.disabled = True, False
-        self.status.value = f"queued {', '.join(self.run_ids)}"
+        self.status.value = html.escape(f"queued {', '.join(self.run_ids)}")
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
         return self.run_ids
@@ -357,9 +360,9 @@ class DistillPanel(W.VBox):
         self.progress.value = sum(fractions) / max(1, len(fractions))
         parts = []
         for r, s in zip(runs, statuses):
-            msg = f"{plots.ROLE_NAMES.get(r.config.get('kind'), '?')}: {s['state']}"
+            msg = html.escape(f"{plots.ROLE_NAMES.get(r.config.get('kind'), '?')}: {s['state']}")
             if s["state"] == "failed":
-                msg += f" <span style='color:#c00'>({s.get('error')})</span>"
+                msg += f" <span style='color:#c00'>({html.escape(str(s.get('error')))})</span>"
             parts.append(msg)
         self.status.value = " · ".join(parts)
         series, colors = describe.curve_series(runs)
@@ -452,18 +455,18 @@ class SearchPanel(W.VBox):
                                   new_run_id("search"), "notebook: search_panel", seeds=int(self.seeds.value),
                                   scheduler=self.scheduler.value)
         except Exception as e:
-            self.status.value = f"<span style='color:#c00'>Cannot search: {friendly_error(e)}</span>"
+            self.status.value = f"<span style='color:#c00'>Cannot search: {html.escape(friendly_error(e))}</span>"
             return None
         self.group = group
         self.launch_button.disabled, self.cancel_button.disabled = True, False
-        self.status.value = f"started {group}: Ray takes a few seconds to start"
+        self.status.value = html.escape(f"started {group}: Ray takes a few seconds to start")
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
         return group
 
     def cancel(self) -> None:
         if self.group:
-            self.status.value = cancel_search(self.store, self.group)
+            self.status.value = html.escape(cancel_search(self.store, self.group))
 
     def wait(self, timeout: float = 900.0) -> dict:
         """Block until the search ends; returns its record (state, best, gain, final runs)."""
@@ -483,15 +486,15 @@ class SearchPanel(W.VBox):
         finished = [t for t in trials if t["state"] not in ("queued", "running")]
         self.progress.value = min(1.0, len(finished) / max(1, st.get("trials", 1)))
         state = st.get("state", "starting")
-        text = f"{state}: {len(finished)} of {st.get('trials', '?')} trials finished"
+        text = html.escape(f"{state}: {len(finished)} of {st.get('trials', '?')} trials finished")
         if st.get("best"):
-            text += f" · best on validation {score_text(st['best'])} at {format_values(st['best']['values'])}"
+            text += html.escape(f" · best on validation {score_text(st['best'])} at {format_values(st['best']['values'])}")
         if st.get("gain") is not None and st.get("test_ppl") is not None:
-            text += f" · perplexity below scratch on test {st['gain']:+,.1f} ({st.get('verdict')})"
+            text += html.escape(f" · perplexity below scratch on test {st['gain']:+,.1f} ({st.get('verdict')})")
         elif st.get("gain") is not None:
-            text += f" · KD gain over scratch on test {100 * st['gain']:+.2f} pts ({st.get('verdict')})"
+            text += html.escape(f" · KD gain over scratch on test {100 * st['gain']:+.2f} pts ({st.get('verdict')})")
         if state == "failed":
-            text += f" <span style='color:#c00'>({st.get('error')})</span>"
+            text += f" <span style='color:#c00'>({html.escape(str(st.get('error')))})</span>"
         self.status.value = text
         scored = [t for t in trials if t.get("score", t.get("val_acc")) is not None]
         if scored:

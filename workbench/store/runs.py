@@ -101,7 +101,7 @@ def same_process(status: dict) -> bool:
     """Whether the process a status names is alive on this host and is still the one recorded (start time).
 
     A pid alone is not an identity: after a crash the OS hands it to another process, which must never be
-    reported as the job or sent a signal.
+    reported as the job or sent a signal. Without a recorded start time the run reads as lost.
     """
     import psutil
 
@@ -113,7 +113,9 @@ def same_process(status: dict) -> bool:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         recorded = status.get("pid_started")
-        return recorded is None or abs(proc.create_time() - float(recorded)) < 1.0
+        if recorded is None:  # a pid without its start time names no process for sure: never taken for the job
+            return False
+        return abs(proc.create_time() - float(recorded)) < 1.0
     except (psutil.Error, OSError, ValueError, TypeError):
         return False
 
