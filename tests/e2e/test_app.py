@@ -313,6 +313,8 @@ def test_the_train_page_distils_a_language_model_and_compare_shows_its_generatio
     _no_errors(at)
     assert any("parameters, for the teacher's" in c.value for c in at.caption)
     assert any("2,000 training tokens in blocks of 16" in c.value for c in at.caption)
+    assert any("s for the training tokens, at the" in c.value and "read its test blocks at" in c.value
+               for c in at.caption)  # how long the cache will take, before it starts
     at.button(key="tr_launch").click().run()
     _no_errors(at)
     runs = [r for r in RunStore(runs_dir).list() if r.config["kind"] != "teacher"]

@@ -326,7 +326,7 @@ def _lm_form() -> list[tuple[str | None, TrainConfig]] | None:
     if figs:
         st.caption(f"**{student.label()}**: {figs['params']:,} parameters, for the teacher's "
                    f"{int(vocab['vocab_size']):,}-token vocabulary (the embedding is shared with the output layer).")
-    rate = facts["tokens_per_s"]
+    rate = facts["tokens_per_s"]  # measured on the teacher run's own test blocks, as the cache will read them
     topk = int(st.number_input("Teacher's top k logits kept per token", 1, min(256, int(vocab["vocab_size"])),
                                min(DEFAULT_TOPK, int(vocab["vocab_size"])), key="tr_lm_topk",
                                help="the cache keeps the teacher's k largest logits of every token; each loss "
@@ -334,8 +334,9 @@ def _lm_form() -> list[tuple[str | None, TrainConfig]] | None:
     st.caption(f"Validation and test: the teacher run's {int(facts['val_tokens'] or DEFAULT_VAL_TOKENS):,} tokens "
                f"each, so every student is scored on the same blocks. The teacher's top-{topk} logits per token are cached "
                "once for these settings"
-               + (f": about {1.3 * int(train_tokens) / rate:,.0f} s for the training tokens, at the "
-                  f"{rate:,.0f} tokens/s it was measured at" if rate else "")
+               + (f": about {int(train_tokens) / rate:,.0f} s for the training tokens, at the {rate:,.0f} tokens/s "
+                  "the teacher read its test blocks at" if rate else
+                  ": the teacher run predates its reading rate, so no estimate")
                + "; every later run with them reads the cache.")
     methods = task_for(source.name, "language-modelling").method_names()
     try:  # T = 1: only there does the top-k cache hold most of the teacher's mass (docs/performance.md)

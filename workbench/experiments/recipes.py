@@ -202,7 +202,7 @@ def teacher_choices(dataset: str, store: RunStore, uploads: Path | None = None, 
 def lm_teacher_facts(store: RunStore, run_id: str) -> dict:
     """What a language-model teacher run tells the Train page without loading its weights: its model config, its
     tokenizer's `vocab` (from its checkpoint's header), its layers and positions, the corpus settings it ran with
-    and the tokens per second it was measured at."""
+    and the tokens per second it read its test blocks at (the rate of a top-k cache; older runs: None)."""
     import json
 
     from safetensors import safe_open
@@ -221,9 +221,10 @@ def lm_teacher_facts(store: RunStore, run_id: str) -> dict:
     elif model.family == "llama":
         layers = model.resolved_depth
     prof = run.summary.get("profile") if isinstance(run.summary.get("profile"), dict) else {}
+    test = run.summary.get("test") if isinstance(run.summary.get("test"), dict) else {}
     return {"model": model, "vocab": vocab, "layers": layers, "positions": positions,
             "seq_len": int(cfg.get("seq_len") or vocab.get("seq_len") or 128),
-            "train_tokens": cfg.get("train_tokens"), "val_tokens": cfg.get("val_tokens"), "tokens_per_s": prof.get("tokens_per_s_b32")}
+            "train_tokens": cfg.get("train_tokens"), "val_tokens": cfg.get("val_tokens"), "tokens_per_s": test.get("tokens_per_s"), "tokens_per_s_b32": prof.get("tokens_per_s_b32")}
 
 
 def cut_student(teacher: str, store: RunStore, keep: tuple[int, ...] | None = None) -> tuple[ModelConfig, tuple]:

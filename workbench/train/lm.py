@@ -259,6 +259,17 @@ def teacher_samples(teacher: Teacher, dataset, cache_dir, device, seed: int = 0,
     return out
 
 
+def _reading_rate(store, spec: str) -> float | None:
+    """The tokens per second a teacher run read its test blocks at (what caching its top k costs), if it says."""
+    try:
+        if store is None or not store.exists(spec):
+            return None
+        rate = (store.get(spec).summary.get("test") or {}).get("tokens_per_s")
+        return float(rate) if isinstance(rate, (int, float)) and rate > 0 else None
+    except Exception:
+        return None
+
+
 def start(s: LMSession, store=None, callbacks=()) -> None:
     t0 = time.perf_counter()
     cache_dir = store.cache_dir if store is not None else None
@@ -281,8 +292,10 @@ def start(s: LMSession, store=None, callbacks=()) -> None:
         total, done = sum(sizes.values()), 0
         t_stage = time.perf_counter()
         n_tok = total * int(s.dataset.vocab["seq_len"])
-        text = (f"caching the teacher's top-{s.topk} logits of {n_tok:,} tokens ({', '.join(splits)}; first run "
-                "only, every later run reads them)")
+        rate = _reading_rate(store, s.teacher.spec)
+        text = (f"caching the teacher's top-{s.topk} logits of {n_tok:,} tokens ({', '.join(splits)}"
+                + (f"; about {n_tok / rate:,.0f} s at the {rate:,.0f} tokens/s its run read at" if rate else "")
+                + "; first run only, every later run reads them)")
         for sp in splits:
             def report(n, _, done=done):
                 frac = (done + n) / total
@@ -339,6 +352,7 @@ def lm_metrics(model, blocks: torch.Tensor, cache=None, device="cpu", batch: int
     agreement with the teacher, the mean KL(p̃_t ‖ q_s) at T = 1 over its top k, and the teacher's own perplexity."""
     model.eval()
     nll_sum, n_tok, agree, kl_sum = 0.0, 0, 0, 0.0
+    t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(blocks), batch):
             x = blocks[i:i + batch].to(device)
@@ -353,7 +367,8 @@ def lm_metrics(model, blocks: torch.Tensor, cache=None, device="cpu", batch: int
                 v, j = v.reshape(-1, v.shape[-1]), j.reshape(-1, j.shape[-1])
                 agree += int((flat.argmax(-1) == j[:, 0]).sum())
                 kl_sum += float(losses.token_forward_kl(flat, v, j, t, 1.0)) * t.numel()
-    out = {"nll": nll_sum / n_tok, "perplexity": math.exp(min(nll_sum / n_tok, 50.0)), "tokens": n_tok}
+    out = {"nll": nll_sum / n_tok, "perplexity": math.exp(min(nll_sum / n_tok, 50.0)), "tokens": n_tok,
+           "tokens_per_s": n_tok / max(time.perf_counter() - t0, 1e-9)}  # the rate a top-k cache of it is made at
     if cache is not None:
         out["agreement"] = agree / n_tok
         out["kl_to_teacher"] = kl_sum / n_tok
