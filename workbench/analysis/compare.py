@@ -319,11 +319,14 @@ def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None 
     ]
     if wide:
         cols.append(("FLOPs", lambda r: format_flops(r.get("flops"))))
-    cols.append(("latency ms", lambda r: _timing(r, "latency_ms", ".3f")))
-    if lm:
-        cols += [("ms/token", lambda r: _timing(r, "ms_per_token", ".3f")),
-                 ("tokens/s b=1", lambda r: _timing(r, "tokens_per_s_b1", ",.0f")),
-                 ("tokens/s b=32", lambda r: _timing(r, "tokens_per_s_b32", ",.0f"))]
+    if lm:  # per token by default; the block's latency and tokens per second with the other columns
+        cols.append(("ms/token", lambda r: _timing(r, "ms_per_token", ".3f")))
+        if wide:
+            cols += [("latency ms", lambda r: _timing(r, "latency_ms", ".3f")),
+                     ("tokens/s b=1", lambda r: _timing(r, "tokens_per_s_b1", ",.0f")),
+                     ("tokens/s b=32", lambda r: _timing(r, "tokens_per_s_b32", ",.0f"))]
+    else:
+        cols.append(("latency ms", lambda r: _timing(r, "latency_ms", ".3f")))
     if wide and not lm:
         cols += [("samples/s (b=256)", lambda r: _timing(r, "throughput", ",.0f")),
                  ("agreement %", lambda r: format_pct(r.get("agreement"))), ("ECE", lambda r: _num(r.get("ece"), ".3f"))]
@@ -518,7 +521,8 @@ def format_table(rows: list[dict], aggregated: bool = False, wide: bool = False,
         foot.append(f"({len(dropped)} column(s) left out to fit the terminal: {', '.join(reversed(dropped))}; "
                     "--wide shows every column)")
     elif not wide:
-        foot.append("--wide adds T, α, labels, seeds, FLOPs, throughput, agreement and ECE.")
+        foot.append("--wide adds T, α, seeds, a block's latency and tokens per second at batch 1 and 32." if lm else
+                    "--wide adds T, α, labels, seeds, FLOPs, throughput, agreement and ECE.")
     verdicts = [f"{verdict_subject(r)}: {r['verdict']}" for r in rows if aggregated and r.get("verdict")]
     head = headline(rows)
     if width:
@@ -536,7 +540,7 @@ def terminal_width() -> int:
     return shutil.get_terminal_size(fallback=(120, 24)).columns
 
 
-TIMING_COLUMNS = ("latency ms", "samples/s (b=256)")
+TIMING_COLUMNS = ("latency ms", "samples/s (b=256)", "ms/token", "tokens/s b=1", "tokens/s b=32")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pandas as pd
@@ -167,7 +168,8 @@ def _generations(runs, store) -> None:
                 cols = st.columns(per_row)
                 for col, (title, text) in zip(cols, items[i:i + per_row]):
                     col.caption(title)
-                    col.text(text[mode].strip() or "(nothing: the model ended the text)")
+                    shown = re.sub(r"\n\s*\n+", "\n", text[mode].strip())  # blank lines folded, for reading
+                    col.text(shown or "(nothing: the model ended the text)")
 
 
 def _deploy_panel(runs) -> None:
