@@ -52,6 +52,11 @@ SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
 COLUMN = dict(width="440px", min_width="440px")  # the controls' column, wide enough for every label
 
 
+def _text(value: str) -> str:
+    """A string for an HTML text node: <, > and & escaped (quotes stay readable: nothing here is an attribute)."""
+    return html.escape(str(value), quote=False)
+
+
 def _half() -> dict:
     """Keyword arguments for one of two widgets side by side in the controls' column."""
     return dict(layout=W.Layout(width="215px"), style={"description_width": "70px"})
@@ -122,7 +127,7 @@ class TemperatureExplorer(W.VBox):
 
     def refresh(self) -> None:
         if not self.teacher.value:
-            self.info.value = (f"<b>No teacher for {html.escape(str(self.dataset.value))}.</b> Train one with "
+            self.info.value = (f"<b>No teacher for {_text(str(self.dataset.value))}.</b> Train one with "
                                "<code>kdw teacher</code>.")
             return
         ds, T = self._ds, float(self.temperature.value)
@@ -133,9 +138,9 @@ class TemperatureExplorer(W.VBox):
         _redraw(self.bars, plots.probability_bars(ds.classes, v.probs_t1.tolist(), v.probs_T.tolist(), T,
                                                   v.true_class))
         _redraw(self.ranking, plots.dark_knowledge_ranking(ds.classes, v.probs_T.tolist(), v.true_class, T))
-        top = html.escape(", ".join(f"{c} ({100 * p:.1f}%)" for c, p in v.wrong_ranking[:3]))
-        self.info.value = (f"true: <b>{html.escape(str(ds.classes[v.true_class]))}</b>, predicted: "
-                           f"<b>{html.escape(str(ds.classes[v.predicted]))}</b><br>"
+        top = _text(", ".join(f"{c} ({100 * p:.1f}%)" for c, p in v.wrong_ranking[:3]))
+        self.info.value = (f"true: <b>{_text(str(ds.classes[v.true_class]))}</b>, predicted: "
+                           f"<b>{_text(str(ds.classes[v.predicted]))}</b><br>"
                            f"entropy at T = 1: {v.entropy_t1:.3f} nats; at T = {T:g}: {v.entropy_T:.3f} nats<br>"
                            f"looks most like: {top}")
 
@@ -219,7 +224,7 @@ class DistillPanel(W.VBox):
             problem = "give the path of your images" if not path else recipes.check_data_path(self.dataset.value, path)
             if problem:
                 self._ds = None
-                self.size.value = f"<span style='color:#c00'>{html.escape(problem)}</span>"
+                self.size.value = f"<span style='color:#c00'>{_text(problem)}</span>"
                 self.teacher.options = []
                 return
         self._ds = load_dataset(self.dataset.value, path if own else None)
@@ -260,10 +265,10 @@ class DistillPanel(W.VBox):
             m = build_model(cfg, shape, self._ds.num_classes)
             check_input(m, shape)
 
-            self.size.value = (f"<b>{html.escape(cfg.label())}</b> at {'×'.join(map(str, shape))}: {count_params(m):,} "
+            self.size.value = (f"<b>{_text(cfg.label())}</b> at {'×'.join(map(str, shape))}: {count_params(m):,} "
                                f"parameters · {format_flops(flops_per_sample(m, shape))} per image")
         except ValueError as e:
-            self.size.value = f"<span style='color:#c00'>{html.escape(str(e))}</span>"
+            self.size.value = f"<span style='color:#c00'>{_text(str(e))}</span>"
 
     def params(self) -> dict:
         """The method's hyperparameters: the params field, with T (if the method has one) and kd's α from the sliders."""
@@ -284,8 +289,8 @@ class DistillPanel(W.VBox):
         """A new method: its description, and the T slider at its default (greyed out if it has none)."""
         m = METHODS[self.method.value]
         defaults = ", ".join(f"{k}={v}" for k, v in m.defaults.items())
-        self.method_info.value = (f"<small>{html.escape(m.description)}. <i>{html.escape(m.citation)}</i><br>"
-                                  f"defaults: {html.escape(defaults)}</small>")
+        self.method_info.value = (f"<small>{_text(m.description)}. <i>{_text(m.citation)}</i><br>"
+                                  f"defaults: {_text(defaults)}</small>")
         self.temperature.disabled = m.temperature_key is None
         if m.temperature_key:
             self.temperature.value = float(m.defaults[m.temperature_key])
@@ -295,10 +300,10 @@ class DistillPanel(W.VBox):
         try:
             m = self.built_method()
         except ValueError as e:
-            self.objective.value = f"<span style='color:#c00'>{html.escape(str(e))}</span>"
+            self.objective.value = f"<span style='color:#c00'>{_text(str(e))}</span>"
             return
-        note = f"<br><small>{html.escape(m.note)}</small>" if m.note else ""
-        self.objective.value = f"<code>{html.escape(m.objective_text())}</code>{note}"
+        note = f"<br><small>{_text(m.note)}</small>" if m.note else ""
+        self.objective.value = f"<code>{_text(m.objective_text())}</code>{note}"
 
     def configs(self) -> list[TrainConfig]:
         """[scratch twin, distilled run], or just the distilled run without the scratch box ticked."""
@@ -323,10 +328,10 @@ class DistillPanel(W.VBox):
             self.run_ids = launch(self.configs(), self.store, "notebook: DistillPanel", runner=self.runner,
                                   group=new_run_id("notebook"))
         except Exception as e:
-            self.status.value = f"<span style='color:#c00'>Cannot train: {html.escape(friendly_error(e))}</span>"
+            self.status.value = f"<span style='color:#c00'>Cannot train: {_text(friendly_error(e))}</span>"
             return []
         self.train_button.disabled, self.stop_button.disabled = True, False
-        self.status.value = html.escape(f"queued {', '.join(self.run_ids)}")
+        self.status.value = _text(f"queued {', '.join(self.run_ids)}")
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
         return self.run_ids
@@ -360,9 +365,9 @@ class DistillPanel(W.VBox):
         self.progress.value = sum(fractions) / max(1, len(fractions))
         parts = []
         for r, s in zip(runs, statuses):
-            msg = html.escape(f"{plots.ROLE_NAMES.get(r.config.get('kind'), '?')}: {s['state']}")
+            msg = _text(f"{plots.ROLE_NAMES.get(r.config.get('kind'), '?')}: {s['state']}")
             if s["state"] == "failed":
-                msg += f" <span style='color:#c00'>({html.escape(str(s.get('error')))})</span>"
+                msg += f" <span style='color:#c00'>({_text(str(s.get('error')))})</span>"
             parts.append(msg)
         self.status.value = " · ".join(parts)
         series, colors = describe.curve_series(runs)
@@ -455,18 +460,18 @@ class SearchPanel(W.VBox):
                                   new_run_id("search"), "notebook: search_panel", seeds=int(self.seeds.value),
                                   scheduler=self.scheduler.value)
         except Exception as e:
-            self.status.value = f"<span style='color:#c00'>Cannot search: {html.escape(friendly_error(e))}</span>"
+            self.status.value = f"<span style='color:#c00'>Cannot search: {_text(friendly_error(e))}</span>"
             return None
         self.group = group
         self.launch_button.disabled, self.cancel_button.disabled = True, False
-        self.status.value = html.escape(f"started {group}: Ray takes a few seconds to start")
+        self.status.value = _text(f"started {group}: Ray takes a few seconds to start")
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
         return group
 
     def cancel(self) -> None:
         if self.group:
-            self.status.value = html.escape(cancel_search(self.store, self.group))
+            self.status.value = _text(cancel_search(self.store, self.group))
 
     def wait(self, timeout: float = 900.0) -> dict:
         """Block until the search ends; returns its record (state, best, gain, final runs)."""
@@ -486,15 +491,15 @@ class SearchPanel(W.VBox):
         finished = [t for t in trials if t["state"] not in ("queued", "running")]
         self.progress.value = min(1.0, len(finished) / max(1, st.get("trials", 1)))
         state = st.get("state", "starting")
-        text = html.escape(f"{state}: {len(finished)} of {st.get('trials', '?')} trials finished")
+        text = _text(f"{state}: {len(finished)} of {st.get('trials', '?')} trials finished")
         if st.get("best"):
-            text += html.escape(f" · best on validation {score_text(st['best'])} at {format_values(st['best']['values'])}")
+            text += _text(f" · best on validation {score_text(st['best'])} at {format_values(st['best']['values'])}")
         if st.get("gain") is not None and st.get("test_ppl") is not None:
-            text += html.escape(f" · perplexity below scratch on test {st['gain']:+,.1f} ({st.get('verdict')})")
+            text += _text(f" · perplexity below scratch on test {st['gain']:+,.1f} ({st.get('verdict')})")
         elif st.get("gain") is not None:
-            text += html.escape(f" · KD gain over scratch on test {100 * st['gain']:+.2f} pts ({st.get('verdict')})")
+            text += _text(f" · KD gain over scratch on test {100 * st['gain']:+.2f} pts ({st.get('verdict')})")
         if state == "failed":
-            text += f" <span style='color:#c00'>({html.escape(str(st.get('error')))})</span>"
+            text += f" <span style='color:#c00'>({_text(str(st.get('error')))})</span>"
         self.status.value = text
         scored = [t for t in trials if t.get("score", t.get("val_acc")) is not None]
         if scored:
@@ -541,11 +546,11 @@ def compare(runs, store: RunStore | None = None, aggregated: bool = False, wide:
     c = build_comparison(_as_runs(runs, store), store, aggregated, wide)
     out = W.Output()
     if c.headline:
-        out.append_display_data(W.HTML(f"<b>{html.escape(c.headline)}</b>"))
+        out.append_display_data(W.HTML(f"<b>{_text(c.headline)}</b>"))
     out.append_display_data(pd.DataFrame(c.cells(), columns=[name for name, _ in c.columns]))
     notes = [w for w in (c.warning, c.int8_warning) if w] + [f"{subject}: {verdict}" for subject, verdict in c.verdicts]
     if notes:
-        out.append_display_data(W.HTML("<br>".join(f"<small>{html.escape(n)}</small>" for n in notes)))
+        out.append_display_data(W.HTML("<br>".join(f"<small>{_text(n)}</small>" for n in notes)))
     device = next((r["device"] for r in c.rows if r.get("device")), None)
     figs = [plots.training_curves(*describe.curve_series(c.runs)),
             plots.pareto(c.rows, "latency_ms", device), plots.pareto(c.rows, "size_mb")]
