@@ -9,7 +9,7 @@ import pytest
 
 from workbench.errors import RunStoreError
 from workbench.io import atomic_write_json
-from workbench.store.runs import RunStore, new_run_id, validate_run_id
+from workbench.store.runs import RunStore, new_run_id, process_identity, validate_run_id
 
 
 def test_create_writes_config_with_schema_version_and_queued_status(store):
@@ -56,6 +56,8 @@ def test_status_of_a_running_run_whose_process_died_reads_failed(store):
     st = run.status()
     assert st["state"] == "failed" and "ended without finishing" in st["error"]
     run.set_status("running", pid=os.getpid(), host=os.uname().nodename)
+    assert run.state == "failed"  # a pid without its start time names no process for sure: read as lost
+    run.set_status("running", **process_identity())
     assert run.state == "running"
 
 
