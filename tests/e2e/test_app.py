@@ -25,6 +25,14 @@ def _charts(at: AppTest) -> int:
     return len(at.get("plotly_chart"))
 
 
+def _wait_done(runs, timeout: float = 180) -> None:
+    """Wait for the queued runs to finish; every one must end done."""
+    deadline = time.monotonic() + timeout
+    while any(r.state not in ("done", "failed", "cancelled", "diverged") for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all(r.state == "done" for r in runs), [r.status() for r in runs]
+
+
 def test_app_entry_routes_to_dark_knowledge_with_sidebar():
     at = AppTest.from_file("../../app.py", default_timeout=TIMEOUT).run()
     _no_errors(at)
@@ -240,10 +248,7 @@ def test_the_train_page_distils_a_text_classifier_from_a_text_teacher(runs_dir, 
     _no_errors(at)
     runs = [r for r in RunStore(runs_dir).list() if r.config["kind"] != "teacher"]
     assert sorted(r.config["kind"] for r in runs) == ["kd", "scratch"]
-    deadline = time.monotonic() + 180
-    while any(r.state not in ("done", "failed", "cancelled", "diverged") for r in runs) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert all(r.state == "done" for r in runs), [r.status() for r in runs]
+    _wait_done(runs)
     assert all(r.summary["task"] == "text-classification" for r in runs)
 
 
@@ -319,10 +324,7 @@ def test_the_train_page_distils_a_language_model_and_compare_shows_its_generatio
     _no_errors(at)
     runs = [r for r in RunStore(runs_dir).list() if r.config["kind"] != "teacher"]
     assert sorted(r.config["kind"] for r in runs) == ["kd", "scratch"]
-    deadline = time.monotonic() + 180
-    while any(r.state not in ("done", "failed", "cancelled", "diverged") for r in runs) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert all(r.state == "done" for r in runs), [r.status() for r in runs]
+    _wait_done(runs)
     assert all(r.summary["task"] == "language-modelling" for r in runs)
     at.run()
     _no_errors(at)
@@ -370,10 +372,7 @@ def test_the_sweep_page_runs_a_grid_of_a_language_model_and_offers_its_search(ru
     runs = [r for r in RunStore(runs_dir).list() if r.config["kind"] != "teacher"]
     assert sorted(r.config["kind"] for r in runs) == ["kd", "scratch"]
     assert all(r.config["task"] == "language-modelling" for r in runs)
-    deadline = time.monotonic() + 180
-    while any(r.state not in ("done", "failed", "cancelled", "diverged") for r in runs) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert all(r.state == "done" for r in runs), [r.status() for r in runs]
+    _wait_done(runs)
     at.run()
     _no_errors(at)
     specs = " ".join(c.proto.spec for c in at.get("plotly_chart"))

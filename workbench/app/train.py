@@ -117,6 +117,17 @@ class FormError(ValueError):
     """A field of the form holds something that cannot be trained; the message says which and why."""
 
 
+def _learning_rate(text: str, example: str) -> float:
+    """The learning rate field's value; FormError (Launch says why) unless it is a number in (0, 10]."""
+    try:
+        lr = float(text)
+        if not 0 < lr <= 10:
+            raise ValueError
+    except ValueError:
+        raise FormError(f"the learning rate must be a number above 0 (like {example}), not {text!r}") from None
+    return lr
+
+
 def _form() -> list[tuple[str | None, TrainConfig]] | None:
     """The launch form; returns the (run id, config) chain to queue, or None while it cannot be launched
     (FormError: a field is invalid, and Launch says why)."""
@@ -220,12 +231,7 @@ def _form() -> list[tuple[str | None, TrainConfig]] | None:
         seed = c1.number_input("Seed", 0, 10_000, 0, key="tr_seed")
         device = c2.selectbox("Device", common.device_choices(), key="tr_device",
                               help="only devices this machine has are listed")
-        try:
-            lr = float(lr_text)
-            if not 0 < lr <= 10:
-                raise ValueError
-        except ValueError:
-            raise FormError(f"the learning rate must be a number above 0 (like 0.003), not {lr_text!r}") from None
+        lr = _learning_rate(lr_text, "0.003")
     twin = st.checkbox("Also train the scratch twin", value=True, key="tr_twin",
                        help="The same student, data, budget and seed, without the teacher: the baseline of the KD "
                             "gain.")
@@ -350,12 +356,7 @@ def _lm_form() -> list[tuple[str | None, TrainConfig]] | None:
     epochs = c1.number_input("Epochs", 1, 100, defaults.epochs, key="tr_lm_epochs")
     lr_text = c2.text_input("Learning rate", f"{defaults.lr:g}", key="tr_lm_lr", help="the peak (warm-up, then "
                                                                                       "cosine)")
-    try:
-        lr = float(lr_text)
-        if not 0 < lr <= 10:
-            raise ValueError
-    except ValueError:
-        raise FormError(f"the learning rate must be a number above 0 (like 0.001), not {lr_text!r}") from None
+    lr = _learning_rate(lr_text, "0.001")
     batch, seed, device = defaults.batch_size, 0, "auto"
     if not common.presenting():
         c1, c2, c3 = st.columns(3)
