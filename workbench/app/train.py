@@ -40,7 +40,9 @@ def _saved_upload(digest: str, _data: bytes, name: str, cfg_text: str, input_sha
     it, with its config in the header, under the store's uploads. Cached by the file's hash, so a rerun of
     the page never parses the same upload again."""
     config = ModelConfig.from_dict(json.loads(cfg_text)) if cfg_text else None
-    model, _ = load_checkpoint(_data, config, input_shape if config else None, num_classes if config else None)
+    model, _ = load_checkpoint(_data, config, input_shape if config else None, num_classes if config else None,
+                               trust_hint="the app never runs code from an upload: train it from your own "
+                                          "factory file with kdw instead")
     folder = Path(uploads)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / common.safe_upload_name(name)

@@ -100,6 +100,9 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
         g = p.add_argument_group("distillation")
         g.add_argument("--teacher", default=None,
                        help="shipped teacher name, teacher run id or .safetensors file (default: the shipped one)")
+        g.add_argument("--trust-factory", action="store_true",
+                       help="a teacher .safetensors file whose metadata names a model factory (file.py:make) runs "
+                            "that code when loaded: allow it for a file you trust (refused otherwise)")
         g.add_argument("--student-from-teacher", action="store_true",
                        help="text: the student is the hf: teacher itself with only the layers --keep-layers, "
                             "initialised from the teacher's weights (DistilBERT-style); replaces --model")
@@ -219,7 +222,8 @@ FLAG_FIELDS = {
     "model": ("model", "depth", "width", "pretrained", "heads"), "teacher": ("teacher",), "image_size": ("image_size",),
     "max_length": ("max_length",), "tokenizer": ("tokenizer",), "seq_len": ("seq_len",),
     "train_tokens": ("train_tokens",), "val_tokens": ("val_tokens",), "topk": ("topk",),
-    "keep_layers": ("keep_layers", "student_from_teacher"), "channels": ("channels",), "init": ("init",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
+    "keep_layers": ("keep_layers", "student_from_teacher"), "channels": ("channels",), "init": ("init",),
+    "trust_factory": ("trust_factory",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
     "rdzv_endpoint": ("rdzv_endpoint",), "rdzv_id": ("rdzv_id",), "track": ("track",), "epochs": ("epochs",),
     "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "optimizer": ("optimizer",),
     "labels": ("labels",), "augment": ("augment",), "seed": ("seed",), "device": ("device",),
@@ -316,6 +320,7 @@ def train_config(args, kind: str, seed: int, **over):
         model, keep = student_cut_from(teacher, getattr(args, "keep_layers", None), args)
     fields = dict(
         kind=kind, dataset=dataset, data_dir=args.data_dir, teacher=teacher,
+        trust_factory=bool(getattr(args, "trust_factory", False)),
         label_column=getattr(args, "label_column", None), model=model,
         image_size=args.image_size, channels=args.channels, init=args.init, stream=args.stream,
         max_length=getattr(args, "max_length", None), tokenizer=getattr(args, "tokenizer", None), keep_layers=keep,

@@ -184,7 +184,8 @@ def cmd_chain(args, strategy: str) -> int:
         raise ValueError(f"{strategy} chains need a teacher; {base.method} trains without one")
     group = args.group or new_run_id(strategy)
     if strategy == "ban":
-        chain = born_again_chain(base, args.generations, teacher_model_config(base.teacher, store), group)
+        teacher_model = teacher_model_config(base.teacher, store, base.trust_factory)
+        chain = born_again_chain(base, args.generations, teacher_model, group)
     else:
         assistant = parse_model(args.assistant_model, args.assistant_depth, args.assistant_width)
         chain = takd_chain(base, assistant, group)

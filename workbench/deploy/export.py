@@ -452,8 +452,7 @@ def _teacher_test_logits(run: Run, store: RunStore, dataset) -> torch.Tensor | N
     spec = (run.summary.get("teacher") or {}).get("spec")
     if not spec:
         return None
-
-    teacher = load_teacher(spec, store)
+    teacher = load_teacher(spec, store, trust_factory=bool(run.config.get("trust_factory")))
     return cached_logits(teacher, task_for(dataset.name).view_for(dataset, teacher.model), "test", "plain", store.cache_dir / "teacher-logits",
                          "cpu")
 

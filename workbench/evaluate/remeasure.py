@@ -30,7 +30,7 @@ def remeasure(run: Run, store: RunStore) -> dict:
     teacher = summary.get("teacher")
     if teacher:
         try:
-            t = load_teacher(teacher["spec"], store)
+            t = load_teacher(teacher["spec"], store, trust_factory=bool(run.config.get("trust_factory")))
             out["teacher"] = teacher["profile"] = teacher_profile(t, tuple(t.model.kdw_input_shape))
         except Exception as e:  # the teacher may be gone: keep its old figures
             out["teacher_error"] = str(e)

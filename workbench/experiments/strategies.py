@@ -43,6 +43,6 @@ def takd_chain(base: TrainConfig, assistant: ModelConfig, group: str) -> list[tu
             (new_run_id("kd"), replace(base, kind="kd", teacher=rid, group=group))]
 
 
-def teacher_model_config(spec: str, store=None) -> ModelConfig:
-    return load_teacher(spec, store).config
+def teacher_model_config(spec: str, store=None, trust_factory: bool = False) -> ModelConfig:
+    return load_teacher(spec, store, trust_factory=trust_factory).config
 

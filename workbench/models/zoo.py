@@ -493,6 +493,7 @@ def _from_factory(spec: str, num_classes: int, input_shape: tuple) -> nn.Module:
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ModelError(f"{where} has no function {fn_name!r}")
+    _check_factory(fn, spec)
     try:
         model = fn(num_classes=num_classes, input_shape=input_shape)
     except Exception as e:
@@ -500,6 +501,31 @@ def _from_factory(spec: str, num_classes: int, input_shape: tuple) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelError(f"the model factory {spec} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _check_factory(fn, spec: str) -> None:
+    """Refuse what is not a model factory before calling it: a Python function (or an nn.Module class) that takes
+    `num_classes` and `input_shape` by name. A builtin (`os:system`) or any other callable is never called."""
+    import inspect
+
+    if isinstance(fn, type):
+        if not issubclass(fn, nn.Module):
+            raise ModelError(f"{spec} is a class but not a torch.nn.Module, so it is not a model factory")
+        target = fn.__init__
+    elif inspect.isfunction(fn):
+        target = fn
+    else:
+        raise ModelError(f"{spec} is a {type(fn).__name__}, not a model factory: name a Python function "
+                         "make_model(num_classes, input_shape) that returns an nn.Module")
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        params = {}
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    missing = [n for n in ("num_classes", "input_shape") if n not in named]
+    if missing:
+        raise ModelError(f"{spec} is not a model factory: it takes no {' or '.join(missing)} argument (a factory "
+                         "is make_model(num_classes, input_shape) returning an nn.Module)")
 
 
 def classifier_path(model: nn.Module) -> str | None:
@@ -771,15 +797,17 @@ def _check_shapes(model: nn.Module, shapes: dict[str, tuple], label: str) -> Non
 
 
 def load_checkpoint(path_or_bytes, config: ModelConfig | None = None, input_shape=None,
-                    num_classes: int | None = None, allow_factory: bool = False) -> tuple[nn.Module, dict[str, str]]:
+                    num_classes: int | None = None, allow_factory: bool = False,
+                    trust_hint: str = "pass --trust-factory if you trust the file") -> tuple[nn.Module, dict[str, str]]:
     """Rebuild a model from a safetensors checkpoint.
 
     The config, input shape and class count come from the file's metadata, or from the
     arguments for a file saved elsewhere. The header's tensor shapes are checked against the
     model built on the ``meta`` device (no memory) before anything is allocated, so a small
     file that claims a huge model is refused at once. A checkpoint whose model comes from a user's
-    factory runs that factory's code, so it loads only with `allow_factory` (your own runs and files,
-    never an upload). Returns (model in eval mode, metadata).
+    factory runs that factory's code, so it loads only with `allow_factory` (a run of your own store, or a
+    file the user trusts with --trust-factory; never an upload); otherwise it is refused with `trust_hint`.
+    Returns (model in eval mode, metadata).
     """
     where = _where(path_or_bytes)
     shapes, meta = checkpoint_header(path_or_bytes)
@@ -793,8 +821,8 @@ def load_checkpoint(path_or_bytes, config: ModelConfig | None = None, input_shap
             raise ModelError(f"metadata key kdw_model of {where} is not a model config: {e}") from None
     config = replace(config, pretrained=False)  # the weights are the file's; never fetch others
     if config.family == "factory" and not allow_factory:
-        raise ModelError(f"{where} names a model built by code ({config.name}); load it from your own run or "
-                         "file, not an upload")
+        raise ModelError(f"{where} names a model built by code ({config.name}), and loading it would run that "
+                         f"code; {trust_hint}")
     if input_shape is None and "kdw_input_shape" in meta:
         input_shape = _meta_json(meta, "kdw_input_shape", where)
     if num_classes is None and "kdw_num_classes" in meta:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from workbench.errors import RunStoreError
 from workbench.io import atomic_write, atomic_write_json, fsync_dir, json_default, read_json_object
+from workbench.store.schema import FILES, METRICS_ROW, problem_in
 
 SCHEMA_VERSION = 2  # 2: T and α live in the method's parameters (1 kept them on the config)
 STATES = ("queued", "running", "done", "failed", "cancelled", "diverged")  # what a status.json may say
@@ -197,11 +198,27 @@ class Run:
         return out
 
     # -- config -------------------------------------------------------------
+    def _read(self, name: str) -> dict | None:
+        """One of the run's JSON files, each known field checked by its type (`workbench.store.schema`);
+        None if it does not exist; RunStoreError ("unreadable: why (path)") if it cannot be used."""
+        path = self.path / name
+        obj = read_json_object(path)
+        if obj is not None:
+            if name == "config.json":
+                try:
+                    obj = migrate_config(obj)
+                except (TypeError, ValueError, AttributeError) as e:
+                    raise RunStoreError(f"unreadable: {e} ({path})") from None
+            wrong = problem_in(obj, FILES[name])
+            if wrong:
+                raise RunStoreError(f"unreadable: {wrong} ({path})")
+        return obj
+
     @property
     def config(self) -> dict:
         """config.json, migrated to the current schema (see `migrate_config`); {} if it cannot be read."""
         try:
-            return migrate_config(read_json_object(self.config_path) or {})
+            return self._read("config.json") or {}
         except RunStoreError:
             return {}
 
@@ -209,7 +226,7 @@ class Run:
         """Why this run cannot be used ("unreadable: why (path)"), or None when its files read fine."""
         for name in ("config.json", "status.json", "summary.json"):
             try:
-                read_json_object(self.path / name)
+                self._read(name)
             except RunStoreError as e:
                 return str(e)
         return None
@@ -227,7 +244,7 @@ class Run:
         problem = self.problem()
         if problem:
             return {"state": "unreadable", "error": problem}
-        st = read_json_object(self.status_path)
+        st = self._read("status.json")
         if st is None:
             if (self.summary_path).is_file():
                 return {"state": "done", "note": "status.json was missing; recovered from summary.json"}
@@ -294,7 +311,8 @@ class Run:
             f.flush()
 
     def metrics(self) -> list[dict]:
-        """Per-epoch rows; a torn line (a killed writer), a binary line or one that is not an epoch is skipped."""
+        """Per-epoch rows; a torn line (a killed writer), a binary line, one that is not an epoch or one with a field
+        of the wrong type (`schema.METRICS_ROW`) is skipped."""
         rows = []
         try:
             with open(self.metrics_path, "rb") as f:
@@ -303,7 +321,7 @@ class Run:
                         row = json.loads(line.decode("utf-8"))
                     except (UnicodeDecodeError, json.JSONDecodeError):
                         continue
-                    if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                    if isinstance(row, dict) and problem_in(row, METRICS_ROW) is None and "epoch" in row:
                         rows.append(row)
         except OSError:
             pass
@@ -324,7 +342,7 @@ class Run:
     def summary(self) -> dict:
         """summary.json; {} if it is missing or cannot be read (`problem()` says why)."""
         try:
-            return read_json_object(self.summary_path) or {}
+            return self._read("summary.json") or {}
         except RunStoreError:
             return {}
 
@@ -456,7 +474,7 @@ class RunStore:
             if state and run.state != state:
                 continue
             runs.append(run)
-        return sorted(runs, key=lambda r: (r.config.get("created") or 0, r.run_id))
+        return sorted(runs, key=lambda r: (r.config.get("created") or 0, r.run_id))  # config: {} if unreadable
 
     def delete(self, run_id: str) -> None:
         import shutil

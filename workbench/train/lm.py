@@ -90,7 +90,8 @@ def prepare(config, store=None, teacher: Teacher | None = None) -> LMSession:
     method = config.build_method()
     task.check_method(method)
     if config.teacher and teacher is None:
-        teacher = load_teacher(config.teacher, store, temperature=method.temperature or 1.0)
+        teacher = load_teacher(config.teacher, store, temperature=method.temperature or 1.0,
+                               trust_factory=config.trust_factory)
     dataset = task.load_for(config, teacher.model if teacher is not None else None)
     if teacher is not None:
         task.check_teacher(teacher.model, dataset, None, None)

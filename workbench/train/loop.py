@@ -103,6 +103,7 @@ class TrainConfig:
     tokenizer: str | None = None  # text: a tokenizer folder (None: the teacher's, an hf: model's, else MiniLM's)
     keep_layers: tuple | None = None  # a student cut from its hf: teacher: the teacher's layers it keeps (0-based)
     init: str | None = None  # weights to start the student from: .safetensors or a .pth/.pt state dict
+    trust_factory: bool = False  # a teacher file may name a factory, whose code then runs (--trust-factory)
     stream: bool | None = None  # image folders / CSV: stream from the disk cache (None: when they exceed the budget)
     nproc: int = 1  # data-parallel processes (torch.distributed.run): gloo on the CPU, NCCL on GPUs
     nnodes: str | None = None  # several machines: torch.distributed.run's --nnodes ("2", or "1:4" elastic)
@@ -378,7 +379,7 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     task.check_method(method)
     if config.teacher and teacher is None:
         teacher = load_teacher(config.teacher, store, temperature=method.temperature or 1.0,
-                               weights=config.teacher_weights)
+                               weights=config.teacher_weights, trust_factory=config.trust_factory)
     if dataset is None:  # image folders decode once at the larger of the student's and the teacher's sizes
         dataset = task.load_for(config, teacher.model if teacher is not None else None)
     teacher_data = None

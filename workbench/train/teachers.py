@@ -126,8 +126,12 @@ class EnsembleTeacher(nn.Module):
 
 
 def load_teacher(spec: str, store=None, config: ModelConfig | None = None, temperature: float = 4.0,
-                 weights=None) -> Teacher:
+                 weights=None, trust_factory: bool = False) -> Teacher:
     """Resolve a teacher spec (see the module docstring) to a frozen model.
+
+    A file whose metadata (or side file) names a model built by code, a factory, would run that code when
+    loaded: it is refused unless `trust_factory` (kdw's --trust-factory). A run of the store is trusted: its
+    factory was named by whoever launched it on this store.
 
     A comma-separated spec (``a,b``) is an ensemble: the weighted average of the members'
     softened distributions at `temperature` (equal weights unless `weights` are given).
@@ -136,7 +140,7 @@ def load_teacher(spec: str, store=None, config: ModelConfig | None = None, tempe
         raise ModelError("no teacher given")
     if "," in spec:
         parts = [p.strip() for p in spec.split(",") if p.strip()]
-        members = [load_teacher(p, store) for p in parts]
+        members = [load_teacher(p, store, trust_factory=trust_factory) for p in parts]
         w = list(weights) if weights else [1.0] * len(members)
         model = freeze(EnsembleTeacher([m.model for m in members], w, temperature))
         label = "ensemble(" + " + ".join(m.label for m in members) + ")"
@@ -173,7 +177,7 @@ def load_teacher(spec: str, store=None, config: ModelConfig | None = None, tempe
             side = json.loads(meta_path.read_text())
             config = ModelConfig.from_dict(side["model"])
             shape, classes = side.get("input_shape"), side.get("num_classes")
-        model, _ = load_checkpoint(path, config, shape, classes, allow_factory=True)  # a file the user named
+        model, _ = load_checkpoint(path, config, shape, classes, allow_factory=trust_factory)
         return Teacher(freeze(model), spec, "file", model.kdw_config.label(), weights_digest(model), None)
     known = ", ".join(sorted(shipped)) or "none shipped"
     raise ModelError(f"unknown teacher {spec!r}: not a shipped teacher ({known}), a finished run id, "
