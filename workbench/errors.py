@@ -32,6 +32,13 @@ class Diverged(TrainingError):
     """The loss became NaN or infinite: the run is marked diverged, not failed, and says what to try."""
 
 
+class CheckpointDamaged(TrainingError):
+    """A resume state (checkpoint.pt) that cannot be used: one sentence naming the file and what is wrong."""
+
+    def __init__(self, path, why: str):
+        super().__init__(f"checkpoint {path} is damaged: {why}; start the run again, or delete the checkpoint")
+
+
 class DeployError(WorkbenchError):
     """An export, quantization or pruning step cannot be done; the message says why."""
 

@@ -256,3 +256,120 @@ def test_every_app_page_survives_a_store_where_each_field_is_wrong_somewhere(pri
         assert not at.error, (module, [e.value for e in at.error])
         if module == "compare":  # the readable copies are compared; the unreadable ones are left out
             assert at.dataframe and len(at.dataframe[0].value) > 10
+
+
+# ---------------------------------------------------------------------------
+# 3. paths are absolute before a job is queued
+
+def test_every_path_of_a_config_is_made_absolute_and_names_stay_names(tmp_path, monkeypatch):
+    from workbench.models.zoo import ModelConfig
+    from workbench.train.loop import TrainConfig
+
+    (tmp_path / "t.safetensors").write_bytes(b"")
+    (tmp_path / "tok").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(kind="kd", dataset="image-folder", data_dir="imgs", init="w/start.pth", teacher="t.safetensors",
+                      model=ModelConfig("factory", name="models/f.py:make"), tokenizer="tok").with_absolute_paths()
+    assert cfg.data_dir == str(tmp_path / "imgs") and cfg.init == str(tmp_path / "w/start.pth")
+    assert cfg.teacher == str(tmp_path / "t.safetensors") and cfg.tokenizer == str(tmp_path / "tok")
+    assert cfg.model.name == f"{tmp_path / 'models/f.py'}:make"
+    named = TrainConfig(kind="kd", dataset="digits", teacher="digits-cnn,run:kd-1", tokenizer="bert-base-uncased",
+                        model=ModelConfig("factory", name="my_pkg.models:make")).with_absolute_paths()
+    assert named.teacher == "digits-cnn,run:kd-1" and named.tokenizer == "bert-base-uncased"
+    assert named.model.name == "my_pkg.models:make"
+
+
+@pytest.mark.slow
+def test_a_background_job_finds_a_relative_data_folder_and_factory_of_its_submitter(tmp_path):
+    """`cd DIR && kdw teacher --data-dir imgs --model f.py:make --background`: the worker runs elsewhere."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from conftest import make_image_folder
+
+    from workbench.store.runs import RunStore
+
+    make_image_folder(tmp_path / "imgs")
+    (tmp_path / "f.py").write_text(FACTORY)
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "workbench", "teacher", "--dataset", "image-folder",
+                           "--data-dir", "imgs", "--model", "f.py:make", "--image-size", "8", "--epochs", "1",
+                           "--no-profile", "--background", "--runs-dir", str(runs)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    store = RunStore(runs)
+    (run,) = store.list()
+    deadline = time.monotonic() + 240
+    while run.state in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert run.state == "done", run.status()
+    config = json.loads(run.config_path.read_text())
+    assert config["data_dir"] == str(tmp_path / "imgs") and config["model"]["name"] == f"{tmp_path / 'f.py'}:make"
+
+
+# ---------------------------------------------------------------------------
+# 8. a damaged or edited checkpoint is one sentence
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """A 2-epoch run with its checkpoint, marked failed so that it can be resumed (the template each case copies)."""
+    from workbench.jobs.queue import execute_run
+    from workbench.models.zoo import ModelConfig
+    from workbench.store.runs import RunStore
+    from workbench.train.loop import TrainConfig
+
+    store = RunStore(tmp_path_factory.mktemp("resumable"))
+    cfg = TrainConfig(kind="kd", dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=2,
+                      batch_size=64, teacher="digits-cnn", profile=False)
+    run = store.create(cfg.record(), run_id="r")
+    assert execute_run(run, store) == "done" and run.checkpoint_path.is_file()
+    run.set_status("failed", error="killed")
+    return store.root
+
+
+def _edit(state):
+    import argparse
+
+    return {"truncated": None, "empty": None, "an object": {**state, "extra": argparse.Namespace(a=1)},
+            "no epoch": {k: v for k, v in state.items() if k != "epoch"}, "epoch 99": {**state, "epoch": 99},
+            "another student": {**state, "student": {k: torch.zeros(3) for k in state["student"]}}}
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", r"cannot be read \((EOFError|RuntimeError)"), ("empty", r"cannot be read \(EOFError"),
+    ("an object", "holds objects other than tensors and numbers"), ("no epoch", "it has no epoch"),
+    ("epoch 99", r"its epoch 99 is not one of the run's \(the run has 2 epochs\)"),
+    ("another student", r"its weights do not fit the run's student \(.*expected .*found \(3,\)"),
+])
+def test_a_damaged_checkpoint_is_one_sentence(resumable, tmp_path, damage, message):
+    import shutil
+
+    from workbench.errors import CheckpointDamaged
+    from workbench.jobs.queue import resume_in_process
+    from workbench.store.runs import RunStore
+
+    root = tmp_path / "s"
+    shutil.copytree(resumable, root)
+    store = RunStore(root)
+    run = store.get("r")
+    path = run.checkpoint_path
+    state = torch.load(path, weights_only=True)
+    edited = _edit(state)[damage]
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save(edited, path)
+    try:
+        outcome = resume_in_process(run, store)
+        error = run.status()["error"]  # caught during the resume: the run says why, in the same sentence
+        assert outcome == "failed"
+    except CheckpointDamaged as e:  # caught before the resume: the run is untouched
+        error = str(e)
+        assert run.state == "failed" and run.status()["error"] == "killed"
+    assert error.startswith(f"checkpoint {path} is damaged: ") and "start the run again" in error, error
+    assert __import__("re").search(message, error), error
+    assert "weights_only" not in error and "Traceback" not in error and "\n" not in error

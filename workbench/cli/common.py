@@ -360,7 +360,7 @@ def train_config(args, kind: str, seed: int, **over):
                 merged[key] = tuple(merged[key])
         fields = merged
     fields.update(over)
-    return TrainConfig(**fields)
+    return TrainConfig(**fields).with_absolute_paths()  # as the config records them, for jobs in other folders
 
 
 def student_cut_from(teacher: str | None, keep_layers: str | None, args):

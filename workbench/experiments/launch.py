@@ -65,9 +65,11 @@ def check(runs, store: RunStore | None = None) -> dict[str | None, Teacher | Non
 
 def submit(runner, runs, source: str = "", group: str | None = None) -> list[str]:
     """Queue the runs as jobs, in order; `source` is the command (or page) recorded in each config.json, and
-    `group`, where given, ties them together. Returns the run ids."""
+    `group`, where given, ties them together. Every path in a config is made absolute against this process's
+    folder first (`TrainConfig.with_absolute_paths`), and recorded so. Returns the run ids."""
     ids = []
     for rid, c in as_plan(runs):
+        c = c.with_absolute_paths()  # the job runs in the worker's folder, not the submitter's
         if group is not None:
             c = replace(c, group=group)
         ids.append(runner.submit(c.record(source), run_id=rid, prefix=c.kind))
@@ -86,6 +88,7 @@ def launch_search(store: RunStore, base: TrainConfig, ranges, trials: int, group
     """A search in the background: `base` checked as a launch is, the search recorded as queued
     (`search.prepare_search`, which checks its ranges and budget), then started as its own process. `options` are
     prepare_search's (seeds, time_budget_s, scheduler, address). Returns the group that holds its trials."""
+    base = base.with_absolute_paths()  # trials run in Ray's workers, in folders of their own
     check([base], store)
     prepare_search(store, base, ranges, trials, group, command=source, **options)
     start_search(store, group)

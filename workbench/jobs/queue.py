@@ -184,9 +184,9 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
 
 
 def _checkpoint_epoch(path: Path) -> int:
-    import torch
+    from workbench.train.loop import read_checkpoint_state
 
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    return int(read_checkpoint_state(path)["epoch"])
 
 
 # ---------------------------------------------------------------------------
@@ -209,6 +209,9 @@ def check_resumable(run: Run, overrides: dict | None = None) -> None:
     if changed:
         diffs = "; ".join(f"{k}: {stored[k]!r} in the run, {overrides[k]!r} asked" for k in changed)
         raise ValueError(f"a run resumes with its own options; these differ: {diffs}. Start a new run to change them")
+    from workbench.train.loop import read_checkpoint_state
+
+    read_checkpoint_state(run.checkpoint_path, stored["epochs"])  # damaged: one sentence, and the run is untouched
 
 
 def resume_in_process(run: Run, store: RunStore, callbacks=(), overrides: dict | None = None) -> str:

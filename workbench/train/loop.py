@@ -24,6 +24,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -33,6 +34,7 @@ from workbench.data.datasets import Dataset, label_mask
 from workbench.data.images import StreamLoader
 from workbench.data.loaders import BatchLoader
 from workbench.data.transforms import AUGMENTATIONS
+from workbench.errors import CheckpointDamaged
 from workbench.evaluate.metrics import model_profile, predict_logits
 from workbench.io import atomic_write
 from workbench.models.zoo import ModelConfig, count_params, is_convnet, load_weights
@@ -224,6 +226,44 @@ class TrainConfig:
     def objective(self) -> str:
         """The run's own objective with its values, as plain text."""
         return self.build_method().objective_text()
+
+    def with_absolute_paths(self, cwd: str | os.PathLike | None = None) -> "TrainConfig":
+        """This config with every path it names resolved against `cwd` (default: the current folder): the data
+        folder or file, the weights to start from, a factory file, a Hugging Face or tokenizer folder and a teacher
+        file. A queued job runs in the worker's folder, not the submitter's, so a relative path there would miss
+        the data or, worse, find other data of the same name. Names that are not paths (data sets, shipped
+        teachers, run ids, hub ids) stay as they are."""
+        base = Path(cwd or os.getcwd())
+
+        def path(p):
+            return None if p is None else str((base / Path(str(p)).expanduser()).absolute())
+
+        def existing(p):  # a folder or file if one of that name is here, else a name (a hub id, a run id)
+            if p is None or Path(str(p)).expanduser().is_absolute():
+                return p
+            return path(p) if (base / Path(str(p)).expanduser()).exists() else p
+
+        def teacher(spec):
+            if not spec:
+                return spec
+            parts = []
+            for part in spec.split(","):
+                part = part.strip()
+                if not part.startswith(("shipped:", "run:")) and (
+                        part.endswith(".safetensors") or (base / Path(part).expanduser()).is_file()):
+                    part = path(part)
+                parts.append(part)
+            return ",".join(parts)
+
+        model = self.model
+        if model.family == "factory" and model.name and ":" in model.name:
+            where, fn = model.name.rsplit(":", 1)
+            if where.endswith(".py") or "/" in where or os.sep in where:
+                model = replace(model, name=f"{path(where)}:{fn}")
+        elif model.family == "hf" and model.name:
+            model = replace(model, name=existing(model.name))
+        return replace(self, model=model, data_dir=path(self.data_dir), init=path(self.init),
+                       tokenizer=existing(self.tokenizer), teacher=teacher(self.teacher))
 
     def with_params(self, **params) -> "TrainConfig":
         """This config with some of the method's hyperparameters changed."""
@@ -707,18 +747,64 @@ def save_checkpoint_state(s: Session, path) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+CHECKPOINT_KEYS = ("version", "epoch", "step", "train_s", "student", "method", "optimizer", "best", "history", "rng")
+
+
+def read_checkpoint_state(path, epochs: int | None = None) -> dict:
+    """A resume state written by `save_checkpoint_state`, checked before anything uses it: torch reads it with
+    weights_only (nothing unpickled), it has every key, and its epoch, step and history agree with each other and
+    lie within the run's budget of `epochs`. CheckpointDamaged (one sentence) otherwise."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointDamaged(path, "it does not exist") from None
+    except Exception as e:  # EOFError, a zip error, an object weights_only refuses: never torch's own advice
+        what = "it holds objects other than tensors and numbers" if "weights_only" in str(e) else \
+            f"it cannot be read ({type(e).__name__}; truncated or not a checkpoint)"
+        raise CheckpointDamaged(path, what) from None
+    if not isinstance(state, dict):
+        raise CheckpointDamaged(path, f"it holds a {type(state).__name__}, not a resume state")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointDamaged(path, "it has no " + ", ".join(missing))
+    epoch, step, history = state["epoch"], state["step"], state["history"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0 or (epochs is not None and epoch > epochs):
+        budget = f" (the run has {epochs} epochs)" if epochs is not None else ""
+        raise CheckpointDamaged(path, f"its epoch {epoch!r} is not one of the run's{budget}")
+    if not isinstance(history, list) or len(history) != epoch or not all(isinstance(r, dict) for r in history):
+        raise CheckpointDamaged(path, f"its history does not hold one row for each of its {epoch} epochs")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointDamaged(path, f"its step {step!r} is not a whole number")
+    if not isinstance(state["student"], dict) or not isinstance(state["best"], dict) \
+            or not isinstance(state["rng"], dict):
+        raise CheckpointDamaged(path, "its weights, best epoch or random states are not what a resume state holds")
+    return state
+
+
 def load_checkpoint_state(s: Session, path) -> None:
-    """Put a started session back where `save_checkpoint_state` left it (weights, optimiser, RNGs, history)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    s.student.load_state_dict(state["student"])
-    s.method.load_state_dict(state["method"])
-    s.optimizer.load_state_dict(state["optimizer"])
-    s.epoch, s.step, s.train_s = int(state["epoch"]), int(state["step"]), float(state["train_s"])
-    s.best, s.history = dict(state["best"]), list(state["history"])
-    torch.set_rng_state(state["rng"]["torch"])
-    s.loader.generator.set_state(state["rng"]["loader"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    """Put a started session back where `save_checkpoint_state` left it (weights, optimiser, RNGs, history),
+    after `read_checkpoint_state`'s checks; weights of other shapes or a state that does not fit this session
+    are CheckpointDamaged too."""
+    state = read_checkpoint_state(path, s.config.epochs)
+    want = {k: tuple(v.shape) for k, v in s.student.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state["student"].items() if isinstance(v, torch.Tensor)}
+    wrong = [f"{k}: expected {want[k]}, found {found[k]}" for k in want if k in found and found[k] != want[k]]
+    wrong += [f"{k}: missing" for k in want if k not in found] + [f"{k}: unexpected" for k in found if k not in want]
+    if wrong:
+        raise CheckpointDamaged(path, "its weights do not fit the run's student (" + "; ".join(wrong[:3]) + ")")
+    try:
+        s.student.load_state_dict(state["student"])
+        s.method.load_state_dict(state["method"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.epoch, s.step, s.train_s = int(state["epoch"]), int(state["step"]), float(state["train_s"])
+        s.best, s.history = dict(state["best"]), list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        s.loader.generator.set_state(state["rng"]["loader"])
+        if state["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise CheckpointDamaged(path, f"it does not fit this run ({type(e).__name__}: {first})") from None
 
 
 def teacher_summary(teacher: Teacher, dataset, test_logits: torch.Tensor, profile: bool = True) -> dict:
