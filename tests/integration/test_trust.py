@@ -373,3 +373,37 @@ def test_a_damaged_checkpoint_is_one_sentence(resumable, tmp_path, damage, messa
     assert error.startswith(f"checkpoint {path} is damaged: ") and "start the run again" in error, error
     assert __import__("re").search(message, error), error
     assert "weights_only" not in error and "Traceback" not in error and "\n" not in error
+
+
+# ---------------------------------------------------------------------------
+# 7. a CSV manifest is contained in its folder
+
+def test_a_manifest_cannot_reach_outside_its_folder_unless_allowed(tmp_path, runs_dir):
+    import shutil
+
+    from conftest import make_image_folder
+
+    from workbench.data.datasets import load_dataset
+    from workbench.data.images import list_csv
+    from workbench.errors import DataError
+
+    imgs = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6)
+    home = tmp_path / "data"
+    home.mkdir()
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(next((imgs / "a").iterdir()), outside)
+    shutil.copytree(imgs, home / "imgs")
+    rows = [f"imgs/{c}/{f.name},{c}" for c in ("a", "b") for f in sorted((imgs / c).iterdir())]
+    manifest = home / "m.csv"
+    for bad in ("../../../../etc/passwd", str(outside), "../imgs/a/" + next((imgs / "a").iterdir()).name):
+        manifest.write_text("\n".join([rows[0], rows[-1], f"{bad},a"]) + "\n")
+        with pytest.raises(DataError, match=f"image {bad} lies outside the manifest's folder"):
+            list_csv(manifest)
+    manifest.write_text("\n".join(rows) + f"\n{outside},a\n")
+    with pytest.raises(DataError, match=r"elsewhere.png lies outside .*pass --allow-outside"):
+        load_dataset("csv", manifest, image_size=8)
+    assert len(list_csv(manifest, allow_outside=True).files) == 13
+    assert load_dataset("csv", manifest, image_size=8, allow_outside=True).num_classes == 2
+    refused = kdw("teacher", "--dataset", "csv", "--data-dir", str(manifest), "--epochs", "1", "--image-size", "8",
+                  "--runs-dir", str(runs_dir), check=False)
+    assert refused.returncode != 0 and "--allow-outside" in refused.stderr and not any(runs_dir.glob("teacher-*"))

@@ -51,6 +51,8 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
                         "for csv, the manifest file (path,label[,split]); for table, the CSV file (a header, numeric "
                         "columns and a label column); for text-csv, the CSV file (text,label[,split]); for hf-dataset, "
                         "the folder a Hugging Face data set was saved to (save_to_disk)")
+    g.add_argument("--allow-outside", action="store_true",
+                   help="csv: let the manifest list images outside its own folder (refused otherwise)")
     g.add_argument("--label-column", default=None,
                    help="table, hf-dataset: the column that holds the class (default: label)")
     g.add_argument("--labels", default=None,
@@ -223,7 +225,7 @@ FLAG_FIELDS = {
     "max_length": ("max_length",), "tokenizer": ("tokenizer",), "seq_len": ("seq_len",),
     "train_tokens": ("train_tokens",), "val_tokens": ("val_tokens",), "topk": ("topk",),
     "keep_layers": ("keep_layers", "student_from_teacher"), "channels": ("channels",), "init": ("init",),
-    "trust_factory": ("trust_factory",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
+    "trust_factory": ("trust_factory",), "allow_outside": ("allow_outside",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
     "rdzv_endpoint": ("rdzv_endpoint",), "rdzv_id": ("rdzv_id",), "track": ("track",), "epochs": ("epochs",),
     "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "optimizer": ("optimizer",),
     "labels": ("labels",), "augment": ("augment",), "seed": ("seed",), "device": ("device",),
@@ -321,6 +323,7 @@ def train_config(args, kind: str, seed: int, **over):
     fields = dict(
         kind=kind, dataset=dataset, data_dir=args.data_dir, teacher=teacher,
         trust_factory=bool(getattr(args, "trust_factory", False)),
+        allow_outside=bool(getattr(args, "allow_outside", False)),
         label_column=getattr(args, "label_column", None), model=model,
         image_size=args.image_size, channels=args.channels, init=args.init, stream=args.stream,
         max_length=getattr(args, "max_length", None), tokenizer=getattr(args, "tokenizer", None), keep_layers=keep,

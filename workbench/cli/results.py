@@ -77,7 +77,8 @@ def cmd_report(args) -> int:
     _, runs = common.named_runs(args, "for the report")
     classes = None
     try:
-        classes = load_dataset(runs[0].config["dataset"], runs[0].config.get("data_dir")).classes
+        cfg = runs[0].config
+        classes = load_dataset(cfg["dataset"], cfg.get("data_dir"), allow_outside=cfg.get("allow_outside") is True).classes
     except Exception:
         pass  # the report still works with class numbers
     size = write_report(runs, args.output, args.title, classes)

@@ -172,7 +172,8 @@ _CACHE: dict[tuple, Dataset] = {}  # read-only tensors, shared on purpose: loadi
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = False,
-                 val_fraction: float = 0.1, image_size: int | None = None, stream: bool | None = None) -> Dataset:
+                 val_fraction: float = 0.1, image_size: int | None = None, stream: bool | None = None,
+                 allow_outside: bool = False) -> Dataset:
     """Load a data set by name into normalised tensors with a fixed validation split.
 
     Args:
@@ -183,6 +184,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: 
         image_size: the side that ``image-folder`` and ``csv`` images are decoded at (default 32).
         stream: keep decoded images on disk and stream them (True), load them (False), or decide by
             size (None; see `images.memory_budget`). Only ``image-folder`` and ``csv`` stream.
+        allow_outside: ``csv`` only: let the manifest list images outside its own folder (refused otherwise).
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
@@ -210,13 +212,14 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: 
         x_tr, x_te = x_tr / np.float32(255), x_te / np.float32(255)
         augment = "flip+crop"
     else:
-        return _load_decoded(name, root, int(image_size), val_fraction, stream)  # the disk cache is keyed by content
+        return _load_decoded(name, root, int(image_size), val_fraction, stream, allow_outside)  # the disk cache is keyed by content
     ds = _assemble(name, x_tr, y_tr, x_te, y_te, classes, augment, val_fraction, source)
     _CACHE[key] = ds
     return ds
 
 
-def _load_decoded(name: str, root, size: int, val_fraction: float, stream: bool | None) -> Dataset:
+def _load_decoded(name: str, root, size: int, val_fraction: float, stream: bool | None,
+                  allow_outside: bool = False) -> Dataset:
     """An image folder or a CSV manifest, decoded into the disk cache, in memory or streamed."""
 
     if not root:
@@ -224,7 +227,7 @@ def _load_decoded(name: str, root, size: int, val_fraction: float, stream: bool 
                         if name == "image-folder" else "csv needs the manifest's path (--data-dir manifest.csv)")
     root = Path(root)
     if name == "csv":
-        decoded, source = decode(list_csv(root), size), str(root)
+        decoded, source = decode(list_csv(root, allow_outside), size), str(root)
         test = decoded.splits
     elif (root / "train").is_dir() and (root / "test").is_dir():
         train_l, test_l = list_folder(root / "train"), list_folder(root / "test")

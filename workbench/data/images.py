@@ -84,8 +84,10 @@ def list_folder(folder: Path) -> Listing:
     return Listing(files, labels, tuple(classes))
 
 
-def list_csv(path: Path) -> Listing:
-    """Rows `path,label[,split]` of a CSV manifest (a header row is optional)."""
+def list_csv(path: Path, allow_outside: bool = False) -> Listing:
+    """Rows `path,label[,split]` of a CSV manifest (a header row is optional). Each image must lie under the
+    manifest's own folder (symbolic links resolved) unless `allow_outside`: a manifest from elsewhere cannot
+    make the workbench open ../../etc/passwd or any other file of the machine."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV manifest {path} does not exist")
@@ -105,8 +107,12 @@ def list_csv(path: Path) -> Listing:
     if len(classes) < 2:
         raise DataError(f"{path} needs at least two labels, found {list(classes)}")
     files, labels, splits = [], [], []
+    home = path.parent.resolve()
     for r in rows:
         p = Path(r[0]) if Path(r[0]).is_absolute() else path.parent / r[0]
+        if not allow_outside and not p.resolve().is_relative_to(home):
+            raise DataError(f"{path}: image {r[0]} lies outside the manifest's folder {home}; move it there, or "
+                            "pass --allow-outside if the manifest is yours")
         if not p.is_file():
             raise DataError(f"{path}: image {r[0]} does not exist (looked for {p})")
         files.append(p)

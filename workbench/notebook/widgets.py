@@ -558,7 +558,8 @@ def compare(runs, store: RunStore | None = None, aggregated: bool = False, wide:
     if cms:
         cfg = c.runs[0].config
         try:
-            classes = load_dataset(cfg["dataset"], cfg.get("data_dir")).classes
+            classes = load_dataset(cfg["dataset"], cfg.get("data_dir"),
+                                   allow_outside=cfg.get("allow_outside") is True).classes
         except Exception:  # the data set is gone: class numbers
             classes = [str(i) for i in range(len(next(iter(cms.values()))))]
         figs.append(plots.confusion_matrices(cms, classes))

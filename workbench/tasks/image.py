@@ -25,7 +25,8 @@ class ImageClassification(Task):
     def load_for(self, config, teacher_model=None) -> Dataset:
         # image folders decode once, at the larger of the student's and the teacher's sizes
         sizes = [s for s in (config.image_size, teacher_model is not None and teacher_model.kdw_input_shape[1]) if s]
-        return self.load(config.dataset, config.data_dir, size=max(sizes) if sizes else None, stream=config.stream)
+        return self.load(config.dataset, config.data_dir, size=max(sizes) if sizes else None, stream=config.stream,
+                         allow_outside=config.allow_outside)
 
     def prepare_student(self, student, dataset, shape) -> None:
         if getattr(student, "kdw_mean", None) is None:  # the zoo trains on the data set's own statistics

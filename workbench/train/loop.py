@@ -106,6 +106,7 @@ class TrainConfig:
     keep_layers: tuple | None = None  # a student cut from its hf: teacher: the teacher's layers it keeps (0-based)
     init: str | None = None  # weights to start the student from: .safetensors or a .pth/.pt state dict
     trust_factory: bool = False  # a teacher file may name a factory, whose code then runs (--trust-factory)
+    allow_outside: bool = False  # csv: the manifest may list images outside its own folder (--allow-outside)
     stream: bool | None = None  # image folders / CSV: stream from the disk cache (None: when they exceed the budget)
     nproc: int = 1  # data-parallel processes (torch.distributed.run): gloo on the CPU, NCCL on GPUs
     nnodes: str | None = None  # several machines: torch.distributed.run's --nnodes ("2", or "1:4" elastic)
