@@ -70,6 +70,9 @@ def require(module: str, extra: str, purpose: str = ""):
 def friendly_error(e: BaseException) -> str:
     """One line for the user: the message of a WorkbenchError or ValueError, else type and message."""
     msg = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and e.errno == 28:  # ENOSPC
+        where = f" ({e.filename})" if e.filename else ""
+        return f"disk full{where}: free some space, then resume or start the run again"
     if isinstance(e, MemoryError):
         return "out of memory: use a smaller batch size or model"
     if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch

@@ -7,6 +7,7 @@ a reader sees the old file or the new one, never a part, and a crash leaves no h
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -37,7 +38,10 @@ def atomic_write(path: Path, write: Callable[[str], None] | bytes | str) -> None
     given (for libraries that save to a path: safetensors, torch.save, numpy).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _named(e, path) from None
     try:
         if callable(write):
             os.close(fd)
@@ -50,13 +54,51 @@ def atomic_write(path: Path, write: Callable[[str], None] | bytes | str) -> None
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp)  # a half-written temporary file never stays (on a full disk it holds the space)
         except OSError:
             pass
+        if _disk_full(e, path.parent):  # safetensors and torch.save say so in their own words, or not at all
+            raise _named(e, path) if isinstance(e, OSError) and e.errno == errno.ENOSPC else \
+                OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         raise
     fsync_dir(path.parent)
+
+
+def _disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed because the disk is full: ENOSPC, a library's message that says it
+    (safetensors: "No space left on device"), or, for a library that says only "file write failed" (torch.save),
+    no free space left where it wrote."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    if not isinstance(e, Exception) or isinstance(e, (ValueError, TypeError, KeyError)):
+        return False
+    if "No space left on device" in str(e) or "StorageFull" in str(e):
+        return True
+    try:
+        st = os.statvfs(folder)
+        return st.f_bavail * st.f_frsize < 64 * 1024
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """`e` with the file it was writing named (a write through a descriptor names none), so that a full disk
+    reads "disk full (…/student.safetensors)"."""
+    if e.filename:
+        return e
+    return OSError(e.errno, e.strerror or os.strerror(e.errno or 0), str(path))
+
+
+def write_in_place(path: Path, data: bytes) -> None:
+    """Overwrite an existing small file in its own blocks (no new file, no rename): the way to record a run's end
+    when the disk is full and `atomic_write` cannot make its temporary file. Not atomic: only for that case."""
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def json_default(o):
@@ -69,9 +111,18 @@ def json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    """Write JSON to `path` so that readers see the old file or the new one, never a part."""
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default))
+def atomic_write_json(path: Path, obj, in_place_when_full: bool = False) -> None:
+    """Write JSON to `path` so that readers see the old file or the new one, never a part.
+
+    With `in_place_when_full`, a full disk (ENOSPC) makes it overwrite the existing file in place instead, compact,
+    so that a status can still say how the run ended."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=json_default)
+    try:
+        atomic_write(path, text)
+    except OSError as e:
+        if not (in_place_when_full and e.errno == errno.ENOSPC and Path(path).is_file()):
+            raise
+        write_in_place(Path(path), json.dumps(obj, separators=(",", ":"), default=json_default).encode())
 
 
 def read_json(path: Path, default=None):

@@ -407,3 +407,134 @@ def test_a_manifest_cannot_reach_outside_its_folder_unless_allowed(tmp_path, run
     refused = kdw("teacher", "--dataset", "csv", "--data-dir", str(manifest), "--epochs", "1", "--image-size", "8",
                   "--runs-dir", str(runs_dir), check=False)
     assert refused.returncode != 0 and "--allow-outside" in refused.stderr and not any(runs_dir.glob("teacher-*"))
+
+
+# ---------------------------------------------------------------------------
+# 11. leftovers: temporary files of killed writers
+
+def test_the_temporary_files_of_a_killed_writer_are_swept_when_the_store_opens(tmp_path):
+    import os
+    import time
+
+    from workbench.store.runs import _SWEPT, RunStore
+
+    store = RunStore(tmp_path / "runs")
+    run = store.create({"kind": "kd", "dataset": "digits"}, run_id="r")
+    (run.path / "variants" / "int8").mkdir(parents=True)
+    old = [run.path / ".status.json.k1l2.tmp", run.path / ".checkpoint.pt.x9.tmp", store.root / ".queue.json.a.tmp",
+           run.path / "variants" / "int8" / ".metrics.json.q.tmp"]
+    fresh = run.path / ".summary.json.live.tmp"  # a writer that is still at it
+    for p in [*old, fresh]:
+        p.write_bytes(b"x" * 1000)
+    for p in old:
+        os.utime(p, (time.time() - 600, time.time() - 600))
+    _SWEPT.discard(store.root)
+    RunStore(store.root)  # opening the store again
+    assert not any(p.exists() for p in old) and fresh.exists() and (run.path / "config.json").is_file()
+
+
+# ---------------------------------------------------------------------------
+# 4. a full disk ends a run cleanly
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (root on Linux, as CI runs); skipped where it cannot be mounted."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _assert_ended_cleanly(run, epochs_kept: int):
+    st = run.status()
+    assert st["state"] == "failed" and st["error"].startswith(f"disk full ({run.path}/"), st
+    assert not list(run.path.glob(".*.tmp")) and not list(run.path.glob("*.tmp"))
+    assert [r["epoch"] for r in run.metrics()] == list(range(1, epochs_kept + 1))
+
+
+def test_a_full_disk_fails_the_run_keeps_its_finished_epoch_and_removes_temporary_files(small_disk):
+    """The real thing: a 2.4 MB student on a 2 MB disk, trained in the foreground by kdw."""
+    from workbench.store.runs import RunStore
+
+    runs = small_disk / "runs"
+    proc = kdw("distill", "--dataset", "digits", "--epochs", "2", "--width", "8192", "--depth", "1", "--no-scratch",
+               "--no-profile", "--runs-dir", str(runs), check=False)
+    assert proc.returncode == 2 and "disk full (" in proc.stderr and "Traceback" not in proc.stderr
+    (run,) = RunStore(runs).list()
+    _assert_ended_cleanly(run, 1)
+
+
+def test_a_writer_that_hits_a_full_disk_leaves_no_partial_file_and_the_status_still_says_why(store, monkeypatch):
+    """The same with a fault-injecting writer (any machine): the weights writer fills the disk half-way, after
+    which no new file can be made, so the status is written in place."""
+    import errno
+    import tempfile
+
+    import safetensors.torch
+
+    from workbench.jobs.queue import execute_run
+    from workbench.models.zoo import ModelConfig
+    from workbench.train.loop import TrainConfig
+
+    full = {"now": False}
+    real_mkstemp, real_save = tempfile.mkstemp, safetensors.torch.save_file
+
+    def mkstemp(*a, **k):
+        if full["now"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*a, **k)
+
+    def save_file(tensors, path, metadata=None):
+        if (metadata or {}).get("kdw_epoch") == "2":
+            with open(path, "wb") as f:
+                f.write(b"\0" * 100_000)  # half a file, then the disk is full
+            full["now"] = True
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr("workbench.io.tempfile.mkstemp", mkstemp)
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    cfg = TrainConfig(kind="kd", dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=3,
+                      batch_size=64, teacher="digits-cnn", profile=False)
+    run = store.create(cfg.record(), run_id="r")
+    assert execute_run(run, store) == "failed"
+    _assert_ended_cleanly(run, 2)
+    assert "student.safetensors" in run.status()["error"] or "last.safetensors" in run.status()["error"]
+
+
+def test_a_worker_records_why_it_stopped_and_a_stranded_queue_says_why_it_cannot_start(store, monkeypatch):
+    import errno
+
+    from workbench.errors import RunStoreError
+    from workbench.jobs import queue
+    from workbench.models.zoo import ModelConfig
+    from workbench.train.loop import TrainConfig
+
+    cfg = TrainConfig(kind="teacher", dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=1,
+                      profile=False)
+    store.create(cfg.record(), run_id="q")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(store.root / "q" / ".claim"))
+
+    monkeypatch.setattr(queue, "claim_next", full)
+    with pytest.raises(OSError):
+        queue.worker_loop(store)
+    assert queue.worker_failure(store).startswith(f"disk full ({store.root / 'q' / '.claim'})")
+    monkeypatch.setattr(queue, "spawn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("not here")))
+
+    def not_writable(self):
+        raise RunStoreError(f"the runs folder {self.root} is not writable (No space left on device). Set ...")
+
+    monkeypatch.setattr(type(store), "ensure_writable", not_writable)
+    started, why = queue.restart_queue(store)
+    assert not started and why.startswith("1 queued run(s) cannot start: the runs folder") and "No space" in why
+    from workbench.cli.main import main
+
+    assert main(["runs", "--runs-dir", str(store.root)]) == 0

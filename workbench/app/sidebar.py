@@ -8,7 +8,7 @@ from workbench.app import common
 from workbench.core.losses import OBJECTIVE
 from workbench.jobs.queue import (
     active_runs,
-    ensure_worker_for_queue,
+    restart_queue,
     set_workers,
     visible_gpus,
     worker_slots,
@@ -20,13 +20,15 @@ def _jobs() -> None:
     """The queue, refreshed every few seconds (a fragment), so the count never goes stale."""
     store = common.store()
     try:
-        ensure_worker_for_queue(store)  # queued runs whose worker died start again on any page load
+        _, why = restart_queue(store)  # queued runs whose worker died start again on any page load
         active = active_runs(store)
     except Exception as e:
         common.show_error("The run store cannot be read", e)
         return
     running = [r for r in active if r.state == "running"]
     st.caption(f"Jobs: **{len(running)} running, {len(active) - len(running)} queued** · runs in `{store.root}`")
+    if why:
+        st.warning(f"The queue: {why}", icon=":material/warning:")
     try:
         slots = worker_slots(store, running)
     except Exception:

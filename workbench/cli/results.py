@@ -13,11 +13,14 @@ log = logger("workbench.cli")
 
 def cmd_runs(args) -> int:
     from workbench.analysis.describe import groups
-    from workbench.jobs.queue import ensure_worker_for_queue
+    from workbench.jobs.queue import restart_queue
     from workbench.store.runs import RunStore
 
     store = RunStore(args.runs_dir)
-    if ensure_worker_for_queue(store):  # queued runs and no worker: the queue had stranded
+    started, why = restart_queue(store)  # queued runs and no worker: the queue had stranded
+    if why:
+        print(f"the queue: {why}", file=sys.stderr)
+    elif started:
         print("queued runs had no worker (it crashed or was killed): started one", file=sys.stderr)
     runs = store.list(kind=args.kind, group=args.group)
     if args.json:

@@ -443,7 +443,7 @@ class LocalQueueRunner(Runner):
                 last = read_json_object(marker)
             except RunStoreError:
                 last = None
-            if last and same_process(last):
+            if last and not last.get("stopped") and same_process(last):
                 waiting -= 1  # started moments ago, not holding the lock yet
                 continue
             proc = spawn(["worker", "--runs-dir", str(self.store.root), "--slot", str(slot)], self.store.root,
@@ -489,6 +489,37 @@ def worker_loop(store: RunStore, warm: bool | None = None, slot: int = 0) -> int
     Returns the number of jobs run. After the queue empties it releases the lock and
     looks once more, so a job queued in that instant is never stranded.
     """
+    try:
+        return _worker_loop(store, warm, slot)
+    except BaseException as e:  # record why this worker stopped, where the next `kdw runs` or page load reads it
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            _record_worker_failure(store, slot, e)
+        raise
+
+
+def _record_worker_failure(store: RunStore, slot: int, e: BaseException) -> None:
+    """Write this worker's cause of death into its slot's record (in place when the disk is full)."""
+    try:
+        atomic_write_json(_worker_marker(store, slot), {**process_identity(), "error": friendly_error(e),
+                                                        "stopped": time.time()}, in_place_when_full=True)
+    except OSError:
+        pass
+    print(f"kdw worker stopped: {friendly_error(e)}", file=sys.stderr)
+
+
+def worker_failure(store: RunStore) -> str | None:
+    """Why the last worker of a slot stopped, if it stopped on an error (its record says so), else None."""
+    for slot in range(workers_setting(store)):
+        try:
+            last = read_json_object(_worker_marker(store, slot))
+        except RunStoreError:
+            continue
+        if last and last.get("error") and last.get("stopped"):
+            return str(last["error"])
+    return None
+
+
+def _worker_loop(store: RunStore, warm: bool | None, slot: int) -> int:
     if warm is None:
         warm = os.environ.get("KDW_JOB_ISOLATION", "warm") != "process"
     store.ensure_writable()
@@ -717,9 +748,22 @@ def ensure_worker_for_queue(store: RunStore) -> bool:
 
     Cheap enough for every `kdw runs` and every app page load; True if one was started.
     """
-    if not store.root.is_dir() or not _unclaimed(store):
-        return False
+    return restart_queue(store)[0]
+
+
+def restart_queue(store: RunStore) -> tuple[bool, str | None]:
+    """`ensure_worker_for_queue`, and why queued runs are not running where something stops them: (a worker was
+    started, None) or (False, "3 queued runs cannot start: disk full (…)"); (False, None) when all is well."""
+    if not store.root.is_dir():
+        return False, None
+    waiting = _unclaimed(store)
+    if not waiting:
+        return False, None
+    died = worker_failure(store)
     try:
-        return LocalQueueRunner(store).ensure_worker()
-    except RunStoreError:  # a read-only store: nobody can run its queue from here
-        return False
+        started = LocalQueueRunner(store).ensure_worker()
+    except (RunStoreError, OSError) as e:  # a read-only or full store: nobody can run its queue from here
+        return False, f"{len(waiting)} queued run(s) cannot start: {friendly_error(e)}"
+    if died:
+        return started, f"the last worker stopped: {died}" + ("; started another" if started else "")
+    return started, None

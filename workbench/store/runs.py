@@ -121,6 +121,8 @@ def same_process(status: dict) -> bool:
         return False
 
 
+TEMP_STALE_S = 120.0  # a temporary file this old belongs to no live writer
+_SWEPT: set[Path] = set()  # the stores this process has swept
 HEARTBEAT_S = 30.0  # a running job rewrites its status at least this often
 STALE_S = 300.0  # a run on another host whose status is older than this is reported stale, not running
 
@@ -284,7 +286,7 @@ class Run:
             st.setdefault("started", now)
         if state in FINISHED:
             st.setdefault("finished", now)
-        atomic_write_json(self.status_path, st)
+        atomic_write_json(self.status_path, st, in_place_when_full=state in FINISHED)  # the end is always said
         return st
 
     def request_cancel(self) -> None:
@@ -306,9 +308,12 @@ class Run:
 
     # -- metrics ------------------------------------------------------------
     def append_metrics(self, row: dict) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row, default=json_default) + "\n")
-            f.flush()
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row, default=json_default) + "\n")
+                f.flush()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.metrics_path)) if not e.filename else e from None
 
     def metrics(self) -> list[dict]:
         """Per-epoch rows; a torn line (a killed writer), a binary line, one that is not an epoch or one with a field
@@ -401,6 +406,35 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root or os.environ.get("KDW_RUNS_DIR") or "runs").absolute()
+        if self.root not in _SWEPT:  # once per process and store: what a killed writer left behind
+            _SWEPT.add(self.root)
+            self.sweep_temporaries()
+
+    def sweep_temporaries(self, older_than_s: float = TEMP_STALE_S) -> list[Path]:
+        """Remove the temporary files of `atomic_write` (``.NAME.*.tmp``) that a process killed mid-write left in
+        the store, its run folders and their variants, once they are older than `older_than_s` (a live writer
+        renames its file within seconds). Returns what was removed."""
+        removed, now = [], time.time()
+        if not self.root.is_dir():
+            return removed
+        folders = [self.root]
+        try:
+            for d in self.root.iterdir():
+                if d.is_dir() and not d.name.startswith("."):
+                    folders.append(d)
+                    if (d / "variants").is_dir():
+                        folders += [v for v in (d / "variants").iterdir() if v.is_dir()]
+        except OSError:
+            return removed
+        for folder in folders:
+            for tmp in folder.glob(".*.tmp"):
+                try:
+                    if now - tmp.stat().st_mtime > older_than_s:
+                        tmp.unlink()
+                        removed.append(tmp)
+                except OSError:
+                    pass
+        return removed
 
     def ensure_writable(self) -> None:
         probe = self.root / f".write-test-{os.getpid()}"

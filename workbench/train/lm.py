@@ -508,8 +508,8 @@ def train(config, *, run=None, callbacks=(), store=None, teacher: Teacher | None
         if improved:
             s.best = {"val_ppl": row["val_ppl"], "epoch": epoch, "state": copy.deepcopy(s.student.state_dict())}
         s.epoch = epoch
+        _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})  # metrics before weights
         save_epoch_weights(run, s.student, epoch, improved)
-        _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})
     if config.epochs == 0:
         row = evaluate(s)
         s.best = {"val_ppl": row["val_ppl"], "epoch": 0, "state": None}

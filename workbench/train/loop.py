@@ -713,10 +713,10 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
             s.best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch,
                       "state": copy.deepcopy(s.student.state_dict())}
         s.epoch = epoch
-        save_epoch_weights(run, s.student, epoch, improved)
+        _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})  # its metrics first: a full
+        save_epoch_weights(run, s.student, epoch, improved)  # disk may stop the weights, never the finished epoch
         if run is not None:
             save_checkpoint_state(s, run.checkpoint_path)  # everything `kdw resume` needs to go on from here
-        _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})
     summary = finish(s, run if s.rank == 0 else None, config.profile and s.rank == 0)
     why = divergence(s.history, s.dataset.num_classes, config.lr)
     if why:
