@@ -538,3 +538,95 @@ def test_a_worker_records_why_it_stopped_and_a_stranded_queue_says_why_it_cannot
     from workbench.cli.main import main
 
     assert main(["runs", "--runs-dir", str(store.root)]) == 0
+
+
+# ---------------------------------------------------------------------------
+# 5. exports have a lifecycle
+
+def _dead_identity():
+    import subprocess
+
+    from workbench.store.runs import process_identity
+
+    p = subprocess.Popen(["sleep", "30"])
+    identity = process_identity(p.pid)
+    p.kill()
+    p.wait()
+    return identity
+
+
+def test_a_variant_whose_export_process_is_gone_reads_failed(store):
+    import json
+    import time
+
+    from workbench.deploy.export import _set_status
+
+    run = _done(store)
+    _set_status(run.variants_path / "onnx-fp32", "running", identity=_dead_identity(), progress={"fraction": 0.3})
+    (run.variants_path / "onnx-int8").mkdir(parents=True)  # an old store's status: no process recorded
+    (run.variants_path / "onnx-int8" / "status.json").write_text(json.dumps({"state": "queued",
+                                                                              "updated": time.time()}))
+    _set_status(run.variants_path / "live", "running", progress={"fraction": 0.5})  # this process: alive
+    states = {v["name"]: (v["state"], v["error"]) for v in run.variants()}
+    assert states["onnx-fp32"][0] == "failed" and "export process ended without finishing" in states["onnx-fp32"][1]
+    assert states["onnx-int8"][0] == "failed" and states["live"] == ("running", None)
+
+
+def _done(store, run_id="r"):
+    from workbench.jobs.queue import execute_run
+    from workbench.models.zoo import ModelConfig
+    from workbench.train.loop import TrainConfig
+
+    cfg = TrainConfig(kind="kd", dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=1,
+                      batch_size=64, teacher="digits-cnn", profile=False)
+    run = store.create(cfg.record(), run_id=run_id)
+    assert execute_run(run, store) == "done"
+    return run
+
+
+@pytest.mark.slow
+def test_kill_9_during_an_export_leaves_it_failed_and_the_deploy_panel_stops_polling(store):
+    import os
+    import signal
+    import time
+
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.deploy.export import ExportOptions, start_export
+
+    run = _done(store)
+    start_export(store, run.run_id, ExportOptions(int8=True))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        st = __import__("json").loads((run.variants_path / "onnx-fp32" / "status.json").read_text())
+        if st["state"] == "running":
+            break
+        time.sleep(0.1)
+    assert st["state"] == "running" and st["pid_started"], st
+    os.kill(st["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    assert {v["state"] for v in run.variants()} == {"failed"}
+    at = AppTest.from_string("from workbench.app.compare import page\npage()", default_timeout=120).run()
+    assert not at.exception and at.session_state["cmp_deploy_polling"] is False
+    assert any("export process ended without finishing" in e.value for e in at.error)
+
+
+def test_two_exports_of_one_run_are_serialised_by_a_lock(store):
+    import threading
+    import time
+
+    from workbench.deploy.export import ExportOptions, export_lock, export_run, start_export
+    from workbench.errors import DeployError
+
+    run = _done(store)
+    said = []
+    with export_lock(run):  # another export holds the run
+        with pytest.raises(DeployError, match="an export of r is running; wait for it"):
+            start_export(store, run.run_id, ExportOptions())
+        t = threading.Thread(target=export_run, args=(run, store, ExportOptions()),
+                             kwargs={"progress": lambda *a: said.append(a)})
+        t.start()
+        time.sleep(1.0)
+        assert t.is_alive() and said[0][1].startswith("waiting for the export") and not run.variants()
+    t.join(120)
+    assert [(v["name"], v["state"]) for v in run.variants()] == [("onnx-fp32", "done")]

@@ -54,7 +54,7 @@ from workbench.evaluate.metrics import (
 from workbench.io import atomic_write_json
 from workbench.jobs.spawn import spawn
 from workbench.models.zoo import count_params
-from workbench.store.runs import Run, RunStore
+from workbench.store.runs import Run, RunStore, process_identity
 from workbench.tasks import task_for
 from workbench.train.loop import TrainConfig, train
 from workbench.train.teachers import cached_logits, load_teacher
@@ -108,9 +108,34 @@ class ExportOptions:
 # ---------------------------------------------------------------------------
 # the variant store
 
-def _set_status(folder: Path, state: str, **fields) -> None:
+def _set_status(folder: Path, state: str, identity: dict | None = None, **fields) -> None:
+    """A variant's status.json. While it is queued or running it names the export process (pid, start time, host;
+    this process unless `identity` says another), so that a killed export reads failed (`Run.variants`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "status.json", {"state": state, "updated": time.time(), **fields})
+    who = (identity or process_identity()) if state in ("queued", "running") else {}
+    atomic_write_json(folder / "status.json", {"state": state, "updated": time.time(), **who, **fields},
+                      in_place_when_full=state in ("done", "failed"))
+
+
+def export_lock(run: Run):
+    """The lock that serialises the exports of one run (`filelock`, held while `export_run` works)."""
+    from filelock import FileLock
+
+    run.variants_path.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(run.variants_path / ".export.lock"))
+
+
+def export_busy(run: Run) -> bool:
+    """Whether an export of this run holds its lock now."""
+    from filelock import Timeout
+
+    lock = export_lock(run)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 def artifact_files(folder: Path) -> dict[str, int]:
@@ -480,6 +505,14 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
     for mod in ("onnx", "onnxscript", "onnxruntime") + (("torch_pruning",) if options.prune else ()):
         require(mod)
     say = progress or (lambda *a: None)
+    lock = export_lock(run)
+    if export_busy(run):
+        say("export", "waiting for the export of this run that is already running", 0.0)
+    with lock:  # two exports of one run never write the same variant folders at once
+        return _export_run(run, store, options, say, command)
+
+
+def _export_run(run: Run, store: RunStore, options: ExportOptions, say, command: str) -> list[dict]:
     names = options.variant_names()
     for n in names:
         _set_status(run.variants_path / n, "queued")
@@ -572,9 +605,11 @@ def start_export(store: RunStore, run_id: str, options) -> None:
     status.json under runs/RUN/variants/. `options` is an `ExportOptions`, checked here first."""
     run = store.get(run_id)
     exportable(run)
+    if export_busy(run):
+        raise DeployError(f"an export of {run_id} is running; wait for it to finish before exporting it again")
     folder = run.variants_path
     folder.mkdir(parents=True, exist_ok=True)
+    proc = spawn(["export", run_id, *export_args(options), "--runs-dir", str(store.root)], store.root,
+                 folder / "export.log")
     for name in options.variant_names():  # visible at once, before the process has imported anything
-        _set_status(folder / name, "queued")
-    spawn(["export", run_id, *export_args(options), "--runs-dir", str(store.root)], store.root,
-          folder / "export.log")
+        _set_status(folder / name, "queued", identity=process_identity(proc.pid))

@@ -181,7 +181,8 @@ class Run:
         return self.path / "variants"
 
     def variants(self) -> list[dict]:
-        """Each variant of this run: {name, folder, state, error, progress, metrics}, in the order they were made."""
+        """Each variant of this run: {name, folder, state, error, progress, metrics}, in the order they were made.
+        A variant queued or running whose export process is gone (or was never recorded) reads failed."""
         folder = self.variants_path
         if not folder.is_dir():
             return []
@@ -195,7 +196,12 @@ class Run:
             except RunStoreError as e:
                 status, metrics = {"state": "unreadable", "error": str(e)}, None
             state = status.get("state") or ("done" if metrics else "unknown")
-            out.append({"name": d.name, "folder": d, "state": state, "error": status.get("error"),
+            error = status.get("error")
+            if state in ("queued", "running") and status.get("host", socket.gethostname()) == socket.gethostname() \
+                    and not same_process(status):  # its export process is gone (kill -9), or was never recorded
+                state, error = "failed", ("the export process ended without finishing (killed, or the machine "
+                                          "restarted); export again")
+            out.append({"name": d.name, "folder": d, "state": state, "error": error,
                         "progress": status.get("progress"), "metrics": metrics})
         return out
 
