@@ -630,3 +630,61 @@ def test_two_exports_of_one_run_are_serialised_by_a_lock(store):
         assert t.is_alive() and said[0][1].startswith("waiting for the export") and not run.variants()
     t.join(120)
     assert [(v["name"], v["state"]) for v in run.variants()] == [("onnx-fp32", "done")]
+
+
+# ---------------------------------------------------------------------------
+# 11. leftovers: Ray's folders and agents
+
+def _ray_processes(folder):
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if str(folder) in " ".join(p.info["cmdline"] or []) and "watchdog" not in " ".join(p.info["cmdline"]):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+@pytest.mark.slow
+def test_an_embedded_ray_leaves_no_folder_and_ends_with_a_killed_driver(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from workbench.experiments.search import ray_folder
+    from workbench.store.runs import process_identity
+
+    driver = subprocess.Popen([sys.executable, "-c", (
+        "from workbench.experiments.search import connect, shutdown, ray_folder\n"
+        "import sys, time\n"
+        "ray = connect(num_cpus=1)\n"
+        "assert ray.get(ray.remote(lambda: 7).remote()) == 7\n"
+        "print(ray_folder(), flush=True)\n"
+        "if sys.argv[1] == 'stop':\n"
+        "    shutdown()\n"
+        "    print('stopped', flush=True)\n"
+        "else:\n"
+        "    time.sleep(600)\n"), "stop"], stdout=subprocess.PIPE, text=True)
+    out, _ = driver.communicate(timeout=240)
+    folder = out.splitlines()[0]
+    assert out.splitlines()[1] == "stopped" and not __import__("os").path.exists(folder)
+
+    killed = subprocess.Popen([sys.executable, "-c", (
+        "from workbench.experiments.search import connect, ray_folder\n"
+        "import time\n"
+        "ray = connect(num_cpus=1)\n"
+        "assert ray.get(ray.remote(lambda: 7).remote()) == 7\n"
+        "print(ray_folder(), flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    folder = killed.stdout.readline().strip()
+    assert folder == str(ray_folder(process_identity(killed.pid))) and _ray_processes(folder)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    deadline = time.monotonic() + 30
+    while (_ray_processes(folder) or __import__("os").path.exists(folder)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes(folder) and not __import__("os").path.exists(folder)

@@ -203,10 +203,59 @@ def connect(address: str | None = None, num_cpus: int | None = None):
         return ray
     import torch
 
-    # address="local": always a new Ray for this process, never a cluster that `ray start` left on this machine
+    # address="local": always a new Ray for this process, never a cluster that `ray start` left on this machine;
+    # in a folder of its own, which `shutdown` removes and a watchdog removes (with Ray) if this process is killed
+    prune_ray_folders()
+    folder = ray_folder()
+    folder.mkdir(parents=True, exist_ok=True)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=torch.cuda.device_count(),
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
+             include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=str(folder))
+    _watch(folder)
     return ray
+
+
+RAY_FOLDER_PREFIX = "kdw-ray-"
+
+
+def ray_folder(identity: dict | None = None) -> Path:
+    """The embedded Ray's temporary folder for this process (pid and start time in its name): short, because Ray's
+    sockets live in it and a socket's path may have at most 107 bytes, and its own, so it is removed whole."""
+    import tempfile
+
+    me = identity or process_identity()
+    return Path(tempfile.gettempdir()) / f"{RAY_FOLDER_PREFIX}{me['pid']}-{int(me['pid_started'] or 0)}"
+
+
+def prune_ray_folders() -> list[Path]:
+    """Remove the embedded-Ray folders of processes that are gone (a driver killed before its watchdog could
+    clean up, a machine that restarted). Returns what was removed."""
+    import shutil
+    import tempfile
+
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob(f"{RAY_FOLDER_PREFIX}*"):
+        try:
+            pid, started = d.name[len(RAY_FOLDER_PREFIX):].split("-")
+            owner = {"pid": int(pid), "pid_started": float(started), "host": socket.gethostname()}
+        except ValueError:
+            continue
+        if not same_process(owner) and d.is_dir():  # started is whole seconds: within same_process's 1 s
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _watch(folder: Path) -> None:
+    """Start the watchdog that ends this embedded Ray, and removes `folder`, if this process dies first."""
+    import subprocess
+    import sys
+
+    from workbench.jobs.spawn import trusted_cwd
+
+    me = process_identity()
+    subprocess.Popen([sys.executable, "-m", "workbench.jobs.watchdog", str(me["pid"]), str(me["pid_started"]),
+                      str(folder)], cwd=trusted_cwd(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 # ---------------------------------------------------------------------------
@@ -665,6 +714,9 @@ def shutdown(wait_s: float = 30.0) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=5)
+    import shutil
+
+    shutil.rmtree(ray_folder(), ignore_errors=True)  # Ray's session folder, logs and sockets; its watchdog exits
 
 
 def trial_table(store: RunStore, group: str) -> list[dict]:
