@@ -89,12 +89,40 @@ def test_launching_a_tiny_digits_job_runs_it_through_the_job_runner(runs_dir):
     assert all(r.state == "done" for r in runs), [r.status() for r in runs]
     at.run()
     _no_errors(at)
-    assert any("Finished" in s.value for s in at.success)
+    assert sum("run finished: test accuracy" in s.value for s in at.success) == 2  # one box per run
     # a fresh session (a reload) finds the jobs again from the run store
     again = page_app("train").run()
     texts = [p.proto.text for p in again.get("progress")]
     assert all(any(r.run_id in t for t in texts) for r in runs), texts
-    assert any("Finished" in s.value for s in again.success)
+    assert any("run finished" in s.value for s in again.success)
+
+
+def test_a_run_that_learned_nothing_is_an_amber_box_of_its_own_beside_its_twin(store):
+    """A torchvision student that predicts one digit for every image is not a green "Finished"."""
+    from workbench.jobs.queue import execute_run
+    from workbench.models.zoo import ModelConfig
+    from workbench.train.loop import TrainConfig
+
+    runs = []
+    for kind in ("scratch", "kd"):
+        cfg = TrainConfig(kind=kind, dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=1,
+                          teacher="digits-cnn", profile=False, group="train-useless")
+        run = store.create(cfg.record(), prefix=kind)
+        assert execute_run(run, store) == "done"
+        runs.append(run)
+    summary = runs[1].summary  # the distilled one predicts class 3 for every test image
+    cm = summary["test"]["confusion_matrix"]
+    summary["test"].update(accuracy=0.1031, confusion_matrix=[[0, 0, 0, sum(r), 0, 0, 0, 0, 0, 0] for r in cm],
+                           per_class_accuracy=[0.0, 0.0, 0.0, 1.0] + [0.0] * 6)
+    runs[1].write_summary(summary)
+    at = page_app("train")
+    at.session_state["tr_group"] = "train-useless"
+    at.run()
+    assert not at.exception
+    assert [s.value for s in at.success if "scratch run finished" in s.value]
+    (amber,) = [w.value for w in at.warning if "did not learn" in w.value]
+    assert amber.startswith("The distilled run did not learn: test accuracy 10.31% is chance level for 10 classes")
+    assert not [s for s in at.success if "distilled" in s.value]
 
 
 @pytest.mark.slow

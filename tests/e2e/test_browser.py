@@ -71,7 +71,7 @@ def test_browser_launch_watch_compare_and_export(server, runs_dir):
         _select(page, "Batch size", "32")
         page.wait_for_timeout(500)
         page.get_by_role("button", name="Launch").click()
-        expect(page.get_by_text("Finished.", exact=False)).to_be_visible(timeout=180_000)
+        expect(page.get_by_text("run finished: test accuracy", exact=False).first).to_be_visible(timeout=180_000)
         curves = page.locator(".js-plotly-plot")
         expect(curves.last).to_be_visible()
         assert page.get_by_text("validation accuracy").count() >= 1  # the live curve's panel

@@ -68,3 +68,40 @@ def groups(store: RunStore, prefix: str | tuple[str, ...] | None = None) -> list
 def latest_group(store: RunStore, prefix: str | tuple[str, ...] | None = None) -> str | None:
     found = groups(store, prefix)
     return found[-1] if found else None
+
+
+def did_not_learn(summary: dict, config: dict | None = None) -> str | None:
+    """Why a finished classifier learned nothing useful, or None: its test accuracy is within 2 points of chance
+    (1/K), or it predicts one class for (nearly) every test sample. With a hint at what to change.
+
+    >>> did_not_learn({"test": {"accuracy": 0.1031, "per_class_accuracy": [1.0] + [0.0] * 9,
+    ...                         "confusion_matrix": [[9, 0]] * 1 + [[9, 0]] * 9}})[:60]
+    'test accuracy 10.31% is chance level for 10 classes (10.00%)'
+    >>> did_not_learn({"test": {"accuracy": 0.9, "per_class_accuracy": [0.9] * 10}}) is None
+    True
+    """
+    test = summary.get("test") if isinstance(summary, dict) else None
+    if not isinstance(test, dict) or not isinstance(test.get("accuracy"), (int, float)):
+        return None
+    per_class = test.get("per_class_accuracy")
+    k = len(per_class) if isinstance(per_class, list) and per_class else None
+    if not k or k < 2:
+        return None
+    acc = float(test["accuracy"])
+    chance = 1.0 / k
+    why = None
+    if acc <= chance + 0.02:
+        why = f"test accuracy {100 * acc:.2f}% is chance level for {k} classes ({100 * chance:.2f}%)"
+    cm = test.get("confusion_matrix")
+    if why is None and isinstance(cm, list) and cm and all(isinstance(r, list) for r in cm):
+        columns = [sum(r[j] for r in cm if j < len(r)) for j in range(len(cm[0]))]
+        total = sum(columns)
+        if total and max(columns) >= 0.95 * total:
+            why = f"it predicts one class for {100 * max(columns) / total:.0f}% of the test samples"
+    if why is None:
+        return None
+    model = (config or {}).get("model") or {}
+    hints = ["more epochs", "another learning rate"]
+    if isinstance(model, dict) and model.get("family") in ("torchvision", "timm"):
+        hints.append("a larger input size (ImageNet models expect 224 px and collapse on tiny images)")
+    return f"{why}: try " + ", ".join(hints[:-1]) + f" or {hints[-1]}"

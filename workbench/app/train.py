@@ -449,15 +449,22 @@ def _live_panel() -> None:
             st.toast("Cancel sent.")
     else:
         done = [r for r in runs if r.state == "done"]
+        for r in done:  # each run its own box: a useless run is never hidden in a green one
+            role, summary = plots.ROLE_NAMES.get(r.config.get("kind"), "?"), r.summary
+            test = summary.get("test") or {}
+            if "perplexity" in test:
+                st.success(f"The {role} run finished: test perplexity {test['perplexity']:,.1f} (best-validation "
+                           "epoch; lower is better).")
+                continue
+            why = describe.did_not_learn(summary, r.config)
+            if why:
+                st.warning(f"The {role} run did not learn: {why}.", icon=":material/warning:")
+            elif "accuracy" in test:
+                st.success(f"The {role} run finished: test accuracy {100 * test['accuracy']:.2f}% (best-validation "
+                           "epoch).")
         if done:
-            tests = [(plots.ROLE_NAMES.get(r.config.get("kind"), "?"), r.summary.get("test") or {}) for r in done]
-            if any("perplexity" in t for _, t in tests):
-                ppls = ", ".join(f"{role}: {t['perplexity']:,.1f}" for role, t in tests if "perplexity" in t)
-                st.success(f"Finished. Test perplexity (best-val epoch; lower is better): {ppls}. Open **Compare** "
-                           "for the full table and the generations.")
-            else:
-                accs = ", ".join(f"{role}: {100 * t['accuracy']:.2f}%" for role, t in tests if "accuracy" in t)
-                st.success(f"Finished. Test accuracy (best-val epoch): {accs}. Open **Compare** for the full table.")
+            st.caption("Open **Compare** for the full table" + (" and the generations." if any(
+                "perplexity" in (r.summary.get("test") or {}) for r in done) else "."))
 
 
 def page() -> None:
