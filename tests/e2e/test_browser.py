@@ -274,3 +274,74 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
                 problems["/dark-knowledge (next token)"] = found
         browser.close()
     assert not problems, problems
+
+
+def test_the_train_and_sweep_forms_survive_an_invalid_field_a_page_switch_and_a_reload(server):
+    """Issue 22, item 3: every field keeps its value through a transient invalid value in another field, a switch
+    to another page and back, and a reload (a new session, from the address)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=120_000)
+
+    def will_run(page) -> str:
+        box = page.locator('[data-testid="stCaptionContainer"]', has_text="Will run:").first
+        expect(box).to_be_visible()
+        return box.inner_text()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(120_000)
+        page.goto(server + "/train")
+        expect(page.get_by_role("heading", name="Train")).to_be_visible()
+        _select(page, "Data set", "digits")
+        page.wait_for_timeout(800)
+        _set_number(page, "Width", 24)
+        _set_number(page, "Epochs", 3)
+        page.wait_for_timeout(1500)
+        box = page.get_by_label("Batch size", exact=True)
+        box.scroll_into_view_if_needed()
+        box.click()
+        page.keyboard.type("32")
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(1000)
+        page.get_by_text("Also train the scratch twin").click()
+        page.wait_for_timeout(800)
+        lr = page.get_by_label("Learning rate", exact=True)
+        lr.fill("fast")
+        lr.press("Enter")
+        expect(page.get_by_text("Launch is off: the learning rate must be a number", exact=False)).to_be_visible()
+        lr = page.get_by_label("Learning rate", exact=True)
+        lr.fill("0.01")
+        lr.press("Enter")
+        page.wait_for_timeout(1500)
+        wanted = will_run(page)
+        for part in ("mlp(d=1, w=24)", "3 epochs", "lr 0.01", "batch 32"):
+            assert part in wanted, (part, wanted)
+        assert "scratch" not in wanted  # the twin stayed off through the invalid learning rate
+        page.get_by_role("link", name="Compare").click()
+        expect(page.get_by_role("heading", name="Compare")).to_be_visible()
+        page.get_by_role("link", name="Train").click()
+        expect(page.get_by_role("heading", name="Train")).to_be_visible()
+        page.wait_for_timeout(1500)
+        assert will_run(page) == wanted, "after a page switch"
+        page.reload()
+        expect(page.get_by_role("heading", name="Train")).to_be_visible()
+        page.wait_for_timeout(2000)
+        assert will_run(page) == wanted, "after a reload"
+
+        page.goto(server + "/sweep")
+        expect(page.get_by_role("heading", name="Sweep")).to_be_visible()
+        _set_number(page, "Epochs", 4)
+        page.wait_for_timeout(1000)
+        page.get_by_role("link", name="Train").click()
+        expect(page.get_by_role("heading", name="Train")).to_be_visible()
+        page.get_by_role("link", name="Sweep").click()
+        expect(page.get_by_role("heading", name="Sweep")).to_be_visible()
+        page.wait_for_timeout(1500)
+        assert page.get_by_label("Epochs", exact=True).input_value() == "4", "Sweep after a page switch"
+        page.reload()
+        expect(page.get_by_role("heading", name="Sweep")).to_be_visible()
+        page.wait_for_timeout(2000)
+        assert page.get_by_label("Epochs", exact=True).input_value() == "4", "Sweep after a reload"
+        browser.close()

@@ -158,26 +158,82 @@ class Source:
     label_column: str | None = None  # tables: the CSV column that holds the class
 
 
-def restore_from_url(keys: dict) -> None:
-    """Once per session, set these widgets ({key: type}) from the address (what `save_to_url` wrote): a reload,
-    or a second tab, opens the form as it was. A value of the wrong type is ignored."""
+KEPT = "_kept_"  # a form field's last value, kept outside the widget (Streamlit forgets an undrawn widget's state)
+ENTERED = "_entered_page"  # True in the first run of a page after another one (entry.py sets it)
+
+
+def _url_value(v) -> str:
+    """A field's value in the address: text as it is, anything else (and text that reads as JSON) as JSON."""
+    import json
+
+    if isinstance(v, str):
+        try:
+            json.loads(v)
+        except ValueError:
+            return v
+    return json.dumps(v)
+
+
+def _from_url(raw: str, kind=None):
+    import json
+
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    if kind is bool and isinstance(value, str):
+        value = {"True": True, "False": False}[value]
+    elif kind is not None and not isinstance(value, kind):
+        value = kind(value)
+    return value
+
+
+def _form_keys(prefixes: tuple[str, ...], skip) -> list[str]:
+    ss = st.session_state
+    return [k for k in list(ss) if isinstance(k, str) and k.startswith(prefixes) and not skip(k)]
+
+
+def remember_form(prefixes: tuple[str, ...], skip=lambda k: False, types: dict | None = None) -> None:
+    """At the top of a page: every field of its form (widget keys starting with `prefixes`, but not `skip` ones:
+    buttons and uploads cannot be set) gets back the value it had, where Streamlit forgot it. A page switch and
+    back, or a run in which an earlier field's error kept a later one from being drawn, forgets them; a reload
+    (a new session) finds them in the address, where `keep_form` wrote them. `types`: the type of a known key."""
     ss, q = st.session_state, st.query_params
-    first = next(iter(keys))
-    if ss.get("_restored_" + first):
-        return
-    ss["_restored_" + first] = True
-    for k, kind in keys.items():
-        if k in q and k not in ss:
-            raw = q[k]
-            try:
-                ss[k] = {"True": True, "False": False}[raw] if kind is bool else kind(raw)
-            except (KeyError, ValueError):
-                continue
+    marker = "_restored_" + prefixes[0]
+    if not ss.get(marker):  # once per session: the address, as the last `keep_form` left it
+        ss[marker] = True
+        for k in q:
+            if k.startswith(prefixes) and not skip(k) and k not in ss:
+                try:
+                    ss[KEPT + k] = _from_url(q[k], (types or {}).get(k))
+                except (KeyError, ValueError, TypeError):
+                    continue
+    entered = ss.get(ENTERED, False)  # the first run after coming from another page: the browser resets the
+    for k in [k for k in list(ss) if isinstance(k, str) and k.startswith(KEPT)]:  # fields it draws anew
+        key = k[len(KEPT):]
+        if key.startswith(prefixes) and (entered or key not in ss) and not skip(key):
+            ss[key] = ss[k]
 
 
-def save_to_url(keys) -> None:
-    """Write these widgets' values into the address, so a reload keeps them."""
-    values = {k: str(st.session_state[k]) for k in keys if k in st.session_state and st.session_state[k] is not None}
+def forget_fields(keys) -> None:
+    """Forget these fields, on screen and kept (`remember_form`): they take their defaults at the next run, as
+    the fields a new data set brings its own defaults to should."""
+    ss = st.session_state
+    for k in keys:
+        ss.pop(k, None)
+        ss.pop(KEPT + k, None)
+
+
+def keep_form(prefixes: tuple[str, ...], skip=lambda k: False) -> None:
+    """At the end of a page: keep every field of its form (see `remember_form`) and write it into the address."""
+    ss = st.session_state
+    values = {}
+    for k in _form_keys(prefixes, skip):
+        v = ss[k]
+        if v is None or not isinstance(v, (str, int, float, bool, list, tuple)):
+            continue
+        ss[KEPT + k] = v
+        values[k] = _url_value(list(v) if isinstance(v, tuple) else v)
     if any(st.query_params.get(k) != v for k, v in values.items()):
         st.query_params.update(values)
 

@@ -30,6 +30,8 @@ def main() -> None:
         st.Page(sweep.page, title="Sweep", icon=":material/grid_on:", url_path="sweep"),
     ]
     page = st.navigation(pages, position="top")
+    ss = st.session_state  # which page this run shows, and whether it was another one before (common.remember_form)
+    ss[common.ENTERED], ss["_page"] = ss.get("_page") != page.url_path, page.url_path
     common.page_chrome()
     sidebar()
     try:

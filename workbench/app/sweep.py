@@ -337,11 +337,21 @@ def page() -> None:
                 "results fill in as runs finish.")
     left, right = st.columns([2, 3], gap="large")
     with left:
+        common.remember_form(FORM_PREFIXES, _not_a_field)  # a reload or a page switch finds the form as it was
         kind = st.radio("Kind", list(KINDS), format_func=KINDS.get, horizontal=True, key="sw_kind")
         {"grid": _grid_form, "size": _size_form, "search": _search_form}[kind]()
+        common.keep_form(FORM_PREFIXES, _not_a_field)
     with right:
         polling = bool(active_runs(common.store())) or (kind == "search" and _search_running())
         st.fragment(_search_results if kind == "search" else _results, run_every=2.0 if polling else None)()
+
+
+FORM_PREFIXES = ("sw_", "swg_", "sws_", "swr_")
+
+
+def _not_a_field(key: str) -> bool:
+    """Sweep-page keys that are not form fields to remember: its buttons and the results' own state."""
+    return key.endswith(("_launch", "_cancel")) or key in ("sw_group", "sw_pick", "sw_search_group", "sw_search_pick")
 
 
 def _search_running() -> bool:

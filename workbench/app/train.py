@@ -29,7 +29,12 @@ FORM_KEYS = {"tr_task": str, "tr_dataset": str, "tr_student_source": str, "tr_st
              "tr_lr": str, "tr_batch": int, "tr_seed": int, "tr_twin": bool,
              "tr_lm_dataset": str, "tr_lm_student": str, "tr_lm_depth": int, "tr_lm_width": int, "tr_lm_heads": int,
              "tr_lm_seq_len": int, "tr_lm_train_tokens": int, "tr_lm_method": str, "tr_lm_epochs": int,
-             "tr_lm_lr": str}  # kept in the address, with their types
+             "tr_lm_lr": str}  # the types of the fields kept in the address (every other one is typed by its value)
+
+
+def _not_a_field(key: str) -> bool:
+    """Train-page keys that are not form fields to remember: buttons, the upload, the page's own state."""
+    return key in ("tr_launch", "tr_cancel", "tr_upload", "tr_group", "tr_polling") or key.startswith("tr_resume_")
 TASKS = {"classifier": "a classifier (images, tables, texts)", "lm": "a language model (next token)"}
 
 
@@ -110,6 +115,9 @@ def _tokenizer_name(folder: str) -> str:
 def _reset_defaults() -> None:
     """A new data set brings its own epochs and label budget (a digits run never keeps Fashion-MNIST's 1,000)."""
     name = st.session_state.get("tr_dataset")
+    if st.session_state.get(common.KEPT + "tr_dataset") == name:
+        return  # the form coming back with its own data set (a page switch), not a new one
+    common.forget_fields(("tr_lr", "tr_batch", "tr_teacher", "tr_method", "tr_init"))  # the data set's own
     d = recipes.dataset_defaults(name)
     st.session_state["tr_epochs"] = d.epochs
     st.session_state["tr_labels"] = d.labels or 0
@@ -473,13 +481,13 @@ def page() -> None:
                 "page stays responsive and you can reload it or open it in another tab.")
     left, right = st.columns([2, 3], gap="large")
     with left:
-        common.restore_from_url(FORM_KEYS)  # a reload finds the form as it was
+        common.remember_form(("tr_",), _not_a_field, FORM_KEYS)  # a reload or a page switch finds it as it was
         reason = None
         try:
             form = _form()
         except FormError as e:
             form, reason = None, str(e)
-        common.save_to_url(FORM_KEYS)
+        common.keep_form(("tr_",), _not_a_field)
         if form is not None:
             st.caption("**Will run:** " + "; ".join(recipes.describe_config(c) for _, c in form))
         elif reason:
