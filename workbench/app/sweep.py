@@ -3,6 +3,7 @@ method's hyperparameters on Ray Tune (the Search mode)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import streamlit as st
@@ -223,6 +224,11 @@ def _search_results() -> None:
     st.progress(min(1.0, len(finished) / max(1, status.get("trials", 1))),
                 text=f"{state}: {len(finished)} of {status.get('trials', '?')} trials finished, "
                      f"{sum(t['state'] == 'running' for t in trials)} running · method {status.get('method')}")
+    if state == "running" and status.get("stage"):  # Ray's start-up takes seconds, a minute on a busy laptop
+        waited = time.time() - float(status.get("stage_started") or time.time())
+        stage = str(status["stage"])
+        st.info(f"{stage[:1].upper() + stage[1:]}… {waited:.0f} s (trials start once Ray is up; Cancel works "
+                "now too)", icon=":material/hourglass_top:")
     if state in ("queued", "running") and st.button("Cancel this search", key="sw_search_cancel",
                                                     help="No new trial starts; the finished trials are kept."):
         st.toast(search.cancel_search(store, group))

@@ -174,10 +174,21 @@ def apply(base, values: dict):
 # ---------------------------------------------------------------------------
 # where Ray runs
 
-def connect(address: str | None = None, num_cpus: int | None = None):
+class StartCancelled(Exception):
+    """A cancel arrived while an embedded Ray was starting (`connect`'s `stop`)."""
+
+
+START_ATTEMPTS = 4  # Ray gives its node 30 s to start; a busy laptop needs more: this many tries, up to 2 minutes
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, stop=None, say=None):
     """An embedded Ray for this machine, or the cluster at `address` (checked first, so a wrong address fails
     in seconds with the address in the message instead of hanging). Without `address`, the cluster named by
-    ``RAY_ADDRESS`` when it is set: what `ray job submit -- kdw search ...` sets for the job it starts."""
+    ``RAY_ADDRESS`` when it is set: what `ray job submit -- kdw search ...` sets for the job it starts.
+
+    An embedded Ray that times out starting (its node has 30 s, which a loaded machine can miss) is started
+    again, up to START_ATTEMPTS times; `say(text)` hears of each retry, and `stop()`, asked between them, ends the
+    start-up with StartCancelled (a cancel)."""
     ray = require_ray()
     if ray.is_initialized():
         return ray
@@ -208,9 +219,26 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     prune_ray_folders()
     folder = ray_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=torch.cuda.device_count(),
-             include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=str(folder))
     _watch(folder)
+    t0 = time.monotonic()
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=torch.cuda.device_count(),
+                     include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=str(folder))
+            return ray
+        except Exception as e:
+            if "timed out during startup" not in str(e):
+                raise
+            _end_ray_children()  # what the attempt started
+            if attempt == START_ATTEMPTS:
+                raise RuntimeError(f"Ray did not start in {time.monotonic() - t0:.0f} s ({attempt} tries of 30 s): "
+                                   "this machine is too busy; try again when it is quieter, or start Ray once with "
+                                   "`ray start --head` and search with --address auto") from None
+            if stop is not None and stop():
+                raise StartCancelled() from None
+            if say is not None:
+                say(f"Ray did not start within 30 s (a busy machine); starting it again, try {attempt + 1} of "
+                    f"{START_ATTEMPTS}")
     return ray
 
 
@@ -392,6 +420,11 @@ def cancel_search(store: RunStore, group: str) -> str:
     _cancel_path(store, group).touch()
     for run in store.list(group=group, state="running"):
         run.request_cancel()
+    if st.get("state") == "queued" or str(st.get("stage") or "").startswith("starting Ray"):
+        # nothing has run: it reads cancelled at once; its process ends Ray's start-up and says the same
+        _write_status(store, group, state="cancelled", stage=None, error="cancelled before any trial started",
+                      ended=time.time())
+        return "cancelled"
     return "cancel requested"
 
 
@@ -415,6 +448,8 @@ def run_prepared(store: RunStore, group: str, progress=None) -> SearchResult:
     st = search_status(store, group)
     if not st:
         raise ValueError(f"no search named {group} in {store.root}")
+    if st.get("state") == "cancelled":  # cancelled while it was queued: it never starts
+        return SearchResult(group, [], None, [], state="cancelled")
     try:
         return search(TrainConfig.from_dict(st["base"]), [ParamRange(**r) for r in st["ranges"]], st["trials"],
                       store, group, seeds=st["seeds"], time_budget_s=st.get("time_budget_s"),
@@ -480,8 +515,8 @@ def search(base, ranges: list[ParamRange], trials: int, store: RunStore, group: 
         result = _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler, address, num_cpus,
                          command, say, twins, workers)
     except BaseException as e:
-        cancelled = isinstance(e, KeyboardInterrupt)
-        _write_status(store, group, state="cancelled" if cancelled else "failed",
+        cancelled = isinstance(e, KeyboardInterrupt) or _cancel_path(store, group).exists()  # asked for: not a fault
+        _write_status(store, group, state="cancelled" if cancelled else "failed", stage=None,
                       error="cancelled by the user" if cancelled else friendly_error(e), ended=time.time(),
                       error_detail=None if cancelled else str(e)[-4000:])  # Ray's own traceback, for a bug report
         raise
@@ -495,9 +530,19 @@ def search(base, ranges: list[ParamRange], trials: int, store: RunStore, group: 
 
 def _search(base, ranges, trials, store, group, seeds, time_budget_s, scheduler, address, num_cpus, command,
             say, twins, workers) -> SearchResult:
-    if _cancel_path(store, group).exists():  # cancelled while it was waiting to start
+    cancel = _cancel_path(store, group)
+    if cancel.exists():  # cancelled while it was waiting to start
         return SearchResult(group, [], None, [], state="cancelled")
-    ray = connect(address, num_cpus)
+    say("starting Ray…")
+    _write_status(store, group, stage="starting Ray", stage_started=time.time())
+    try:
+        ray = connect(address, num_cpus, stop=cancel.exists,
+                      say=lambda text: (say(text), _write_status(store, group, stage=f"starting Ray: {text}")))
+    except StartCancelled:
+        return SearchResult(group, [], None, [], state="cancelled")
+    _write_status(store, group, stage=None)
+    if cancel.exists():  # cancelled while Ray was starting: nothing ran
+        return SearchResult(group, [], None, [], state="cancelled")
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
@@ -693,6 +738,16 @@ def shutdown(wait_s: float = 30.0) -> None:
         return
     if not ray.is_initialized():
         return
+    started = _ray_children()
+    ray.shutdown()
+    _end_ray_children(wait_s, started)
+    import shutil
+
+    shutil.rmtree(ray_folder(), ignore_errors=True)  # Ray's session folder, logs and sockets; its watchdog exits
+
+
+def _ray_children() -> list:
+    """The Ray processes below this one (raylet, GCS, monitors, workers)."""
     import psutil
 
     def is_ray(p) -> bool:
@@ -703,10 +758,16 @@ def shutdown(wait_s: float = 30.0) -> None:
         return any(n in cmd for n in ("ray::", "raylet", "gcs_server", "/ray/", "default_worker.py"))
 
     try:
-        started = [p for p in psutil.Process().children(recursive=True) if is_ray(p)]
+        return [p for p in psutil.Process().children(recursive=True) if is_ray(p)]
     except psutil.Error:
-        started = []
-    ray.shutdown()
+        return []
+
+
+def _end_ray_children(wait_s: float = 5.0, started: list | None = None) -> None:
+    """Wait up to `wait_s` for these Ray processes (default: all below this one) to exit, then kill the rest."""
+    import psutil
+
+    started = _ray_children() if started is None else started
     _, alive = psutil.wait_procs(started, timeout=wait_s)
     for p in alive:
         try:
@@ -714,9 +775,6 @@ def shutdown(wait_s: float = 30.0) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=5)
-    import shutil
-
-    shutil.rmtree(ray_folder(), ignore_errors=True)  # Ray's session folder, logs and sockets; its watchdog exits
 
 
 def trial_table(store: RunStore, group: str) -> list[dict]:
