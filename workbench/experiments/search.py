@@ -518,7 +518,7 @@ def search(base, ranges: list[ParamRange], trials: int, store: RunStore, group: 
         cancelled = isinstance(e, KeyboardInterrupt) or _cancel_path(store, group).exists()  # asked for: not a fault
         _write_status(store, group, state="cancelled" if cancelled else "failed", stage=None,
                       error="cancelled by the user" if cancelled else friendly_error(e), ended=time.time(),
-                      error_detail=None if cancelled else str(e)[-4000:])  # Ray's own traceback, for a bug report
+                      error_detail=None if isinstance(e, KeyboardInterrupt) else str(e)[-4000:])  # Ray's own text
         raise
     _write_status(store, group, state=result.state, best=result.best, final_runs=result.final_runs, gain=result.gain,
                   gain_std=result.gain_std, test_acc=result.test_acc, test_acc_std=result.test_acc_std,
