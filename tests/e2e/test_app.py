@@ -461,3 +461,25 @@ def test_dark_knowledge_shows_a_text_teachers_softened_probabilities_for_a_sente
     at.button(key="dk_text_random").click().run()
     _no_errors(at)
     assert at.text_input(key="dk_text").value == ""
+
+
+def test_a_cancel_shows_at_once_on_the_train_panel(store):
+    """Issue 22, item 4: after Cancel the panel says so at once, not 'epoch 2/3' until the job notices."""
+    from workbench.models.zoo import ModelConfig
+    from workbench.store.runs import process_identity
+    from workbench.train.loop import TrainConfig
+
+    cfg = TrainConfig(kind="kd", dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=3,
+                      teacher="digits-cnn", profile=False, group="train-cancel")
+    run = store.create(cfg.record(), prefix="kd")
+    run.set_status("running", **process_identity(), progress={"epoch": 2, "epochs": 3, "total_steps": 30,
+                                                              "fraction": 0.6})
+    at = page_app("train")
+    at.session_state["tr_group"] = "train-cancel"
+    at.run()
+    assert any("epoch 2/3" in p.proto.text for p in at.get("progress"))
+    run.request_cancel()
+    at.run()
+    texts = [p.proto.text for p in at.get("progress")]
+    assert any("cancelling: the job stops at its next step" in t for t in texts), texts
+    run.set_status("cancelled", error="cancelled by the user")

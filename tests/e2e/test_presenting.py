@@ -129,7 +129,7 @@ def test_axes_have_a_sensible_span_whole_epochs_and_clean_ticks():
     lo, hi = fig.layout.yaxis2.range
     assert hi - lo >= 5 and fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tick0 == 1
     tsq = plots.temperature_scaling([1, 2, 4, 8, 16, 20], [1] * 6, [1] * 6, [1] * 6, [1] * 6)
-    assert list(tsq.layout.xaxis.tickvals) == [1, 2, 4, 8, 16, 20] and tsq.layout.yaxis.dtick == 1
+    assert list(tsq.layout.xaxis.tickvals) == [1, 2, 4, 8, 20]  # 16 and 20 overlapped at 1024 px and tsq.layout.yaxis.dtick == 1
     gain = plots.sweep_heatmap([{"temperature": 2, "alpha": 0.9, "kd_gain": 0.03, "seeds": 1}], "kd_gain")
     assert gain.data[0].zmid == 0 and gain.data[0].colorscale[0][1] != gain.data[0].colorscale[-1][1]
     par = plots.parallel_coordinates([{"temperature": 2, "alpha": 0.9, "seed": 0, "test_acc": 0.810585,
@@ -253,3 +253,18 @@ def test_the_report_opens_with_the_headline_and_plain_words_for_agreement_and_ec
     page = build_report(store.list())
     assert '<p class="headline">The best distilled student' in page
     assert "how often the student picks the same class as the teacher" in page and "perfectly calibrated" in page
+
+
+def test_presentation_mode_charts_have_larger_ticks_and_titles_that_wrap():
+    """Issue 22, item 6: in presentation mode the tick labels grow with the text, and a long title is broken
+    between words instead of being cut at the plot's edge."""
+    at = AppTest.from_string(
+        "import streamlit as st\nfrom workbench.app import common\nfrom workbench.analysis import plots\n"
+        "st.session_state['presenting'] = True\n"
+        "fig = plots.dark_knowledge_ranking([str(i) for i in range(10)], [0.1] * 10, 7, 6.0)\n"
+        "common.chart(fig, 'k')\n"
+        "st.session_state['fig'] = fig.to_dict()\n", default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    layout = at.session_state["fig"]["layout"]
+    assert layout["xaxis"]["tickfont"]["size"] == 15 and layout["font"]["size"] == 17
+    assert "<br>" in layout["title"]["text"] and all(len(line) <= 40 for line in layout["title"]["text"].split("<br>"))

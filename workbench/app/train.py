@@ -431,6 +431,8 @@ def _live_panel() -> None:
             text = f"preparing: {prog['stage']}" + (f", about {eta:.0f} s left" if eta is not None else "")
         elif st_["state"] == "running" and not prog.get("total_steps"):
             text = "starting: loading the data, the teacher and the model"
+        if st_["state"] == "running" and r.cancel_requested():  # said at once; the job stops at its next step
+            text = "cancelling: the job stops at its next step, keeping the epochs it finished"
         st.progress(min(1.0, frac), text=f"{common.run_label(r)} — {text}")
         if st_["state"] in ("failed", "unreadable"):
             st.error(f"{r.run_id} {st_['state']}: {st_.get('error')}")

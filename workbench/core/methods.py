@@ -255,8 +255,8 @@ class KD(Method):
     def objective_latex(self):
         T, a = f"{self.p['temperature']:g}", f"{self.p['alpha']:g}"
         return (rf"\begin{{aligned}}\mathcal{{L}} &= (1 - {a})\,\mathrm{{CE}}(z_s, y) \\ &\quad + {a}\cdot {T}^2\,"
-                rf"\mathrm{{KL}}(p_t \,\|\, p_s) \\ p_t &= \mathrm{{softmax}}(z_t/{T}),\ "
-                rf"p_s = \mathrm{{softmax}}(z_s/{T})\end{{aligned}}")
+                rf"\mathrm{{KL}}(p_t \,\|\, p_s) \\ p_t &= \mathrm{{softmax}}(z_t/{T}) \\ "
+                rf"p_s &= \mathrm{{softmax}}(z_s/{T})\end{{aligned}}")  # one definition per line: fits 1024 px
 
 
 class LSKD(Method):
