@@ -268,3 +268,38 @@ def test_presentation_mode_charts_have_larger_ticks_and_titles_that_wrap():
     layout = at.session_state["fig"]["layout"]
     assert layout["xaxis"]["tickfont"]["size"] == 15 and layout["font"]["size"] == 17
     assert "<br>" in layout["title"]["text"] and all(len(line) <= 40 for line in layout["title"]["text"].split("<br>"))
+
+
+def test_small_things_of_issue_22(tmp_path):
+    """Item 8: a link without a data set keeps its image; '1 epoch'; lr 1e9 names the limit; a file given as an
+    image folder is called a file."""
+    from workbench.analysis.describe import describe_runs
+    from workbench.data.images import list_folder
+    from workbench.errors import DataError
+
+    at = AppTest.from_file("../../app.py", default_timeout=TIMEOUT)
+    at.query_params.update({"image": "5", "T": "12"})
+    at.run()
+    assert not at.exception and at.number_input(key="dk_index").value == 5 and at.slider(key="dk_T").value == 12.0
+
+    class R:
+        config = {"dataset": "digits", "model_label": "mlp", "epochs": 1, "labels": None, "seed": 0}
+    assert "· 1 epoch ·" in describe_runs([R()])
+    from workbench.experiments.recipes import describe_config
+    from workbench.train.loop import TrainConfig
+
+    assert ", 1 epoch, " in describe_config(TrainConfig(kind="scratch", dataset="digits", epochs=1))
+    f = tmp_path / "passwd"
+    f.write_text("root:x:0:0")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        list_folder(f)
+    train = page_app("train")
+    train.run()
+    train.text_input(key="tr_lr").set_value("1e9").run()
+    assert any("above 0 and at most 10" in e.value for e in train.error)
+
+
+def test_a_one_seed_sweep_has_no_seed_axis():
+    rows = [{"temperature": t, "alpha": 0.9, "seed": 0, "test_acc": 0.8 + t / 100} for t in (1, 2, 4)]
+    labels = [d["label"] for d in plots.parallel_coordinates(rows).data[0].dimensions]
+    assert "seed" not in labels and "α" not in labels and "T" in labels

@@ -35,7 +35,8 @@ def describe_runs(runs: list[Run]) -> str:
     labels = one("labels", lambda v: "all labels" if v is None else (f"{v:,} labels" if isinstance(v, int)
                                                                     else f"{100 * v:g}% of the labels"))
     students = one("model_label")
-    return (f"{one('dataset')} · {students} · {one('epochs')} epochs · {labels} · "
+    epochs = one("epochs")
+    return (f"{one('dataset')} · {students} · {epochs} epoch{'' if epochs == '1' else 's'} · {labels} · "
             f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds[:6]))}{' …' if len(seeds) > 6 else ''}")
 
 

@@ -10,6 +10,15 @@ ROLE_COLORS = {"teacher": TEACHER, "scratch": SCRATCH, "kd": KD}  # one colour p
 ROLE_NAMES = {"teacher": "teacher", "scratch": "scratch", "kd": "distilled"}  # one name per role, everywhere
 
 
+def plural(n, word: str) -> str:
+    """ "1 epoch", "3 epochs", "1,000 labels".
+
+    >>> plural(1, "epoch"), plural(3, "epoch"), plural(1000, "label")
+    ('1 epoch', '3 epochs', '1,000 labels')
+    """
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s" if isinstance(n, int) else f"{n} {word}s"
+
+
 def format_pct(v, std=None) -> str:
     """A fraction as percent with two decimals, with its spread if given ('—' for None)."""
     if v is None:

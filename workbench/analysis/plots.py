@@ -438,6 +438,8 @@ def parallel_coordinates(rows: list[dict], dims: list[tuple[str, str]] | None = 
         if all(v is None for v in vals):
             continue
         vals = [round((v if v is not None else 0) * scale.get(key, 1), 4) for v in vals]
+        if key in ("temperature", "alpha", "seed") and len(set(vals)) == 1:
+            continue  # one seed (or one T) is no axis: Plotly would draw it from −1 to 1
         dimensions.append(dict(label=label, values=vals, tickformat=".3~g"))
     return _parcoords(dimensions, [scale.get(key0, 1) * r[key0] for r in usable], "ppl" if lm else "acc %",
                       "Hyperparameters and results, one line per run",

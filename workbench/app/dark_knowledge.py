@@ -33,7 +33,8 @@ def _from_url(names: list[str]) -> None:
             ss["dk_T"] = min(20.0, max(1.0, round(float(q["T"]) * 2) / 2))
         if "image" in q:
             ss["dk_index"] = max(0, int(q["image"]))
-            ss["dk_index_dataset"] = ss.get("dk_dataset", q.get("dataset"))
+            # the image of the data set the page will show: the link's, else the default one (not image 0)
+            ss["dk_index_dataset"] = ss.get("dk_dataset") or recipes.default_dataset()
     except ValueError:
         st.caption("The link's T or image number is not a number; showing the defaults.")
 

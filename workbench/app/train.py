@@ -134,7 +134,8 @@ def _learning_rate(text: str, example: str) -> float:
         if not 0 < lr <= 10:
             raise ValueError
     except ValueError:
-        raise FormError(f"the learning rate must be a number above 0 (like {example}), not {text!r}") from None
+        raise FormError(f"the learning rate must be a number above 0 and at most 10 (like {example}), not {text!r}") \
+            from None
     return lr
 
 

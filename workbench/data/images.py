@@ -67,6 +67,9 @@ class Listing:
 def list_folder(folder: Path) -> Listing:
     """Class subfolders of images under `folder`; DataError in one sentence when there are none."""
     folder = Path(folder)
+    if folder.is_file():
+        raise DataError(f"{folder} is a file, not a folder: an image folder holds one subfolder of images per class "
+                        "(a CSV list of images is the csv data set)")
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

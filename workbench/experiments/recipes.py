@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from workbench.analysis.format import ROLE_NAMES
+from workbench.analysis.format import ROLE_NAMES, plural
 from workbench.core.methods import method_info
 from workbench.data.datasets import IMAGE_DATASETS, available_datasets, load_dataset
 from workbench.data.images import list_csv, list_folder
@@ -265,7 +265,7 @@ def describe_config(c: TrainConfig) -> str:
             labels += f", the teacher's layers {', '.join(map(str, c.keep_layers))}"
     size = f" at {c.image_size}px" if c.image_size else ""
     return (f"{ROLE_NAMES.get(c.kind, c.kind)} {c.model.label()}{size} ({c.objective()}) on {c.dataset}, "
-            f"{c.epochs} epochs, {labels}, lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}")
+            f"{plural(c.epochs, 'epoch')}, {labels}, lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}")
 
 
 # ---------------------------------------------------------------------------
