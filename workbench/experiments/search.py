@@ -227,15 +227,21 @@ def connect(address: str | None = None, num_cpus: int | None = None, stop=None, 
                      include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=str(folder))
             return ray
         except Exception as e:
-            if "timed out during startup" not in str(e):
-                raise
-            _end_ray_children()  # what the attempt started
-            if attempt == START_ATTEMPTS:
+            timed_out = "timed out during startup" in str(e)
+            if timed_out:
+                _end_ray_children()  # what the attempt started
+            cancelled = timed_out and stop is not None and stop()
+            if not timed_out or cancelled or attempt == START_ATTEMPTS:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)  # no Ray: its watchdog has nothing to wait for
+                if not timed_out:
+                    raise
+                if cancelled:
+                    raise StartCancelled() from None
                 raise RuntimeError(f"Ray did not start in {time.monotonic() - t0:.0f} s ({attempt} tries of 30 s): "
                                    "this machine is too busy; try again when it is quieter, or start Ray once with "
                                    "`ray start --head` and search with --address auto") from None
-            if stop is not None and stop():
-                raise StartCancelled() from None
             if say is not None:
                 say(f"Ray did not start within 30 s (a busy machine); starting it again, try {attempt + 1} of "
                     f"{START_ATTEMPTS}")
@@ -765,16 +771,9 @@ def _ray_children() -> list:
 
 def _end_ray_children(wait_s: float = 5.0, started: list | None = None) -> None:
     """Wait up to `wait_s` for these Ray processes (default: all below this one) to exit, then kill the rest."""
-    import psutil
+    from workbench.jobs.watchdog import end_processes
 
-    started = _ray_children() if started is None else started
-    _, alive = psutil.wait_procs(started, timeout=wait_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    end_processes(_ray_children() if started is None else started, wait_s)
 
 
 def trial_table(store: RunStore, group: str) -> list[dict]:

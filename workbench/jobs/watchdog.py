@@ -26,6 +26,18 @@ def _alive(pid: int, started: float) -> bool:
         return False
 
 
+def end_processes(procs: list, wait_s: float = 0.0) -> None:
+    """Give these processes `wait_s` seconds to exit, then kill the rest and wait for them (also used by
+    `search.shutdown` for the processes of an embedded Ray)."""
+    _, alive = psutil.wait_procs(procs, timeout=wait_s) if wait_s > 0 else ([], procs)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
 def watch(pid: int, started: float, folder: str, every_s: float = 0.5) -> int:
     """Wait for the driver to end; clean up after it if it left Ray running. Returns how many processes it
     ended."""
@@ -46,12 +58,7 @@ def watch(pid: int, started: float, folder: str, every_s: float = 0.5) -> int:
         mine = noted.get(p.info["pid"]) is not None and abs(noted[p.info["pid"]] - (p.info["create_time"] or 0)) < 1
         if mine or folder in " ".join(p.info["cmdline"] or []):
             victims.append(p)
-    for p in victims:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(victims, timeout=10)
+    end_processes(victims)
     shutil.rmtree(folder, ignore_errors=True)
     return len(victims)
 

@@ -230,14 +230,10 @@ class Run:
         except RunStoreError:
             return {}
 
-    def problem(self) -> str | None:
-        """Why this run cannot be used ("unreadable: why (path)"), or None when its files read fine."""
-        for name in ("config.json", "status.json", "summary.json"):
-            try:
-                self._read(name)
-            except RunStoreError as e:
-                return str(e)
-        return None
+    def _files(self) -> dict[str, dict | None]:
+        """config.json, status.json and summary.json, each read and checked once (`_read`); RunStoreError for the
+        first that cannot be used."""
+        return {name: self._read(name) for name in ("config.json", "status.json", "summary.json")}
 
     # -- status -------------------------------------------------------------
     def status(self) -> dict:
@@ -249,10 +245,10 @@ class Run:
         - "running" whose process is gone, or is another process by now (pid reused): "failed";
         - "running" on another host with no heartbeat for STALE_S seconds: "failed", as stale.
         """
-        problem = self.problem()
-        if problem:
-            return {"state": "unreadable", "error": problem}
-        st = self._read("status.json")
+        try:
+            st = self._files()["status.json"]  # every file checked, and the status read once
+        except RunStoreError as e:
+            return {"state": "unreadable", "error": str(e)}
         if st is None:
             if (self.summary_path).is_file():
                 return {"state": "done", "note": "status.json was missing; recovered from summary.json"}
@@ -351,7 +347,7 @@ class Run:
     # -- summary and weights ------------------------------------------------
     @property
     def summary(self) -> dict:
-        """summary.json; {} if it is missing or cannot be read (`problem()` says why)."""
+        """summary.json; {} if it is missing or cannot be read (`status()` says why)."""
         try:
             return self._read("summary.json") or {}
         except RunStoreError:
