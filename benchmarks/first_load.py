@@ -5,7 +5,8 @@
 Starts `kdw app` on a free port with an empty run store, opens Debian's Chromium (Playwright, no download) and
 measures, for a cold server (its first page ever) and then for a fresh tab on the warm server: the time to the
 "Dark knowledge" heading and to its first chart. Then it leaves one tab open on each page and samples the server
-process's CPU (psutil, children included) for --idle-s seconds. Prints a Markdown table for docs/performance.md.
+process's CPU (psutil, children included) for --idle-s seconds, and times a press of Launch on the Train page until
+its job's card shows under the button. Prints a Markdown table for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -88,6 +89,25 @@ def main() -> int:
                 page.wait_for_timeout(8000)  # settled
                 shares[path.split("?")[0]] = cpu_share(psutil.Process(server.pid), args.idle_s)
                 page.close()
+            # a press of Launch: the time until its job's card shows under the button (digits, 1 epoch)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url + "/train")
+            page.get_by_role("heading", name="Train").wait_for(timeout=180_000)
+            page.get_by_label("Data set", exact=True).click()
+            page.get_by_role("option", name="digits", exact=True).click()
+            page.wait_for_timeout(3000)
+            epochs = page.get_by_label("Epochs", exact=True)
+            epochs.fill("1")
+            epochs.press("Enter")
+            page.wait_for_timeout(3000)
+            button = page.get_by_role("button", name="Launch")
+            button.scroll_into_view_if_needed()
+            t0 = time.monotonic()
+            button.click()
+            page.locator(".st-key-tr_launch_card").wait_for(timeout=60_000)
+            rows.append(("Train: Launch pressed → its job's card under the button", time.monotonic() - t0))
+            page.get_by_text("done: ", exact=False).first.wait_for(timeout=300_000)
+            page.close()
             browser.close()
     finally:
         os.killpg(server.pid, 15)

@@ -83,6 +83,9 @@ def test_launching_a_tiny_digits_job_runs_it_through_the_job_runner(runs_dir):
     store = RunStore(runs_dir)
     runs = store.list()
     assert sorted(r.config["kind"] for r in runs) == ["kd", "scratch"]
+    # the press shows its effect under the button, in the same run: a card with one line per job
+    assert any(c.value.startswith("**Launched · ") for c in at.markdown)
+    assert sum(c.value.startswith(("mlp(", "scratch", "KD", "kd")) or " — " in c.value for c in at.caption) >= 2
     deadline = time.monotonic() + 180
     while any(r.state not in ("done", "failed", "cancelled") for r in runs) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -90,6 +93,7 @@ def test_launching_a_tiny_digits_job_runs_it_through_the_job_runner(runs_dir):
     at.run()
     _no_errors(at)
     assert sum("run finished: test accuracy" in s.value for s in at.success) == 2  # one box per run
+    assert sum("done: " in c.value and "% test accuracy" in c.value for c in at.caption) == 2  # and on the card
     # a fresh session (a reload) finds the jobs again from the run store
     again = page_app("train").run()
     texts = [p.proto.text for p in again.get("progress")]

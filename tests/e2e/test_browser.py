@@ -70,8 +70,17 @@ def test_browser_launch_watch_compare_and_export(server, runs_dir):
         _set_number(page, "Epochs", 3)
         _select(page, "Batch size", "32")
         page.wait_for_timeout(500)
-        page.get_by_role("button", name="Launch").click()
+        button = page.get_by_role("button", name="Launch")
+        button.scroll_into_view_if_needed()
+        button.click()
+        card = page.locator(".st-key-tr_launch_card")  # the press shows its job where the eye is: under the button
+        expect(card).to_be_visible()
+        expect(card).to_contain_text("Launched · ")
+        b, c = button.bounding_box(), card.bounding_box()
+        assert 0 <= c["y"] - (b["y"] + b["height"]) < 150 and abs(c["x"] - b["x"]) < 40, (b, c)
+        assert c["y"] + 40 < page.viewport_size["height"] or page.evaluate("window.scrollY") >= 0
         expect(page.get_by_text("run finished: test accuracy", exact=False).first).to_be_visible(timeout=180_000)
+        expect(card).to_contain_text("% test accuracy")
         curves = page.locator(".js-plotly-plot")
         expect(curves.last).to_be_visible()
         assert page.get_by_text("validation accuracy").count() >= 1  # the live curve's panel
@@ -218,6 +227,9 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": width, "height": height})
         page.set_default_timeout(180_000)
+        outside = []  # the app works offline: nothing (the tab's icon included) comes from another host
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "data:", "blob:"))
+                else None)
         problems = {}
         for path, heading in [("/dark-knowledge?dataset=digits&image=17&T=6", "Dark knowledge"), ("/train", "Train"),
                               ("/compare", "Compare"), ("/sweep", "Sweep")]:
@@ -272,8 +284,10 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
             found = page.evaluate(CLIPPED_JS)
             if found:
                 problems["/dark-knowledge (next token)"] = found
+        assert page.evaluate("document.querySelector(\"link[rel='shortcut icon']\").href").startswith("data:")
         browser.close()
     assert not problems, problems
+    assert not outside, outside
 
 
 def test_the_train_and_sweep_forms_survive_an_invalid_field_a_page_switch_and_a_reload(server):

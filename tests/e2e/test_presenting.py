@@ -303,3 +303,42 @@ def test_a_one_seed_sweep_has_no_seed_axis():
     rows = [{"temperature": t, "alpha": 0.9, "seed": 0, "test_acc": 0.8 + t / 100} for t in (1, 2, 4)]
     labels = [d["label"] for d in plots.parallel_coordinates(rows).data[0].dimensions]
     assert "seed" not in labels and "α" not in labels and "T" in labels
+
+
+def test_the_app_says_a_channel_mismatch_in_its_own_words():
+    """Item 8: a colour model on grey images names the app's Channels field, not PyTorch's weight shapes or a flag."""
+    from workbench.app.common import in_app_words
+
+    train = page_app("train")
+    train.run()
+    train.selectbox(key="tr_dataset").set_value("digits").run()
+    train.radio(key="tr_student_source").set_value("torchvision").run()
+    train.number_input(key="tr_image_size_digits").set_value(32).run()
+    assert not train.exception
+    (msg,) = [e.value for e in train.error if "channel" in e.value]
+    assert "torchvision:resnet18 takes 3-channel images and these have 1; set **Channels** to 3" in msg, msg
+    assert "--" not in msg and "weight" not in msg and "size" not in msg.split("Channels")[0]
+    assert in_app_words("too small: pass a larger --image-size (at least 32 works); `kdw teacher --epochs 3`") == \
+        "too small: set a larger **Image size (px)** (at least 32 works); `kdw teacher --epochs 3`"
+    assert in_app_words("use --seq-len 64 or less") == "set **Tokens per block** to 64 or less"
+    assert in_app_words("use --device cpu or auto") == "set **Device** to cpu or auto"
+
+
+def test_compare_writes_its_runs_into_the_address_and_opens_them_from_it(one_seed_sweep, monkeypatch):
+    """Item 8: the chosen runs (and the two toggles) are in the address, so a link or a reload finds them again;
+    with "More columns" the extra columns are a second table, so that neither scrolls sideways."""
+    monkeypatch.setenv("KDW_RUNS_DIR", str(one_seed_sweep))
+    at = page_app("compare").run()
+    key = "cmp_runs_digits"
+    chosen = at.multiselect(key=key).value
+    at.multiselect(key=key).set_value(chosen[1:3]).run()
+    at.toggle(key="cmp_wide").set_value(True).run()
+    ids = [label.rsplit(" · ", 1)[1] for label in chosen[1:3]]
+    assert at.query_params["runs"] == ",".join(ids) and at.query_params["wide"] == "1"
+    assert len(at.dataframe) == 2 and not at.exception
+    assert "FLOPs" in at.dataframe[1].value.columns and "FLOPs" not in at.dataframe[0].value.columns
+    fresh = page_app("compare")  # a reload, or the link in another browser
+    fresh.query_params.update({"runs": ",".join(ids), "wide": "1"})
+    fresh.run()
+    assert fresh.multiselect(key=key).value == chosen[1:3] and fresh.toggle(key="cmp_wide").value
+    assert not fresh.exception

@@ -150,6 +150,29 @@ def test_the_app_hides_error_details_and_pins_a_streamlit_that_supports_it():
     assert '"streamlit>=1.60,<2"' in (ROOT / "pyproject.toml").read_text()
 
 
+def test_kdw_apps_server_starts_through_the_warm_import_launcher(tmp_path):
+    """`kdw app` runs Streamlit through workbench.app.streamlit_run (torch imported while the server starts): it
+    serves, and its pages answer."""
+    import urllib.request
+
+    from browser import free_port, start_server, stop_server
+    from conftest import ROOT
+
+    from workbench.cli.serve import app_command
+
+    port = free_port()
+    cmd = app_command("127.0.0.1", port)
+    assert cmd[1:4] == ["-m", "workbench.app.streamlit_run", "run"]
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(cmd, url + "/_stcore/health", tmp_path / "app.log",
+                        dict(os.environ, KDW_RUNS_DIR=str(tmp_path / "runs")), ROOT, timeout=120,
+                        ok=lambda body: body == b"ok")
+    try:
+        assert b"<title>" in urllib.request.urlopen(url + "/train", timeout=10).read()
+    finally:
+        stop_server(proc)
+
+
 # ---------------------------------------------------------------------------
 # 5. one bad file never breaks the rest of the store
 

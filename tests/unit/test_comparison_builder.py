@@ -70,3 +70,36 @@ def test_confusion_matrices_name_the_teacher_and_the_student(mixed_runs):
     _, runs = mixed_runs
     cms = build_comparison(runs).confusion_matrices()
     assert list(cms)[0] == "teacher mlp(d=2, w=64)" and len(cms) == 2
+
+
+def test_the_twin_that_joins_is_a_finished_one_of_the_same_launch(tmp_path):
+    """Issue 22, item 8: a cancelled scratch run of another launch never joins the comparison or its curves; one
+    twin per distilled run, from its own launch where there is one, else the newest finished one."""
+    import time
+
+    store = RunStore(tmp_path / "runs")
+    base = {"dataset": "wine", "model": {"family": "mlp", "depth": 1, "width": 8}, "epochs": 20, "seed": 0,
+            "model_label": "mlp(d=1, w=8)"}
+
+    def make(kind, group, state, acc=0.9):
+        run = store.create({**base, "kind": kind, "group": group, "created": time.time(),
+                            **({"method": "kd", "method_params": {"temperature": 4.0, "alpha": 0.9}} if kind == "kd"
+                               else {"method": "ce"})})
+        if state == "done":
+            run.write_summary(_summary(acc, 0.01))
+        run.set_status(state)
+        time.sleep(0.01)
+        return run
+
+    old = make("scratch", "a", "done", 0.80)
+    own = make("scratch", "b", "done", 0.85)
+    make("scratch", "c", "cancelled")
+    newer = make("scratch", "d", "done", 0.88)
+    make("scratch", "e", "failed")
+    kd = make("kd", "b", "done", 0.94)
+    c = build_comparison([kd], store)
+    assert [r.run_id for r in c.runs] == [kd.run_id, own.run_id]
+    assert [s for s in c.rows if s["role"] == "kd"][0]["kd_gain"] == pytest.approx(0.09)
+    lone = make("kd", "z", "done", 0.94)  # a launch without its own twin: the newest finished one
+    assert [r.run_id for r in build_comparison([lone], store).runs] == [lone.run_id, newer.run_id]
+    assert old.run_id not in {r.run_id for r in build_comparison([kd, lone], store).runs}

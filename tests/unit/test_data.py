@@ -161,3 +161,22 @@ def test_label_mask_is_stratified_and_seeded(digits):
     assert label_mask(digits.y_train, 0.5).sum() == round(0.5 * len(digits.y_train))
     with pytest.raises(ValueError, match="labels must be"):
         label_mask(digits.y_train, 10**6)
+
+
+def test_digits_are_read_without_importing_scikit_learn_and_equal_load_digits():
+    """The first page reads digits from the wheel's own file (scikit-learn's import alone takes over a second)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from workbench.data.datasets import _digits_arrays
+
+    images, target = _digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
+    code = ("import sys; from workbench.data.datasets import load_dataset; load_dataset('digits'); "
+            "print('sklearn' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"

@@ -194,13 +194,26 @@ def variant_rows(run: Run, parent: dict) -> list[dict]:
 
 
 def find_scratch_twins(runs: list[Run], store) -> list[Run]:
-    """Scratch runs in the store that pair with the given KD runs (for `kdw compare` on KD ids alone)."""
-    wanted = {twin_key(r.config) for r in runs if r.config.get("kind") == "kd"}
+    """The scratch twin, from the store, of each given KD run that has none among `runs` (for `kdw compare` on KD
+    ids alone): one finished run per twin key, from the KD run's own launch (group) where there is one, else the
+    newest. A cancelled, failed or still running scratch run of another launch is never one."""
+    kd_groups: dict[tuple, set] = {}
+    for r in runs:
+        if r.config.get("kind") == "kd":
+            kd_groups.setdefault(twin_key(r.config), set()).add(r.config.get("group"))
     have = {twin_key(r.config) for r in runs if r.config.get("kind") == "scratch"}
-    missing = wanted - have
+    missing = set(kd_groups) - have
     if not missing:
         return []
-    return [r for r in store.list(kind="scratch") if twin_key(r.config) in missing]
+    chosen: dict[tuple, tuple[Run, bool]] = {}
+    for r in store.list(kind="scratch"):  # oldest first: a later one of the same standing replaces it
+        key = twin_key(r.config)
+        if key not in missing or r.state != "done" or not r.summary:
+            continue
+        same_launch = r.config.get("group") in kd_groups[key]
+        if key not in chosen or same_launch or not chosen[key][1]:
+            chosen[key] = (r, same_launch)
+    return [r for r, _ in chosen.values()]
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:

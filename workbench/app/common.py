@@ -247,8 +247,9 @@ def forget_fields(keys) -> None:
         ss.pop(KEPT + k, None)
 
 
-def keep_form(prefixes: tuple[str, ...], skip=lambda k: False) -> None:
-    """At the end of a page: keep every field of its form (see `remember_form`) and write it into the address."""
+def keep_form(prefixes: tuple[str, ...], skip=lambda k: False, address: bool = True) -> None:
+    """At the end of a page: keep every field of its form (see `remember_form`) and write it into the address
+    (unless not `address`: a page that writes its own, shorter one)."""
     ss = st.session_state
     values = {}
     for k in _form_keys(prefixes, skip):
@@ -257,7 +258,7 @@ def keep_form(prefixes: tuple[str, ...], skip=lambda k: False) -> None:
             continue
         ss[KEPT + k] = v
         values[k] = _url_value(list(v) if isinstance(v, tuple) else v)
-    if any(st.query_params.get(k) != v for k, v in values.items()):
+    if address and any(st.query_params.get(k) != v for k, v in values.items()):
         st.query_params.update(values)
 
 
@@ -345,8 +346,33 @@ def objective(method: Method) -> None:
         st.caption(method.note)
 
 
+# a message written for the command line names flags; the app names the field a user sets instead
+APP_FIELDS = {"--channels": "Channels", "--image-size": "Image size (px)", "--seq-len": "Tokens per block",
+              "--device": "Device", "--epochs": "Epochs", "--lr": "Learning rate", "--batch-size": "Batch size",
+              "--labels": "Visible labels", "--heads": "Heads", "--label-column": "Label column",
+              "--init": "Start the student from weights", "--keep-layers": "Layers"}
+_FLAG_ADVICE = re.compile(r"\b(?:pass|use) (a larger |a smaller )?(--[a-z][a-z-]*)(?: (?!or\b|to\b|\()([^\s,;:)]+))?")
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z-]*)")
+
+
+def in_app_words(text: str) -> str:
+    """`text` with its command-line advice said as the app's fields ("pass --channels 3" → "set **Channels** to
+    3"); commands in backticks stay as they are (they are meant to be copied)."""
+    def advice(m: re.Match) -> str:
+        field = APP_FIELDS.get(m[2])
+        if field is None:
+            return m[0]
+        return f"set {m[1] or ''}**{field}**" + (f" to {m[3]}" if m[3] else "")
+
+    parts = str(text).split("`")
+    for i in range(0, len(parts), 2):  # outside backticks only
+        parts[i] = _FLAG.sub(lambda m: f"**{APP_FIELDS[m[1]]}**" if m[1] in APP_FIELDS else m[0],
+                             _FLAG_ADVICE.sub(advice, parts[i]))
+    return "`".join(parts)
+
+
 def show_error(prefix: str, e: BaseException) -> None:
-    st.error(f"{prefix}: {friendly_error(e)}")
+    st.error(f"{prefix}: {in_app_words(friendly_error(e))}")
 
 
 @st.cache_data(show_spinner="Building the model…", max_entries=256)
@@ -415,7 +441,7 @@ def student_picker(key: str, input_shape, num_classes: int, dataset: str, defaul
         try:
             config = parse_model(f"hf:{name.strip()}")
         except ModelError as e:
-            st.error(str(e))
+            st.error(in_app_words(str(e)))
             return None
     else:
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
@@ -430,12 +456,12 @@ def student_picker(key: str, input_shape, num_classes: int, dataset: str, defaul
         try:
             config = parse_model(name if source == "factory" else f"{source}:{name}", pretrained=pretrained)
         except ModelError as e:
-            st.error(str(e))
+            st.error(in_app_words(str(e)))
             return None
     figs = model_figures(config.to_dict(), tuple(input_shape), num_classes, dataset,
                          json.dumps(vocab, sort_keys=True) if vocab else None)
     if "error" in figs:
-        st.error(figs["error"])
+        st.error(in_app_words(figs["error"]))
         return None
     at = f"{input_shape[0]} tokens" if text else "×".join(map(str, input_shape))
     st.caption(f"**{config.label()}** at {at}: {figs['params']:,} parameters · "

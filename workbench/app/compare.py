@@ -16,6 +16,7 @@ from workbench.analysis.compare import (
     artifact_label,
     build_comparison,
     generations,
+    table_columns,
 )
 from workbench.analysis.report import build_report
 from workbench.app import common
@@ -42,18 +43,54 @@ def _default_selection(runs) -> list[str]:
     return [common.run_label(r) for r in chosen]
 
 
-def _table(comparison: Comparison):
-    """The table as a pandas Styler: timings measured on a busy CPU greyed, with a * (see the caption)."""
-    df = pd.DataFrame(comparison.cells(), columns=[name for name, _ in comparison.columns])
+def _tables(comparison: Comparison) -> list:
+    """The table as pandas Stylers: timings measured on a busy CPU greyed, with a * (see the caption). With "More
+    columns", the extra ones are a second table under the first (role and model again), so that neither scrolls
+    sideways on a laptop's screen."""
+    names = [name for name, _ in comparison.columns]
+    df = pd.DataFrame(comparison.cells(), columns=names)
     grey = comparison.greyed()
 
     def style(frame):
         out = pd.DataFrame("", index=frame.index, columns=frame.columns)
         for i, col in grey:
-            out.loc[i, col] = "color: #9a9a9a; font-style: italic"
+            if col in out.columns:
+                out.loc[i, col] = "color: #9a9a9a; font-style: italic"
         return out
 
-    return df.style.apply(style, axis=None)
+    if not comparison.wide:
+        return [df.style.apply(style, axis=None)]
+    main = [n for n, _ in table_columns(comparison.aggregated, False, comparison.shown)]
+    extra = ["role", "model"] + [n for n in names if n not in main]
+    return [df[main].style.apply(style, axis=None), df[extra].style.apply(style, axis=None)]
+
+
+KEPT_FIELDS = ("cmp_dataset", "cmp_runs_", "cmp_agg", "cmp_wide", "cmp_axis")  # kept through a page switch
+
+
+def _from_address(done) -> None:
+    """Once per session: the runs (and so the data set) of the address, `?runs=ID,ID` (what the page writes), to
+    send a comparison as a link or find it again after a reload."""
+    ss = st.session_state
+    if ss.get("_cmp_from_address"):
+        return
+    ss["_cmp_from_address"] = True
+    ids = [i for i in st.query_params.get("runs", "").split(",") if i]
+    found = [r for r in done if r.run_id in ids]
+    if found:
+        ds = found[0].config.get("dataset")
+        ss["cmp_dataset"] = ss[common.KEPT + "cmp_dataset"] = ds
+        ss[f"cmp_runs_{ds}"] = ss[common.KEPT + f"cmp_runs_{ds}"] = \
+            [common.run_label(r) for r in found if r.config.get("dataset") == ds]
+    for k, key in (("folded", "cmp_agg"), ("wide", "cmp_wide")):
+        if k in st.query_params:
+            ss[key] = ss[common.KEPT + key] = st.query_params[k] == "1"
+
+
+def _to_address(runs, folded: bool, wide: bool) -> None:
+    want = {"runs": ",".join(r.run_id for r in runs), "folded": "1" if folded else "0", "wide": "1" if wide else "0"}
+    if any(st.query_params.get(k) != v for k, v in want.items()):
+        st.query_params.update(want)
 
 
 def page() -> None:
@@ -63,6 +100,15 @@ def page() -> None:
     if not done:
         st.info("No finished runs yet. Launch one on the **Train** page (or run `kdw demo`), then come back.")
         return
+    _from_address(done)
+    common.remember_form(KEPT_FIELDS)
+    try:
+        _page(store, done)
+    finally:
+        common.keep_form(KEPT_FIELDS, address=False)
+
+
+def _page(store, done) -> None:
     datasets = sorted({r.config.get("dataset") for r in done})
     ds_name = st.selectbox("Data set", datasets, index=len(datasets) - 1 if "fashion-mnist" not in datasets
                            else datasets.index("fashion-mnist"), key="cmp_dataset")
@@ -75,12 +121,14 @@ def page() -> None:
                             help="Distilled runs are paired with their scratch twin (same student, budget and seed) "
                                  "from the store for the KD gain.")
     if not chosen:
+        st.query_params["runs"] = ""
         st.info("Pick runs to compare.")
         return
     c1, c2 = st.columns(2)
     agg_mode = c1.toggle("Fold seeds into mean ± std", value=False, key="cmp_agg")
     wide = not common.presenting() and c2.toggle("More columns", value=False, key="cmp_wide",
                      help="T, α, labels, seeds, FLOPs, throughput, agreement and ECE")
+    _to_address([labels[c] for c in chosen], agg_mode, st.session_state.get("cmp_wide", False))
     comparison = build_comparison([labels[c] for c in chosen], store, aggregated=agg_mode, wide=wide)
     runs, rows = comparison.runs, comparison.rows
     line = comparison.headline
@@ -88,7 +136,8 @@ def page() -> None:
         st.markdown(f"**{line}**")
     st.caption(describe.describe_runs(runs))
     device = comparison.device
-    st.dataframe(_table(comparison), hide_index=True, key="cmp_table")
+    for i, table in enumerate(_tables(comparison)):
+        st.dataframe(table, hide_index=True, key="cmp_table" if i == 0 else "cmp_table_more")
     samples = sorted({r["sample"] for r in rows if r.get("sample")})  # text: sentences of a stated length
     lm = any(r.get("test_ppl") is not None for r in rows)
     if lm:
@@ -206,7 +255,7 @@ def _deploy_panel(runs) -> None:
                 p = v.get("progress") or {}
                 st.progress(float(p.get("fraction", 0.0)), text=f"{label}: {p.get('text', v['state'])}")
             elif v["state"] == "failed":
-                st.error(f"{label} failed: {v['error']}")
+                st.error(f"{label} failed: {common.in_app_words(v['error'])}")
             elif v["state"] == "done" and v["metrics"]:
                 m = v["metrics"]
                 c1, c2 = st.columns([4, 1], vertical_alignment="center")

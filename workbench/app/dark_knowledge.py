@@ -303,7 +303,7 @@ def _token_mode(teachers: dict[str, str]) -> None:
         z_t = _lm_logits(t.model, tok, prompt)
     except ValueError as e:
         with right:
-            st.error(str(e))
+            st.error(common.in_app_words(str(e)))
         return
     view = next_token_view(z_t, T, k=20)
     student = z_s = None

@@ -13,7 +13,7 @@ from workbench.errors import friendly_error
 
 
 def main() -> None:
-    st.set_page_config(page_title="KD Workbench", page_icon=":material/science:", layout="wide",
+    st.set_page_config(page_title="KD Workbench", page_icon="🧪", layout="wide",
                        initial_sidebar_state="auto")
     st.set_option("client.showErrorDetails", "none")  # also when started without .streamlit/config.toml
     dark = st.Page(dark_knowledge.page, title="Dark knowledge", icon=":material/lightbulb:",

@@ -305,9 +305,9 @@ def _results() -> None:
     for r in runs:
         state = r.state
         if state in ("failed", "unreadable"):
-            st.error(f"{r.run_id} {state}: {r.status().get('error')}")
+            st.error(f"{r.run_id} {state}: {common.in_app_words(r.status().get('error'))}")
         elif state == "diverged":
-            st.warning(f"{r.run_id} diverged: {r.status().get('error')}", icon=":material/warning:")
+            st.warning(f"{r.run_id} diverged: {common.in_app_words(r.status().get('error'))}", icon=":material/warning:")
     finished = [r for r in runs if r.state == "done"]
     if not finished:
         st.caption("Results appear here as runs finish.")

@@ -34,7 +34,7 @@ FORM_KEYS = {"tr_task": str, "tr_dataset": str, "tr_student_source": str, "tr_st
 
 def _not_a_field(key: str) -> bool:
     """Train-page keys that are not form fields to remember: buttons, the upload, the page's own state."""
-    return key in ("tr_launch", "tr_cancel", "tr_upload", "tr_group", "tr_polling") or key.startswith("tr_resume_")
+    return key in ("tr_launch", "tr_cancel", "tr_upload", "tr_group", "tr_polling", "tr_launch_card") or key.startswith("tr_resume_")
 TASKS = {"classifier": "a classifier (images, tables, texts)", "lm": "a language model (next token)"}
 
 
@@ -338,7 +338,7 @@ def _lm_form() -> list[tuple[str | None, TrainConfig]] | None:
     figs = _lm_figures(student.to_dict(), int(seq_len), json.dumps(vocab, sort_keys=True)) if kind == "llama" \
         else {}
     if "error" in figs:
-        st.error(figs["error"])
+        st.error(common.in_app_words(figs["error"]))
         return None
     if figs:
         st.caption(f"**{student.label()}**: {figs['params']:,} parameters, for the teacher's "
@@ -408,6 +408,43 @@ def _current_group() -> str | None:
     return describe.latest_group(common.store(), GROUP_PREFIX + "-")
 
 
+def _job_state(r, st_: dict) -> tuple[float, str]:
+    """(fraction done, what the job is doing) of a run and its status, as the jobs panel and the card say it."""
+    prog = (st_.get("progress") or {})
+    frac = 1.0 if st_["state"] == "done" else float(prog.get("fraction", 0.0))
+    text = {"queued": "queued, waiting for the jobs before it",
+            "running": f"running on {prog.get('device', '…')}: epoch {prog.get('epoch', 0)}/{prog.get('epochs', '?')}",
+            }.get(st_["state"], st_["state"])
+    if st_["state"] == "running" and prog.get("stage"):  # before the first epoch: say what takes the time
+        eta = prog.get("stage_eta_s")
+        frac = float(prog.get("stage_fraction") or 0.0)
+        text = f"preparing: {prog['stage']}" + (f", about {eta:.0f} s left" if eta is not None else "")
+    elif st_["state"] == "running" and not prog.get("total_steps"):
+        text = "starting: loading the data, the teacher and the model"
+    if st_["state"] == "running" and r.cancel_requested():  # said at once; the job stops at its next step
+        text = "cancelling: the job stops at its next step, keeping the epochs it finished"
+    if st_["state"] == "done" and "accuracy" in ((r.summary or {}).get("test") or {}):
+        text = f"done: {100 * r.summary['test']['accuracy']:.2f}% test accuracy"
+    return frac, text
+
+
+def _launch_card() -> None:
+    """Under the Launch button: this session's last launch, one line per job, refreshed while it runs, so that a
+    press shows its effect where the eye is (the jobs panel, with curves and controls, tops the right column)."""
+    group = st.session_state.get("tr_group")
+    if not group:
+        return
+    runs = common.store().list(group=group)
+    if not runs:
+        return
+    with st.container(border=True, key="tr_launch_card"):
+        st.markdown(f"**Launched · {group}**")
+        for r in runs:
+            _, text = _job_state(r, r.status())
+            st.caption(f"{describe.run_title(r.config)} — {text}")
+        st.caption("Curves, Cancel and Resume: **Jobs** at the top of the right column.")
+
+
 def _live_panel() -> None:
     group = _current_group()
     if not group:
@@ -421,22 +458,10 @@ def _live_panel() -> None:
         st.caption(f"{len(queue)} other job(s) ahead in or beside this queue; jobs run one at a time.")
     for r in runs:
         st_ = r.status()
-        prog = (st_.get("progress") or {})
-        frac = 1.0 if st_["state"] == "done" else float(prog.get("fraction", 0.0))
-        text = {"queued": "queued, waiting for the jobs before it",
-                "running": f"running on {prog.get('device', '…')}: epoch {prog.get('epoch', 0)}/{prog.get('epochs', '?')}",
-                }.get(st_["state"], st_["state"])
-        if st_["state"] == "running" and prog.get("stage"):  # before the first epoch: say what takes the time
-            eta = prog.get("stage_eta_s")
-            frac = float(prog.get("stage_fraction") or 0.0)
-            text = f"preparing: {prog['stage']}" + (f", about {eta:.0f} s left" if eta is not None else "")
-        elif st_["state"] == "running" and not prog.get("total_steps"):
-            text = "starting: loading the data, the teacher and the model"
-        if st_["state"] == "running" and r.cancel_requested():  # said at once; the job stops at its next step
-            text = "cancelling: the job stops at its next step, keeping the epochs it finished"
+        frac, text = _job_state(r, st_)
         st.progress(min(1.0, frac), text=f"{common.run_label(r)} — {text}")
         if st_["state"] in ("failed", "unreadable"):
-            st.error(f"{r.run_id} {st_['state']}: {st_.get('error')}")
+            st.error(f"{r.run_id} {st_['state']}: {common.in_app_words(st_.get('error'))}")
         if st_["state"] in ("failed", "cancelled") and r.checkpoint_path.is_file():
             if st.button("Resume", key=f"tr_resume_{r.run_id}", icon=":material/play_arrow:",
                          help="Go on from the last completed epoch, into the same run"):
@@ -494,12 +519,13 @@ def page() -> None:
         if form is not None:
             st.caption("**Will run:** " + "; ".join(recipes.describe_config(c) for _, c in form))
         elif reason:
-            st.error(f"Launch is off: {reason}.")
+            st.error(f"Launch is off: {common.in_app_words(reason)}.")
         launch = st.button("Launch", type="primary", key="tr_launch", disabled=form is None,
                            help=reason or None)
         if launch and form is not None:
             _launch(form)
-    with right:
         polling = launch or bool(active_runs(common.store()))
+        st.fragment(_launch_card, run_every=1.0 if polling else None)()
+    with right:
         st.session_state["tr_polling"] = polling
         st.fragment(_live_panel, run_every=1.0 if polling else None)()

@@ -25,9 +25,10 @@ def entry_script() -> Path:
 
 
 def app_command(host: str, port: int) -> list[str]:
-    """The `streamlit run` command line of the workbench on host:port."""
+    """The `streamlit run` command line of the workbench on host:port (through workbench.app.streamlit_run, which
+    imports torch while the server starts)."""
     options = {**STREAMLIT_OPTIONS, "server.address": host, "server.port": str(port)}
-    return [sys.executable, "-m", "streamlit", "run", str(entry_script()),
+    return [sys.executable, "-m", "workbench.app.streamlit_run", "run", str(entry_script()),
             *[a for k, v in options.items() for a in (f"--{k}", v)]]
 
 

@@ -352,12 +352,28 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int, count: int | No
     return held_out, rest
 
 
-def _raw_digits():
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) in 0..16, targets) of scikit-learn's digits, read from the file its `load_digits` reads
+    (the wheel's datasets/data/digits.csv.gz) without importing scikit-learn: that import alone takes over a
+    second, on the app's first page (benchmarks/first_load.py). `load_digits` where the file is not found."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        f = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if f.is_file():
+            data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8) in [0, 1]
-    y = bunch.target.astype(np.int64)
+    return bunch.images, bunch.target
+
+
+def _raw_digits():
+    images, target = _digits_arrays()
+    x = (images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8) in [0, 1]
+    y = target.astype(np.int64)
     test_idx, train_idx = _stratified_split(y, 0.2, SPLIT_SEED)  # digits has no official test set
     classes = tuple(str(i) for i in range(10))
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx], classes, "sklearn.datasets.load_digits"

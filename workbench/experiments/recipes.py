@@ -100,12 +100,11 @@ def default_lr(dataset: str, model) -> float:
 
 def available_texts() -> dict[str, str | None]:
     """The text data sets that ship with Debian packages: None where one loads here, else how to get it."""
+    import importlib.util
+
     from workbench.data.text import FORTUNES_DIR, WORDNET_FILE
 
-    try:
-        import tokenizers  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
+    if not all(importlib.util.find_spec(m) for m in ("tokenizers", "transformers")):  # installed, not imported
         hint = "the text extra (pip install -e '.[text]') is not installed"
         return {"wordnet": hint, "fortunes": hint}
     return {"wordnet": None if WORDNET_FILE.is_file() else "sudo apt-get install wordnet-base",

@@ -598,9 +598,11 @@ def check_input(model: nn.Module, input_shape) -> None:
         out, collapsed = _collapsed_share(model, torch.zeros(1, C, H, W, device=device))
     except Exception as e:  # models fail on a wrong input in many ways (RuntimeError, ValueError, AssertionError)
         msg = (str(e).splitlines() or [type(e).__name__])[0]
-        if "channels" in msg:
-            raise ModelError(f"{label} does not take {C}-channel images ({msg}); pass --channels 3 to use "
-                             "grey images as colour, or pick a model built for this data") from None
+        wants = _first_conv_channels(model)
+        if wants is not None and wants != C:  # said in our words: PyTorch's own text names weight shapes
+            raise ModelError(f"{label} takes {wants}-channel images and these have {C}; pass --channels {wants} "
+                             f"to {'use grey images as colour' if wants == 3 else 'convert the images'}, or pick a "
+                             "model built for this data") from None
         raise ModelError(f"{label} cannot take {C}×{H}×{W} images ({msg}); they may be too small for it: "
                          f"pass a larger --image-size{_size_hint(model, C)}") from None
     finally:
@@ -611,6 +613,12 @@ def check_input(model: nn.Module, input_shape) -> None:
     if collapsed > MAX_COLLAPSED:
         raise ModelError(f"{H}×{W} images are too small for {label}: {100 * collapsed:.0f}% of its convolutions "
                          f"would see a 1×1 feature map; pass a larger --image-size{_size_hint(model, C)}")
+
+
+def _first_conv_channels(model: nn.Module) -> int | None:
+    """The input channels of a model's first convolution, or None without one."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else None
 
 
 def _size_hint(model: nn.Module, channels: int) -> str:
