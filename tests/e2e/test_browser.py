@@ -118,6 +118,63 @@ def test_browser_launch_watch_compare_and_export(server, runs_dir):
         browser.close()
 
 
+def _open_page(page, name: str) -> None:
+    """Click a page's link in the top navigation, through its "N more" menu where the bar is too narrow for all."""
+    link = page.get_by_role("link", name=name, exact=True).first
+    if not link.is_visible():
+        page.get_by_text(re.compile(r"^\d+ more$")).first.click()
+        link = page.get_by_role("menuitem", name=name, exact=True).first
+    link.click()
+
+
+def _presenting_pass(page, server, width, problems) -> None:
+    """Issue 22, item 6: every page in presentation mode at a projector's size, the sidebar open (a narrow main
+    column) and closed: no clipped text or plot part, no metrics running together, no ticks on top of each other,
+    and on Dark knowledge the T slider on screen together with its bars."""
+    from playwright.sync_api import expect
+
+    page.goto(server + "/dark-knowledge?dataset=digits&image=17&T=6")
+    expect(page.get_by_role("heading", name="Dark knowledge")).to_be_visible()
+    expect(page.locator(".js-plotly-plot").first).to_be_visible()
+    page.wait_for_timeout(1500)
+    page.locator('[data-testid="stExpandSidebarButton"], [data-testid="stSidebarCollapsedControl"] button').first.click()
+    expect(page.locator('[data-testid="stSidebar"][data-collapsed="false"]')).to_have_count(1)
+    page.get_by_text("Presentation mode", exact=True).first.click()
+    page.wait_for_timeout(2500)
+    for sidebar in ("open", "closed"):
+        if sidebar == "closed":
+            page.locator('[data-testid="stSidebar"]').hover()  # its close button shows under the pointer
+            page.locator('[data-testid="stSidebarCollapseButton"] button').first.click()
+            expect(page.locator('[data-testid="stSidebar"][data-collapsed="false"]')).to_have_count(0)
+        for heading, mode in [("Dark knowledge", None), ("Train", None), ("Compare", None), ("Sweep", None),
+                              ("Sweep", "search")]:
+            if mode is None:
+                _open_page(page, heading)
+                expect(page.get_by_role("heading", name=heading)).to_be_visible()
+            else:
+                page.get_by_text(mode, exact=True).click()
+                expect(page.get_by_text("Best on validation", exact=False)).to_be_visible()
+            if heading != "Train":
+                expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            page.wait_for_timeout(2500)
+            where = f"presenting, sidebar {sidebar}: {heading}{' (' + mode + ')' if mode else ''}"
+            assert page.locator('[data-testid="stException"]').count() == 0, where
+            assert page.get_by_role("switch", name="Presentation mode").is_checked(), where  # on through the page switches
+            name = f"presenting-{heading.lower().replace(' ', '-')}{'-' + mode if mode else ''}-{sidebar}-{width}"
+            page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+            found = page.evaluate(CLIPPED_JS)
+            if found:
+                problems[where] = found
+            if heading == "Dark knowledge":
+                slider = page.get_by_role("slider").first
+                slider.scroll_into_view_if_needed()
+                bars = page.locator(".js-plotly-plot").nth(1)
+                s, b = slider.bounding_box(), bars.bounding_box()
+                top, bottom = min(s["y"], b["y"]), max(s["y"] + s["height"], b["y"] + b["height"] * 0.5)
+                if bottom - top > page.viewport_size["height"]:
+                    problems[where + " (T slider and bars)"] = f"{bottom - top:.0f} px apart"
+
+
 CLIPPED_JS = """
 () => {
   const out = [];
@@ -140,7 +197,27 @@ CLIPPED_JS = """
       out.push('text: ' + el.innerText.trim().slice(0, 50));
     }
   }
+  const overlaps = (a, b) => !(a.right <= b.left + 1 || a.left >= b.right - 1 || a.bottom <= b.top + 1
+                                 || a.top >= b.bottom - 1);
+  const values = [...main.querySelectorAll('[data-testid="stMetricValue"]')].filter(v => v.offsetParent);
+  values.forEach((v, i) => {  // metrics that run over their column or into each other
+    const r = v.getBoundingClientRect();
+    const col = v.closest('[data-testid="stColumn"]');
+    if (col && r.right > col.getBoundingClientRect().right + 1) out.push('metric runs over: ' + v.innerText);
+    for (const w of values.slice(i + 1)) {
+      if (overlaps(r, w.getBoundingClientRect())) out.push('metrics overlap: ' + v.innerText + ' / ' + w.innerText);
+    }
+  });
   for (const plot of main.querySelectorAll('.js-plotly-plot')) {
+    for (const axis of plot.querySelectorAll('.xaxislayer-above, .yaxislayer-above')) {  // ticks on each other
+      const ticks = [...axis.querySelectorAll('.xtick text, .ytick text')]  // slanted ones: their boxes overlap
+        .filter(t => t.textContent.trim() && !(t.getAttribute('transform') || '').includes('rotate'));
+      for (let i = 0; i + 1 < ticks.length; i++) {
+        if (overlaps(ticks[i].getBoundingClientRect(), ticks[i + 1].getBoundingClientRect())) {
+          out.push('ticks overlap: ' + ticks[i].textContent + ' / ' + ticks[i + 1].textContent);
+        }
+      }
+    }
     const svg = plot.querySelector('svg.main-svg');
     if (!svg) continue;
     const box = svg.getBoundingClientRect();
@@ -149,10 +226,24 @@ CLIPPED_JS = """
     if (title) {
       const t = title.getBoundingClientRect();
       if (t.right > box.right + 1) out.push('plot title cut: ' + title.textContent.slice(0, 50));
+      if (t.top < box.top - 1) out.push('plot title cut at the top: ' + title.textContent.slice(0, 50));
+      for (const area of plot.querySelectorAll('.nsewdrag')) {  // the plot area (of each subplot)
+        if (overlaps(t, area.getBoundingClientRect())) out.push('title on the plot: ' + title.textContent.slice(0, 50));
+      }
+      for (const a of plot.querySelectorAll('.annotation-text-g')) {  // a subplot's title
+        if (overlaps(t, a.getBoundingClientRect())) out.push('title on a subplot title: ' + a.textContent.slice(0, 50));
+      }
       if (legend) {
         const l = legend.getBoundingClientRect();
         const overlap = !(l.right < t.left || l.left > t.right || l.bottom < t.top || l.top > t.bottom);
         if (overlap && l.width > 0) out.push('legend over title: ' + title.textContent.slice(0, 50));
+      }
+    }
+    const legendBox = plot.querySelector('.legend');
+    for (const at of plot.querySelectorAll('.g-xtitle text, .g-x2title text')) {  // a legend below, on an axis title
+      if (legendBox && legendBox.getBoundingClientRect().width > 0
+          && overlaps(at.getBoundingClientRect(), legendBox.getBoundingClientRect())) {
+        out.push('legend over axis title: ' + at.textContent.slice(0, 50));
       }
     }
     for (const cb of plot.querySelectorAll('.colorbar')) {
@@ -285,12 +376,14 @@ def test_every_page_opens_from_its_address_and_nothing_is_clipped(server, runs_d
             if found:
                 problems["/dark-knowledge (next token)"] = found
         assert page.evaluate("document.querySelector(\"link[rel='shortcut icon']\").href").startswith("data:")
+        if width < 1100:  # a projector: presentation mode on every page, with the sidebar open and then closed
+            _presenting_pass(page, server, width, problems)
         browser.close()
     assert not problems, problems
     assert not outside, outside
 
 
-def test_the_train_and_sweep_forms_survive_an_invalid_field_a_page_switch_and_a_reload(server):
+def test_the_train_sweep_and_dark_knowledge_forms_survive_an_invalid_field_a_page_switch_and_a_reload(server):
     """Issue 22, item 3: every field keeps its value through a transient invalid value in another field, a switch
     to another page and back, and a reload (a new session, from the address)."""
     from playwright.sync_api import expect, sync_playwright
@@ -358,4 +451,80 @@ def test_the_train_and_sweep_forms_survive_an_invalid_field_a_page_switch_and_a_
         expect(page.get_by_role("heading", name="Sweep")).to_be_visible()
         page.wait_for_timeout(2000)
         assert page.get_by_label("Epochs", exact=True).input_value() == "4", "Sweep after a reload"
+
+        page.goto(server + "/dark-knowledge?dataset=digits&image=23&T=6")  # Dark knowledge -> Train -> Dark knowledge
+        expect(page.get_by_role("heading", name="Dark knowledge")).to_be_visible()
+        expect(page.get_by_label(re.compile("^Test image"))).to_have_value("23")
+        page.get_by_role("link", name="Train").click()
+        expect(page.get_by_role("heading", name="Train")).to_be_visible()
+        page.get_by_role("link", name="Dark knowledge").click()
+        expect(page.get_by_role("heading", name="Dark knowledge")).to_be_visible()
+        page.wait_for_timeout(1500)
+        assert page.get_by_label(re.compile("^Test image")).input_value() == "23", "Dark knowledge after a page switch"
+        assert "dataset=digits" in page.url and "T=6" in page.url, page.url
         browser.close()
+
+
+def test_a_search_starts_on_a_busy_machine_and_a_cancel_during_rays_start_up_is_final(server, runs_dir):
+    """Issue 22, item 1: with three CPU-bound processes on the machine's cores (a class's laptop), a search cancelled
+    while Ray starts reads cancelled at once and stays cancelled (no trial runs); the next one starts and its trials
+    arrive in the page. The form comes from the address (digits, 1 epoch, 2 trials, 1 seed, no early stopping)."""
+    import subprocess
+    import time
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from workbench.experiments import search
+    from workbench.store.runs import RunStore
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=300_000)
+    store = RunStore(runs_dir)
+    form = ("/sweep?sw_kind=search&swr_dataset=digits&swr_epochs=1&swr_trials=2&swr_seeds=1&swr_sched=none"
+            "&swr_student_width_mlp=16")
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(300_000)
+            page.goto(server + form)
+            expect(page.get_by_role("button", name="Launch search")).to_be_enabled()
+            page.wait_for_timeout(1500)
+            page.get_by_role("button", name="Launch search").click()
+            expect(page.get_by_text(re.compile(r"^Starting Ray… \d+ s"))).to_be_visible()
+            page.get_by_role("button", name="Cancel this search").click()
+            expect(page.get_by_text("The search was cancelled", exact=False)).to_be_visible(timeout=20_000)
+            (first,) = search.searches(store)
+            deadline = time.monotonic() + 300  # its process ends Ray's start-up, then exits, still cancelled
+            while _alive(search.search_status(store, first) or {}) and time.monotonic() < deadline:
+                time.sleep(1)
+            assert search.search_status(store, first)["state"] == "cancelled"
+            assert not store.list(group=first), "a trial ran after the cancel"
+
+            page.goto(server + form)  # a new session: the form from the address again
+            expect(page.get_by_role("button", name="Launch search")).to_be_enabled()
+            page.wait_for_timeout(1500)
+            page.get_by_role("button", name="Launch search").click()
+            expect(page.get_by_text(re.compile(r"^(running|done): [12] of 2 trials finished"))).to_be_visible()
+            expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "search-busy.png"), full_page=True)
+            second = [g for g in search.searches(store) if g != first][0]
+            search.cancel_search(store, second)  # enough: it started and scored a trial on a busy machine
+            expect(page.get_by_text("The search was cancelled", exact=False)).to_be_visible()
+            browser.close()
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        for g in search.searches(store):  # nothing outlives the test: each search's process ends Ray and exits
+            search.cancel_search(store, g)
+            deadline = time.monotonic() + 120
+            while _alive(search.search_status(store, g) or {}) and time.monotonic() < deadline:
+                time.sleep(1)
+
+
+def _alive(status: dict) -> bool:
+    from workbench.store.runs import same_process
+
+    return bool(status.get("pid")) and same_process(status)

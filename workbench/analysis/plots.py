@@ -21,13 +21,49 @@ PALETTE = ["#E45756", "#4C78A8", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#F
 
 def _finish(fig: go.Figure, title: str, caption_text: str, height: int | None = None,
             legend_below: bool = True) -> go.Figure:
-    """Title, caption, template; the legend goes below the plot (never over the title, at any width)."""
-    legend = (dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0.0) if legend_below else
-              dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02))
-    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left", automargin=True), meta={"caption": caption_text},
-                      margin=dict(l=60, r=30, t=60, b=60), template="plotly_white", legend=legend)
-    if height:
-        fig.update_layout(height=height)
+    """Title, caption, template; the legend goes below the plot (never over the title, at any width).
+
+    The title gets a top margin of its own (`fit_title`). A legend below sits at the figure's bottom edge (container-anchored) and
+    pushes the margin, so slanted tick labels and the axis title stay clear of it."""
+    legend = (dict(orientation="h", yref="container", yanchor="bottom", y=0.0, xanchor="left", x=0.0)
+              if legend_below else dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02))
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), meta={"caption": caption_text},
+                      margin=dict(l=60, r=30, t=30, b=60), template="plotly_white", legend=legend, height=height or 450)
+    return fit_title(fig, 80)
+
+
+def wrap_title(text: str, width: int) -> str:
+    """A plot title broken into lines of at most about `width` characters, between words (Plotly's <br>).
+
+    >>> wrap_title("Dark knowledge: which wrong classes the teacher finds similar (T = 6)", 40)
+    'Dark knowledge: which wrong classes the<br>teacher finds similar (T = 6)'
+    >>> wrap_title("Softened probabilities: T = 1 vs T = 4", 28)
+    'Softened probabilities:<br>T = 1 vs T = 4'
+    """
+    import textwrap
+
+    keep = "\u00a0=\u00a0"  # "T = 1" stays on one line
+    lines = textwrap.wrap(text.replace(" = ", keep), width)
+    return "<br>".join(lines).replace(keep, " = ") or text
+
+
+def fit_title(fig: go.Figure, width: int) -> go.Figure:
+    """Wrap the title at `width` characters and give it a top margin of its own, tall enough for all its lines.
+
+    Plotly never wraps a title and its automargin counts one line; its first line sits on the anchor and the
+    others go below, so the anchor is the first line's middle, near the figure's top edge."""
+    title = fig.layout.title.text
+    if not title:
+        return fig
+    title = wrap_title(title.replace("<br>", " "), width)
+    size = fig.layout.title.font.size or 17  # plotly_white's title: 17 px
+    over = any(a.yref == "paper" and (a.y or 0) >= 0.99 for a in fig.layout.annotations)  # subplot titles
+    top, below = 8, (40 if over else 10)
+    line = size * 1.3
+    margin = max(fig.layout.margin.t or 0, int(top + (title.count("<br>") + 1) * line + below))
+    height = (fig.layout.height or 450) + margin - (fig.layout.margin.t or 0)
+    fig.update_layout(title=dict(text=title, yref="container", yanchor="middle", y=1 - (top + line / 2) / height,
+                                 automargin=False), margin_t=margin, height=height)
     return fig
 
 

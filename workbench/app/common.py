@@ -55,6 +55,12 @@ html { font-size: 19px; }
 [data-testid="stMetricLabel"] p, [data-testid="stMetricLabel"] div { white-space: normal; overflow: visible;
   text-overflow: clip; }
 .stButton button { padding-left: 0.5rem; padding-right: 0.5rem; }
+/* the page links keep their usual size: all four fit beside an open sidebar at 1024 px (no "1 more" menu) */
+[data-testid="stTopNav"] p { font-size: 15px; }
+[data-testid="stTopNavLink"] { padding-left: 6px; padding-right: 6px; gap: 6px; }
+/* no empty band above the title: at 768 px the T slider and its bars fit on one screen */
+[data-testid="stMainBlockContainer"] { padding-top: 4.25rem; }
+[data-testid="stMainBlockContainer"] h1 { padding-top: 0.25rem; }
 """
 COLLAPSE_BELOW = 1100  # px: the sidebar starts collapsed on a projector (1024 × 768)
 COLLAPSE_JS = """
@@ -82,29 +88,17 @@ def page_chrome() -> None:
     st.html(COLLAPSE_JS, unsafe_allow_javascript=True)
 
 
-def wrap_title(text: str, width: int) -> str:
-    """A plot title broken into lines of at most about `width` characters, between words (Plotly's <br>).
-
-    >>> wrap_title("Dark knowledge: which wrong classes the teacher finds similar (T = 6)", 40)
-    'Dark knowledge: which wrong classes the<br>teacher finds similar (T = 6)'
-    """
-    import textwrap
-
-    return "<br>".join(textwrap.wrap(text, width)) or text
-
-
 def chart(fig, key: str, container=None) -> None:
     """A plot and its caption; larger in presentation mode."""
     where = container or st
-    title = fig.layout.title.text
-    if title and "<br>" not in title:  # Plotly never wraps a title: break a long one between words
-        fig.update_layout(title_text=wrap_title(title, 40 if presenting() else 60))
-    if presenting():  # every text larger, ticks too (the template fixes them at 12 px), and no room wasted on top
-        fig.update_layout(font_size=17, title_font_size=20, height=(fig.layout.height or 450) + 60,
-                          margin_t=50)
+    if presenting():  # every text larger, ticks too (the template fixes them at 12 px)
+        fig.update_layout(font_size=17, title_font_size=19, height=(fig.layout.height or 450) + 60)
         fig.update_xaxes(tickfont_size=15, title_font_size=16)
         fig.update_yaxes(tickfont_size=15, title_font_size=16)
         fig.update_annotations(font_size=17)  # subplot titles
+    # Plotly never wraps a title: break a long one between words; presenting, at most 28 characters of 19 px
+    # (about 245 px): the narrowest chart beside an open sidebar at 1024 px
+    plots.fit_title(fig, 28 if presenting() else 60)
     where.plotly_chart(fig, key=key)
     where.caption(plots.caption(fig))
 

@@ -39,6 +39,16 @@ def _from_url(names: list[str]) -> None:
         st.caption("The link's T or image number is not a number; showing the defaults.")
 
 
+def _number_and_button() -> list[int]:
+    """The sample number and its Random button: in presentation mode the number gets the room and the button only
+    its die (beside an open sidebar at 1024 px the word would be cut)."""
+    return [2, 1] if common.presenting() else [1, 1]
+
+
+def _random_label() -> str:
+    return "" if common.presenting() else "Random"
+
+
 MODES = {"image": "Images", "text": "Sentences", "tokens": "Next token"}
 
 
@@ -48,7 +58,20 @@ def lm_teachers() -> dict[str, str]:
             if r.config.get("kind") == "teacher" and r.config.get("task") == "language-modelling"}
 
 
+def _not_a_field(key: str) -> bool:
+    """Dark-knowledge keys that are not fields to remember: its buttons and the page's own state."""
+    return key.endswith(("_random", "_from_url", "_index_dataset"))
+
+
 def page() -> None:
+    common.remember_form(("dk_",), _not_a_field)  # a page switch and back finds the view as it was
+    try:
+        _page()
+    finally:
+        common.keep_form(("dk_",), _not_a_field, address=False)  # the page writes its own, shorter address
+
+
+def _page() -> None:
     st.title("Dark knowledge")
     st.markdown("A trained teacher is confident about the true class, but the small probabilities it gives the "
                 "*other* classes say which ones this sample resembles. Dividing the logits by a temperature T "
@@ -92,9 +115,9 @@ def page() -> None:
             ss["dk_index"] = first_correct_index(t.model, seen)
             ss["dk_index_dataset"] = ds_name
         ss["dk_index"] = min(ss["dk_index"], n_test - 1)
-        c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
+        c1, c2 = st.columns(_number_and_button(), vertical_alignment="bottom")
         c1.number_input(f"Test image (0–{n_test - 1})", 0, n_test - 1, key="dk_index")
-        c2.button("Random", icon=":material/casino:", key="dk_random", on_click=_random_image, args=(n_test,),
+        c2.button(_random_label(), icon=":material/casino:", key="dk_random", on_click=_random_image, args=(n_test,),
                   help="a random test image", use_container_width=True)
         T, alpha = _sliders()
         students = {common.run_label(r): r for r in common.store().list(state="done")
@@ -205,9 +228,9 @@ def _text_mode(names: list[str]) -> None:
             ss["dk_text_index"] = first_correct_index(t.model, ds)
             ss["dk_text_index_dataset"] = ds_name
         ss["dk_text_index"] = min(ss["dk_text_index"], n_test - 1)
-        c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
+        c1, c2 = st.columns(_number_and_button(), vertical_alignment="bottom")
         c1.number_input(f"Test sentence (0–{n_test - 1})", 0, n_test - 1, key="dk_text_index")
-        c2.button("Random", icon=":material/casino:", key="dk_text_random", use_container_width=True,
+        c2.button(_random_label(), icon=":material/casino:", key="dk_text_random", use_container_width=True,
                   on_click=lambda: ss.update(dk_text_index=int(torch.randint(0, n_test, (1,)).item()),
                                              dk_text=""), help="a random test sentence")
         typed = st.text_input("Or type a sentence", key="dk_text", max_chars=500,

@@ -173,8 +173,8 @@ def _search_form() -> None:
         c1, c2 = st.columns(2)
         low = c1.number_input(f"{p} from", value=float(d.low), format="%g", key=f"swr_{name}_{p}_lo")
         high = c2.number_input(f"{p} to", value=float(d.high), format="%g", key=f"swr_{name}_{p}_hi")
-        log = st.checkbox(f"{p} on a log scale", d.log, key=f"swr_{name}_{p}_log",
-                          help="sample evenly in log(value): for weights spanning orders of magnitude")
+        log = st.checkbox("log scale", d.log, key=f"swr_{name}_{p}_log",  # under its own from/to: short
+                          help=f"sample {p} evenly in log({p}): for values spanning orders of magnitude")
         try:
             ranges.append(search.ParamRange(p, float(low), float(high), log, d.integer))
         except ValueError as e:

@@ -507,7 +507,8 @@ def page() -> None:
     st.title("Train")
     st.markdown("Distil a teacher into a student. Each launch runs as a background job (one at a time), so the "
                 "page stays responsive and you can reload it or open it in another tab.")
-    left, right = st.columns([2, 3], gap="large")
+    # presenting, the form gets the room: its larger labels beside an open sidebar at 1024 px
+    left, right = st.columns([3, 2] if common.presenting() else [2, 3], gap="large")
     with left:
         common.remember_form(("tr_",), _not_a_field, FORM_KEYS)  # a reload or a page switch finds it as it was
         reason = None
