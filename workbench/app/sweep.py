@@ -235,7 +235,8 @@ def _search_results() -> None:
     if state == "failed":
         st.error(f"The search failed: {status.get('error')}")
     elif state == "cancelled":
-        st.warning("The search was cancelled; the finished trials are kept.", icon=":material/warning:")
+        st.warning("The search was cancelled; the finished trials are kept." if trials else
+                   "The search was cancelled before any trial started.", icon=":material/warning:")
     if status.get("best"):
         best = status["best"]
         st.markdown(f"**Best on validation:** {format_values(best['values'])} ({search.score_text(best)})")
@@ -254,7 +255,8 @@ def _search_results() -> None:
                   "one seed: its spread is unknown")
         st.caption(f"{status.get('verdict')} · test accuracy {100 * status['test_acc']:.2f}%")
     if not trials:
-        st.caption("Trials appear here as they start (Ray takes a few seconds to start).")
+        if state in ("queued", "running"):
+            st.caption("Trials appear here as they start (Ray takes a few seconds to start).")
         return
     st.dataframe(search.trial_rows(trials), hide_index=True)
     common.chart(plots.search_history(trials), "sw_search_history")
