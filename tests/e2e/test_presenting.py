@@ -154,6 +154,20 @@ def test_default_columns_ratios_to_the_teacher_and_a_headline():
                                      "teacher cnn, and 5.86 points less accurate (87.11% against 92.97%)")
 
 
+def test_a_model_from_a_long_folder_gets_a_short_name_in_the_table_and_the_headline():
+    """Issue 22, item 6: an `hf:` teacher from a long folder pushed Compare's "vs teacher" column off a 1024 px
+    screen in presentation mode; the cell and the sentence name the folder's last part (the config keeps it all)."""
+    from workbench.analysis.compare import add_teacher_ratios
+
+    rows = [{"role": "teacher", "model": "hf:/tmp/kdw-wordnet-teacher-7gx_fphs/bert", "test_acc": 0.786,
+             "size_mb": 17.0, "latency_ms": 3.0},
+            {"role": "kd", "model": "bag(d=1, w=32)", "test_acc": 0.70, "size_mb": 0.5, "latency_ms": 0.1,
+             "kd_gain": 0.02, "method": "kd", "temperature": 4.0, "alpha": 0.9}]
+    add_teacher_ratios(rows)
+    assert dict(table_columns(False, rows=rows))["model"](rows[0]) == "hf:…/bert"
+    assert "than the teacher hf:…/bert" in headline(rows) and "/tmp/" not in headline(rows)
+
+
 def test_a_student_larger_and_slower_than_its_teacher_is_said_so_and_busy_timings_are_never_quoted():
     """A torchvision mobilenet_v2 student (2.2M parameters) beside the 288k-parameter digits teacher."""
     from workbench.analysis.compare import add_teacher_ratios, vs_teacher

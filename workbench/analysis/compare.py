@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from workbench.analysis.describe import run_title
-from workbench.analysis.format import ROLE_NAMES, _num, format_flops, format_gain, format_pct, format_ratio
+from workbench.analysis.format import ROLE_NAMES, _num, format_flops, format_gain, format_pct, format_ratio, short_model
 from workbench.evaluate import BUSY_LIMIT
 from workbench.store.runs import Run, dig
 
@@ -305,7 +305,7 @@ def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None 
     s = (lambda r, k: r.get(k + "_std")) if aggregated else (lambda r, k: None)
 
     rows = rows or []
-    cols = [("role", lambda r: ROLE_NAMES.get(r["role"], r["role"])), ("model", lambda r: str(r["model"]))]
+    cols = [("role", lambda r: ROLE_NAMES.get(r["role"], r["role"])), ("model", lambda r: short_model(r["model"]))]
     if wide or any(r.get("variant") for r in rows):
         cols.append(("artifact", lambda r: artifact_label(r.get("variant")) + (" ⚠" if _int8_flagged(r) else "")))
     kd_rows = [r for r in rows if r["role"] == "kd"]  # named when they differ, or a method has no α to tell it by
@@ -396,11 +396,11 @@ def headline(rows: list[dict]) -> str | None:
     gain = best.get("kd_gain")
     twin = (f"; it is {abs(100 * gain):.2f} points {'above' if gain >= 0 else 'below'} its scratch twin"
             if gain is not None else "")
-    sizes = f"{' and '.join(parts)} than the teacher {t['model']}, and " if parts else ""
-    who = f"the teacher {t['model']}" if not parts else "the teacher"
+    sizes = f"{' and '.join(parts)} than the teacher {short_model(t['model'])}, and " if parts else ""
+    who = f"the teacher {short_model(t['model'])}" if not parts else "the teacher"
     speed = "; its speed against the teacher's is not quoted: a timing was taken on a busy CPU (re-measure)" \
         if v.get("faster") and busy else ""
-    return (f"The best {ROLE_NAMES['kd']} student, {best['model']}, is {sizes}"
+    return (f"The best {ROLE_NAMES['kd']} student, {short_model(best['model'])}, is {sizes}"
             f"{acc.replace(' accurate', ' accurate than ' + who, 1) if acc and not parts else acc}{twin}{speed}.")
 
 
@@ -482,7 +482,7 @@ def timing_warning(rows: list[dict]) -> str | None:
 
 def verdict_subject(row: dict) -> str:
     """What an aggregated row's verdict is about: student, method and its T and α where it has them."""
-    bits = [str(row["model"]), row.get("method") or ""]
+    bits = [short_model(row["model"]), row.get("method") or ""]
     if row.get("temperature") is not None:
         bits.append(f"T={row['temperature']:g}")
     if row.get("alpha") is not None:

