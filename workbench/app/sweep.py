@@ -20,7 +20,7 @@ from workbench.jobs.queue import active_runs
 from workbench.models.zoo import ModelConfig
 from workbench.store.runs import FINISHED, new_run_id
 from workbench.tasks import task_for
-from workbench.train.lm import DEFAULT_TOPK
+from workbench.tasks.lm import DEFAULT_TOPK
 from workbench.train.loop import TrainConfig
 
 KINDS = {"grid": "T × α grid", "size": "size sweep", "search": "search"}

@@ -138,6 +138,9 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (warm-up then cosine); default: the "
                                                           f"data set's ({d.lr:g} for images, 0.01 for tables)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
+                   help="clip the gradient norm to NORM (default: the task's, 1.0 for language models and off "
+                        "otherwise; 0 switches it off)")
     g.add_argument("--optimizer", default=d.optimizer, help="adamw | sgd")
     g.add_argument("--seed", type=int, default=0, help="a seed, or several with --seeds")
     g.add_argument("--seeds", type=int, default=1, help="repeat with seeds seed..seed+n-1")
@@ -227,7 +230,8 @@ FLAG_FIELDS = {
     "keep_layers": ("keep_layers", "student_from_teacher"), "channels": ("channels",), "init": ("init",),
     "trust_factory": ("trust_factory",), "allow_outside": ("allow_outside",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
     "rdzv_endpoint": ("rdzv_endpoint",), "rdzv_id": ("rdzv_id",), "track": ("track",), "epochs": ("epochs",),
-    "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "optimizer": ("optimizer",),
+    "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",),
+    "grad_clip": ("grad_clip",), "optimizer": ("optimizer",),
     "labels": ("labels",), "augment": ("augment",), "seed": ("seed",), "device": ("device",),
     "compile": ("compile",), "group": ("group",), "profile": ("no_profile",), "method": ("method",),
     "method_params": ("param", "temperature", "alpha"), "teacher_weights": ("teacher_weights",),
@@ -332,9 +336,9 @@ def train_config(args, kind: str, seed: int, **over):
         nproc=args.nproc, nnodes=getattr(args, "nnodes", None), rdzv_endpoint=getattr(args, "rdzv_endpoint", None),
         rdzv_id=getattr(args, "rdzv_id", None),
         track=tuple(args.track) if args.track is not None else tuple(default_targets()),
-        epochs=args.epochs, batch_size=args.batch_size or defaults.batch_size,
+        epochs=args.epochs, batch_size=args.batch_size if args.batch_size is not None else defaults.batch_size,
         lr=args.lr if args.lr is not None else default_lr(dataset, model),
-        weight_decay=args.weight_decay,
+        weight_decay=args.weight_decay, grad_clip=getattr(args, "grad_clip", None),
         optimizer=args.optimizer, labels=parse_labels(args.labels), augment=args.augment, seed=seed,
         device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
     if kind == "kd":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,15 +34,25 @@ from workbench.core.hooks import feature_shapes
 MAX_TEMPERATURE = 100.0  # beyond this every softened distribution is uniform to float precision, and T² overflows
 
 
+class TopK(NamedTuple):
+    """The teacher's k largest logits per position and their ids, (N, k) each: what a language model's teacher
+    target is (its vocabulary is too large to cache every logit). Each token loss says how it treats the rest."""
+
+    values: torch.Tensor  # (N, k) float
+    ids: torch.Tensor  # (N, k) long
+
+
 @dataclass
 class StepContext:
-    """What a method sees at one training step."""
+    """What a method sees at one training step, whatever the task: N scored rows (N = B for a classifier,
+    B·L next-token positions for a language model) of K classes (the vocabulary, for a language model)."""
 
-    inputs: torch.Tensor  # (B, ...) the (augmented) batch as the student sees it: images, rows of features, ...
-    targets: torch.Tensor  # (B,) labels, −1 where the label budget hides them
+    inputs: torch.Tensor  # (B, ...) the (augmented) batch as the student sees it: images, rows of features, tokens
+    targets: torch.Tensor  # (N,) classes, −1 where the label budget hides one (or a position is padding)
     idx: torch.Tensor  # (B,) positions in the training split
-    s_logits: torch.Tensor  # (B, K)
-    t_target: torch.Tensor | None = None  # (B, K) method.teacher_target(teacher logits), None without a teacher
+    s_logits: torch.Tensor  # (N, K)
+    t_target: torch.Tensor | TopK | None = None  # (N, K) method.teacher_target(teacher logits), or the teacher's
+    # cached TopK where the task caches only the top k (language models); None without a teacher
     s_feats: dict = field(default_factory=dict)
     t_feats: dict = field(default_factory=dict)
     progress: float = 0.0  # fraction of all training steps done
@@ -83,8 +94,9 @@ class Method(nn.Module):
     learns_from_unlabelled = True  # sees every training sample (the teacher's signal where labels are hidden)
     needs_feature_maps = False  # True: only for tasks whose models have spatial feature maps (images)
     needs_transformer_layers = False  # True: only for tasks whose models are Transformers (text)
-    token_level = False  # True: it also distils next-token distributions (`token_terms`, language models)
+    token_level = False  # True: its terms also take a TopK teacher target (next-token distributions of language models)
     only_tokens = False  # True: next-token distributions only (reverse KL, JSD, skew KL)
+    teacher_samples = False  # True: the run trains on the teacher's own samples instead of the corpus (seqkd)
     note = ""  # one line a front end shows beside the objective (what a knob means, a convention)
     SYMBOLS = {"temperature": "T", "alpha": "α", "beta": "β", "gamma": "γ"}  # short names in labels
 
@@ -116,6 +128,11 @@ class Method(nn.Module):
               n_train: int) -> None:
         """Build learnable parts from the models' feature shapes (called once, before training)."""
 
+    @property
+    def uses_teacher_targets(self) -> bool:
+        """Whether a step reads the teacher's targets of the training samples (from the cache, where it can)."""
+        return self.teacher_input != "none"
+
     def teacher_target(self, teacher_logits: torch.Tensor) -> torch.Tensor:
         """What the method wants to see of the teacher's logits (B, K) -> (B, K); per sample, so it is
         computed once over the cached logits of the whole training set. The identity by default."""
@@ -127,13 +144,6 @@ class Method(nn.Module):
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
         return sum(self.terms(ctx).values())
-
-    def token_terms(self, s_logits: torch.Tensor, targets: torch.Tensor, topk_values: torch.Tensor | None,
-                    topk_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """The objective of a language model's step, as named, weighted terms: `s_logits` (N, V) at N next-token
-        positions, `targets` (N,) (−1 for padding), and the teacher's cached top-k logits (N, k) values and ids
-        (None without a teacher). Only methods with `token_level` have one."""
-        raise NotImplementedError(f"{self.name} does not distil next-token distributions")
 
     def objective_text(self) -> str:
         """The objective with this method's values filled in, as plain text."""
@@ -174,9 +184,6 @@ class CE(Method):
 
     def terms(self, ctx):
         return {"ce": self.ce(ctx)}
-
-    def token_terms(self, s_logits, targets, topk_values, topk_ids):
-        return {"ce": losses.token_cross_entropy(s_logits, targets)}
 
     def objective_text(self):
         return "L = CE(z_s, y)"
@@ -237,16 +244,14 @@ class KD(Method):
 
     def terms(self, ctx):
         T, a = self.p["temperature"], self.p["alpha"]
+        if isinstance(ctx.t_target, TopK):  # next tokens: forward KL to the teacher's top k, one pass with the CE
+            ce, kl = losses.token_ce_and_kl(ctx.s_logits, ctx.t_target.values, ctx.t_target.ids, ctx.targets, T)
+            return {"ce": (1.0 - a) * ce, "kd": a * T ** 2 * kl}
         if self.closed_form:
             ce, kd = losses.fused_kd_terms(ctx.s_logits, ctx.t_target, ctx.targets, T, a)
         else:
             ce, kd = (1.0 - a) * self.ce(ctx), a * losses.soft_kl(ctx.s_logits, ctx.t_target, T)
         return {"ce": ce, "kd": kd}
-
-    def token_terms(self, s_logits, targets, topk_values, topk_ids):
-        T, a = self.p["temperature"], self.p["alpha"]
-        ce, kl = losses.token_ce_and_kl(s_logits, topk_values, topk_ids, targets, T)  # one pass: the same values
-        return {"ce": (1.0 - a) * ce, "kd": a * T ** 2 * kl}
 
     def objective_text(self):
         T, a = f"{self.p['temperature']:g}", f"{self.p['alpha']:g}"
@@ -744,8 +749,6 @@ class _TokenMethod(Method):
 
     token_level = True
     only_tokens = True
-    teacher_samples = False  # True: the run trains on the teacher's samples instead of the corpus (seqkd)
-    uses_token_cache = True  # the teacher's top-k logits of the training blocks are read
     temperature_key = "temperature"
     weight_key = "alpha"
     divergence = ""  # how D reads in the objective
@@ -755,15 +758,14 @@ class _TokenMethod(Method):
         losses.check_alpha(self.p["alpha"])
 
     def terms(self, ctx):
-        raise ValueError(f"{self.name} distils next-token distributions of language models, not class logits")
+        if not isinstance(ctx.t_target, TopK):
+            raise ValueError(f"{self.name} distils next-token distributions of language models, not class logits")
+        a, t = self.p["alpha"], ctx.t_target
+        return {"ce": (1.0 - a) * losses.token_cross_entropy(ctx.s_logits, ctx.targets),
+                self.name: a * self.divergence_term(ctx.s_logits, t.values, t.ids, ctx.targets)}
 
     def divergence_term(self, s_logits, topk_values, topk_ids, targets) -> torch.Tensor:
         raise NotImplementedError
-
-    def token_terms(self, s_logits, targets, topk_values, topk_ids):
-        a = self.p["alpha"]
-        return {"ce": (1.0 - a) * losses.token_cross_entropy(s_logits, targets),
-                self.name: a * self.divergence_term(s_logits, topk_values, topk_ids, targets)}
 
     def objective_text(self):
         T, a = f"{self.p['temperature']:g}", f"{self.p['alpha']:g}"
@@ -818,19 +820,19 @@ class SeqKD(_TokenMethod):
             "alpha": "weight of token-level KD on the teacher's text in [0, 1]: 0 = pure sequence-level KD"}
     primary = ("alpha",)
     divergence = "KL(p̃_t ‖ q_s)"
-    teacher_samples = True  # the training blocks are the teacher's samples (workbench.train.lm.teacher_samples)
+    teacher_samples = True  # the training blocks are the teacher's samples (workbench.train.teachers.teacher_samples)
 
     @property
-    def uses_token_cache(self) -> bool:
+    def uses_teacher_targets(self) -> bool:
         return self.p["alpha"] > 0
 
     def divergence_term(self, s_logits, topk_values, topk_ids, targets):
         return losses.token_forward_kl(s_logits, topk_values, topk_ids, targets, self.p["temperature"])
 
-    def token_terms(self, s_logits, targets, topk_values, topk_ids):
+    def terms(self, ctx):
         if self.p["alpha"] == 0:
-            return {"ce": losses.token_cross_entropy(s_logits, targets)}
-        return super().token_terms(s_logits, targets, topk_values, topk_ids)
+            return {"ce": losses.token_cross_entropy(ctx.s_logits, ctx.targets)}
+        return super().terms(ctx)
 
     def objective_text(self):
         if self.p["alpha"] == 0:

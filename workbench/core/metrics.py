@@ -12,6 +12,16 @@ import torch.nn.functional as F
 ECE_BINS = 15
 
 
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Logits of `model` (switched to eval mode) on all of `x`, returned as a (N, K) float32 CPU tensor."""
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Top-1 accuracy in [0, 1].
 

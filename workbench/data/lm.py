@@ -187,3 +187,11 @@ def tokens_in(dataset: Dataset, split: str = "train") -> int:
     """The number of predicted tokens of a split (seq_len per block)."""
     x = getattr(dataset, f"x_{split}")
     return int(x.shape[0] * (x.shape[1] - 1))
+
+
+def batch_topk(cache, idx: np.ndarray, device):
+    """The cached top-k (values, ids) of the blocks `idx`, (b, L, k) each, as float and long tensors on `device`."""
+    values, ids = cache[0], cache[1]
+    v = torch.from_numpy(np.ascontiguousarray(values[idx])).to(device).float()
+    j = torch.from_numpy(np.ascontiguousarray(ids[idx]).astype(np.int64)).to(device)
+    return v, j

@@ -26,20 +26,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from workbench.core.metrics import predict_logits  # noqa: F401 (this module's public name too)
 from workbench.models.zoo import checkpoint_bytes, count_params, sample_input
-
-# ---------------------------------------------------------------------------
-# metrics from logits (pure functions)
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
-                   device: torch.device | str | None = None) -> torch.Tensor:
-    """Logits of `model` (switched to eval mode) on all of `x`, returned as a (N, K) float32 CPU tensor."""
-    model.eval()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out)
-
 
 # ---------------------------------------------------------------------------
 # model figures
@@ -187,3 +175,43 @@ class OtherCpuLoad:
             return
         other = (busy1 - self._busy0) - (own1 - self._own0)
         self.fraction = min(1.0, max(0.0, other / (wall * (os.cpu_count() or 1))))
+
+
+def token_profile(model: nn.Module, dataset, task, device="cpu", timing: bool = True) -> dict:
+    """A language model's figures: params, size, and tokens per second at batch 1 and 32 over blocks of the
+    task's `timed_sample` length, on the CPU (a forward over the block, no KV cache)."""
+    model = model.to(device).eval()
+    out = {"params": count_params(model), "size_bytes": len(checkpoint_bytes(model)), "device": str(device),
+           "device_name": device_name(str(device)), "dtype": "float32", "threads": torch.get_num_threads(),
+           "sample": task.timed_sample(dataset)}
+    out["size_mb"] = out["size_bytes"] / 1e6
+    if not timing:
+        return out
+    with OtherCpuLoad() as load, torch.inference_mode():
+        for batch in (1, 32):
+            x = task.timing_batch(model, dataset, batch).to(device)
+            model(x)  # warm-up
+            reps, t0 = 0, time.perf_counter()
+            while reps < 3 and (reps == 0 or time.perf_counter() - t0 < 2.0):
+                model(x)
+                reps += 1
+            dt = (time.perf_counter() - t0) / reps
+            if batch == 1:
+                out["latency_ms"] = 1000 * dt
+                out["ms_per_token"] = 1000 * dt / x.shape[1]
+            out[f"tokens_per_s_b{batch}"] = x.numel() / dt
+    out["throughput"] = out["tokens_per_s_b32"] / x.shape[1]  # blocks per second at batch 32
+    if load.fraction is not None:
+        out["cpu_busy_elsewhere"] = round(load.fraction, 3)
+    return out
+
+
+def profile_for(task, model: nn.Module, dataset, device="cpu") -> dict:
+    """The profile a run's summary holds, in the units of its task: per token for a language model, per sample
+    otherwise (with what one timed sample is, where the task says)."""
+    if task.sample_kind == "tokens":
+        return token_profile(model, dataset, task, device)
+    out = model_profile(model, dataset.input_shape, device)
+    if task.timed_sample(dataset):
+        out["sample"] = task.timed_sample(dataset)
+    return out

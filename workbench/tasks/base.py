@@ -10,13 +10,44 @@ signature and how a sample is shown. Image classification (`tasks.image`) and ta
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, replace
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from workbench.core.metrics import classification_metrics
+from workbench.core.metrics import classification_metrics, predict_logits
 from workbench.data.datasets import Dataset
 from workbench.errors import ModelError
 from workbench.models.zoo import build_model, sample_input
+
+
+@dataclass(frozen=True)
+class Score:
+    """What a task's runs are judged by: the key of its validation and test figures, and which way is better."""
+
+    key: str  # validation rows hold val_<key>; the summary's best is val_<key>_best
+    title: str  # "accuracy", "perplexity"
+    higher_is_better: bool
+    percent: bool = False  # shown as a percentage (accuracy) rather than a plain number (perplexity)
+
+    @property
+    def worst(self) -> float:
+        return -math.inf if self.higher_is_better else math.inf
+
+    def better(self, row: dict, best: dict) -> bool:
+        """Whether a validation row beats the best so far; ties (common on small validation sets) go to the lower
+        validation loss."""
+        v, b = row[f"val_{self.key}"], best[f"val_{self.key}"]
+        if v != b:
+            return v > b if self.higher_is_better else v < b
+        return row["val_loss"] < best["val_loss"]
+
+    def format(self, value: float | None) -> str:
+        if value is None:
+            return "–"
+        return f"{100 * value:.2f}%" if self.percent else f"{value:,.1f}"
 
 
 class Task:
@@ -31,7 +62,10 @@ class Task:
     feature_maps = True  # its models have spatial feature maps (what attention transfer matches)
     transformer_layers = False  # its models may be Transformers (what TinyBERT and MiniLM match)
     prunable = True  # torch-pruning's channel pruning applies to its models (deploy --prune)
-    token_level = False  # its models predict next tokens: only methods with token_terms distil them
+    token_level = False  # its models predict next tokens: only methods whose terms take a TopK target distil them
+    score = Score("acc", "accuracy", higher_is_better=True, percent=True)
+    default_topk: int | None = None  # set: the teacher cache holds its k largest logits per position, not all
+    grad_clip: float | None = None  # the gradient-norm clip a run gets unless its config sets one (None: off)
 
     # -- data ---------------------------------------------------------------------------------------------
     def load(self, name: str, data_dir=None, *, size: int | None = None, stream: bool | None = None,
@@ -144,6 +178,66 @@ class Task:
     def teacher_takes(self, shape: tuple[int, ...], dataset: Dataset, trained_on: str | None) -> bool:
         """Whether a teacher built for inputs of `shape` can be shown this data set's samples."""
         return shape == tuple(dataset.input_shape)
+
+    def adopt_cut(self, student: nn.Module, config, shape: tuple[int, ...], dataset: Dataset) -> None:
+        """Check and label a student cut from its teacher (`student_from_teacher`) as the run's student."""
+        if student.kdw_config != replace(config.model, pretrained=False):
+            raise ValueError(f"the config's student is {config.model.label()}, but the teacher cut to layers "
+                             f"{','.join(map(str, config.keep_layers))} is {student.kdw_config.label()}")
+        student.kdw_input_shape, student.kdw_vocab = shape, dataset.vocab
+
+    def check_pair(self, student: nn.Module, teacher_model: nn.Module | None, config) -> None:
+        """ValueError unless the student can learn from this teacher (nothing to check, by default)."""
+
+    # -- training -----------------------------------------------------------------------------------------
+    def inputs_targets(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the student reads, (N,) targets with −1 where there is none) of a batch: the samples and their
+        labels, for a classifier."""
+        return x, y
+
+    def flat_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The student's output as (N, K) rows, one per target of `inputs_targets`."""
+        return logits
+
+    def evaluate(self, model: nn.Module, data: Dataset, split: str, teacher_out=None, device=None) -> dict:
+        """Loss, score and (with the teacher's outputs on the split) agreement of `model` on a split, unprefixed."""
+        x, y = data.split(split)
+        logits = predict_logits(model, x, device=device)  # (N, K) on the CPU
+        out = {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        if teacher_out is not None:
+            out["agreement"] = (logits.argmax(1) == teacher_out.argmax(1)).float().mean().item()
+        return out
+
+    def test_metrics(self, model: nn.Module, data: Dataset, teacher_out=None, device=None) -> dict:
+        """The summary's test figures of `model`."""
+        return self.metrics(predict_logits(model, data.x_test, device=device), data.y_test, data.num_classes,
+                            teacher_out)
+
+    def teacher_test(self, teacher_out, data: Dataset) -> dict:
+        """The teacher's own test figures, from its outputs on the test split."""
+        return self.metrics(teacher_out, data.y_test, data.num_classes)
+
+    def diverged(self, history: list[dict], data: Dataset, lr: float) -> str | None:
+        """Why a finished run counts as diverged, or None: after two epochs or more, its validation accuracy is
+        at chance level (at most 1.5/K) and its validation loss no better than guessing uniformly (0.9·ln K).
+
+        >>> from types import SimpleNamespace
+        >>> Task().diverged([{"val_acc": 0.16, "val_loss": 40.0}, {"val_acc": 0.11, "val_loss": 2.4}],
+        ...                 SimpleNamespace(num_classes=10), 1.0)[:40]
+        'validation accuracy ended at chance leve'
+        """
+        k = data.num_classes
+        if len(history) < 2 or k < 2:
+            return None
+        last = history[-1]
+        if last["val_acc"] <= 1.5 / k and last["val_loss"] >= 0.9 * math.log(k):
+            return (f"validation accuracy ended at chance level ({100 * last['val_acc']:.1f}% with {k} "
+                    f"classes): training diverged. Try a learning rate 10× lower (now {lr:g}).")
+        return None
+
+    def summary_extra(self, model: nn.Module, data: Dataset, device, config=None, method=None) -> dict:
+        """What a run's summary holds beyond the figures every task has (nothing, by default)."""
+        return {}
 
     # -- results ------------------------------------------------------------------------------------------
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int,

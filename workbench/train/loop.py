@@ -18,6 +18,7 @@ where the teacher's signal is all it gets (Hinton's transfer set).
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import re
@@ -29,13 +30,22 @@ from pathlib import Path
 import torch
 
 from workbench.core.hooks import FeatureHooks
-from workbench.core.methods import DISTILLATION_METHODS, Method, StepContext, build_method, default_method, method_info
+from workbench.core.methods import (
+    DISTILLATION_METHODS,
+    Method,
+    StepContext,
+    TopK,
+    build_method,
+    default_method,
+    method_info,
+)
 from workbench.data.datasets import Dataset, label_mask
 from workbench.data.images import StreamLoader
+from workbench.data.lm import batch_topk
 from workbench.data.loaders import BatchLoader
 from workbench.data.transforms import AUGMENTATIONS
 from workbench.errors import CheckpointDamaged
-from workbench.evaluate.metrics import model_profile, predict_logits
+from workbench.evaluate.metrics import model_profile, profile_for
 from workbench.io import atomic_write
 from workbench.models.zoo import ModelConfig, count_params, is_convnet, load_weights
 from workbench.store.runs import migrate_config
@@ -50,28 +60,20 @@ from workbench.train.steps import (  # noqa: F401 (pick_device, available_device
     pick_device,
     save_epoch_weights,
 )
-from workbench.train.teachers import Teacher, cached_logits, data_identity, load_teacher
+from workbench.train.teachers import (
+    Teacher,
+    cached_logits,
+    data_identity,
+    load_teacher,
+    reading_rate,
+    teacher_samples,
+    teacher_topk,
+)
 from workbench.train.tracking import check_target
 
 KINDS = ("teacher", "scratch", "kd")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def divergence(history: list[dict], num_classes: int, lr: float) -> str | None:
-    """Why a finished run counts as diverged, or None: after two epochs or more, its validation accuracy is
-    at chance level (at most 1.5/K) and its validation loss no better than guessing uniformly (0.9·ln K).
-
-    >>> divergence([{"val_acc": 0.16, "val_loss": 40.0}, {"val_acc": 0.11, "val_loss": 2.4}], 10, 1.0)[:40]
-    'validation accuracy ended at chance leve'
-    """
-    if len(history) < 2:
-        return None
-    last = history[-1]
-    if last["val_acc"] <= 1.5 / num_classes and last["val_loss"] >= 0.9 * math.log(num_classes):
-        return (f"validation accuracy ended at chance level ({100 * last['val_acc']:.1f}% with {num_classes} "
-                f"classes): training diverged. Try a learning rate 10× lower (now {lr:g}).")
-    return None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 3e-3  # peak learning rate (warm-up, then cosine to 0)
     weight_decay: float = 5e-4
+    grad_clip: float | None = None  # max gradient norm (None: the task's default, 1.0 for language models; 0: off)
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, Nesterov)
     labels: int | float | None = None  # visible training labels: a count (int), a fraction in (0, 1] (float), or all
     augment: str = "auto"  # auto (the data set's default) | none | flip | crop | flip+crop
@@ -169,6 +172,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be a whole number >= 1, got {self.batch_size}")
         if not _finite("lr", self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.grad_clip is not None and _finite("grad_clip", self.grad_clip) < 0:
+            raise ValueError(f"grad_clip must be a gradient norm >= 0 (0 switches clipping off), got {self.grad_clip}")
         if _finite("weight_decay", self.weight_decay) < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
@@ -365,23 +370,26 @@ class Session:
     visible: torch.Tensor  # (N_train,) bool: labels the run may see
     loader: BatchLoader  # or images.StreamLoader for streamed data
     setup_s: float = 0.0
-    teacher_data: Dataset | None = None  # the images as the teacher sees them (its size, channels, normalisation)
+    teacher_data: Dataset | None = None  # the samples as the teacher sees them (its size, channels, normalisation)
     init: dict | None = None  # what load_weights reported: the source, and the layers that are new
+    shape: tuple = ()  # one sample as the student reads it
+    topk: int | None = None  # the teacher's logits cached per position, where the task caches only the top k
     # filled in by start()
-    forward: torch.nn.Module | None = None  # the student, or its torch.compile'd version
+    forward: torch.nn.Module | None = None  # the student, or its torch.compile'd (or DDP) version
     optimizer: torch.optim.Optimizer | None = None
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     t_targets: torch.Tensor | None = None  # (views, N_train, K) method.teacher_target of the cached logits
+    t_topk: tuple | None = None  # (values, ids, _) (N_train, L, k) memory-mapped: the cached top k of the train split
     views: tuple[str, ...] = ("plain",)
-    val_teacher: torch.Tensor | None = None  # (N_val, K) teacher logits, CPU
-    test_teacher: torch.Tensor | None = None
+    val_teacher: object = None  # the teacher's outputs on the validation split: (N_val, K) logits, or its top k
+    test_teacher: object = None
     s_hooks: FeatureHooks | None = None
     t_hooks: FeatureHooks | None = None
     # progress
     step: int = 0
     train_s: float = 0.0
-    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "val_loss": math.inf, "epoch": 0, "state": None})
+    best: dict = field(default_factory=dict)  # val_<score>, val_loss, epoch, state of the best epoch so far
     history: list = field(default_factory=list)
     epoch: int = 0  # the last completed epoch
     rank: int = 0  # this process's rank, and how many train together (torch.distributed)
@@ -391,6 +399,42 @@ class Session:
     @property
     def total_steps(self) -> int:
         return self.config.epochs * len(self.loader)
+
+    @property
+    def grad_clip(self) -> float | None:
+        clip = self.config.grad_clip if self.config.grad_clip is not None else self.task.grad_clip
+        return clip or None  # 0 switches it off
+
+
+def _loader(config: TrainConfig, ds: Dataset, visible: torch.Tensor, method: Method, augment: str, device,
+            rank: int, world: int):
+    """The batches of a run: the transfer set (kd: every training sample, labels where visible) as slices of
+    device tensors, or streamed from the disk cache for large image sets."""
+    steps_per_epoch = len(ds.x_train) // min(config.batch_size, len(ds.x_train))
+    kw = dict(augment=augment, seed=config.seed, shard=(rank, world))
+    if world > 1 and config.batch_size % world:
+        raise ValueError(f"the batch size ({config.batch_size}) must split evenly over {world} processes")
+    if not method.learns_from_unlabelled:  # labels alone, with the same number of steps as a full epoch
+        kw.update(indices=visible.nonzero().squeeze(1), steps=steps_per_epoch)
+    if ds.streamed:  # images stay on disk; a DataLoader with workers reads and normalises each batch
+        return StreamLoader(ds.x_train, ds.y_train, config.batch_size, device=device, **kw)
+    return BatchLoader(ds.x_train, ds.y_train, config.batch_size, **kw)
+
+
+def _student(config: TrainConfig, task, dataset: Dataset, teacher: Teacher | None, shape,
+             student: torch.nn.Module | None) -> torch.nn.Module:
+    """The run's student: cut from its teacher (DistilBERT-style), built from the config, or a module of the
+    user's that sees the data at the config's size and channels."""
+    if student is None and config.keep_layers is not None:
+        student = task.student_from_teacher(teacher.model, config.keep_layers)
+        task.adopt_cut(student, config, shape, dataset)
+    elif student is None:
+        task.check_family(config.model.family)
+        student = task.build_student(config.model, shape, dataset)
+    else:
+        student.kdw_input_shape, student.kdw_num_classes = shape, dataset.num_classes
+        student.kdw_config = getattr(student, "kdw_config", config.model)
+    return student
 
 
 def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, teacher: Teacher | None = None,
@@ -402,10 +446,6 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     is this function. Pass `teacher` to reuse one already loaded, and `student` to train a model you
     built yourself (a pruned student, say) instead of `config.model`.
     """
-    if task_for(config.dataset, config.task).token_level:  # a language model: next-token distillation
-        from workbench.train import lm
-
-        return lm.prepare(config, store, teacher)
     t0 = time.perf_counter()
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -436,18 +476,8 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
 
     torch.manual_seed(config.seed)  # the same init for a scratch student and its distilled twin
     shape = task.student_shape(dataset, config)
-    if student is None and config.keep_layers is not None:  # DistilBERT-style: the teacher, fewer layers
-        student = task.student_from_teacher(teacher.model, config.keep_layers)
-        if student.kdw_config != replace(config.model, pretrained=False):
-            raise ValueError(f"the config's student is {config.model.label()}, but the teacher cut to layers "
-                             f"{','.join(map(str, config.keep_layers))} is {student.kdw_config.label()}")
-        student.kdw_input_shape, student.kdw_vocab = shape, dataset.vocab
-    elif student is None:
-        task.check_family(config.model.family)
-        student = task.build_student(config.model, shape, dataset)
-    else:  # a module of the user's: it sees the data at the config's size and channels
-        student.kdw_input_shape, student.kdw_num_classes = shape, dataset.num_classes
-        student.kdw_config = getattr(student, "kdw_config", config.model)
+    student = _student(config, task, dataset, teacher, shape, student)
+    task.check_pair(student, teacher.model if teacher is not None else None, config)
     task.prepare_student(student, dataset, shape)
     task.probe(student, shape)  # one sentence for a model that does not take these samples
     init = load_weights(student, config.init) if config.init else None
@@ -456,21 +486,13 @@ def prepare(config: TrainConfig, store=None, dataset: Dataset | None = None, tea
     method.setup(student, teacher.model if teacher else None, data.input_shape, data.num_classes,
                  len(data.x_train))  # a method that cannot work with these models says so here
     method.to(device)
-
     ds = data.to(device)
-    steps_per_epoch = len(ds.x_train) // min(config.batch_size, len(ds.x_train))
-    kw = dict(augment=augment, seed=config.seed, shard=(rank, world))
-    if world > 1 and config.batch_size % world:
-        raise ValueError(f"the batch size ({config.batch_size}) must split evenly over {world} processes")
-    if not method.learns_from_unlabelled:  # labels alone, with the same number of steps as a full epoch
-        kw.update(indices=visible.nonzero().squeeze(1), steps=steps_per_epoch)
-    if data.streamed:  # images stay on disk; a DataLoader with workers reads and normalises each batch
-        loader = StreamLoader(ds.x_train, ds.y_train, config.batch_size, device=device, **kw)
-    else:  # the transfer set (kd: every training image, labels where visible) as slices of device tensors
-        loader = BatchLoader(ds.x_train, ds.y_train, config.batch_size, **kw)
+    loader = _loader(config, ds, visible, method, augment, device, rank, world)
     return Session(config, device, data, ds, augment, teacher, method, student, visible.to(device), loader,
                    setup_s=time.perf_counter() - t0, teacher_data=teacher_data, init=init, rank=rank, world=world,
-                   task=task)
+                   task=task, shape=tuple(shape), best={f"val_{task.score.key}": task.score.worst,
+                                                        "val_loss": math.inf, "epoch": 0, "state": None},
+                   topk=(config.topk or task.default_topk) if task.default_topk else None)
 
 
 def check_setup(config: TrainConfig, store=None, teacher: Teacher | None = None) -> Session:
@@ -480,48 +502,94 @@ def check_setup(config: TrainConfig, store=None, teacher: Teacher | None = None)
     return prepare(config, store, teacher=teacher)
 
 
-def start(s: Session, store=None, callbacks=()) -> None:
-    """Stage 2: the teacher's targets from the cache, feature hooks, compilation and the optimiser.
+def _stage_reporter(callbacks, text: str, total: int):
+    """progress(done, total) callbacks for the wait before the first step, as one bar over several parts."""
+    t_stage, state = time.perf_counter(), {"done": 0}
 
-    Under torch.distributed, rank 0 computes the teacher's logits into the disk cache first, and the other
+    def part(size: int):
+        base = state["done"]
+        state["done"] += size
+
+        def report(n, _):
+            frac = (base + n) / max(1, total)
+            spent = time.perf_counter() - t_stage
+            _emit(callbacks, {"event": "stage", "text": text, "fraction": frac,
+                              "eta_s": spent / frac * (1 - frac) if frac > 0 else None})
+        return report
+    return part
+
+
+def _teacher_samples(s: Session, cache_dir, callbacks) -> None:
+    """Sequence-level KD: the training split becomes the teacher's own continuations of its blocks."""
+    n = len(s.dataset.x_train)
+    part = _stage_reporter(callbacks, f"the teacher writes its own text for sequence-level KD: {n} blocks of "
+                           f"{s.dataset.x_train.shape[1]:,} tokens (first run only, then cached)", n)
+    samples = teacher_samples(s.teacher, s.dataset, cache_dir, s.device, s.config.seed, part(n))
+    fp = hashlib.sha256(f"{s.dataset.fingerprint}|teacher-samples|{s.teacher.digest}|{s.config.seed}".encode())
+    s.dataset = replace(s.dataset, x_train=samples, fingerprint=fp.hexdigest()[:16])
+    s.teacher_data = s.dataset
+    s.ds = replace(s.ds, x_train=samples.to(s.device), fingerprint=s.dataset.fingerprint)
+    s.loader = _loader(s.config, s.ds, s.visible, s.method, s.augment, s.device, s.rank, s.world)
+
+
+def _teacher_outputs(s: Session, store, callbacks) -> None:
+    """The teacher's targets of the training split per view (when the method reads them and they can be cached)
+    and its outputs on the validation and test splits: every logit, or the top k per token where the task caches
+    only those; computed once into the store's cache, read from there by every later run."""
+    config, method, teacher = s.config, s.method, s.teacher
+    topk = s.topk is not None  # the task caches the teacher's top k per position, not every logit
+    cacheable = method.teacher_input == "logits" and method.uses_teacher_targets and config.epochs > 0 \
+        and (config.teacher_cache or topk) and "crop" not in s.augment  # random crops cannot be enumerated
+    jobs = ([("train", v) for v in s.views] if cacheable else []) + [("val", "plain"), ("test", "plain")]
+    sizes = {sp: len(getattr(s.teacher_data, f"x_{sp}")) for sp in ("train", "val", "test")}
+    total = sum(sizes[j] for j, _ in jobs)
+    if topk:
+        n_tok = total * (s.teacher_data.x_train.shape[1] - 1)
+        rate = reading_rate(store, teacher.spec)
+        text = (f"caching the teacher's top-{s.topk} logits of {n_tok:,} tokens ({', '.join(j for j, _ in jobs)}"
+                + (f"; about {n_tok / rate:,.0f} s at the {rate:,.0f} tokens/s its run read at" if rate else "")
+                + "; first run only, every later run reads them)")
+    else:
+        text = "computing the teacher's logits (first run only; cached for every later run)"
+    part = _stage_reporter(callbacks, text, total)
+    targets = []
+    for split, v in jobs:
+        report = part(sizes[split])
+        if topk:
+            out = teacher_topk(teacher, s.teacher_data, split, s.topk, store.cache_dir if store else None, s.device,
+                               report)
+        else:
+            out = cached_logits(teacher, s.teacher_data, split, v, (store.cache_dir / "teacher-logits")
+                                if store is not None else None, s.device if split == "train" else "cpu",
+                                progress=report)
+        if split == "train" and topk:
+            s.t_topk = out
+        elif split == "train":  # (N_train, K): what the method asked for, once per view
+            targets.append(method.teacher_target(out))
+        elif split == "val":
+            s.val_teacher = out
+        else:
+            s.test_teacher = out
+    if targets:
+        s.t_targets = torch.stack(targets)  # (views, N_train, K)
+
+
+def start(s: Session, store=None, callbacks=()) -> None:
+    """Stage 2: the teacher's cached targets (and, for sequence-level KD, its samples), feature hooks,
+    compilation and the optimiser.
+
+    Under torch.distributed, rank 0 computes the teacher's outputs into the disk cache first, and the other
     ranks read them from there: the teacher runs once, not once per rank.
     """
     t0 = time.perf_counter()
     if s.world > 1 and s.rank != 0:
-        torch.distributed.barrier()  # rank 0 is filling the teacher-logit cache
+        torch.distributed.barrier()  # rank 0 is filling the teacher's cache
     config, method, teacher = s.config, s.method, s.teacher
-    cache_dir = (store.cache_dir / "teacher-logits") if store is not None else None
     s.views = s.task.cache_views(s.augment)
-    cacheable = method.teacher_input == "logits" and teacher is not None and config.teacher_cache \
-        and "crop" not in s.augment  # random crops cannot be enumerated, so their logits cannot be cached
-    jobs = ([("train", v) for v in s.views] if cacheable else []) + ([("val", "plain"), ("test", "plain")]
-                                                                      if teacher is not None else [])
-    sizes = {"train": len(s.teacher_data.x_train), "val": len(s.teacher_data.x_val),
-             "test": len(s.teacher_data.x_test)} if teacher is not None else {}
-    total, done, t_stage = sum(sizes[j] for j, _ in jobs) or 1, 0, time.perf_counter()
-
-    def stage(split):  # the wait before the first epoch, explained: the teacher's logits, first run only
-        def report(n, _):
-            frac = (done + n) / total
-            spent = time.perf_counter() - t_stage
-            _emit(callbacks, {"event": "stage", "text": "computing the teacher's logits (first run only; cached "
-                              "for every later run)", "fraction": frac,
-                              "eta_s": spent / frac * (1 - frac) if frac > 0 else None})
-        return report
-
-    targets = []
-    for split, v in jobs:
-        logits = cached_logits(teacher, s.teacher_data, split, v, cache_dir, s.device if split == "train" else "cpu",
-                               progress=stage(split))
-        done += sizes[split]
-        if split == "train":  # (N_train, K): what the method asked for, once per view
-            targets.append(method.teacher_target(logits))
-        elif split == "val":
-            s.val_teacher = logits
-        else:
-            s.test_teacher = logits
-    if targets:
-        s.t_targets = torch.stack(targets)  # (views, N_train, K)
+    if method.teacher_samples and teacher is not None and config.epochs > 0:
+        _teacher_samples(s, store.cache_dir if store is not None else None, callbacks)
+    if teacher is not None:
+        _teacher_outputs(s, store, callbacks)
     if s.world > 1 and s.rank == 0:
         torch.distributed.barrier()  # the cache is on disk: the other ranks may read it
     s.channels_last = s.device.type == "cuda" and is_convnet(s.student)
@@ -546,29 +614,37 @@ def _autocast(s: Session):
 
 
 def teacher_batch(s: Session, x: torch.Tensor, idx: torch.Tensor, flip: torch.Tensor | None):
-    """(target, features) of the teacher for one batch: looked up in the cache, or the frozen teacher run on it."""
-    if s.method.teacher_input == "none" or s.teacher is None:
+    """(target, features) of the teacher for one batch `x` (what the student reads): looked up in the cache, or
+    the frozen teacher run on it. The target is (N, K), or the TopK per position where the task caches only that."""
+    if s.method.teacher_input == "none" or s.teacher is None or not s.method.uses_teacher_targets:
         return None, {}
     if s.t_targets is not None:  # flipped samples take the flipped view
         return (s.t_targets[0, idx] if flip is None else s.t_targets[flip.long(), idx]), {}  # (B, K)
+    if s.t_topk is not None:
+        v, j = batch_topk(s.t_topk, idx.cpu().numpy(), s.device)  # (B, L, k) each
+        return TopK(v.reshape(-1, v.shape[-1]), j.reshape(-1, j.shape[-1])), {}  # (B·L, k)
     x_t = s.task.to_teacher(x, s.dataset, s.teacher_data)  # as the teacher sees it (its size and channels)
     with torch.no_grad(), _autocast(s):
-        z_t = s.teacher.model(x_t).float()  # (B, K)
+        z_t = s.task.flat_logits(s.teacher.model(x_t)).float()  # (N, K)
+    if s.topk is not None:
+        return TopK(*z_t.topk(s.topk, dim=-1)), (s.t_hooks.pop() if s.t_hooks else {})
     return s.method.teacher_target(z_t), (s.t_hooks.pop() if s.t_hooks else {})
 
 
-def train_step(s: Session, x, y, idx, flip) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One forward/backward/update; returns the detached terms and the logits (no host-device sync)."""
+def train_step(s: Session, x, y, idx, flip) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """One forward/backward/update; returns the detached terms and the step's (logits (N, K), targets (N,)), with
+    no host-device sync."""
     for g in s.optimizer.param_groups:  # learning rate: warm-up then cosine
         g["lr"] = lr_at(s.step, s.total_steps, s.config.lr)
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y_seen = torch.where(s.visible[idx], y, -1)  # (B,) -1 = label hidden by the budget
+    inputs, targets = s.task.inputs_targets(x, y_seen)  # targets (N,): a classifier's labels, or next tokens
     with _autocast(s):
-        logits = s.forward(x)  # (B, K)
+        logits = s.task.flat_logits(s.forward(inputs))  # (N, K)
     logits = logits.float()
-    t_target, t_feats = teacher_batch(s, x, idx, flip)
-    ctx = StepContext(inputs=x, targets=y_seen, idx=idx, s_logits=logits, t_target=t_target,
+    t_target, t_feats = teacher_batch(s, inputs, idx, flip)
+    ctx = StepContext(inputs=inputs, targets=targets, idx=idx, s_logits=logits, t_target=t_target,
                       s_feats=s.s_hooks.pop() if s.s_hooks else {}, t_feats=t_feats,
                       progress=s.step / s.total_steps)
     terms = s.method.terms(ctx)
@@ -580,9 +656,11 @@ def train_step(s: Session, x, y, idx, flip) -> tuple[dict[str, torch.Tensor], to
             if p.grad is not None:
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= s.world
+    if s.grad_clip:
+        torch.nn.utils.clip_grad_norm_(s.student.parameters(), s.grad_clip)
     s.optimizer.step()
     s.step += 1
-    return {k: v.detach() for k, v in terms.items()}, logits.detach()
+    return {k: v.detach() for k, v in terms.items()}, (logits.detach(), targets)
 
 
 def train_epoch(s: Session, epoch: int, callbacks=()) -> dict:
@@ -593,11 +671,11 @@ def train_epoch(s: Session, epoch: int, callbacks=()) -> dict:
     correct = torch.zeros((), device=s.device, dtype=torch.long)
     seen = torch.zeros((), device=s.device, dtype=torch.long)
     for x, y, idx, flip in s.loader:
-        terms, logits = train_step(s, x, y, idx, flip)
+        terms, (logits, targets) = train_step(s, x, y, idx, flip)
         for k, v in terms.items():
             sums[k] = sums[k] + v if k in sums else v.clone()
-        labelled = s.visible[idx]
-        correct += ((logits.argmax(1) == y) & labelled).sum()
+        labelled = targets >= 0
+        correct += ((logits.argmax(1) == targets) & labelled).sum()
         seen += labelled.sum()
         _emit(callbacks, {"event": "step", "step": s.step, "total_steps": s.total_steps, "epoch": epoch})
     if s.device.type == "cuda":
@@ -616,14 +694,38 @@ def train_epoch(s: Session, epoch: int, callbacks=()) -> dict:
 
 
 def evaluate(s: Session) -> dict:
-    """Stage 3b: validation loss and accuracy (and agreement with the teacher) of the current student."""
-    val_logits = predict_logits(s.forward, s.ds.x_val, device=s.device)  # (N_val, K) on the CPU
-    val_y = s.dataset.y_val
-    out = {"val_loss": torch.nn.functional.cross_entropy(val_logits, val_y).item(),
-           "val_acc": (val_logits.argmax(1) == val_y).float().mean().item()}
-    if s.val_teacher is not None:
-        out["val_agreement"] = (val_logits.argmax(1) == s.val_teacher.argmax(1)).float().mean().item()
-    return out
+    """Stage 3b: validation loss and score (and agreement with the teacher) of the current student."""
+    m = s.task.evaluate(s.forward, s.ds, "val", s.val_teacher, s.device)
+    return {f"val_{k}": v for k, v in m.items()}
+
+
+def run_summary(s: Session, best_test: dict, last_test: dict, profile: bool) -> dict:
+    """The summary.json of a finished run: the same keys for every task, and what its task adds."""
+    config, dataset, method, task = s.config, s.dataset, s.method, s.task
+    key = f"val_{task.score.key}"
+    summary = {
+        "kind": config.kind, "task": task.name, "model": config.model.to_dict(), "model_label": config.model.label(),
+        "dataset": dataset.name, "best_epoch": s.best["epoch"], "epochs_done": len(s.history),
+        f"{key}_best": s.best[key],
+        "test": best_test,  # the best-validation epoch
+        "test_last": last_test,  # the last epoch
+        "train_s": s.train_s, "setup_s": s.setup_s, "augment": s.augment, "device": str(s.device),
+        "input_shape": list(s.shape),
+        "method": {"name": method.name, "params": method.p, "objective": method.objective_text(),
+                   "title": method.title, "citation": method.citation},
+    }
+    if dataset.num_classes:  # a data set with labels: how many the run could see
+        summary["visible_labels"] = int(s.visible.sum())
+    if s.init is not None:
+        summary["init"] = s.init
+    if dataset.skipped:
+        summary["skipped_images"] = {"count": len(dataset.skipped), "first": dataset.skipped[:5]}
+    summary.update(task.summary_extra(s.student, dataset, s.device, config, method))
+    if profile:
+        summary["profile"] = profile_for(task, copy.deepcopy(s.student).float(), dataset, "cpu")
+    if s.teacher is not None:
+        summary["teacher"] = teacher_summary(s.teacher, task, s.teacher_data, s.test_teacher, profile)
+    return summary
 
 
 def finish(s: Session, run=None, profile: bool = True) -> dict:
@@ -631,47 +733,19 @@ def finish(s: Session, run=None, profile: bool = True) -> dict:
     for hooks in (s.s_hooks, s.t_hooks):
         if hooks is not None:
             hooks.remove()
-    student, dataset, k = s.student, s.dataset, s.dataset.num_classes
+    student = s.student
     last_state = copy.deepcopy(student.state_dict())
-    last_test = s.task.metrics(predict_logits(student, s.ds.x_test), dataset.y_test, k, s.test_teacher)
-    student.load_state_dict(s.best["state"])
-    best_test = last_test if s.best["epoch"] == s.epoch else \
-        s.task.metrics(predict_logits(student, s.ds.x_test), dataset.y_test, k, s.test_teacher)  # the same weights
-    method = s.method
-    summary = {
-        "kind": s.config.kind,
-        "task": s.task.name,
-        "model": s.config.model.to_dict(),
-        "model_label": s.config.model.label(),
-        "dataset": dataset.name,
-        "best_epoch": s.best["epoch"],
-        "epochs_done": len(s.history),
-        "val_acc_best": s.best["val_acc"],
-        "test": best_test,  # the best-validation epoch
-        "test_last": last_test,  # the last epoch
-        "train_s": s.train_s,
-        "setup_s": s.setup_s,
-        "visible_labels": int(s.visible.sum()),
-        "augment": s.augment,
-        "device": str(s.device),
-        "input_shape": list(dataset.input_shape),
-        "method": {"name": method.name, "params": method.p, "objective": method.objective_text(),
-                   "title": method.title, "citation": method.citation},
-    }
-    if s.init is not None:
-        summary["init"] = s.init
-    if dataset.skipped:
-        summary["skipped_images"] = {"count": len(dataset.skipped), "first": dataset.skipped[:5]}
-    if profile:
-        summary["profile"] = model_profile(copy.deepcopy(student).float(), dataset.input_shape, "cpu")
-        if s.task.timed_sample(dataset):
-            summary["profile"]["sample"] = s.task.timed_sample(dataset)
-    if s.teacher is not None:
-        summary["teacher"] = teacher_summary(s.teacher, s.teacher_data, s.test_teacher, profile)
+    last_test = s.task.test_metrics(student, s.ds, s.test_teacher, s.device)
+    best_test = last_test
+    if s.best["state"] is not None and s.best["epoch"] != s.epoch:  # else the same weights
+        student.load_state_dict(s.best["state"])
+        best_test = s.task.test_metrics(student, s.ds, s.test_teacher, s.device)
+    summary = run_summary(s, best_test, last_test, profile)
     student.load_state_dict(last_state)
     if run is not None:
         run.write_summary(summary)
-    student.load_state_dict(s.best["state"])
+    if s.best["state"] is not None:
+        student.load_state_dict(s.best["state"])
     return summary
 
 
@@ -679,17 +753,13 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
           session: Session | None = None, student: torch.nn.Module | None = None, resume=None) -> dict:
     """Train `config` to the end and return its summary (also written to `run` if given).
 
-    `callbacks` are called with event dicts: {"event": "start" | "step" | "epoch" | "end", ...}.
+    `callbacks` are called with event dicts: {"event": "start" | "stage" | "step" | "epoch" | "end", ...}.
     `session` continues from `check_setup`; `teacher` reuses a loaded teacher; `student` trains that
     module instead of building `config.model`; `resume` (a checkpoint file) goes on from its epoch. After
     every epoch a run's folder gets a checkpoint that `kdw resume` continues from. A non-finite loss raises
-    Diverged after recording the epoch's metrics.
+    Diverged after recording the epoch's metrics. A pretrained language-model teacher with 0 epochs is only
+    evaluated.
     """
-    if task_for(config.dataset, config.task).token_level:  # a language model: workbench.train.lm
-        from workbench.train import lm
-
-        return lm.train(config, run=run, callbacks=callbacks, store=store, teacher=teacher, session=session,
-                        resume=resume)
     s = session if session is not None else prepare(config, store, dataset, teacher, student)
     if s.config != config:
         raise ValueError("the session was prepared for another config")
@@ -701,27 +771,30 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
                       "params": count_params(s.student), "visible_labels": int(s.visible.sum()),
                       "method": s.method.name, "objective": s.method.objective_text(), "setup_s": s.setup_s,
                       "resumed_from": s.epoch if resume else None})
+    score = s.task.score
     for epoch in range(s.epoch + 1, config.epochs + 1):
         row = train_epoch(s, epoch, callbacks) | evaluate(s)
         s.history.append(row)
         check_finite(row, epoch, config.lr, callbacks, ", or a lower temperature")
-        # evaluate/checkpoint: ties in accuracy (common on small validation sets) go to the lower validation loss
-        best = s.best
-        improved = row["val_acc"] > best["val_acc"] or (row["val_acc"] == best["val_acc"]
-                                                        and row["val_loss"] < best["val_loss"])
+        improved = score.better(row, s.best)  # evaluate/checkpoint: the best epoch by validation alone
         if improved:
-            s.best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch,
+            s.best = {f"val_{score.key}": row[f"val_{score.key}"], "val_loss": row["val_loss"], "epoch": epoch,
                       "state": copy.deepcopy(s.student.state_dict())}
         s.epoch = epoch
         _emit(callbacks, {"event": "epoch", **row, "best_epoch": s.best["epoch"]})  # its metrics first: a full
         save_epoch_weights(run, s.student, epoch, improved)  # disk may stop the weights, never the finished epoch
-        if run is not None:
+        if run is not None and s.rank == 0:
             save_checkpoint_state(s, run.checkpoint_path)  # everything `kdw resume` needs to go on from here
+    if config.epochs == 0:  # a pretrained model registered as a teacher: evaluated, not trained
+        row = evaluate(s)
+        s.best = {f"val_{score.key}": row[f"val_{score.key}"], "val_loss": row["val_loss"], "epoch": 0,
+                  "state": None}
+        save_epoch_weights(run, s.student, 0, improved=True)
     summary = finish(s, run if s.rank == 0 else None, config.profile and s.rank == 0)
-    why = divergence(s.history, s.dataset.num_classes, config.lr)
+    why = s.task.diverged(s.history, s.dataset, config.lr)
     if why:
         summary["diverged"] = why
-        if run is not None:
+        if run is not None and s.rank == 0:
             run.write_summary({k: v for k, v in summary.items() if not k.startswith("_")})
     _emit(callbacks, {"event": "end", "summary": summary})
     summary["_model"] = s.student  # the best-validation weights, for in-process callers; never serialised
@@ -808,16 +881,17 @@ def load_checkpoint_state(s: Session, path) -> None:
         raise CheckpointDamaged(path, f"it does not fit this run ({type(e).__name__}: {first})") from None
 
 
-def teacher_summary(teacher: Teacher, dataset, test_logits: torch.Tensor, profile: bool = True) -> dict:
+def teacher_summary(teacher: Teacher, task, dataset, test_out, profile: bool = True) -> dict:
     """The teacher's test figures, measured in the same process as the student's (same device, threads)."""
     out = {
         "spec": teacher.spec, "source": teacher.source, "label": teacher.label, "digest": teacher.digest,
         "model": teacher.config.to_dict(),
-        "test": task_for(dataset.name).metrics(test_logits, dataset.y_test, dataset.num_classes),
+        "test": task.teacher_test(test_out, dataset),
         "params": sum(p.numel() for p in teacher.model.parameters()),  # frozen, so count them all
     }
     if profile:
-        out["profile"] = teacher_profile(teacher, dataset.input_shape)
+        out["profile"] = profile_for(task, copy.deepcopy(teacher.model).float(), dataset, "cpu")
+        out["profile"]["params"] = out["params"]
     return out
 
 

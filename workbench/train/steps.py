@@ -1,5 +1,5 @@
-"""What every training loop shares (`workbench.train.loop` for classifiers, `workbench.train.lm` for language
-models): the device, the learning-rate schedule, the optimiser, and how events reach the callbacks."""
+"""What the training loop (`workbench.train.loop`) uses beside its stages: the device, the learning-rate schedule,
+the optimiser, and how events reach the callbacks."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ cached in memory and under ``<runs>/.cache/teacher-logits``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -25,7 +26,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workbench.data.datasets import Dataset
@@ -285,6 +288,152 @@ def cached_logits(teacher: Teacher, dataset: Dataset, split: str, view: str = "p
     while len(_MEMORY) > _MEMORY_MAX:
         _MEMORY.popitem(last=False)
     return logits.to(device)
+
+
+# ---------------------------------------------------------------------------
+# language models: the teacher's top-k logits per token, and its own samples (sequence-level KD)
+
+EVAL_BATCH = 8  # blocks per teacher pass (a vocabulary of 49k makes (8, L, V) logits large already)
+
+
+def _ids_dtype(vocab: int):
+    return np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def topk_key(teacher: Teacher, dataset, split: str, k: int) -> str:
+    blocks = getattr(dataset, f"x_{split}")
+    h = hashlib.sha256(f"{teacher.digest}|{dataset.fingerprint}|{split}|{tuple(blocks.shape)}|{k}".encode())
+    h.update(blocks.numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def teacher_topk(teacher: Teacher, dataset, split: str, k: int, cache_dir, device, progress=None,
+                 batch: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values (N, L, k) fp16, ids (N, L, k), nll (N, L) fp32, None for the train split) of the teacher on a split's
+    blocks, from the disk cache (memory-mapped) or computed once into it. `progress(done, total)` is called as
+    blocks are done."""
+    blocks = getattr(dataset, f"x_{split}")
+    n, L = blocks.shape[0], blocks.shape[1] - 1
+    vocab = teacher.model.vocab_size
+    with_nll = split != "train"  # the teacher's own loss is only ever read on held-out blocks
+    folder = None
+    if cache_dir is not None:
+        folder = cache_dir / "teacher-topk" / topk_key(teacher, dataset, split, k)
+        if (folder / "meta.json").is_file():
+            try:
+                arrays = _open_cache(folder, with_nll)
+                if arrays[0].shape == (n, L, k) and (arrays[2] is None or arrays[2].shape == (n, L)):
+                    return arrays
+            except (OSError, ValueError):
+                pass
+    if folder is not None:
+        tmp = folder.with_name(folder.name + f".{os.getpid()}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        open_ = np.lib.format.open_memmap
+        values = open_(tmp / "values.npy", mode="w+", dtype=np.float16, shape=(n, L, k))
+        ids = open_(tmp / "ids.npy", mode="w+", dtype=_ids_dtype(vocab), shape=(n, L, k))
+        nll = open_(tmp / "nll.npy", mode="w+", dtype=np.float32, shape=(n, L)) if with_nll else None
+    else:
+        values = np.zeros((n, L, k), np.float16)
+        ids = np.zeros((n, L, k), _ids_dtype(vocab))
+        nll = np.zeros((n, L), np.float32) if with_nll else None
+    model = teacher.model.eval()
+    if progress is not None:
+        progress(0, n)  # before the first batch: what is about to take the time
+    with torch.inference_mode():
+        for i in range(0, n, batch):
+            x = blocks[i:i + batch].to(device)
+            z = model(x[:, :-1]).float()  # (b, L, V)
+            v, j = z.topk(k, dim=-1)
+            values[i:i + batch] = v.half().cpu().numpy()
+            ids[i:i + batch] = j.cpu().numpy().astype(ids.dtype)
+            if nll is not None:
+                nll[i:i + batch] = F.cross_entropy(z.transpose(1, 2), x[:, 1:], reduction="none").cpu().numpy()
+            if progress is not None:
+                progress(min(i + batch, n), n)
+    if folder is None:
+        return values, ids, nll
+    for a in (values, ids, nll):
+        if a is not None:
+            a.flush()
+    del values, ids, nll
+    (tmp / "meta.json").write_text(json.dumps({"teacher": teacher.spec, "digest": teacher.digest, "split": split,
+                                               "blocks": n, "seq_len": L, "k": k, "vocab": vocab}))
+    if folder.exists():  # another run filled it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    return _open_cache(folder, with_nll)
+
+
+def _open_cache(folder, with_nll: bool):
+    """(values, ids, nll or None) of a cache folder, memory-mapped."""
+    names = ("values", "ids", "nll") if with_nll else ("values", "ids")
+    arrays = tuple(np.load(folder / f"{name}.npy", mmap_mode="r") for name in names)
+    return arrays if with_nll else (*arrays, None)
+
+
+def topk_bytes(n_tokens: int, k: int, vocab: int, with_nll: bool = False) -> int:
+    """Bytes of the top-k cache's arrays for `n_tokens` tokens: values fp16 and ids (k each), and on held-out
+    blocks the teacher's nll (fp32, one per token)."""
+    return n_tokens * (k * (2 + np.dtype(_ids_dtype(vocab)).itemsize) + (4 if with_nll else 0))
+
+
+SAMPLE_PROMPT_TOKENS = 16  # sequence-level KD: the teacher continues each training block from its first tokens
+
+
+def teacher_samples(teacher: Teacher, dataset, cache_dir, device, seed: int = 0, progress=None,
+                    batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Sequence-level KD's training text (Kim & Rush 2016): for each training block, its first
+    `SAMPLE_PROMPT_TOKENS` tokens continued by the teacher to the block's full length, sampled at T = 1 from its top 50
+    (seeded), end-of-text tokens included as the teacher writes them (it goes on with a new text). (N, L + 1) blocks
+    like `dataset.x_train`, cached on disk, keyed by the teacher's weights, the blocks and the seed."""
+    x = dataset.x_train
+    n, length = x.shape
+    P = min(SAMPLE_PROMPT_TOKENS, length - 1)
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(f"{teacher.digest}|{dataset.fingerprint}|{n}|{length}|{P}|{seed}".encode()).hexdigest()
+        path = cache_dir / "teacher-samples" / f"{key[:24]}.npy"
+        if path.is_file():
+            try:
+                return torch.from_numpy(np.load(path)).long()
+            except (OSError, ValueError):
+                pass
+    hf = teacher.model.hf.eval()
+    config = copy.deepcopy(hf.generation_config)
+    config.eos_token_id, config.pad_token_id = None, int(dataset.vocab.get("eos_id", dataset.vocab["pad_id"]))
+    config.do_sample, config.top_k, config.top_p, config.temperature = True, 50, None, 1.0
+    config.max_new_tokens = config.min_new_tokens = length - P
+    out = torch.empty_like(x)
+    if progress is not None:
+        progress(0, n)
+    with torch.inference_mode():
+        for i in range(0, n, batch):
+            prompt = x[i:i + batch, :P].to(device)
+            torch.manual_seed(seed + i)
+            g = hf.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
+            out[i:i + batch] = g[:, :length].cpu()
+            if progress is not None:
+                progress(min(i + batch, n), n)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
+        np.save(tmp, out.numpy().astype(np.int32))
+        os.replace(tmp, path)
+    return out
+
+
+def reading_rate(store, spec: str) -> float | None:
+    """The tokens per second a teacher run read its test blocks at (what caching its top k costs), if it says."""
+    try:
+        if store is None or not store.exists(spec):
+            return None
+        rate = (store.get(spec).summary.get("test") or {}).get("tokens_per_s")
+        return float(rate) if isinstance(rate, (int, float)) and rate > 0 else None
+    except Exception:
+        return None
+
 
 
 def publish_teacher(run, name: str, to: str | os.PathLike | None = None) -> tuple[Path, dict]:
