@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -125,22 +126,85 @@ def atomic_write_json(path: Path, obj, in_place_when_full: bool = False) -> None
         write_in_place(Path(path), json.dumps(obj, separators=(",", ":"), default=json_default).encode())
 
 
-def read_json(path: Path, default=None):
-    """A JSON file's content, `default` if it does not exist, RunStoreError saying why if it cannot be read."""
+MAX_JSON_BYTES = 32 * 2 ** 20  # a run's JSON file (a summary with a confusion matrix of 1,000 classes is ~5 MB)
+MAX_JSONL_BYTES = 256 * 2 ** 20  # metrics.jsonl: one line per epoch
+MAX_INT_DIGITS = 64  # no figure the workbench writes has more; Python refuses more than 4,300 with a traceback
+MAX_DEPTH = 64  # no file the workbench writes nests deeper than a few levels
+
+
+def read_bounded(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. A FIFO, a device (a link to /dev/zero), a folder or a
+    larger file is RunStoreError ("unreadable: why (path)"), found before reading a byte, and never waited on
+    (the file is opened without blocking). FileNotFoundError as open() raises it."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        return default
+        raise
     except OSError as e:
         raise RunStoreError(f"unreadable: {e.strerror or e} ({path})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file"
+            raise RunStoreError(f"unreadable: {kind}, not a regular file ({path})")
+        if st.st_size > limit:
+            raise RunStoreError(f"unreadable: {st.st_size:,} bytes, more than the {limit:,} a run's file may hold "
+                                f"({path})")
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew while being read
+        raise RunStoreError(f"unreadable: more than the {limit:,} bytes a run's file may hold ({path})")
+    return data
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"a whole number of {len(text.lstrip('-')):,} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _depth(obj) -> int:
+    """How deeply lists and objects nest in `obj` (iteratively: a forged file cannot exhaust the stack)."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        o, d = todo.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            if d > MAX_DEPTH:
+                break
+            todo.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
+def loads_bounded(data: bytes | str):
+    """JSON with limits: whole numbers of at most MAX_INT_DIGITS digits and nesting at most MAX_DEPTH deep.
+    ValueError (json.JSONDecodeError for bad syntax) saying what was wrong; never RecursionError."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
     try:
-        return json.loads(data.decode("utf-8"))
+        obj = json.loads(text, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+    if _depth(obj) > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+    return obj
+
+
+def read_json(path: Path, default=None, limit: int = MAX_JSON_BYTES):
+    """A JSON file's content, `default` if it does not exist, RunStoreError saying why if it cannot be read: not a
+    regular file, larger than `limit`, not UTF-8, not JSON, a number too long or nesting too deep."""
+    try:
+        data = read_bounded(path, limit)
+    except FileNotFoundError:
+        return default
+    try:
+        return loads_bounded(data)
     except UnicodeDecodeError:
         raise RunStoreError(f"unreadable: not UTF-8 text ({path})") from None
     except json.JSONDecodeError as e:
         what = "empty" if not data.strip() else f"not valid JSON ({e.msg} at line {e.lineno})"
         raise RunStoreError(f"unreadable: {what} ({path})") from None
+    except ValueError as e:
+        raise RunStoreError(f"unreadable: {e} ({path})") from None
 
 
 def read_json_object(path: Path) -> dict | None:

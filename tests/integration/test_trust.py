@@ -2,6 +2,8 @@
 store fields, relative paths in background jobs, a full disk, exports that die, manifests that point outside
 their folder, damaged checkpoints and leftovers. Each test failed before its fix (docs/reliability.md)."""
 
+import os
+
 import pytest
 import torch
 from conftest import kdw
@@ -688,3 +690,91 @@ def test_an_embedded_ray_leaves_no_folder_and_ends_with_a_killed_driver(tmp_path
     while (_ray_processes(folder) or __import__("os").path.exists(folder)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _ray_processes(folder) and not __import__("os").path.exists(folder)
+
+
+# ---------------------------------------------------------------------------
+# a file that is not a bounded regular JSON file makes its run unreadable, never the store
+
+def _fifo(f):
+    f.unlink()
+    os.mkfifo(f)
+
+
+def _dev_zero(f):
+    f.unlink()
+    f.symlink_to("/dev/zero")
+
+
+def _huge_int(f):
+    import json
+
+    obj = json.loads(f.read_text())
+    f.write_text(json.dumps(obj)[:-1] + ', "extra": ' + "9" * 5000 + "}")
+
+
+def _deep(f):
+    f.write_text("[" * 100_000 + "]" * 100_000)
+
+
+def _too_large(f):
+    f.write_text('{"x": "' + "a" * (40 * 2 ** 20) + '"}')
+
+
+def _huge_int_metrics(f):
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join([lines[0][:-1] + ', "extra": ' + "9" * 5000 + "}"] + lines[1:]) + "\n")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name,damage,why", [
+    ("status.json", _dev_zero, "a device, not a regular file"),
+    ("status.json", _fifo, "a FIFO, not a regular file"),
+    ("config.json", _huge_int, "a whole number of 5,000 digits"),
+    ("summary.json", _deep, "nested more than 64 levels deep"),
+    ("summary.json", _too_large, "more than the 33,554,432 a run's file may hold"),
+    ("metrics.jsonl", _huge_int_metrics, None),
+])
+def test_a_file_no_bounded_json_reader_accepts_marks_its_run_unreadable_and_nothing_else(pristine, tmp_path, capsys,
+                                                                                          name, damage, why):
+    """A link to /dev/zero (before: kdw runs grew to 20 GB), a FIFO (before: every command hung), a 5,000-digit
+    number (before: Python's digit-limit traceback), JSON nested 100,000 deep (before: RecursionError) or a file
+    over the size cap: that run reads "unreadable: why", the other runs and every view stay. A metrics line with
+    such a number is skipped: the run's other epochs stay."""
+    import json
+    import shutil
+
+    from workbench.cli.main import main
+    from workbench.store.runs import RunStore
+
+    root = tmp_path / "store"
+    shutil.copytree(pristine, root)
+    damage(root / "kd" / name)
+    store = RunStore(root)
+    listing = {r.run_id: r for r in store.list()}
+    assert listing["scratch"].state == "done"
+    if why is None:
+        assert len(listing["kd"].metrics()) == 1 and listing["kd"].state == "done"  # one of 2 epochs skipped
+    else:
+        info = listing["kd"].info()
+        assert why in json.dumps(info), info
+    assert main(["runs", "--json", "--runs-dir", str(root)]) == 0
+    rows = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["scratch"]["state"] == "done" and set(rows) == {"kd", "scratch"}
+    main(["compare", "--group", "g", "--runs-dir", str(root)])
+    assert "scratch" in capsys.readouterr().out
+
+
+def test_a_report_on_a_full_disk_keeps_the_old_report_whole_and_says_so(pristine, small_disk):
+    """kdw report -o over a complete report on a 2 MB disk that cannot hold the new one (about 5 MB, Plotly
+    embedded): before, the report was written in place and left truncated (no </html>), or empty where there was
+    none, with advice about runs. Now the old file stays whole, no temporary file stays, and the sentence is the
+    report's."""
+    old = small_disk / "rep.html"
+    old.write_text("<html><body>the old report</body></html>")
+    for target in (old, small_disk / "new.html"):
+        proc = kdw("report", "--group", "g", "-o", str(target), "--runs-dir", str(pristine), check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert "disk full: the report" in proc.stderr and "export it again" in proc.stderr, proc.stderr
+        assert "resume" not in proc.stderr
+    assert old.read_text() == "<html><body>the old report</body></html>"
+    assert not (small_disk / "new.html").exists() and not list(small_disk.glob(".*.tmp"))

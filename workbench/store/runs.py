@@ -32,7 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import RunStoreError
-from workbench.io import atomic_write, atomic_write_json, fsync_dir, json_default, read_json_object
+from workbench.io import (
+    MAX_JSONL_BYTES,
+    atomic_write,
+    atomic_write_json,
+    fsync_dir,
+    json_default,
+    loads_bounded,
+    read_bounded,
+    read_json_object,
+)
 from workbench.store.schema import FILES, METRICS_ROW, problem_in
 
 SCHEMA_VERSION = 2  # 2: T and α live in the method's parameters (1 kept them on the config)
@@ -322,16 +331,16 @@ class Run:
         of the wrong type (`schema.METRICS_ROW`) is skipped."""
         rows = []
         try:
-            with open(self.metrics_path, "rb") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line.decode("utf-8"))
-                    except (UnicodeDecodeError, json.JSONDecodeError):
-                        continue
-                    if isinstance(row, dict) and problem_in(row, METRICS_ROW) is None and "epoch" in row:
-                        rows.append(row)
-        except OSError:
-            pass
+            data = read_bounded(self.metrics_path, MAX_JSONL_BYTES)
+        except (OSError, RunStoreError):  # missing, or not a bounded regular file: no rows to show
+            return rows
+        for line in data.splitlines():
+            try:
+                row = loads_bounded(line)
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError too; never RecursionError
+                continue
+            if isinstance(row, dict) and problem_in(row, METRICS_ROW) is None and "epoch" in row:
+                rows.append(row)
         return rows
 
     def keep_metrics_until(self, epoch: int) -> None:
