@@ -6,15 +6,23 @@ config, the environment (torch version, device, threads) and the date.
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import platform
 import time
+from pathlib import Path
 
 from workbench import __version__
 from workbench.analysis import describe, plots
 from workbench.analysis.compare import AGREEMENT_MEANS, ECE_MEANS, Comparison, build_comparison, generations
+from workbench.errors import WorkbenchError
+from workbench.io import atomic_write
 from workbench.store.runs import Run, dig
+
+
+class ReportError(WorkbenchError):
+    """A report that could not be written, in one sentence."""
 
 
 def environment() -> dict:
@@ -173,8 +181,15 @@ likely next token is the teacher's. Latency and tokens per second are fp32 forwa
 
 
 def write_report(runs: list[Run], path, title: str = "KD Workbench report", classes=None) -> int:
-    """Write the report to `path`; returns its size in bytes."""
-    text = build_report(runs, title, classes)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return len(text.encode("utf-8"))
+    """Write the report to `path` atomically (a temporary file beside it, then a rename): a full disk or a kill
+    leaves the old report whole, or no file, never a truncated one. Returns its size in bytes; on a full disk
+    ReportError says so in the report's words."""
+    data = build_report(runs, title, classes).encode("utf-8")
+    try:
+        atomic_write(Path(path), data)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise ReportError(f"disk full: the report ({len(data) / 1e6:.1f} MB) could not be written to {path}; "
+                              "free some space, or write it elsewhere with -o, and export it again") from None
+        raise
+    return len(data)
