@@ -87,18 +87,29 @@ def _check_gguf(path: Path) -> None:
     require("gguf", "text", "a GGUF model")
 
 
+def _content_key(path: Path) -> str:
+    """A GGUF file's identity by what it holds: its size and the SHA-256 of its bytes, so the copy is found again
+    from any path to the same file (a moved venv, a store copied to another machine) and never for another file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return f"{path.stat().st_size}-{h.hexdigest()[:16]}"
+
+
 def dequantised_folder(folder: Path, gguf: str) -> Path:
-    """The fp32 copy of a GGUF model (config, safetensors weights, tokenizer), written on first use."""
+    """The fp32 copy of a GGUF model (config, safetensors weights, tokenizer), written on first use under
+    ``$KDW_CACHE_DIR/gguf``, keyed by the file's content."""
     path = folder / gguf
-    st = path.stat()
-    key = hashlib.sha256(f"{path}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    out = _cache_root() / f"{path.stem}-{key}"
+    out = _cache_root() / f"{path.stem}-{_content_key(path)}"
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
     _check_gguf(path)
     transformers = require_transformers()
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf, dtype=torch.float32)
+    try:  # on the CPU, even when asked for inside a shapes-only (meta-device) context: the weights are real
+        with torch.device("cpu"):
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf,
+                                                                      dtype=torch.float32)
         tok = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
     except Exception as e:  # a damaged or foreign GGUF fails in gguf, numpy or transformers
         raise ModelError(f"{path} cannot be loaded as a causal language model ({type(e).__name__}: "
