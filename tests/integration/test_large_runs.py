@@ -210,3 +210,30 @@ def test_the_settings_file_gives_a_default_target(tmp_path, monkeypatch):
     (tmp_path / "settings.toml").write_text('track = ["tensorboard"]\n')
     monkeypatch.setenv("KDW_SETTINGS", str(tmp_path / "settings.toml"))
     assert default_targets() == ["tensorboard"]
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_killed_run_at_the_same_moment_train_it_once(store):
+    """Before, both returned 0 and both trained: metrics.jsonl held every epoch after the kill twice. A resume now
+    claims the run under the queue's lock, so the second says so (or, if the first has finished, that there is
+    nothing to resume) and leaves the run alone."""
+    cfg = TrainConfig(**{**TINY.to_dict(), "epochs": 30})
+    killed = store.create(cfg.record(), run_id="twice")
+    proc = _job(store, "twice")
+    deadline = time.monotonic() + 120
+    while len(killed.metrics()) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed.state == "failed"
+    cmd = [sys.executable, "-m", "workbench", "resume", "twice", "--runs-dir", str(store.root)]
+    both = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(p.wait(300), p.stderr.read()) for p in both]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for rc, err in results if rc == 2)
+    assert any(why in refused for why in ("already being resumed or trained", "nothing to resume",
+                                          "is running; only a failed")), refused  # whichever moment it came
+    assert "Traceback" not in refused
+    assert killed.state == "done" and [r["epoch"] for r in killed.metrics()] == list(range(1, 31))

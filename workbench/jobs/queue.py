@@ -34,6 +34,23 @@ WORKER_MARKER = ".worker.json"  # the last worker started in slot 0: {pid, pid_s
 QUEUE_SETTINGS = ".queue.json"  # {"workers": N}: how many jobs this store runs at once
 
 
+class AlreadyClaimed(ValueError):
+    """A resume of a run that another process is training (or has finished) meanwhile: one sentence, and the run's
+    status is left as that process wrote it."""
+
+
+def _claim_resume(run: Run) -> None:
+    """Under the claim lock: AlreadyClaimed unless `run` is still stopped (failed, cancelled, diverged), so of two
+    resumes started at the same moment exactly one trains."""
+    state = run.state
+    if state in ("running", "queued"):
+        pid = run.status().get("pid")
+        raise AlreadyClaimed(f"run {run.run_id} is already being resumed or trained"
+                             + (f" (process {pid})" if pid else "") + "; wait for it, or cancel it first")
+    if state == "done":
+        raise AlreadyClaimed(f"run {run.run_id} has finished meanwhile; there is nothing to resume")
+
+
 class Cancelled(KeyboardInterrupt):
     """Raised inside a job when it is asked to stop (SIGTERM)."""
 
@@ -138,6 +155,8 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
             if queued and run.state != "queued":  # cancelled (or taken) while it waited: it never trains
                 state = run.state
                 return state
+            if resume and not queued and launch:  # (a queued resume was claimed by `resume`; a rank by its launcher)
+                _claim_resume(run)  # two resumes at once: the second one says so and leaves the run alone
             run.cancel_path.unlink(missing_ok=True)  # an old request never stops a new start
             run.set_status("running", **process_identity(), started=time.time(), error=None, resume=None,
                            worker=_slot_env())
@@ -162,6 +181,9 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
         run.set_status("done")
         state = "done"
         return state
+    except AlreadyClaimed:
+        state = run.state
+        raise
     except KeyboardInterrupt:
         run.set_status("cancelled", error="cancelled by the user")
         state = "cancelled"
@@ -242,7 +264,10 @@ def distributed_command(run: Run, store: RunStore, nproc: int, resume: bool = Fa
 def _launch_distributed(run: Run, store: RunStore, config, resume: bool) -> str:
     """Train on `config.nproc` processes and wait; rank 0 writes the run store, this process relays a cancel."""
     check_nproc(config.nproc, config.device)
-    run.set_status("running", **process_identity(), started=time.time(), error=None)
+    with _claim_lock(store):
+        if resume:
+            _claim_resume(run)
+        run.set_status("running", **process_identity(), started=time.time(), error=None)
     env = dict(os.environ, KDW_RUNS_DIR=str(store.root), OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1)
                                                                                  // config.nproc)))
     proc = spawn([], store.root, run.log_path(), env=env, command=distributed_command(
@@ -415,8 +440,10 @@ class LocalQueueRunner(Runner):
         """Queue a failed, cancelled or killed run to go on from its last completed epoch."""
         run = self.store.get(run_id)
         check_resumable(run, overrides)
-        (run.claim_path).unlink(missing_ok=True)  # the process that ran it before has let it go
-        run.set_status("queued", resume=True, error=None)
+        with _claim_lock(self.store):  # a resume in the foreground at the same moment: one of them says so
+            _claim_resume(run)
+            (run.claim_path).unlink(missing_ok=True)  # the process that ran it before has let it go
+            run.set_status("queued", resume=True, error=None)
         self.ensure_worker()
 
     def ensure_worker(self) -> bool:
