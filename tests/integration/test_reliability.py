@@ -299,14 +299,32 @@ def test_a_worker_exits_before_importing_torch_when_the_queue_is_taken(store):
     store.ensure_writable()
     lock = FileLock(str(store.root / ".queue.lock"))
     lock.acquire()
-    try:
-        t0 = time.perf_counter()
+    try:  # (how fast it exits is a benchmark's business: benchmarks/first_load.py; here, what it imports)
         proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "workbench", "worker", "--runs-dir",
                                str(store.root)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0
-        assert " torch" not in proc.stderr and time.perf_counter() - t0 < 10
+        assert " torch" not in proc.stderr
     finally:
         lock.release()
+
+
+def test_kdw_help_runs_and_compare_import_no_torch(store):
+    """The commands that only read the store, and the help, never load torch (python -X importtime): the parser
+    describes only the command asked for, and the objective's text lives in a torch-free module."""
+    run = _done_run(store)
+    for argv in (["--help"], ["runs"], ["runs", "--json"], ["compare", run.run_id], ["distill", "--help"]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "workbench", *argv, "--runs-dir",
+                               str(store.root)] if argv != ["--help"] else
+                              [sys.executable, "-X", "importtime", "-m", "workbench", "--help"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (argv, proc.stderr[-2000:])
+        imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line]
+        if argv == ["distill", "--help"]:  # a training command's options have the config's defaults: torch
+            assert "torch" in imported and "--grad-clip" in proc.stdout
+        else:
+            assert "torch" not in imported, argv
+    assert "distill" in subprocess.run([sys.executable, "-m", "workbench", "--help"], capture_output=True,
+                                       text=True, timeout=60).stdout
 
 
 # ---------------------------------------------------------------------------
@@ -406,7 +424,7 @@ def test_the_run_id_is_checked_before_any_data_loads(runs_dir, monkeypatch):
 
     monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("loaded data before checking the id"))
     with pytest.raises(ValueError, match="invalid run id"):
-        cli.cmd_train(build_parser()[0].parse_args(["distill", *FAST, "--no-scratch", "--run-id", "a b",
+        cli.cmd_train(build_parser("distill")[0].parse_args(["distill", *FAST, "--no-scratch", "--run-id", "a b",
                                                      "--runs-dir", str(runs_dir)]), "kd")
 
 

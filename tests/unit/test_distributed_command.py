@@ -19,7 +19,7 @@ class _Finished:
 
 
 def test_distributed_command_multi_node_flags_reach_torchrun(tmp_path, monkeypatch):
-    args = build_parser()[0].parse_args(["distill", "--dataset", "digits", "--model", "mlp", "--nproc", "2",
+    args = build_parser("distill")[0].parse_args(["distill", "--dataset", "digits", "--model", "mlp", "--nproc", "2",
                                       "--nnodes", "2", "--rdzv-endpoint", "node0.example:29400",
                                       "--rdzv-id", "job7", "--no-scratch"])
     config = train_config(args, "kd", 0)

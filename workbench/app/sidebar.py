@@ -5,7 +5,7 @@ import os
 import streamlit as st
 
 from workbench.app import common
-from workbench.core.losses import OBJECTIVE
+from workbench.core.objective import OBJECTIVE
 from workbench.jobs.queue import (
     active_runs,
     restart_queue,

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.core.losses import OBJECTIVE
+from workbench.core.objective import OBJECTIVE
 
 EPILOG = f"""\
 vanilla KD's objective (--method kd; α weights the distillation term):
@@ -39,6 +39,10 @@ def table(rows, args, aggregated: bool = False) -> str:
 
 
 def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
+    """The training options of a command (data, model, method, optimisation), unless `p` is only an outline of a
+    command that was not asked for (`cli.main.build_parser`): these options load torch for their defaults."""
+    if getattr(p, "kdw_outline", False):
+        return
     from workbench.train.loop import TrainConfig
 
     d = TrainConfig(kind="scratch")

@@ -18,16 +18,26 @@ from workbench.logs import configure_cli
 TRAINING = ("teacher", "distill", "scratch", "sweep", "born-again", "takd", "search")  # take --seeds
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    """The parser, and {command: handler}."""
+def active_command(argv) -> str | None:
+    """The command `argv` names (its first word), or None (`kdw`, `kdw --help`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
+    """The parser, and {command: handler}. Only `command`'s own options are described (the training options need
+    the methods' and the config's defaults, which load torch): `kdw --help`, `kdw runs` and `kdw compare` stay
+    torch-free, and every other command's parser is a name and a line of help until it is the one asked for."""
     p = argparse.ArgumentParser(
         prog="kdw", description="KD Workbench: knowledge distillation you can see, measure and compare.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name, help_, **kw):
-        return sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+        parser = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+        parser.kdw_outline = name != command  # common.add_train_args leaves such a parser's options out
+        return parser
 
     handlers = {**train.register(add), **results.register(add), **deploy.register(add), **serve.register(add),
                 **internal.register(sub)}
@@ -36,7 +46,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 def explicit_options(argv) -> set[str]:
     """The options given on the command line (not defaulted): a flag given wins over the --config file."""
-    parser, _ = build_parser()
+    parser, _ = build_parser(active_command(argv))
     parsers = [parser]
     while parsers:
         p = parsers.pop()
@@ -63,7 +73,7 @@ def print_config(args) -> int:
 
 def main(argv=None) -> int:
     configure_cli()
-    parser, handlers = build_parser()
+    parser, handlers = build_parser(active_command(argv))
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

@@ -18,7 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-OBJECTIVE = "L = (1 − α)·CE(z_s, y) + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))"
+from workbench.core.objective import OBJECTIVE  # noqa: F401 (this module's public name too)
+
 
 
 def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
