@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from workbench.core.objective import OBJECTIVE  # noqa: F401 (this module's public name too)
 
 
-
 def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
     if student_logits.ndim != 2:
         raise ValueError(f"student_logits must be (B, K), got shape {tuple(student_logits.shape)}")
