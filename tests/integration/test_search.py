@@ -178,12 +178,10 @@ def test_cli_rejects_bad_search_inputs_before_starting_anything(runs_dir):
 
 
 def test_an_unreachable_address_fails_fast_with_the_address(runs_dir):
-    t0 = time.monotonic()
     proc = kdw("search", "--dataset", "digits", "--model", "mlp", "--width", "16", "--method", "dkd", "--epochs", "1",
                "--param-range", "beta=1:16:log", "--address", "127.0.0.1:1", "--runs-dir", str(runs_dir), check=False)
     assert proc.returncode == 2
     assert "cannot reach a Ray cluster at 127.0.0.1:1" in proc.stderr, proc.stderr
-    assert time.monotonic() - t0 < 60
     assert not _ray_processes()
 
 
@@ -212,9 +210,7 @@ def searched(tmp_path_factory):
     store = RunStore(tmp_path_factory.mktemp("search") / "runs")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        t0 = time.monotonic()
         result = search.search(DIGITS, [search.parse_range("beta=1:16:log")], 4, store, "s1", seeds=1)
-        took = time.monotonic() - t0
     finally:
         search.shutdown()
         os.environ.pop(MARK, None)
@@ -222,12 +218,12 @@ def searched(tmp_path_factory):
     while _ray_processes("module-search") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _ray_processes("module-search"), [p.info["cmdline"] for p in _ray_processes("module-search")]
-    return store, result, took
+    return store, result
 
 
 @pytest.mark.slow
 def test_a_four_trial_search_on_digits(searched):
-    store, result, took = searched
+    store, result = searched
     trials = [r for r in store.list(group="s1") if "search_values" in r.config]
     assert len(trials) >= 4 and len(result.trials) == len(trials)
     assert all(1 <= t["values"]["beta"] <= 16 for t in result.trials)
@@ -242,7 +238,6 @@ def test_a_four_trial_search_on_digits(searched):
     assert result.gain is not None and result.verdict
     st = search.search_status(store, "s1")
     assert st["state"] == "done" and st["final_runs"] == result.final_runs
-    assert took < 120, f"the 4-trial search took {took:.0f} s"
     # the plots draw from the store
     table = search.trial_table(store, "s1")
     assert plots.caption(plots.search_history(table)) and plots.search_parallel(table).data
@@ -253,7 +248,7 @@ def test_a_four_trial_search_on_digits(searched):
 def test_the_sweep_page_search_mode_shows_a_search(searched, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    store, result, _ = searched
+    store, result = searched
     monkeypatch.setenv("KDW_RUNS_DIR", str(store.root))
     at = AppTest.from_string("from workbench.app.sweep import page\npage()", default_timeout=120)
     at.session_state["sw_kind"] = "search"
@@ -334,7 +329,7 @@ def test_kdw_sweep_runs_its_grid_on_ray_with_two_workers(runs_dir, monkeypatch):
 def test_search_panel_in_a_notebook(searched):
     from workbench.notebook.widgets import search_panel
 
-    store, result, _ = searched
+    store, result = searched
     panel = search_panel("digits", store)
     assert panel.ranges.value == "beta=0.5:32:log"  # dkd's weight around its paper's value
     panel.ranges.value = "beta=16:1"

@@ -31,6 +31,7 @@ def test_busy_rows_are_named_with_the_worst_load():
     assert "* warning: Latency and throughput of" in format_table(rows)
 
 
+@pytest.mark.slow  # it measures the machine's load: on a machine busy with other work, its margins are thin
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
 def test_other_cpu_load_sees_a_busy_neighbour_and_not_itself():
     with OtherCpuLoad() as own:  # this process spinning is not "other" load
