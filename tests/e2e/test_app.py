@@ -109,8 +109,8 @@ def test_a_run_that_learned_nothing_is_an_amber_box_of_its_own_beside_its_twin(s
 
     runs = []
     for kind in ("scratch", "kd"):
-        cfg = TrainConfig(kind=kind, dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=1,
-                          teacher="digits-cnn", profile=False, group="train-useless")
+        cfg = TrainConfig(kind=kind, dataset="digits", model=ModelConfig("mlp", depth=1, width=32), epochs=3,
+                          teacher="digits-cnn", profile=False, group="train-useless")  # a scratch twin that learns
         run = store.create(cfg.record(), prefix=kind)
         assert execute_run(run, store) == "done"
         runs.append(run)
@@ -127,6 +127,33 @@ def test_a_run_that_learned_nothing_is_an_amber_box_of_its_own_beside_its_twin(s
     (amber,) = [w.value for w in at.warning if "did not learn" in w.value]
     assert amber.startswith("The distilled run did not learn: test accuracy 10.31% is chance level for 10 classes")
     assert not [s for s in at.success if "distilled" in s.value]
+
+
+def test_a_run_whose_task_recorded_that_it_did_not_learn_is_amber(store):
+    """A language model no better than a unigram model: the task records why in its summary, and the Train page
+    shows it in amber instead of a green "test perplexity 18,663.7" (the trial's finding)."""
+    from workbench.jobs.queue import execute_run
+    from workbench.models.zoo import ModelConfig
+    from workbench.train.loop import TrainConfig
+
+    cfg = TrainConfig(kind="scratch", dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=1,
+                      profile=False, group="train-lm-useless")
+    run = store.create(cfg.record(), prefix="scratch")
+    assert execute_run(run, store) == "done"
+    summary = run.summary
+    summary["test"] = {"perplexity": 18_663.7, "nll": 9.8}
+    summary["did_not_learn"] = ("its test perplexity 18,663.7 is no better than counting tokens (a unigram model of "
+                                "the training text scores 1,200.0 on the same test tokens); it took 9 optimiser "
+                                "steps: try more tokens or epochs (at least 20 steps), another learning rate, or a "
+                                "smaller cut")
+    run.write_summary(summary)
+    at = page_app("train")
+    at.session_state["tr_group"] = "train-lm-useless"
+    at.run()
+    assert not at.exception
+    (amber,) = [w.value for w in at.warning if "did not learn" in w.value]
+    assert "no better than counting tokens" in amber and "at least 20 steps" in amber
+    assert not [s for s in at.success if "perplexity" in s.value]
 
 
 @pytest.mark.slow

@@ -224,6 +224,10 @@ def test_a_causal_lm_teacher_is_distilled_per_token_from_its_cached_top_k(distil
         assert s["teacher"]["test"]["perplexity"] == pytest.approx(teacher["test"]["perplexity"], rel=1e-3)
         assert len(s["generations"]) == 5 and all("greedy" in g and "sampled" in g for g in s["generations"])
         assert s["profile"]["tokens_per_s_b1"] > 0 and s["profile"]["tokens_per_s_b32"] > 0
+        unigram = s["baselines"]["unigram_perplexity"]
+        assert 1 < unigram < s["baselines"]["uniform_perplexity"] and s["steps"] > 0
+        far = s["test"]["perplexity"] > 0.9 * unigram or s["test"]["perplexity"] > 10 * teacher["test"]["perplexity"]
+        assert far == ("did_not_learn" in s)  # the task's verdict, recorded for every view
     caches = list((runs / ".cache" / "teacher-topk").glob("*/meta.json"))
     assert len(caches) == 3  # train, val and test: computed once, read by both distilled runs and the scratch twin
     one = caches[0].parent

@@ -49,3 +49,36 @@ def test_other_cpu_load_sees_a_busy_neighbour_and_not_itself():
     cores = os.cpu_count() or 1
     assert other.fraction is not None and other.fraction > 0.6 / cores  # one busy core out of `cores`
     assert own.fraction is not None and own.fraction <= other.fraction + 0.05  # its own spinning is not counted
+
+
+def test_a_language_model_no_better_than_counting_tokens_did_not_learn():
+    """LanguageModelling.did_not_learn: above 0.9 × a unigram model's perplexity on the same test tokens, or more
+    than 10 × the teacher's, with the optimiser steps it took and a hint; a student between them learnt."""
+    from workbench.tasks.lm import LanguageModelling
+
+    task = LanguageModelling()
+
+    def summary(ppl, teacher=77.9):
+        return {"test": {"perplexity": ppl}, "baselines": {"unigram_perplexity": 1200.0}, "steps": 9,
+                "teacher": {"test": {"perplexity": teacher}}}
+    why = task.did_not_learn(summary(18_664.0))
+    assert why.startswith("its test perplexity 18,664.0 is no better than counting tokens (a unigram model")
+    assert "it took 9 optimiser steps" in why and "at least 20 steps" in why
+    assert "more than 10× its teacher's 77.9" in task.did_not_learn(summary(900.0))
+    assert task.did_not_learn(summary(500.0)) is None
+    assert task.did_not_learn(summary(900.0, teacher=None)) is None  # between the unigram and no teacher: learnt
+
+
+def test_the_lm_headline_never_says_the_teacher_helps_two_useless_models():
+    from workbench.analysis.compare import headline
+
+    why = "its test perplexity 18,663.7 is no better than counting tokens (unigram 1,200.0): try more tokens"
+    rows = [{"role": "teacher", "model": "smol", "test_ppl": 77.9},
+            {"role": "kd", "model": "llama", "test_ppl": 18_663.7, "ppl_gain": 10_073.5, "did_not_learn": why,
+             "_twin": ("a",)},
+            {"role": "scratch", "model": "llama", "test_ppl": 28_737.2, "did_not_learn": why, "_twin": ("a",)}]
+    text = headline(rows)
+    assert text.startswith("No distilled student learnt") and "the teacher helps" not in text
+    assert "no better than counting tokens" in text
+    rows[1] = {**rows[1], "did_not_learn": None, "test_ppl": 300.0, "ppl_gain": 28_437.2}
+    assert "which did not learn either: no comparison" in headline(rows) and "teacher helps" not in headline(rows)

@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from workbench.analysis.describe import run_title
+from workbench.analysis.describe import did_not_learn, run_title
 from workbench.analysis.format import ROLE_NAMES, _num, format_flops, format_gain, format_pct, format_ratio, short_model
 from workbench.evaluate import BUSY_LIMIT
 from workbench.store.runs import Run, dig
@@ -87,6 +87,7 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "train_s": summary.get("train_s"),
         "input_shape": summary.get("input_shape"),
         "variant": None,
+        "did_not_learn": did_not_learn(summary, config) if role != "teacher" else None,
         "_twin": twin_key(config) if role != "teacher" else None,
         "_group": twin_key(config, with_seed=False) + (role, repr(method),
                                                        repr(sorted((config.get("method_params") or {}).items())))
@@ -412,6 +413,10 @@ def _lm_headline(rows: list[dict]) -> str | None:
     if not kd or len(teachers) != 1:
         return None
     best, t = min(kd, key=lambda r: r["test_ppl"]), teachers[0]
+    if best.get("did_not_learn"):  # a useless student is never a success, nor its twin a yardstick
+        return (f"No {ROLE_NAMES['kd']} student learnt: the best, {best['model']}, has a test perplexity of "
+                f"{best['test_ppl']:,.1f} against the teacher's {t['test_ppl']:,.1f}, and "
+                f"{best['did_not_learn'].split(': try')[0].removeprefix('its ')}.")
     v = best.get("vs_teacher") or add_teacher_ratios([t, best])[1].get("vs_teacher") or {}
     parts = [format_ratio(v["smaller"], "smaller", "larger")] if v.get("smaller") else []
     busy = v.get("unreliable") or best.get("timing_unreliable") or t.get("timing_unreliable")
@@ -420,10 +425,13 @@ def _lm_headline(rows: list[dict]) -> str | None:
     than = f"{' and '.join(parts)} than the teacher {t['model']}, with " if parts else ""
     gain = best.get("ppl_gain")
     twin = ""
+    twin_learnt = not any(r.get("did_not_learn") for r in rows if r["role"] == "scratch"
+                          and r.get("_twin") == best.get("_twin"))
     if gain is not None:
         scratch = best["test_ppl"] + gain
         twin = (f", {'below' if gain > 0 else 'above'} its scratch twin's {scratch:,.1f} "
-                f"({'the teacher helps' if gain > 0 else 'the teacher does not help here'})")
+                + (f"({'the teacher helps' if gain > 0 else 'the teacher does not help here'})" if twin_learnt
+                   else "(which did not learn either: no comparison)"))
     lead = f"is {than}a" if than else "has a"
     return (f"The best {ROLE_NAMES['kd']} student, {best['model']}, {lead} test perplexity of "
             f"{best['test_ppl']:,.1f} against the teacher's {t['test_ppl']:,.1f}{twin}.")

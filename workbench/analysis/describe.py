@@ -72,15 +72,21 @@ def latest_group(store: RunStore, prefix: str | tuple[str, ...] | None = None) -
 
 
 def did_not_learn(summary: dict, config: dict | None = None) -> str | None:
-    """Why a finished classifier learned nothing useful, or None: its test accuracy is within 2 points of chance
-    (1/K), or it predicts one class for (nearly) every test sample. With a hint at what to change.
+    """Why a finished run learned nothing useful, or None. A run's task may have recorded why in its summary (a
+    language model no better than a unigram model, or far from its teacher). A classifier did not learn when its
+    test accuracy is within a tenth of the way from chance (1/K) to perfect (and at least 2 points of chance), or
+    when it predicts one class for (nearly) every test sample. With a hint at what to change.
 
     >>> did_not_learn({"test": {"accuracy": 0.1031, "per_class_accuracy": [1.0] + [0.0] * 9,
     ...                         "confusion_matrix": [[9, 0]] * 1 + [[9, 0]] * 9}})[:60]
     'test accuracy 10.31% is chance level for 10 classes (10.00%)'
+    >>> did_not_learn({"test": {"accuracy": 0.1504, "per_class_accuracy": [0.15] * 10}})[:66]
+    'test accuracy 15.04% is near chance level for 10 classes (10.00%):'
     >>> did_not_learn({"test": {"accuracy": 0.9, "per_class_accuracy": [0.9] * 10}}) is None
     True
     """
+    if isinstance(summary, dict) and isinstance(summary.get("did_not_learn"), str):
+        return summary["did_not_learn"]
     test = summary.get("test") if isinstance(summary, dict) else None
     if not isinstance(test, dict) or not isinstance(test.get("accuracy"), (int, float)):
         return None
@@ -93,6 +99,8 @@ def did_not_learn(summary: dict, config: dict | None = None) -> str | None:
     why = None
     if acc <= chance + 0.02:
         why = f"test accuracy {100 * acc:.2f}% is chance level for {k} classes ({100 * chance:.2f}%)"
+    elif acc <= chance + 0.1 * (1 - chance):
+        why = f"test accuracy {100 * acc:.2f}% is near chance level for {k} classes ({100 * chance:.2f}%)"
     cm = test.get("confusion_matrix")
     if why is None and isinstance(cm, list) and cm and all(isinstance(r, list) for r in cm):
         columns = [sum(r[j] for r in cm if j < len(r)) for j in range(len(cm[0]))]

@@ -488,13 +488,12 @@ def _live_panel() -> None:
         for r in done:  # each run its own box: a useless run is never hidden in a green one
             role, summary = plots.ROLE_NAMES.get(r.config.get("kind"), "?"), r.summary
             test = summary.get("test") or {}
-            if "perplexity" in test:
-                st.success(f"The {role} run finished: test perplexity {test['perplexity']:,.1f} (best-validation "
-                           "epoch; lower is better).")
-                continue
             why = describe.did_not_learn(summary, r.config)
             if why:
                 st.warning(f"The {role} run did not learn: {why}.", icon=":material/warning:")
+            elif "perplexity" in test:
+                st.success(f"The {role} run finished: test perplexity {test['perplexity']:,.1f} (best-validation "
+                           "epoch; lower is better).")
             elif "accuracy" in test:
                 st.success(f"The {role} run finished: test accuracy {100 * test['accuracy']:.2f}% (best-validation "
                            "epoch).")

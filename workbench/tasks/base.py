@@ -235,6 +235,11 @@ class Task:
                     f"classes): training diverged. Try a learning rate 10× lower (now {lr:g}).")
         return None
 
+    def did_not_learn(self, summary: dict, config=None) -> str | None:
+        """Why a finished run learnt nothing useful, recorded in its summary for every view to show, or None (a
+        classifier's case is decided by `analysis.describe.did_not_learn` from its test figures)."""
+        return None
+
     def summary_extra(self, model: nn.Module, data: Dataset, device, config=None, method=None) -> dict:
         """What a run's summary holds beyond the figures every task has (nothing, by default)."""
         return {}

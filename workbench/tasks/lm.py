@@ -43,6 +43,18 @@ EVAL_BATCH = 8  # blocks per forward pass when evaluating (a vocabulary of 49k m
 PROMPTS = ("Q: What is the best way to learn a new language?\nA:", "The computer", "Never trust a",
            "A man walked into a bar and", "The secret of happiness is")
 GENERATED_TOKENS = 32
+UNIGRAM_FACTOR = 0.9  # a model above 0.9 × the unigram perplexity learnt little beyond which tokens are frequent
+TEACHER_FACTOR = 10  # a student more than 10 × its teacher's perplexity is far from it
+MIN_STEPS = 20  # fewer optimiser steps than this rarely move a language model
+
+
+def unigram_perplexity(data) -> float:
+    """The perplexity on the test split's next tokens of a unigram model of the training split's next tokens
+    (add-one smoothing over the vocabulary): what a model that only knows which tokens are frequent scores."""
+    V = int(data.vocab["vocab_size"])
+    counts = torch.bincount(data.x_train[:, 1:].reshape(-1).cpu(), minlength=V).double() + 1.0
+    logp = (counts / counts.sum()).log()
+    return math.exp(float(-logp[data.x_test[:, 1:].reshape(-1).cpu()].mean()))
 
 
 def lm_metrics(model, blocks: torch.Tensor, cache=None, device="cpu", batch: int = EVAL_BATCH) -> dict:
@@ -198,11 +210,34 @@ class LanguageModelling(Task):
         nll = float(np.asarray(teacher_out[2], dtype=np.float64).mean())
         return {"perplexity": math.exp(min(nll, 50.0)), "nll": nll}
 
+    def did_not_learn(self, summary: dict, config=None) -> str | None:
+        """Why a language model learnt nothing useful, or None: its test perplexity is no better than counting
+        tokens (above 0.9 × a unigram model's on the same test tokens) or more than 10 × its teacher's."""
+        ppl = (summary.get("test") or {}).get("perplexity")
+        unigram = (summary.get("baselines") or {}).get("unigram_perplexity")
+        teacher = ((summary.get("teacher") or {}).get("test") or {}).get("perplexity")
+        if not isinstance(ppl, (int, float)):
+            return None
+        why = None
+        if unigram and ppl > UNIGRAM_FACTOR * unigram:
+            why = (f"its test perplexity {ppl:,.1f} is no better than counting tokens (a unigram model of the "
+                   f"training text scores {unigram:,.1f} on the same test tokens)")
+        elif teacher and ppl > TEACHER_FACTOR * teacher:
+            why = f"its test perplexity {ppl:,.1f} is more than {TEACHER_FACTOR}× its teacher's {teacher:,.1f}"
+        if why is None:
+            return None
+        steps = summary.get("steps")
+        took = f"; it took {steps:,} optimiser steps" if isinstance(steps, int) else ""
+        return (f"{why}{took}: try more tokens or epochs (at least {MIN_STEPS} steps), another learning rate, or a "
+                "smaller cut")
+
     def diverged(self, history, data, lr):
         return None  # a perplexity has no chance level to diverge to; a non-finite loss is caught per epoch
 
     def summary_extra(self, model, data, device, config=None, method=None) -> dict:
-        out = {"corpus": {"train_tokens": tokens_in(data, "train"), "val_tokens": tokens_in(data, "val"),
+        out = {"baselines": {"unigram_perplexity": unigram_perplexity(data),
+                             "uniform_perplexity": float(data.vocab["vocab_size"])},
+               "corpus": {"train_tokens": tokens_in(data, "train"), "val_tokens": tokens_in(data, "val"),
                           "test_tokens": tokens_in(data, "test"), "documents": data.vocab.get("documents"),
                           "corpus_tokens": data.vocab.get("total_tokens"), "seq_len": int(data.vocab["seq_len"]),
                           "topk": (config.topk or DEFAULT_TOPK) if config is not None and config.teacher else None,

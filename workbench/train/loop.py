@@ -705,7 +705,7 @@ def run_summary(s: Session, best_test: dict, last_test: dict, profile: bool) -> 
     key = f"val_{task.score.key}"
     summary = {
         "kind": config.kind, "task": task.name, "model": config.model.to_dict(), "model_label": config.model.label(),
-        "dataset": dataset.name, "best_epoch": s.best["epoch"], "epochs_done": len(s.history),
+        "dataset": dataset.name, "best_epoch": s.best["epoch"], "epochs_done": len(s.history), "steps": s.step,
         f"{key}_best": s.best[key],
         "test": best_test,  # the best-validation epoch
         "test_last": last_test,  # the last epoch
@@ -725,6 +725,9 @@ def run_summary(s: Session, best_test: dict, last_test: dict, profile: bool) -> 
         summary["profile"] = profile_for(task, copy.deepcopy(s.student).float(), dataset, "cpu")
     if s.teacher is not None:
         summary["teacher"] = teacher_summary(s.teacher, task, s.teacher_data, s.test_teacher, profile)
+    why = task.did_not_learn(summary, config) if config.epochs > 0 else None  # a pretrained teacher is as it is
+    if why:
+        summary["did_not_learn"] = why
     return summary
 
 
