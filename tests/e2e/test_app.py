@@ -372,9 +372,14 @@ def test_the_train_page_distils_a_language_model_and_compare_shows_its_generatio
     at.number_input(key="tr_lm_width").set_value(16).run()
     at.number_input(key="tr_lm_heads").set_value(2).run()
     at.number_input(key="tr_lm_seq_len").set_value(16).run()
+    at.number_input(key="tr_lm_train_tokens").set_value(1000).run()
+    at.number_input(key="tr_lm_epochs").set_value(1).run()  # 58 blocks: 7 optimiser steps
+    assert any(w.value.startswith("This run takes 7 optimiser steps (7 per epoch × 1 epoch)") for w in at.warning)
     at.number_input(key="tr_lm_train_tokens").set_value(2000).run()
-    at.number_input(key="tr_lm_epochs").set_value(2).run()
+    at.number_input(key="tr_lm_epochs").set_value(8).run()  # enough to learn: within 10 × the teacher's perplexity
     _no_errors(at)
+    assert any("117 training blocks of 17 tokens, 14 optimiser steps per epoch, 112 in all" in c.value
+               for c in at.caption) and not any("optimiser steps" in w.value for w in at.warning)
     assert any("parameters, for the teacher's" in c.value for c in at.caption)
     assert any("2,000 training tokens in blocks of 16" in c.value for c in at.caption)
     assert any("s for the training tokens, at the" in c.value and "read its test blocks at" in c.value
@@ -394,7 +399,8 @@ def test_the_train_page_distils_a_language_model_and_compare_shows_its_generatio
     _no_errors(cmp)
     columns = cmp.dataframe[0].value.columns
     assert "test ppl" in columns and "ppl vs scratch" in columns and "test acc %" not in columns
-    assert any("test perplexity of" in m.value and "scratch twin's" in m.value for m in cmp.markdown)
+    assert any("test perplexity of" in m.value and "scratch twin's" in m.value for m in cmp.markdown), \
+        [m.value for m in cmp.markdown]
     assert cmp.radio(key="cmp_gen_mode").value == "greedy"
     titles = [c.value for c in cmp.caption]
     assert any(t.startswith("teacher") and "tl" in t for t in titles)  # the teacher's own run's generations
@@ -514,3 +520,24 @@ def test_a_cancel_shows_at_once_on_the_train_panel(store):
     texts = [p.proto.text for p in at.get("progress")]
     assert any("cancelling: the job stops at its next step" in t for t in texts), texts
     run.set_status("cancelled", error="cancelled by the user")
+
+
+@pytest.mark.parametrize("module,address", [
+    ("sweep", {"sw_kind": "grid", "swg_seeds": "99"}),  # the trial's link: StreamlitValueAboveMaxError, for good
+    ("dark_knowledge", {"dk_T": "1000"}),
+])
+def test_a_link_with_a_value_its_field_refuses_opens_the_page_with_its_defaults(module, address):
+    """Values from the address that a widget refuses (above its maximum, below its minimum) are forgotten and taken
+    out of the address; the page says so in one sentence and draws itself, and stays drawn on the next run."""
+    at = AppTest.from_string(f"from workbench.app import common, {module}\ncommon.page_chrome()\n"
+                             f"common.guarded({module}.page)", default_timeout=TIMEOUT)
+    for k, v in address.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [e.value for e in at.error if "could not be shown" in e.value]
+    (note,) = [w.value for w in at.warning if "the page opened with its own defaults" in w.value]
+    bad = [k for k in address if k != "sw_kind"]
+    assert all(k in note for k in bad) and all(at.query_params.get(k) != address[k] for k in bad)
+    at.run()  # the break does not persist
+    assert not at.exception and not [e.value for e in at.error if "could not be shown" in e.value]

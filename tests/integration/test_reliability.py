@@ -459,3 +459,27 @@ def test_an_unknown_group_is_named(store):
     with redirect_stderr(err):
         assert main(["compare", "--group", "nope", "--runs-dir", str(store.root)]) == 2
     assert "no runs in group 'nope'" in err.getvalue()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["distill", "--batch-size", "0"], "batch_size must be a whole number >= 1, got 0"),
+    (["distill", "--workers", "0"], "the number of workers must be at least 1, got 0"),
+    (["distill", "--workers", "-1"], "the number of workers must be at least 1, got -1"),
+    (["distill", "--epochs", "99999999999"], "epochs must be a whole number from 1 to 100,000"),
+    (["distill", "--seeds", "100000"], "this launch makes 200,000 runs, more than 100; pass --yes"),
+    (["sweep", "--temperatures", *map(str, range(1, 41)), "--alphas", "0.1", "0.5", "0.9"],
+     "this sweep makes"),
+    (["distill", "--model", "/etc/passwd:make"], "/etc/passwd is not a .py file"),
+    (["runs", "--kind", "foo"], "invalid choice: 'foo'"),
+    (["runs", "--group", "nosuch"], "no group 'nosuch'"),
+])
+def test_options_out_of_range_are_refused_in_one_sentence_and_make_no_run(runs_dir, argv, message):
+    """The fault probe's cases that were accepted (--batch-size 0 trained at 128, --workers 0 in the foreground, 99
+    billion epochs, 100,000 seeds queued 200,000 runs, a 1,000-cell sweep, a non-Python factory file) or said the
+    store was empty (an unknown kind or group)."""
+    extra = ["--dataset", "digits", "--no-profile"] if argv[0] in ("distill", "sweep") else []
+    proc = subprocess.run([sys.executable, "-m", "workbench", *argv, *extra, "--runs-dir", str(runs_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(runs_dir.glob("*/config.json"))

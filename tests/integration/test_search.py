@@ -326,6 +326,41 @@ def test_kdw_sweep_runs_its_grid_on_ray_with_two_workers(runs_dir, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_sweep_stopped_with_sigterm_cancels_what_it_queued_and_nothing_trains_it_later(runs_dir, monkeypatch):
+    """Before, `kill` of a sweep on Ray left its runs queued, and the next `kdw runs` started a worker that went on
+    training the stopped sweep. Now SIGTERM stops it like Ctrl-C: every run that had not started is cancelled."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "sweep", "--dataset", "digits", "--model", "mlp",
+                             "--width", "16", "--epochs", "30", "--temperatures", "1", "2", "4", "8", "--alphas",
+                             "0.5", "0.9", "--workers", "1", "--engine", "ray", "--group", "stop", "--no-profile",
+                             "--runs-dir", str(runs_dir)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    store = RunStore(runs_dir)
+    deadline = time.monotonic() + 300
+    while not any(r.state == "running" for r in store.list(group="stop")) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before any run started"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(180) != 0
+    states = [r.state for r in store.list(group="stop")]
+    assert len(states) == 9 and "queued" not in states and "running" not in states, states
+    assert states.count("cancelled") >= 7, states
+    kdw("runs", "--runs-dir", str(runs_dir))  # before, this started a worker for the stranded runs
+    assert not [r for r in store.list(group="stop") if r.state in ("queued", "running")]
+    deadline = time.monotonic() + 60
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes()
+
+
+@pytest.mark.slow
 def test_search_panel_in_a_notebook(searched):
     from workbench.notebook.widgets import search_panel
 

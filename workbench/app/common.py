@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from workbench.analysis import describe, plots
 from workbench.analysis.format import format_flops
@@ -86,6 +88,7 @@ def page_chrome() -> None:
     """Styles every page shares (and presentation mode's), and the sidebar collapsed below 1100 px."""
     st.html(CSS % (PRESENTING_CSS if presenting() else ""))
     st.html(COLLAPSE_JS, unsafe_allow_javascript=True)
+    link_note()
 
 
 def chart(fig, key: str, container=None) -> None:
@@ -177,6 +180,8 @@ class Source:
 
 KEPT = "_kept_"  # a form field's last value, kept outside the widget (Streamlit forgets an undrawn widget's state)
 ENTERED = "_entered_page"  # True in the first run of a page after another one (entry.py sets it)
+FROM_ADDRESS = "_from_address"  # the fields whose value came from the address and no widget has taken yet
+LINK_NOTE = "_link_note"  # the sentence a refused link value leaves for the next run
 
 
 def _url_value(v) -> str:
@@ -225,6 +230,7 @@ def remember_form(prefixes: tuple[str, ...], skip=lambda k: False, types: dict |
                     ss[KEPT + k] = _from_url(q[k], (types or {}).get(k))
                 except (KeyError, ValueError, TypeError):
                     continue
+                ss.setdefault(FROM_ADDRESS, set()).add(k)  # unchecked until the page draws it (`keep_form`)
     entered = ss.get(ENTERED, False)  # the first run after coming from another page: the browser resets the
     for k in [k for k in list(ss) if isinstance(k, str) and k.startswith(KEPT)]:  # fields it draws anew
         key = k[len(KEPT):]
@@ -245,6 +251,8 @@ def keep_form(prefixes: tuple[str, ...], skip=lambda k: False, address: bool = T
     """At the end of a page: keep every field of its form (see `remember_form`) and write it into the address
     (unless not `address`: a page that writes its own, shorter one)."""
     ss = st.session_state
+    if sys.exc_info()[0] is not None:  # called from a `finally` while the page fails: keep nothing it refused
+        return
     values = {}
     for k in _form_keys(prefixes, skip):
         v = ss[k]
@@ -254,6 +262,44 @@ def keep_form(prefixes: tuple[str, ...], skip=lambda k: False, address: bool = T
         values[k] = _url_value(list(v) if isinstance(v, tuple) else v)
     if address and any(st.query_params.get(k) != v for k, v in values.items()):
         st.query_params.update(values)
+    ss[FROM_ADDRESS] = {k for k in ss.get(FROM_ADDRESS, set()) if not k.startswith(prefixes)}  # drawn: they fit
+
+
+def reset_link_values(e: BaseException) -> bool:
+    """At the page boundary: when a widget refused a value that came from the address (a link with a seed count
+    above the field's maximum, an option that does not exist), forget every value the link gave, take them out of
+    the address, say so once, and draw the page again with its defaults. False for any other error."""
+    ss = st.session_state
+    bad = ss.get(FROM_ADDRESS) or set()
+    if not bad or not isinstance(e, StreamlitAPIException):
+        return False
+    for k in bad:
+        ss.pop(k, None)
+        ss.pop(KEPT + k, None)
+        st.query_params.pop(k, None)
+    ss[FROM_ADDRESS] = set()
+    ss[LINK_NOTE] = (f"The link held a value its field does not allow ({', '.join(sorted(bad))}); the page opened "
+                     "with its own defaults instead.")
+    return True
+
+
+def guarded(run) -> None:
+    """The page boundary: `run` draws a page; an error becomes one sentence, never a traceback, and the other pages
+    still work. A value from a link that a widget refused resets the link's values and draws the page again."""
+    try:
+        run()
+    except Exception as e:
+        if reset_link_values(e):
+            st.rerun()
+        st.error(f"This page could not be shown: {friendly_error(e)}. The other pages still work; "
+                 "`kdw runs` lists anything unreadable in the run store.")
+
+
+def link_note() -> None:
+    """The sentence `reset_link_values` left, shown once at the top of the page."""
+    note = st.session_state.pop(LINK_NOTE, None)
+    if note:
+        st.warning(note, icon=":material/link_off:")
 
 
 def data_source(key: str, on_change=None, lm: bool = False) -> Source | None:

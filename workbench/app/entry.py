@@ -9,7 +9,6 @@ import streamlit as st
 
 from workbench.app import common, compare, dark_knowledge, sweep, train
 from workbench.app.sidebar import sidebar
-from workbench.errors import friendly_error
 
 
 def main() -> None:
@@ -34,11 +33,7 @@ def main() -> None:
     ss[common.ENTERED], ss["_page"] = ss.get("_page") != page.url_path, page.url_path
     common.page_chrome()
     sidebar()
-    try:
-        page.run()
-    except Exception as e:  # the page boundary: one sentence, never a traceback; the other pages still work
-        st.error(f"This page could not be shown: {friendly_error(e)}. The other pages still work; "
-                 "`kdw runs` lists anything unreadable in the run store.")
+    common.guarded(page.run)
 
 
 if __name__ == "__main__":  # Streamlit runs this file as __main__ on every rerun

@@ -6,15 +6,16 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import streamlit as st
 
 from workbench.analysis import describe, plots
 from workbench.app import common
-from workbench.data.lm import DEFAULT_VAL_TOKENS
+from workbench.data.lm import DEFAULT_TRAIN_TOKENS, DEFAULT_VAL_TOKENS
 from workbench.errors import ModelError
 from workbench.experiments import recipes
-from workbench.experiments.launch import launch
+from workbench.experiments.launch import few_steps, launch
 from workbench.experiments.strategies import born_again_chain, takd_chain, teacher_model_config
 from workbench.jobs.queue import active_runs
 from workbench.models.zoo import ModelConfig, load_checkpoint, save_checkpoint
@@ -332,7 +333,8 @@ def _lm_form() -> list[tuple[str | None, TrainConfig]] | None:
     seq_len = c1.number_input("Tokens per block", 16, positions, min(facts["seq_len"], positions), step=16,
                               key="tr_lm_seq_len", help="each block is read whole; every position predicts the next "
                                                         "token")
-    train_tokens = c2.number_input("Training tokens", 1_000, 2_000_000, int(facts["train_tokens"] or 20_000),
+    train_tokens = c2.number_input("Training tokens", 1_000, 2_000_000,  # at least 57 steps at the form's defaults
+                                   max(int(facts["train_tokens"] or 0), DEFAULT_TRAIN_TOKENS),
                                    step=5_000, key="tr_lm_train_tokens",
                                    help="the corpus is cut to this many tokens of training blocks")
     figs = _lm_figures(student.to_dict(), int(seq_len), json.dumps(vocab, sort_keys=True)) if kind == "llama" \
@@ -374,6 +376,13 @@ def _lm_form() -> list[tuple[str | None, TrainConfig]] | None:
         batch = c1.selectbox("Batch (blocks)", [4, 8, 16, 32], index=1, key="tr_lm_batch")
         seed = c2.number_input("Seed", 0, 10_000, 0, key="tr_lm_seed")
         device = c3.selectbox("Device", common.device_choices(), key="tr_lm_device")
+    budget = recipes.lm_budget(int(train_tokens), int(seq_len), int(batch), int(epochs))
+    st.caption(f"Budget: {budget['blocks']:,} training blocks of {int(seq_len) + 1} tokens, "
+               f"{budget['steps_per_epoch']:,} optimiser steps per epoch, {budget['steps']:,} in all.")
+    few = few_steps(budget["steps"], budget["steps_per_epoch"], SimpleNamespace(epochs=int(epochs),
+                                                                                 batch_size=int(batch)))
+    if few:
+        st.warning(few[0].upper() + few[1:] + ".", icon=":material/warning:")
     twin = st.checkbox("Also train the scratch twin", value=True, key="tr_lm_twin",
                        help="The same student, corpus and seed, without the teacher: the baseline of the perplexity "
                             "gain.")

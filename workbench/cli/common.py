@@ -163,6 +163,8 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--config", default=None, metavar="FILE",
                    help="options from a YAML, TOML or JSON file (a run's config.json reruns it); flags given here "
                         "override the file")
+    g.add_argument("--yes", action="store_true",
+                   help=f"launch even when it makes more than {MAX_RUNS_UNASKED} runs (seeds × grid × twins)")
     g.add_argument("--print-config", action="store_true",
                    help="print the resolved config as JSON (what --config reads) and exit without training")
     g.add_argument("--run-id", default=None, help="name the run (letters, digits, _ . -)")
@@ -328,6 +330,7 @@ def train_config(args, kind: str, seed: int, **over):
     keep = None
     if getattr(args, "student_from_teacher", False) or getattr(args, "keep_layers", None):
         model, keep = student_cut_from(teacher, getattr(args, "keep_layers", None), args)
+        defaults = dataset_defaults(dataset, model)  # the cut student's own: a language model's batch, not a text's
     fields = dict(
         kind=kind, dataset=dataset, data_dir=args.data_dir, teacher=teacher,
         trust_factory=bool(getattr(args, "trust_factory", False)),
@@ -341,7 +344,7 @@ def train_config(args, kind: str, seed: int, **over):
         rdzv_id=getattr(args, "rdzv_id", None),
         track=tuple(args.track) if args.track is not None else tuple(default_targets()),
         epochs=args.epochs, batch_size=args.batch_size if args.batch_size is not None else defaults.batch_size,
-        lr=args.lr if args.lr is not None else default_lr(dataset, model),
+        lr=args.lr if args.lr is not None else default_lr(dataset, model, cut=keep is not None),
         weight_decay=args.weight_decay, grad_clip=getattr(args, "grad_clip", None),
         optimizer=args.optimizer, labels=parse_labels(args.labels), augment=args.augment, seed=seed,
         device=args.device, compile=args.compile, group=args.group, profile=not args.no_profile)
@@ -394,6 +397,16 @@ def student_cut_from(teacher: str | None, keep_layers: str | None, args):
         return cut_student(teacher, RunStore(getattr(args, "runs_dir", None)), keep)
     except ValueError as e:
         raise ValueError(str(e).replace("a student cut from its teacher", "--student-from-teacher")) from None
+
+
+MAX_RUNS_UNASKED = 100  # a launch of more runs than this asks for --yes (a typo of --seeds 100000 queued 200,000)
+
+
+def confirm_size(n_runs: int, args, what: str = "this launch") -> None:
+    """ValueError in one sentence when `what` would make more than MAX_RUNS_UNASKED runs and --yes was not given."""
+    if n_runs > MAX_RUNS_UNASKED and not getattr(args, "yes", False):
+        raise ValueError(f"{what} makes {n_runs:,} runs, more than {MAX_RUNS_UNASKED}; pass --yes to queue them "
+                         "all, or use fewer seeds or grid values")
 
 
 def command_line() -> str:

@@ -13,6 +13,7 @@ import sys
 
 from workbench.cli import deploy, internal, results, serve, train
 from workbench.cli.common import EPILOG
+from workbench.jobs.queue import check_workers
 from workbench.logs import configure_cli
 
 TRAINING = ("teacher", "distill", "scratch", "sweep", "born-again", "takd", "search")  # take --seeds
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
     if args.command in TRAINING and args.seeds < 1:
         parser.error("--seeds must be >= 1")
     try:
+        if getattr(args, "workers", None) is not None:  # in the foreground too, not only with --background
+            check_workers(args.workers)
         if getattr(args, "config", None):
             args._explicit = explicit_options(argv)
         if getattr(args, "print_config", False):

@@ -26,8 +26,12 @@ def cmd_runs(args) -> int:
     if args.json:
         print(json.dumps([r.info() for r in runs], indent=2, default=str))
         return 0
+    if not runs and args.group and args.group not in groups(store):
+        found = groups(store)
+        raise ValueError(f"no group {args.group!r} in {store.root}"
+                         + (f"; its groups: {', '.join(found[-10:])}" if found else "; it has no groups"))
     if not runs:
-        print(f"no runs in {store.root}")
+        print(f"no {args.kind} runs in {store.root}" if args.kind and store.list() else f"no runs in {store.root}")
         return 0
     header = (f"{'run id':40s} {'kind':8s} {'state':10s} {'dataset':14s} {'model':18s} {'method':16s} {'seed':>4s} "
               f"{'test acc':>8s}")
@@ -146,7 +150,7 @@ def cmd_teachers(args) -> int:
 def register(add) -> dict:
     """The result commands' parsers; returns {command: handler}."""
     s = add("runs", "list the runs in the store")
-    s.add_argument("--kind", default=None, help="teacher | scratch | kd")
+    s.add_argument("--kind", default=None, choices=("teacher", "scratch", "kd"), help="teacher | scratch | kd")
     s.add_argument("--group", default=None)
     s.add_argument("--json", action="store_true")
     common.add_common(s)

@@ -21,6 +21,7 @@ def cmd_train(args, kind: str) -> int:
         raise ValueError("--nnodes, --rdzv-endpoint and --rdzv-id take effect with --nproc 2 or more")
     store = RunStore(args.runs_dir)
     store.ensure_writable()
+    common.confirm_size(args.seeds * (2 if kind == "kd" and not args.no_scratch else 1), args)
     configs = []
     for i in range(args.seeds):
         c = common.train_config(args, kind, args.seed + i)
@@ -67,6 +68,7 @@ def cmd_sweep(args) -> int:
     else:
         group = args.group or new_run_id("sweep")
         configs = grid_configs(base, args.temperatures, args.alphas, seeds, group)
+    common.confirm_size(len(configs), args, "this sweep")
     teachers = launch.check(configs, store)
     print(f"sweep {group}: {len(configs)} runs")
     if args.background:

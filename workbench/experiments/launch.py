@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from workbench.experiments.search import prepare_search, start_search
 from workbench.jobs.queue import LocalQueueRunner
+from workbench.logs import logger
 from workbench.store.runs import RunStore
 from workbench.train.loop import TrainConfig, check_setup
 from workbench.train.teachers import Teacher
@@ -58,9 +59,31 @@ def check(runs, store: RunStore | None = None) -> dict[str | None, Teacher | Non
         key = _setup_key(c)
         if key in seen:
             continue
-        teachers[c.teacher] = check_setup(c, store, teacher=teachers.get(c.teacher)).teacher
+        session = check_setup(c, store, teacher=teachers.get(c.teacher))
+        teachers[c.teacher] = session.teacher
+        why = few_steps(session.total_steps, len(session.loader), c)
+        if why:
+            logger.warning(why)
         seen.add(key)
     return teachers
+
+
+MIN_STEPS = 20  # below this, a run barely moves its model: a language model's perplexity stays near a unigram's
+
+
+def few_steps(total: int, per_epoch: int, config) -> str | None:
+    """One sentence when a run would take fewer than MIN_STEPS optimiser steps (the trial's language model took 3
+    per epoch and learnt nothing), saying what to change; None otherwise.
+
+    >>> few_steps(9, 3, type("C", (), {"epochs": 3, "batch_size": 8})())[:60]
+    'this run takes 9 optimiser steps (3 per epoch × 3 epochs), f'
+    """
+    if config.epochs == 0 or total >= MIN_STEPS:
+        return None
+    epochs = f"{config.epochs} epoch" + ("s" if config.epochs != 1 else "")
+    return (f"this run takes {total} optimiser steps ({per_epoch} per epoch × {epochs}), fewer than the "
+            f"{MIN_STEPS} a model needs to move: give it more data (or training tokens), more epochs or a batch "
+            f"smaller than {config.batch_size}")
 
 
 def submit(runner, runs, source: str = "", group: str | None = None) -> list[str]:

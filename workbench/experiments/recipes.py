@@ -73,6 +73,8 @@ TABLE_DEFAULTS = DatasetDefaults(epochs=40, sweep_epochs=30, labels=None, batch_
 TEXT_DEFAULTS = DatasetDefaults(epochs=5, sweep_epochs=3, labels=None, batch_size=64, lr=3e-3)
 LM_DEFAULTS = DatasetDefaults(epochs=3, sweep_epochs=2, labels=None, batch_size=8, lr=1e-3)  # blocks of 128 tokens
 FINE_TUNE_LR = 5e-5  # a pretrained Hugging Face encoder (hf:) is fine-tuned, not trained from scratch (BERT's 2e-5..5e-5)
+HEAL_LR = 3e-4  # a language model cut from its pretrained teacher is healed: SmolLM2 cut to 15 layers healed at 3e-4
+# (batch 8) and did not move at the fine-tuning 5e-5 (batch 64, 4 steps)
 DATASET_DEFAULTS = {
     "fashion-mnist": DatasetDefaults(epochs=10, sweep_epochs=5, labels=1000),
     "digits": DatasetDefaults(epochs=20, sweep_epochs=15, labels=None),
@@ -93,9 +95,24 @@ def dataset_defaults(name: str, model=None) -> DatasetDefaults:
     return DATASET_DEFAULTS.get(name, DatasetDefaults(epochs=10, sweep_epochs=5, labels=None))
 
 
-def default_lr(dataset: str, model) -> float:
-    """The peak learning rate a run starts from: the data set's, or `FINE_TUNE_LR` for a pretrained hf: encoder."""
+def default_lr(dataset: str, model, cut: bool = False) -> float:
+    """The peak learning rate a run starts from: the data set's, `HEAL_LR` for a language model `cut` from its
+    teacher, or `FINE_TUNE_LR` for a pretrained hf: model."""
+    if cut and dataset_defaults(dataset, model) is LM_DEFAULTS:
+        return HEAL_LR
     return FINE_TUNE_LR if getattr(model, "family", None) == "hf" else dataset_defaults(dataset, model).lr
+
+
+def lm_budget(train_tokens: int, seq_len: int, batch_size: int, epochs: int) -> dict:
+    """What a language-model run's settings come to: its training blocks of `seq_len + 1` tokens, optimiser steps
+    per epoch and in all (the loop drops the last partial batch).
+
+    >>> lm_budget(4000, 128, 8, 3)
+    {'blocks': 31, 'steps_per_epoch': 3, 'steps': 9}
+    """
+    blocks = max(1, int(train_tokens) // (int(seq_len) + 1))
+    per_epoch = max(1, blocks // min(int(batch_size), blocks))
+    return {"blocks": blocks, "steps_per_epoch": per_epoch, "steps": per_epoch * int(epochs)}
 
 
 def available_texts() -> dict[str, str | None]:

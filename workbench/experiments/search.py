@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -673,9 +675,15 @@ def run_grid(store: RunStore, configs: list, command: str = "", *, workers: int 
         tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(store.cache_dir / "ray"), name=f"grid-{runs[0].run_id}",
                                   verbose=0))
+    def on_term(signum, frame):  # `kill PID` stops the sweep like Ctrl-C: what it queued is cancelled, not left
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     try:
         tuner.fit()
     finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
         for run in runs:
             st = run.status()
             if st["state"] == "queued":

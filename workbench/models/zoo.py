@@ -480,6 +480,9 @@ def _from_factory(spec: str, num_classes: int, input_shape: tuple) -> nn.Module:
             path = Path(where).expanduser()
             if not path.is_file():
                 raise ModelError(f"model factory file {path} does not exist")
+            if path.suffix != ".py":
+                raise ModelError(f"a model factory is a Python file (file.py:function) or a module "
+                                 f"(package.module:function); {path} is not a .py file")
             module_name = "kdw_factory_" + re.sub(r"\W", "_", str(path.resolve()))
             mod_spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(mod_spec)

@@ -72,6 +72,7 @@ from workbench.train.teachers import (
 from workbench.train.tracking import check_target
 
 KINDS = ("teacher", "scratch", "kd")
+MAX_EPOCHS = 100_000  # far beyond any run here; a typo of 99999999999 is refused, not queued
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -153,8 +154,8 @@ class TrainConfig:
                                                               for w in self.teacher_weights))
         if lm and self.kind == "teacher" and self.epochs == 0:
             pass  # a pretrained language model registered as a teacher: evaluated, not trained
-        elif isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be a whole number >= 1, got {self.epochs}"
+        elif isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ValueError(f"epochs must be a whole number from 1 to {MAX_EPOCHS:,}, got {self.epochs}"
                              + (" (0 only evaluates a pretrained language-model teacher)" if lm else ""))
         for key, low, high in (("seq_len", 2, 8192), ("train_tokens", 3, 10 ** 10), ("val_tokens", 3, 10 ** 9),
                                ("topk", 1, 10 ** 7)):
