@@ -329,8 +329,12 @@ def test_dark_knowledge_shows_a_language_models_next_token_distribution(runs_dir
                                       **{k: teacher[k] for k in ("dataset", "data_dir", "seq_len", "train_tokens",
                                                                  "val_tokens")}), run_id="st")
     at = page_app("dark_knowledge").run()
+    assert at.slider(key="dk_T").value == 4.0  # Images: the image default
     at.radio(key="dk_mode").set_value("tokens").run()
     _no_errors(at)
+    assert at.slider(key="dk_tok_T").value == 1.0  # a language model's own default, not the Images slider's 4
+    assert "both bars are the same" in at.get("plotly_chart")[0].proto.spec
+    at.slider(key="dk_tok_T").set_value(4.0).run()
     assert at.selectbox(key="dk_tok_teacher").value.endswith("tl")
     assert any("most likely next token" in m.value for m in at.markdown)
     assert _charts(at) == 2  # the next-token bars and the T² chart

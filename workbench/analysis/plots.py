@@ -160,10 +160,19 @@ def next_token_bars(tokens, probs_t1, probs_T, temperature: float, entropy_t1: f
     fig.update_layout(barmode="group")
     fig.update_yaxes(title="probability", range=[0, max(1e-3, *probs_t1, *probs_T) * 1.05])
     fig.update_xaxes(title="next token (␣ = a space), the teacher's most likely first", tickangle=-45)
+    if temperature == 1:
+        how = ("At T = 1 (a language model's distillation default: its cached top k holds most of the mass only "
+               "there) both bars are the same; raise T to see the tokens after the first get a share: the "
+               "alternatives the teacher finds plausible, which token-level distillation passes on.")
+    elif max(probs_T, default=0) < 0.02:
+        how = (f"At T = {temperature:g} the mass spreads over the whole vocabulary, so every one of these tokens "
+               "keeps under 2%: too flat to teach much; a T of 1 to 2 is where token-level distillation works.")
+    else:
+        how = ("At a higher T the tokens after the first get a visible share: the alternatives the teacher finds "
+               "plausible, which token-level distillation passes on.")
     return _finish(fig, f"Next-token probabilities: T = 1 vs T = {temperature:g}",
                    "Each bar is softmax(z/T) of one token over the whole vocabulary, for the teacher's most likely "
-                   "next tokens. At a higher T the tokens after the first get a visible share: the alternatives the "
-                   "teacher finds plausible, which token-level distillation passes on.")
+                   "next tokens. " + how)
 
 
 def dark_knowledge_ranking(classes, probs_T, true_class: int, temperature: float) -> go.Figure:

@@ -14,6 +14,7 @@ from workbench.app import common
 from workbench.core.explain import first_correct_index, next_token_view, soften, t_squared_scaling, teacher_view
 from workbench.core.methods import KD
 from workbench.experiments import recipes
+from workbench.tasks.lm import LanguageModelling
 
 
 def _random_image(n: int) -> None:
@@ -151,12 +152,13 @@ def _page() -> None:
         _softened(view, ds.classes, T, alpha, student_probs, student_view, "image")
 
 
-def _sliders() -> tuple[float, float]:
-    """T and α, shared by both modes (a link may have set T: the session state holds it, never a second default)."""
+def _sliders(t_key: str = "dk_T", t_default: float = 4.0) -> tuple[float, float]:
+    """T and α (a link may have set T: the session state holds it, never a second default). Images and sentences
+    share `dk_T`; next tokens has its own T, which opens at a language model's default."""
     ss = st.session_state
-    ss.setdefault("dk_T", 4.0)
+    ss.setdefault(t_key, t_default)
     ss.setdefault("dk_alpha", 0.9)
-    T = st.slider("Temperature T", 1.0, 20.0, step=0.5, key="dk_T",
+    T = st.slider("Temperature T", 1.0, 20.0, step=0.5, key=t_key,
                   help="softmax(z / T): T = 1 is the usual softmax; a higher T flattens it")
     return T, st.slider("α (weight of the KD term)", 0.0, 1.0, step=0.05, key="dk_alpha")
 
@@ -294,9 +296,9 @@ def _token_mode(teachers: dict[str, str]) -> None:
             ss["dk_tok_teacher"] = by_id[q["teacher"]]
         if q.get("prompt"):
             ss["dk_prompt"] = q["prompt"][:500]
-        try:
-            if "T" in q:
-                ss["dk_T"] = min(20.0, max(1.0, round(float(q["T"]) * 2) / 2))
+        try:  # a link's T, when the link is to next tokens (the Images view writes its own T into the address)
+            if "T" in q and q.get("mode") == "tokens":
+                ss["dk_tok_T"] = min(20.0, max(1.0, round(float(q["T"]) * 2) / 2))
         except ValueError:
             st.caption("The link's T is not a number; showing the default.")
     ss.setdefault("dk_prompt", "The secret of happiness is")
@@ -314,7 +316,9 @@ def _token_mode(teachers: dict[str, str]) -> None:
         prompt = st.text_area("Prompt", key="dk_prompt", max_chars=500, height=100,
                               help="The teacher reads it and gives a probability to every token that could come "
                                    "next.")
-        T, alpha = _sliders()
+        # its own slider, opening at a language model's own default T (its distillation's, 1), not at the 4 the
+        # Images slider opens with, where the softened bars over a 49k vocabulary are invisible
+        T, alpha = _sliders("dk_tok_T", float(LanguageModelling.method_defaults["kd"]["temperature"]))
         students = {common.run_label(r): r for r in common.store().list(state="done")
                     if r.config.get("teacher") == run_id and r.config.get("kind") in ("kd", "scratch")}
         student_label = "none"
