@@ -165,6 +165,14 @@ def test_bad_corpora_and_lm_settings_get_one_sentence_and_no_run_folder(lm, tmp_
     empty.write_text("\n\n  \n")
     with pytest.raises(DataError, match="is empty"):
         load_lm("text-file", empty, tokenizer_path=str(llama))
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("le café où l'on mange .\n".encode("latin-1") * 50)  # before: U+FFFD for every é and ù
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(byte 0xe9 at offset 6\)"):
+        load_lm("text-file", latin1, tokenizer_path=str(llama))
+    noise = tmp_path / "noise.txt"
+    noise.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(DataError, match="not UTF-8 text|binary file"):
+        load_lm("text-file", noise, tokenizer_path=str(llama))
     short = tmp_path / "short.txt"
     short.write_text("the cat sees the ball .\n\na dog eats .\n")
     with pytest.raises(DataError, match="too few for a"):

@@ -130,6 +130,7 @@ def _csv(tmp_path, text):
     ("sentence,label\na b,x\nc d,y\n", "no column 'text'"),
     ("text,category\na b,x\nc d,y\n", "no column 'label'"),
     ("text,label\na b,x\n,y\n", "line 3: the text is empty"),
+    ("text,label\na b,x\nc d,\ne f,y\n", "line 3: the label is empty"),  # before: a class named ''
     ("text,label\na b,x\nc d,x\ne f,x\n", "single class"),
 ])
 def test_bad_text_csvs_get_one_sentence(tmp_path, corpus, content, says):

@@ -106,3 +106,13 @@ def test_weights_that_do_not_fit_the_config_say_so(tmp_path):
     save_checkpoint(model, p)
     with pytest.raises(ModelError, match="do not fit mlp"):
         load_checkpoint(p, ModelConfig("mlp", depth=1, width=16))
+
+
+def test_a_5000_digit_number_in_checkpoint_metadata_names_its_key_and_file():
+    """Before: 'OverflowError: cannot convert float infinity to integer', naming neither."""
+    from workbench.errors import ModelError
+    from workbench.models.zoo import _meta_int
+
+    with pytest.raises(ModelError, match=r"metadata key kdw_num_classes of t\.safetensors must be a whole number"):
+        _meta_int("9" * 5000, "kdw_num_classes", "t.safetensors", 1, 1_000_000)
+    assert _meta_int("10", "kdw_num_classes", "t.safetensors", 1, 1_000_000) == 10

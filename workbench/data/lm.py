@@ -73,10 +73,24 @@ def read_text_documents(path) -> tuple[list[str], str]:
     docs = []
     for f in files:
         try:
-            docs += _paragraphs(f.read_text(encoding="utf-8", errors="replace"))
+            docs += _paragraphs(_utf8_text(f))
         except OSError as e:
             raise DataError(f"{f} cannot be read ({e.strerror or e})") from None
     return docs, str(path)
+
+
+def _utf8_text(f: Path) -> str:
+    """A corpus file's text; DataError unless it is UTF-8 text (Latin-1 or random bytes would become U+FFFD
+    everywhere, and a model would learn the replacement character)."""
+    data = f.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{f} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start:,}); convert it, "
+                        f"for example with `iconv -f latin1 -t utf-8`") from None
+    if "\x00" in text:
+        raise DataError(f"{f} holds NUL bytes: it is a binary file, not text")
+    return text
 
 
 def read_hf_documents(path) -> tuple[list[str], str]:

@@ -135,8 +135,12 @@ def read_text_csv(path) -> Texts:
         text = row[ti].strip()
         if not text:
             raise DataError(f"text CSV {path} line {n}: the text is empty")
+        label = row[li].strip()
+        if not label:  # before, it became a class named ''
+            raise DataError(f"text CSV {path} line {n}: the label is empty; give every row its class, or leave the "
+                            "row out")
         texts.append(text)
-        labels.append(row[li].strip())
+        labels.append(label)
         if si is not None:
             split = row[si].strip().lower()
             if split not in ("train", "test"):

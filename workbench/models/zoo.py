@@ -788,9 +788,9 @@ def _meta_json(meta: dict, key: str, where: str):
 def _meta_int(value, key: str, where: str, low: int, high: int) -> int:
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         f = float("nan")
-    if not (f == f and f == int(f) and low <= f <= high):
+    if not (math.isfinite(f) and f == int(f) and low <= f <= high):  # a 5,000-digit number reads as inf
         raise ModelError(f"metadata key {key} of {where} must be a whole number in [{low}, {high}], got {value!r}")
     return int(f)
 
