@@ -483,3 +483,12 @@ def test_options_out_of_range_are_refused_in_one_sentence_and_make_no_run(runs_d
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(runs_dir.glob("*/config.json"))
+
+
+def test_a_run_of_fewer_than_20_optimiser_steps_is_warned_about_in_one_sentence(runs_dir):
+    """The trial's language model took 3 steps per epoch and learnt nothing, and nothing said so."""
+    proc = subprocess.run([sys.executable, "-m", "workbench", "distill", "--dataset", "digits", "--epochs", "1",
+                           "--batch-size", "1024", "--no-scratch", "--no-profile", "--runs-dir", str(runs_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: this run takes 1 optimiser step (1 per epoch × 1 epoch), fewer than the 20" in proc.stderr

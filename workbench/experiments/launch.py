@@ -63,7 +63,7 @@ def check(runs, store: RunStore | None = None) -> dict[str | None, Teacher | Non
         teachers[c.teacher] = session.teacher
         why = few_steps(session.total_steps, len(session.loader), c)
         if why:
-            logger.warning(why)
+            logger().warning(why)
         seen.add(key)
     return teachers
 
@@ -81,7 +81,8 @@ def few_steps(total: int, per_epoch: int, config) -> str | None:
     if config.epochs == 0 or total >= MIN_STEPS:
         return None
     epochs = f"{config.epochs} epoch" + ("s" if config.epochs != 1 else "")
-    return (f"this run takes {total} optimiser steps ({per_epoch} per epoch × {epochs}), fewer than the "
+    steps = f"{total} optimiser step" + ("s" if total != 1 else "")
+    return (f"this run takes {steps} ({per_epoch} per epoch × {epochs}), fewer than the "
             f"{MIN_STEPS} a model needs to move: give it more data (or training tokens), more epochs or a batch "
             f"smaller than {config.batch_size}")
 
