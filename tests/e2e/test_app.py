@@ -1,6 +1,7 @@
 """The Streamlit app through AppTest: every page renders without exceptions, and a launch runs a real job."""
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -545,3 +546,24 @@ def test_a_link_with_a_value_its_field_refuses_opens_the_page_with_its_defaults(
     assert all(k in note for k in bad) and all(at.query_params.get(k) != address[k] for k in bad)
     at.run()  # the break does not persist
     assert not at.exception and not [e.value for e in at.error if "could not be shown" in e.value]
+
+
+def test_a_reload_shows_this_tabs_own_group_not_a_newer_cancelled_one(store):
+    """Tab A launched a group that still waits to run; tab B launched a newer one and cancelled it. A reload of tab A
+    (a new session) shows its own group: the one in its address, and without an address the newest group that
+    still has a queued or running job (before: the newest group, tab B's cancelled one)."""
+    from workbench.models.zoo import ModelConfig
+    from workbench.train.loop import TrainConfig
+
+    cfg = TrainConfig(kind="scratch", dataset="digits", model=ModelConfig("mlp", depth=1, width=8), epochs=1,
+                      profile=False)
+    store.create(replace(cfg, group="train-20261206-000001-aaaa").record(), prefix="scratch")  # tab A's, queued
+    b = store.create(replace(cfg, group="train-20261206-000002-bbbb").record(), prefix="scratch")
+    b.set_status("cancelled", error="cancelled by the user")
+    at = page_app("train").run()
+    assert not at.exception
+    assert any(h.value == "Jobs · train-20261206-000001-aaaa" for h in at.subheader)
+    linked = page_app("train")
+    linked.query_params["group"] = "train-20261206-000002-bbbb"  # a tab whose address names its group
+    linked.run()
+    assert any(h.value == "Jobs · train-20261206-000002-bbbb" for h in linked.subheader)

@@ -406,15 +406,24 @@ def _launch(chain: list[tuple[str | None, TrainConfig]]) -> None:
         common.show_error("Cannot launch", e)
         return
     st.session_state["tr_group"] = chain[0][1].group
+    st.query_params["group"] = chain[0][1].group  # a reload of this tab finds its own launch, not another tab's
     st.toast(f"Queued {len(chain)} job(s) as {chain[0][1].group}.")
 
 
 def _current_group() -> str | None:
-    """The group this session launched, else the newest Train-page group in the store (survives reloads)."""
+    """The group this session launched; after a reload, the one in the address (this tab's launch); else the newest
+    Train-page group with a queued or running job, else the newest one."""
     ss = st.session_state
     if ss.get("tr_group"):
         return ss["tr_group"]
-    return describe.latest_group(common.store(), GROUP_PREFIX + "-")
+    store = common.store()
+    linked = st.query_params.get("group")
+    if linked and store.list(group=linked):
+        ss["tr_group"] = linked
+        return linked
+    running = [r.config.get("group") for r in active_runs(store)
+               if str(r.config.get("group") or "").startswith(GROUP_PREFIX + "-")]
+    return running[-1] if running else describe.latest_group(store, GROUP_PREFIX + "-")
 
 
 def _job_state(r, st_: dict) -> tuple[float, str]:
