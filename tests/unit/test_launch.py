@@ -36,6 +36,7 @@ def checks(monkeypatch):
 
     class _Session:
         teacher = "loaded"
+        total_steps, loader = 100, range(10)  # enough steps: no warning
 
     monkeypatch.setattr(launch, "check_setup", lambda c, store=None, teacher=None: seen.append(c) or _Session())
     return seen
