@@ -360,6 +360,50 @@ def test_a_student_cut_from_a_causal_lm_teacher_starts_from_its_layers(distilled
     assert run.summary["test"]["perplexity"] < 2 * run.summary["teacher"]["test"]["perplexity"] + 50
 
 
+def test_block_influence_is_one_minus_the_cosine_of_each_layers_input_and_output(distilled):
+    """models.lm.block_influence against the hidden states transformers returns: layer 0 reads the embeddings and
+    writes hidden_states[1]; the score is 1 − their mean cosine over every token read."""
+    import torch.nn.functional as F
+
+    from workbench.models.lm import block_influence
+    from workbench.store.runs import RunStore
+
+    teacher = RunStore(distilled).get("tl").load_model()
+    blocks = torch.randint(0, teacher.vocab_size, (4, 17))
+    bi = block_influence(teacher, blocks, batch=3)
+    with torch.inference_mode():
+        h = teacher.hf(input_ids=blocks[:, :-1], output_hidden_states=True).hidden_states
+    expected = 1 - F.cosine_similarity(h[0], h[1], dim=-1).mean().item()
+    assert len(bi) == 2 and bi[0] == pytest.approx(expected, abs=1e-5) and all(0 <= b <= 2 for b in bi)
+
+
+def test_a_student_cut_to_the_layers_of_highest_block_influence_trains(distilled):
+    """--student-from-teacher --keep-top N: the N layers of the highest block influence, measured on the corpus's
+    first training blocks and printed, become the student's; bad requests are one sentence and no run."""
+    from workbench.store.runs import RunStore
+
+    runs = distilled
+    data_dir = json.loads((runs / "tl" / "config.json").read_text())["data_dir"]
+    args = (*COMMON, "--data-dir", data_dir, "--teacher", "tl", "--student-from-teacher", "--topk", "8",
+            "--epochs", "1", "--no-scratch", "--no-profile", "--runs-dir", str(runs))
+    proc = kdw("distill", *args, "--keep-top", "1", "--group", "top")
+    assert "block influence of the teacher's layers" in proc.stderr
+    printed = [line.split() for line in proc.stderr.splitlines() if line.strip().startswith("layer ")]
+    assert len(printed) == 2 and sum(row[-1] == "*" for row in printed) == 1
+    best = max(printed, key=lambda row: float(row[2]))
+    (run,) = RunStore(runs).list(group="top")
+    assert run.state == "done" and run.config["keep_layers"] == [int(best[1])]
+    for extra, says in ((("--keep-top", "2"), "keeps between 1 and 1 of the teacher's 2 layers, got 2"),
+                        (("--keep-top", "0"), "keeps between 1 and 1 of the teacher's 2 layers, got 0"),
+                        (("--keep-top", "1", "--keep-layers", "0"), "give one of them")):
+        bad = kdw("distill", *args, *extra, "--group", "bad-top", check=False)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert not RunStore(runs).list(group="bad-top")
+    image = kdw("distill", "--dataset", "digits", "--teacher", "digits-cnn", "--student-from-teacher", "--keep-top",
+                "1", "--runs-dir", str(runs), check=False)
+    assert image.returncode == 2 and "causal language model" in image.stderr, image.stderr
+
+
 # ---------------------------------------------------------------------------
 # one loop: a language-model run resumes, trains on several processes and clips like any other run
 

@@ -115,6 +115,10 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
         g.add_argument("--keep-layers", default=None, metavar="I,J,...",
                        help="with --student-from-teacher: the teacher's layers the student keeps, 0-based "
                             "(default: every other one, 0,2,4 of 6)")
+        g.add_argument("--keep-top", type=int, default=None, metavar="N",
+                       help="with --student-from-teacher, a language model: keep the N layers of the highest block "
+                            "influence (ShortGPT: 1 − cos of a layer's input and output, on 32 training blocks); "
+                            "prints every layer's")
         if kind == "kd":
             from workbench.core.methods import DISTILLATION_METHODS, METHODS
 
@@ -233,7 +237,7 @@ FLAG_FIELDS = {
     "model": ("model", "depth", "width", "pretrained", "heads"), "teacher": ("teacher",), "image_size": ("image_size",),
     "max_length": ("max_length",), "tokenizer": ("tokenizer",), "seq_len": ("seq_len",),
     "train_tokens": ("train_tokens",), "val_tokens": ("val_tokens",), "topk": ("topk",),
-    "keep_layers": ("keep_layers", "student_from_teacher"), "channels": ("channels",), "init": ("init",),
+    "keep_layers": ("keep_layers", "student_from_teacher", "keep_top"), "channels": ("channels",), "init": ("init",),
     "trust_factory": ("trust_factory",), "allow_outside": ("allow_outside",), "stream": ("stream",), "nproc": ("nproc",), "nnodes": ("nnodes",),
     "rdzv_endpoint": ("rdzv_endpoint",), "rdzv_id": ("rdzv_id",), "track": ("track",), "epochs": ("epochs",),
     "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",),
@@ -331,7 +335,8 @@ def train_config(args, kind: str, seed: int, **over):
             raise ValueError(f"no shipped teacher for {dataset}; train one with `kdw teacher --dataset "
                              f"{dataset}` and pass its run id with --teacher")
     keep = None
-    if getattr(args, "student_from_teacher", False) or getattr(args, "keep_layers", None):
+    if getattr(args, "student_from_teacher", False) or getattr(args, "keep_layers", None) \
+            or getattr(args, "keep_top", None) is not None:
         model, keep = student_cut_from(teacher, getattr(args, "keep_layers", None), args)
         defaults = dataset_defaults(dataset, model)  # the cut student's own: a language model's batch, not a text's
     fields = dict(
@@ -386,9 +391,24 @@ def student_cut_from(teacher: str | None, keep_layers: str | None, args):
     from workbench.store.runs import RunStore
 
     if not getattr(args, "student_from_teacher", False):
-        raise ValueError("--keep-layers goes with --student-from-teacher")
+        raise ValueError("--keep-layers and --keep-top go with --student-from-teacher")
     if not teacher:
         raise ValueError("--student-from-teacher needs a teacher: --teacher RUN")
+    if getattr(args, "keep_top", None) is not None:
+        if keep_layers:
+            raise ValueError("--keep-layers names the layers and --keep-top chooses them: give one of them")
+        from workbench.experiments.recipes import cut_by_influence
+        from workbench.logs import logger
+
+        store = RunStore(getattr(args, "runs_dir", None))
+        config, keep, importance = cut_by_influence(teacher, store, args.keep_top, args.dataset, args.data_dir,
+                                                    getattr(args, "seq_len", None),
+                                                    getattr(args, "train_tokens", None),
+                                                    getattr(args, "val_tokens", None))
+        logger().info("block influence of the teacher's layers (1 − cos(input, output), ShortGPT; kept *):\n"
+                      + "\n".join(f"  layer {i:3d}  {v:.4f}{'  *' if i in keep else ''}"
+                                   for i, v in enumerate(importance)))
+        return config, keep
     keep = None
     if keep_layers:
         try:

@@ -264,6 +264,35 @@ def cut_student(teacher: str, store: RunStore, keep: tuple[int, ...] | None = No
     return replace(config, depth=len(keep), pretrained=False), tuple(keep)
 
 
+CALIBRATION_BLOCKS = 32  # training blocks a cut by block influence is measured on (32 × 128 tokens for SmolLM2)
+
+
+def cut_by_influence(teacher: str, store: RunStore, n: int, dataset: str, data_dir=None, seq_len=None,
+                     train_tokens=None, val_tokens=None) -> tuple[ModelConfig, tuple, list[float]]:
+    """(the student's ModelConfig, the kept layers, every layer's block influence) of a language-model student
+    cut from its teacher to the `n` layers of the highest block influence (ShortGPT; `models.lm.block_influence`),
+    measured on the first CALIBRATION_BLOCKS training blocks of the corpus. ValueError in one sentence for a
+    teacher that is not a causal language model, or an `n` it cannot keep."""
+    from workbench.models.lm import CausalLM, block_influence
+    from workbench.tasks.lm import LanguageModelling
+    from workbench.train.teachers import load_teacher
+
+    model = load_teacher(teacher, store).model
+    if not isinstance(model, CausalLM):
+        raise ValueError(f"--keep-top measures the layers of a causal language model; the teacher {teacher} is "
+                         f"{getattr(getattr(model, 'kdw_config', None), 'label', lambda: type(model).__name__)()}")
+    layers = len(model.hf.model.layers)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < layers:
+        raise ValueError(f"--keep-top keeps between 1 and {layers - 1} of the teacher's {layers} layers, got {n}")
+    data = LanguageModelling().load(dataset, data_dir, tokenizer=model.kdw_vocab["tokenizer"], seq_len=seq_len,
+                                    train_tokens=train_tokens, val_tokens=val_tokens)
+    importance = block_influence(model, data.x_train[:CALIBRATION_BLOCKS])
+    keep = tuple(sorted(sorted(range(layers), key=lambda i: -importance[i])[:n]))
+    config = ModelConfig.from_dict(store.get(teacher).config["model"]) if store.exists(teacher) else \
+        replace(model.kdw_config)
+    return replace(config, depth=n, pretrained=False), keep, importance
+
+
 # ---------------------------------------------------------------------------
 # runs: curves and groups
 

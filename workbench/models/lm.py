@@ -226,6 +226,44 @@ def lm_tokenizer_folder(config) -> Path | None:
     return model_folder(config.name) if config.family == "hf" else None
 
 
+@torch.inference_mode()
+def block_influence(model: CausalLM, blocks: torch.Tensor, batch: int = 8) -> list[float]:
+    """ShortGPT's block influence of each decoder layer on calibration `blocks` (N, L + 1) of token ids:
+
+    .. math:: \\mathrm{BI}_i = 1 - \\mathbb{E}_t\\left[\\frac{x_{i,t} \\cdot y_{i,t}}{\\|x_{i,t}\\|\\,\\|y_{i,t}\\|}\\right]
+
+    where x_{i,t} and y_{i,t} are layer i's input and output hidden states at token t, averaged over every
+    token read. A layer that barely turns its input (BI near 0) changes little and is the first to drop.
+    Men, Xu, Zhang, Wang, Lin, Lu, Han, Chen. ShortGPT: Layers in Large Language Models are More Redundant Than
+    You Expect. arXiv:2403.03853, 2024. One forward pass scores every layer (the perplexity rise of skipping
+    each layer in turn would take one pass per layer).
+    """
+    layers = model.hf.model.layers
+    sums, count = torch.zeros(len(layers), dtype=torch.float64), 0
+    seen: dict[int, torch.Tensor] = {}
+
+    def hook(i):
+        def fn(module, args, kwargs, out):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = out[0] if isinstance(out, tuple) else out
+            seen[i] = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1).sum().double()  # over (b, L)
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        for j in range(0, len(blocks), batch):
+            x = blocks[j:j + batch, :-1].to(device)  # (b, L): what the model reads
+            model(x)
+            sums += torch.stack([seen[i] for i in range(len(layers))]).cpu()
+            count += x.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return [float(1.0 - s / max(count, 1)) for s in sums]
+
+
 def keep_lm_layers(teacher: CausalLM, keep: tuple[int, ...]) -> CausalLM:
     """The teacher with only the decoder layers `keep`, every weight copied from it (DistilBERT's recipe)."""
     import copy
