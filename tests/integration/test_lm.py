@@ -317,6 +317,38 @@ def test_a_language_model_student_exports_to_onnx_fp32_and_int8_in_the_same_tabl
     assert "ONNX fp32" in table and "ONNX int8" in table
 
 
+def test_a_language_model_student_exports_as_a_hugging_face_folder_that_transformers_loads(distilled, runs_dir):
+    """kdw export RUN --format hf: save_pretrained with the tokenizer, loaded back by AutoModelForCausalLM with
+    logits equal to the student's, measured, and listed with the run; a classifier has no such form."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.store.runs import RunStore
+
+    runs = distilled
+    kd = next(p.parent.name for p in runs.glob("kd-*/summary.json")
+              if json.loads(p.read_text())["method"]["name"] == "kd")
+    out = kdw("export", kd, "--format", "hf", "--runs-dir", str(runs))
+    assert "loaded by transformers.AutoModelForCausalLM" in out.stdout
+    folder = runs / kd / "variants" / "hf"
+    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    student = RunStore(runs).get(kd).load_model("best").eval()
+    ids = torch.tensor([tok("the cat sees the ball .", add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        assert torch.allclose(model(input_ids=ids).logits, student(ids), atol=1e-5)
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["check"]["max_abs_logit_diff"] < 1e-4 and m["check"]["top1_agreement"] == 1.0
+    summary = json.loads((runs / kd / "summary.json").read_text())
+    assert m["test"]["perplexity"] == pytest.approx(summary["test"]["perplexity"], rel=1e-4)
+    assert m["size_mb"] > 0 and m["profile"]["tokens_per_s_b1"] > 0
+    assert "HF folder fp32" in kdw("compare", kd, "--wide", "--runs-dir", str(runs)).stdout
+    image = kdw("distill", "--dataset", "digits", "--epochs", "1", "--no-scratch", "--no-profile", "--run-id", "img",
+                "--runs-dir", str(runs_dir))
+    assert image.returncode == 0
+    bad = kdw("export", "img", "--format", "hf", "--runs-dir", str(runs_dir), check=False)
+    assert bad.returncode == 2 and "has no Hugging Face form: export it with --format onnx" in bad.stderr
+
+
 def test_sequence_level_kd_trains_on_the_teachers_own_samples_written_once(distilled):
     """seqkd: the teacher continues each training block's first 16 tokens; the student trains on that text (its
     scratch twin on the corpus), validated on the corpus; the samples are cached and reused, and α > 0 adds

@@ -159,11 +159,13 @@ VARIANT_ORDER = ("onnx-fp32", "onnx-int8")  # then pruned ones, fp32 before int8
 def artifact_label(variant: str | None) -> str:
     """'PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', ... for a variant name (None: the run itself).
 
-    >>> artifact_label(None), artifact_label("onnx-int8"), artifact_label("pruned50-onnx-fp32")
-    ('PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32')
+    >>> artifact_label(None), artifact_label("onnx-int8"), artifact_label("pruned50-onnx-fp32"), artifact_label("hf")
+    ('PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', 'HF folder fp32')
     """
     if not variant:
         return "PyTorch fp32"
+    if variant == "hf":
+        return "HF folder fp32"
     m = re.fullmatch(r"(?:pruned(\d+)-)?onnx-(fp32|int8)", variant)
     if not m:
         return variant

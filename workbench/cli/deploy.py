@@ -16,8 +16,10 @@ def cmd_export(args) -> int:
     from workbench.deploy.export import ExportOptions, export_run
     from workbench.store.runs import RunStore
 
+    if args.format == "hf":
+        return _export_hf(args)
     if args.format != "onnx":
-        raise ValueError(f"unknown export format {args.format!r}; the workbench exports onnx")
+        raise ValueError(f"unknown export format {args.format!r}; the workbench exports onnx or hf")
     options = ExportOptions(int8=args.int8, prune=args.prune, calibration=args.calibration,
                             finetune_epochs=args.finetune_epochs, int8_format=args.int8_format)
     store = RunStore(args.runs_dir)
@@ -46,6 +48,23 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _export_hf(args) -> int:
+    """`kdw export RUN --format hf`: a Hugging Face folder, loaded back by transformers and measured."""
+    from workbench.deploy.hf import export_hf
+    from workbench.store.runs import RunStore
+
+    if args.int8 or args.prune is not None:
+        raise ValueError("--int8 and --prune are ONNX variants; export them with --format onnx")
+    store = RunStore(args.runs_dir)
+    run = store.get(args.run_id)
+    m = export_hf(run, store, lambda text, f: print(f"[{100 * f:3.0f}%] hf: {text}", file=sys.stderr, flush=True))
+    c = m["check"]
+    print(f"hf {m['size_mb']:8.3f} MB  test ppl {m['test']['perplexity']:8,.1f}  loaded by {c['loader']}: top-1 = "
+          f"PyTorch on {100 * c['top1_agreement']:.2f}% (max |Δlogit| {c['max_abs_logit_diff']:.2g})")
+    print(f"\nthe folder: {m['folder']} (AutoModelForCausalLM.from_pretrained and AutoTokenizer load it)")
+    return 0
+
+
 def cmd_publish_teacher(args) -> int:
     """Copy a finished run's best weights into assets/teachers with a card that says how to reproduce it."""
     from workbench.store.runs import RunStore
@@ -61,7 +80,9 @@ def register(add) -> dict:
     s = add("export", "a finished run's student as ONNX (and int8, and pruned), measured in ONNX Runtime; "
                       "the variants live under runs/RUN/variants/")
     s.add_argument("run_id", metavar="RUN")
-    s.add_argument("--format", default="onnx", help="onnx (the only format for now)")
+    s.add_argument("--format", default="onnx", choices=["onnx", "hf"],
+                   help="onnx (default: ONNX Runtime variants), or hf: a language model as a Hugging Face folder "
+                        "(save_pretrained with its tokenizer), loaded back by transformers and measured")
     s.add_argument("--int8", action="store_true", help="also an int8 variant (ONNX Runtime quantization: static QDQ "
                                                        "with calibration for conv nets, dynamic for MLPs)")
     s.add_argument("--prune", type=float, default=None, metavar="FRACTION",
