@@ -62,6 +62,7 @@ def test_the_train_form_is_restored_from_the_address_and_refuses_an_invalid_fiel
     at.text_input(key="tr_lr").set_value("0.003").run()
     assert not at.button(key="tr_launch").disabled
     assert any(c.value.startswith("**Will run:**") and "lr 0.003" in c.value for c in at.caption)
+    assert at.query_params["tr_lr"] == "0.003"  # text, as typed: before, tr_lr=%220.003%22 (in JSON quotes)
 
 
 # 13. a new data set brings its own defaults

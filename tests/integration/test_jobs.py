@@ -119,13 +119,13 @@ def test_the_app_the_cli_and_the_widgets_import_without_fcntl(tmp_path):
 
 def test_worker_subprocesses_never_import_from_the_callers_folder(tmp_path, store):
     """A ./workbench/__main__.py planted in the working directory must not run as the job."""
-    from workbench.jobs.spawn import python_cmd as _python_cmd
+    from workbench.jobs.spawn import Command
     from workbench.jobs.spawn import trusted_cwd as _trusted_cwd
 
     planted = tmp_path / "workbench"
     planted.mkdir()
     (planted / "__init__.py").write_text("")
     (planted / "__main__.py").write_text("print('PLANTED')\n")
-    proc = subprocess.run([*_python_cmd(), "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    proc = subprocess.run(Command(("--help",)).to_argv(), capture_output=True, text=True, timeout=60, cwd=tmp_path
                           if sys.version_info >= (3, 11) else _trusted_cwd())
     assert "PLANTED" not in proc.stdout and "usage: kdw" in proc.stdout

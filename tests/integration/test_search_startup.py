@@ -88,4 +88,7 @@ def test_the_sweep_page_says_ray_is_starting_with_the_time_so_far(store):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     (info,) = [i.value for i in at.info if "Starting Ray" in i.value]
-    assert info.startswith("Starting Ray… 1") and "Cancel works now too" in info
+    import re
+
+    seconds = re.match(r"Starting Ray… (\d+) s", info)  # 12 s or more: the page run itself takes time when busy
+    assert seconds and int(seconds.group(1)) >= 12 and "Cancel works now too" in info, info

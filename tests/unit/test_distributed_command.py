@@ -28,7 +28,7 @@ def test_distributed_command_multi_node_flags_reach_torchrun(tmp_path, monkeypat
     run = store.create(config.record(), run_id="mn")
     assert TrainConfig.from_dict(run.config).nnodes == "2"  # the job reads them back from config.json
     launched = []
-    monkeypatch.setattr(queue, "spawn", lambda *a, command=None, **k: launched.append(command) or _Finished())
+    monkeypatch.setattr(queue, "spawn", lambda command, *a, **k: launched.append(command.to_argv()) or _Finished())
     queue._launch_distributed(run, store, TrainConfig.from_dict(run.config), resume=False)
     (cmd,) = launched
     assert cmd[cmd.index("torch.distributed.run") + 1:][:5] == [
@@ -40,9 +40,10 @@ def test_distributed_command_multi_node_flags_reach_torchrun(tmp_path, monkeypat
 def test_distributed_command_rdzv_id_defaults_to_the_run_id(tmp_path):
     store = RunStore(tmp_path / "runs")
     run = store.create(TrainConfig(teacher="digits-cnn").record(), run_id="r1")
-    cmd = queue.distributed_command(run, store, 2, rdzv_endpoint="h:1")
+    cmd = queue.distributed_command(run, store, 2, rdzv_endpoint="h:1").to_argv()
     assert "--rdzv-id=r1" in cmd
-    assert "--standalone" in queue.distributed_command(run, store, 2)
+    assert "--standalone" in queue.distributed_command(run, store, 2).to_argv()
+    assert cmd[:2] == [queue.sys.executable, "-P"] and cmd[cmd.index("-m", 3) + 1:][:3] == ["workbench", "rank", "r1"]
 
 
 @pytest.mark.parametrize("field,value", [("nnodes", "two"), ("rdzv_endpoint", "nohost"), ("rdzv_id", "a b")])

@@ -247,9 +247,11 @@ def forget_fields(keys) -> None:
         ss.pop(KEPT + k, None)
 
 
-def keep_form(prefixes: tuple[str, ...], skip=lambda k: False, address: bool = True) -> None:
+def keep_form(prefixes: tuple[str, ...], skip=lambda k: False, address: bool = True, types: dict | None = None
+              ) -> None:
     """At the end of a page: keep every field of its form (see `remember_form`) and write it into the address
-    (unless not `address`: a page that writes its own, shorter one)."""
+    (unless not `address`: a page that writes its own, shorter one). A field `types` says is text is written as it
+    is (`tr_lr=0.003`, not `tr_lr="0.003"`): `remember_form` reads it back as text."""
     ss = st.session_state
     if sys.exc_info()[0] is not None:  # called from a `finally` while the page fails: keep nothing it refused
         return
@@ -259,7 +261,8 @@ def keep_form(prefixes: tuple[str, ...], skip=lambda k: False, address: bool = T
         if v is None or not isinstance(v, (str, int, float, bool, list, tuple)):
             continue
         ss[KEPT + k] = v
-        values[k] = _url_value(list(v) if isinstance(v, tuple) else v)
+        text_typed = isinstance(v, str) and (types or {}).get(k) is str  # read back as text: no JSON quotes needed
+        values[k] = v if text_typed else _url_value(list(v) if isinstance(v, tuple) else v)
     if address and any(st.query_params.get(k) != v for k, v in values.items()):
         st.query_params.update(values)
     ss[FROM_ADDRESS] = {k for k in ss.get(FROM_ADDRESS, set()) if not k.startswith(prefixes)}  # drawn: they fit

@@ -533,7 +533,7 @@ def page() -> None:
             form = _form()
         except FormError as e:
             form, reason = None, str(e)
-        common.keep_form(("tr_",), _not_a_field)
+        common.keep_form(("tr_",), _not_a_field, types=FORM_KEYS)
         if form is not None:
             st.caption("**Will run:** " + "; ".join(recipes.describe_config(c) for _, c in form))
         elif reason:

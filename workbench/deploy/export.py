@@ -52,7 +52,7 @@ from workbench.evaluate.metrics import (
     time_forward,
 )
 from workbench.io import atomic_write_json
-from workbench.jobs.spawn import spawn
+from workbench.jobs.spawn import Command, spawn
 from workbench.models.zoo import count_params
 from workbench.store.runs import Run, RunStore, process_identity
 from workbench.tasks import task_for
@@ -609,7 +609,7 @@ def start_export(store: RunStore, run_id: str, options) -> None:
         raise DeployError(f"an export of {run_id} is running; wait for it to finish before exporting it again")
     folder = run.variants_path
     folder.mkdir(parents=True, exist_ok=True)
-    proc = spawn(["export", run_id, *export_args(options), "--runs-dir", str(store.root)], store.root,
+    proc = spawn(Command.kdw("export", run_id, *export_args(options), store_root=store.root), store.root,
                  folder / "export.log")
     for name in options.variant_names():  # visible at once, before the process has imported anything
         _set_status(folder / name, "queued", identity=process_identity(proc.pid))

@@ -34,7 +34,7 @@ from workbench.errors import friendly_error
 from workbench.experiments.recipes import distill_configs
 from workbench.io import atomic_write_json, read_json_object
 from workbench.jobs.queue import check_workers, claim, default_workers, execute_run, fail_stale_runs
-from workbench.jobs.spawn import spawn
+from workbench.jobs.spawn import Command, spawn
 from workbench.store.runs import RunStore, process_identity, same_process
 from workbench.train.loop import TrainConfig
 
@@ -283,15 +283,8 @@ def prune_ray_folders() -> list[Path]:
 
 def _watch(folder: Path) -> None:
     """Start the watchdog that ends this embedded Ray, and removes `folder`, if this process dies first."""
-    import subprocess
-    import sys
-
-    from workbench.jobs.spawn import trusted_cwd
-
     me = process_identity()
-    subprocess.Popen([sys.executable, "-m", "workbench.jobs.watchdog", str(me["pid"]), str(me["pid_started"]),
-                      str(folder)], cwd=trusted_cwd(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+    spawn(Command.watchdog(me["pid"], me["pid_started"], folder), None, None)
 
 
 # ---------------------------------------------------------------------------
@@ -850,4 +843,5 @@ def start_search(store: RunStore, group: str) -> None:
     page's Search mode, `widgets.search_panel`); its trials land in the store as runs of `group`."""
     if not search_status(store, group):
         raise ValueError(f"no search named {group} is prepared in {store.root}")
-    spawn(["search-job", group, "--runs-dir", str(store.root)], store.root, status_path(store, group).with_suffix(".log"))
+    spawn(Command.kdw("search-job", group, store_root=store.root), store.root,
+          status_path(store, group).with_suffix(".log"))

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from workbench.errors import RunFailed, RunStoreError, friendly_error
 from workbench.io import atomic_write_json, read_json_object
-from workbench.jobs.spawn import spawn
+from workbench.jobs.spawn import Command, spawn
 from workbench.store.runs import FINISHED, HEARTBEAT_S, Run, RunStore, process_identity, same_process
 
 WORKER_MARKER = ".worker.json"  # the last worker started in slot 0: {pid, pid_started, host}
@@ -246,19 +246,18 @@ def resume_in_process(run: Run, store: RunStore, callbacks=(), overrides: dict |
 # several processes: torch.distributed.run
 
 def distributed_command(run: Run, store: RunStore, nproc: int, resume: bool = False, nnodes: str | None = None,
-                        rdzv_endpoint: str | None = None, rdzv_id: str | None = None) -> list[str]:
-    """The torch.distributed.run command line that trains `run` on `nproc` processes per node; with
-    `rdzv_endpoint`, on `nnodes` machines that meet there (c10d) under `rdzv_id` (default: the run id)."""
-    cmd = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "torch.distributed.run",
-           f"--nproc-per-node={nproc}"]
+                        rdzv_endpoint: str | None = None, rdzv_id: str | None = None) -> Command:
+    """The torch.distributed.run command that trains `run` on `nproc` processes per node; with `rdzv_endpoint`, on
+    `nnodes` machines that meet there (c10d) under `rdzv_id` (default: the run id)."""
+    launcher = [f"--nproc-per-node={nproc}"]
     if nnodes:
-        cmd += [f"--nnodes={nnodes}"]
+        launcher += [f"--nnodes={nnodes}"]
     if rdzv_endpoint:
-        cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id or run.run_id}"]
+        launcher += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id or run.run_id}"]
     else:
-        cmd += ["--standalone"]
-    return cmd + ["-m", "workbench", "rank", run.run_id, "--runs-dir", str(store.root)] + (["--resume"] if resume
-                                                                                            else [])
+        launcher += ["--standalone"]
+    rank = Command.kdw("rank", run.run_id, *(["--resume"] if resume else []), store_root=store.root)
+    return rank.under_torchrun(*launcher)
 
 
 def _launch_distributed(run: Run, store: RunStore, config, resume: bool) -> str:
@@ -270,9 +269,9 @@ def _launch_distributed(run: Run, store: RunStore, config, resume: bool) -> str:
         run.set_status("running", **process_identity(), started=time.time(), error=None)
     env = dict(os.environ, KDW_RUNS_DIR=str(store.root), OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1)
                                                                                  // config.nproc)))
-    proc = spawn([], store.root, run.log_path(), env=env, command=distributed_command(
-        run, store, config.nproc, resume, nnodes=config.nnodes, rdzv_endpoint=config.rdzv_endpoint,
-        rdzv_id=config.rdzv_id))
+    proc = spawn(distributed_command(run, store, config.nproc, resume, nnodes=config.nnodes,
+                                     rdzv_endpoint=config.rdzv_endpoint, rdzv_id=config.rdzv_id),
+                 store.root, run.log_path(), env=env)
     try:
         while proc.poll() is None:
             time.sleep(0.5)
@@ -473,7 +472,7 @@ class LocalQueueRunner(Runner):
             if last and not last.get("stopped") and same_process(last):
                 waiting -= 1  # started moments ago, not holding the lock yet
                 continue
-            proc = spawn(["worker", "--runs-dir", str(self.store.root), "--slot", str(slot)], self.store.root,
+            proc = spawn(Command.kdw("worker", "--slot", slot, store_root=self.store.root), self.store.root,
                          self.store.root / ".worker.log", env=_worker_env(self.store, slot, self.workers))
             atomic_write_json(marker, process_identity(proc.pid))
             started = True
@@ -566,7 +565,7 @@ def _worker_loop(store: RunStore, warm: bool | None, slot: int) -> int:
                 if warm:
                     _run_warm(run, store)
                 else:
-                    proc = spawn(["job", run.run_id, "--runs-dir", str(store.root)], store.root, run.log_path(),
+                    proc = spawn(Command.kdw("job", run.run_id, store_root=store.root), store.root, run.log_path(),
                                  detached=False)
                     proc.wait()
                     if run.state in ("queued", "running"):  # the job died before recording its end
@@ -712,7 +711,7 @@ def start_profile(store: RunStore, run_ids: list[str]) -> None:
     """`kdw profile RUN...` as a detached process (the Compare page's re-measure button)."""
     for rid in run_ids:
         store.get(rid)  # each one exists
-    spawn(["profile", *run_ids, "--runs-dir", str(store.root)], store.root, store.root / ".profile.log")
+    spawn(Command.kdw("profile", *run_ids, store_root=store.root), store.root, store.root / ".profile.log")
 
 
 def _run_warm(run: Run, store: RunStore) -> None:
