@@ -253,7 +253,8 @@ def keep_form(prefixes: tuple[str, ...], skip=lambda k: False, address: bool = T
     (unless not `address`: a page that writes its own, shorter one). A field `types` says is text is written as it
     is (`tr_lr=0.003`, not `tr_lr="0.003"`): `remember_form` reads it back as text."""
     ss = st.session_state
-    if sys.exc_info()[0] is not None:  # called from a `finally` while the page fails: keep nothing it refused
+    failing = sys.exc_info()[1]  # called from a `finally` while the page fails: keep nothing it refused (a rerun
+    if isinstance(failing, Exception):  # or a page switch, Streamlit's control flow, is no failure: keep it all)
         return
     values = {}
     for k in _form_keys(prefixes, skip):
