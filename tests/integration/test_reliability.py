@@ -492,3 +492,18 @@ def test_a_run_of_fewer_than_20_optimiser_steps_is_warned_about_in_one_sentence(
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "warning: this run takes 1 optimiser step (1 per epoch × 1 epoch), fewer than the 20" in proc.stderr
+
+
+def test_compare_names_a_finished_run_whose_summary_is_gone(store):
+    """Before, `kdw compare A B` printed B's row without a word about A."""
+    import json
+
+    a = _done_run(store, "a")
+    _done_run(store, "b")
+    (a.path / "summary.json").unlink()
+    proc = subprocess.run([sys.executable, "-m", "workbench", "compare", "a", "b", "--json", "--runs-dir",
+                           str(store.root)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ids = {r["run_id"] for r in json.loads(proc.stdout)}
+    assert "b" in ids and "a" not in ids
+    assert "a has finished but has no summary.json to compare; left out" in proc.stderr, proc.stderr

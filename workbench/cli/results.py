@@ -68,6 +68,11 @@ def cmd_compare(args) -> int:
         st = r.status()
         print(f"{r.run_id} is {st['state']}" + (f": {st['error']}" if st.get("error") else "") + "; left out",
               file=sys.stderr)
+    listed = {row["run_id"] for row in rows}
+    for r in runs:  # finished, yet no row: its summary.json is gone (before: the other rows, without a word)
+        if r.state == "done" and r.run_id not in listed:
+            print(f"{r.run_id} has finished but has no summary.json to compare; left out (train it again to "
+                  "have one)", file=sys.stderr)
     if not rows:
         raise ValueError("none of these runs has finished, so there is nothing to compare")
     if args.json:
