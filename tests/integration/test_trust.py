@@ -373,13 +373,12 @@ def test_a_damaged_checkpoint_is_one_sentence(resumable, tmp_path, damage, messa
         path.write_bytes(b"")
     else:
         torch.save(edited, path)
-    try:
-        outcome = resume_in_process(run, store)
-        error = run.status()["error"]  # caught during the resume: the run says why, in the same sentence
-        assert outcome == "failed"
-    except CheckpointDamaged as e:  # caught before the resume: the run is untouched
-        error = str(e)
-        assert run.state == "failed" and run.status()["error"] == "killed"
+    before = (run.path / "status.json").read_text()
+    with pytest.raises(CheckpointDamaged) as caught:  # before the resume or once its session is built
+        resume_in_process(run, store)
+    error = str(caught.value)
+    assert (run.path / "status.json").read_text() == before  # the run is left as it was: state, error, pid, times
+    assert run.state == "failed" and run.status()["error"] == "killed"
     assert error.startswith(f"checkpoint {path} is damaged: ") and "start the run again" in error, error
     assert __import__("re").search(message, error), error
     assert "weights_only" not in error and "Traceback" not in error and "\n" not in error

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from workbench.errors import RunFailed, RunStoreError, friendly_error
+from workbench.errors import CheckpointDamaged, RunFailed, RunStoreError, friendly_error
 from workbench.io import atomic_write_json, read_json_object
 from workbench.jobs.spawn import Command, spawn
 from workbench.store.runs import FINISHED, HEARTBEAT_S, Run, RunStore, process_identity, same_process
@@ -149,7 +149,7 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
         return _launch_distributed(run, store, config, resume)
     old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     checkpoint = run.checkpoint_path if resume else None
-    tracker, state = None, "failed"
+    tracker, state, before = None, "failed", None
     try:
         with _claim_lock(store):  # the start and a cancel of the queued run are decided one at a time
             if queued and run.state != "queued":  # cancelled (or taken) while it waited: it never trains
@@ -157,6 +157,7 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
                 return state
             if resume and not queued and launch:  # (a queued resume was claimed by `resume`; a rank by its launcher)
                 _claim_resume(run)  # two resumes at once: the second one says so and leaves the run alone
+            before = read_json_object(run.status_path) if resume else None  # what a refused resume puts back
             run.cancel_path.unlink(missing_ok=True)  # an old request never stops a new start
             run.set_status("running", **process_identity(), started=time.time(), error=None, resume=None,
                            worker=_slot_env())
@@ -182,6 +183,11 @@ def execute_run(run: Run, store: RunStore, callbacks=(), *, reraise_interrupt: b
         state = "done"
         return state
     except AlreadyClaimed:
+        state = run.state
+        raise
+    except CheckpointDamaged:
+        if before is not None:  # found once the session was built: the run is left as it was (state, pid, times)
+            atomic_write_json(run.status_path, before)
         state = run.state
         raise
     except KeyboardInterrupt:
