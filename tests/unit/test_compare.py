@@ -82,3 +82,16 @@ def test_the_lm_headline_never_says_the_teacher_helps_two_useless_models():
     assert "no better than counting tokens" in text
     rows[1] = {**rows[1], "did_not_learn": None, "test_ppl": 300.0, "ppl_gain": 28_437.2}
     assert "which did not learn either: no comparison" in headline(rows) and "teacher helps" not in headline(rows)
+
+
+def test_rows_of_one_language_model_architecture_show_one_timing():
+    """Before, the same LLaMA architecture showed 0.907 and 8.252 ms/token while both rows said '5.1× faster*'."""
+    from workbench.analysis.compare import unify_timings
+
+    def row(run_id, ms, busy):
+        return {"role": "kd", "run_id": run_id, "model": "llama(d=4, w=192)", "dataset": "fortunes",
+                "input_shape": [128], "latency_ms": 32 * ms, "ms_per_token": ms, "tokens_per_s_b1": 1000 / ms,
+                "tokens_per_s_b32": 9000 / ms, "cpu_busy": busy}
+    a, b = unify_timings([row("a", 0.907, 0.0), row("b", 8.252, 0.9)])
+    assert a["ms_per_token"] == b["ms_per_token"] == 0.907 and a["tokens_per_s_b32"] == b["tokens_per_s_b32"]
+    assert b["timing_from"] == "a"

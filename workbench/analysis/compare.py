@@ -451,7 +451,8 @@ def unify_timings(rows: list[dict]) -> list[dict]:
     for members in groups.values():
         quiet = min(members, key=lambda r: (r.get("cpu_busy") or 0.0, r["latency_ms"]))
         for r in members:
-            for k in ("latency_ms", "throughput", "cpu_busy", "device", "threads"):
+            for k in ("latency_ms", "throughput", "cpu_busy", "device", "threads", "ms_per_token", "tokens_per_s_b1",
+                      "tokens_per_s_b32"):  # a language model's per-token figures too: one measurement, one ratio
                 r[k] = quiet.get(k)
             r["timing_from"] = quiet["run_id"]
     for r in rows:
