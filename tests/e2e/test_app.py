@@ -567,3 +567,16 @@ def test_a_reload_shows_this_tabs_own_group_not_a_newer_cancelled_one(store):
     linked.query_params["group"] = "train-20261206-000002-bbbb"  # a tab whose address names its group
     linked.run()
     assert any(h.value == "Jobs · train-20261206-000002-bbbb" for h in linked.subheader)
+
+
+def test_presentation_mode_survives_a_reload_through_the_address():
+    """Before, a reload (a new session) switched presentation mode off."""
+    at = AppTest.from_file("../../app.py", default_timeout=TIMEOUT).run()
+    at.toggle(key="presenting").set_value(True).run()
+    assert at.query_params.get("present") == "1"
+    again = AppTest.from_file("../../app.py", default_timeout=TIMEOUT)
+    again.query_params["present"] = "1"  # what the reloaded tab's address holds
+    again.run()
+    assert not again.exception and again.toggle(key="presenting").value is True
+    again.toggle(key="presenting").set_value(False).run()
+    assert "present" not in again.query_params

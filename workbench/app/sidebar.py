@@ -70,8 +70,15 @@ def sidebar() -> None:
     with st.sidebar:
         st.markdown("### KD Workbench")
         st.caption("Knowledge distillation you can see, measure and compare.")
+        ss = st.session_state
+        if "presenting" not in ss and st.query_params.get("present") == "1":  # a reload keeps presentation mode
+            ss["presenting"] = True
         st.toggle("Presentation mode", key="presenting",
                   help="For a projector: larger text and plots, and only the controls a class needs.")
+        if ss.get("presenting"):
+            st.query_params["present"] = "1"
+        else:
+            st.query_params.pop("present", None)
         st.code(OBJECTIVE, language=None, wrap_lines=True)
         st.caption("Vanilla KD. α = 0: scratch baseline · α = 1: pure distillation")
         try:  # every 3 s while something runs; an idle tab looks every 15 s (it costs the server ~5% of a core less)
