@@ -21,6 +21,10 @@ def test_a_cancel_racing_the_start_never_lets_a_cancelled_run_train(tmp_path, mo
         return {}
 
     monkeypatch.setattr("workbench.train.loop.train", fake_train)
+    # the job runs in this process: a cancel that finds it running would send SIGTERM to the test itself (seen on a
+    # busy machine: whatever handler an earlier test left turned it into SystemExit); the race is about the lock
+    signalled = []
+    monkeypatch.setattr(queue.os, "kill", lambda pid, sig: signalled.append((pid, sig)))
     store = RunStore(tmp_path / "runs")
     runner = queue.LocalQueueRunner(store)
     monkeypatch.setattr(runner, "ensure_worker", lambda: None)  # this test is the worker
