@@ -30,7 +30,6 @@ class Score:
     key: str  # validation rows hold val_<key>; the summary's best is val_<key>_best
     title: str  # "accuracy", "perplexity"
     higher_is_better: bool
-    percent: bool = False  # shown as a percentage (accuracy) rather than a plain number (perplexity)
 
     @property
     def worst(self) -> float:
@@ -43,11 +42,6 @@ class Score:
         if v != b:
             return v > b if self.higher_is_better else v < b
         return row["val_loss"] < best["val_loss"]
-
-    def format(self, value: float | None) -> str:
-        if value is None:
-            return "–"
-        return f"{100 * value:.2f}%" if self.percent else f"{value:,.1f}"
 
 
 class Task:
@@ -63,7 +57,7 @@ class Task:
     transformer_layers = False  # its models may be Transformers (what TinyBERT and MiniLM match)
     prunable = True  # torch-pruning's channel pruning applies to its models (deploy --prune)
     token_level = False  # its models predict next tokens: only methods whose terms take a TopK target distil them
-    score = Score("acc", "accuracy", higher_is_better=True, percent=True)
+    score = Score("acc", "accuracy", higher_is_better=True)
     default_topk: int | None = None  # set: the teacher cache holds its k largest logits per position, not all
     grad_clip: float | None = None  # the gradient-norm clip a run gets unless its config sets one (None: off)
 

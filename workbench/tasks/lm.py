@@ -82,8 +82,15 @@ def lm_metrics(model, blocks: torch.Tensor, cache=None, device="cpu", batch: int
     if cache is not None:
         out["agreement"] = agree / n_tok
         out["kl_to_teacher"] = kl_sum / n_tok
-        out["teacher_perplexity"] = math.exp(min(float(np.asarray(cache[2], dtype=np.float64).mean()), 50.0))
+        out["teacher_perplexity"] = cached_perplexity(cache)["perplexity"]
     return out
+
+
+def cached_perplexity(cache) -> dict:
+    """The teacher's own perplexity (and mean nll) on a split, from the loss on the true next token its top-k cache
+    keeps: (values, ids, nll)."""
+    nll = float(np.asarray(cache[2], dtype=np.float64).mean())
+    return {"perplexity": math.exp(min(nll, 50.0)), "nll": nll}
 
 
 def generations(model, tokenizer_folder: str, device, prompts=PROMPTS, new_tokens: int = GENERATED_TOKENS,
@@ -207,8 +214,7 @@ class LanguageModelling(Task):
         return lm_metrics(model, data.x_test, teacher_out, device or "cpu")
 
     def teacher_test(self, teacher_out, data):
-        nll = float(np.asarray(teacher_out[2], dtype=np.float64).mean())
-        return {"perplexity": math.exp(min(nll, 50.0)), "nll": nll}
+        return cached_perplexity(teacher_out)
 
     def did_not_learn(self, summary: dict, config=None) -> str | None:
         """Why a language model learnt nothing useful, or None: its test perplexity is no better than counting
