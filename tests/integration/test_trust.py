@@ -568,14 +568,14 @@ def test_a_variant_whose_export_process_is_gone_reads_failed(store):
     import json
     import time
 
-    from workbench.deploy.export import _set_status
+    from workbench.deploy.export import set_variant_status
 
     run = _done(store)
-    _set_status(run.variants_path / "onnx-fp32", "running", identity=_dead_identity(), progress={"fraction": 0.3})
+    set_variant_status(run.variants_path / "onnx-fp32", "running", identity=_dead_identity(), progress={"fraction": 0.3})
     (run.variants_path / "onnx-int8").mkdir(parents=True)  # an old store's status: no process recorded
     (run.variants_path / "onnx-int8" / "status.json").write_text(json.dumps({"state": "queued",
                                                                               "updated": time.time()}))
-    _set_status(run.variants_path / "live", "running", progress={"fraction": 0.5})  # this process: alive
+    set_variant_status(run.variants_path / "live", "running", progress={"fraction": 0.5})  # this process: alive
     states = {v["name"]: (v["state"], v["error"]) for v in run.variants()}
     assert states["onnx-fp32"][0] == "failed" and "export process ended without finishing" in states["onnx-fp32"][1]
     assert states["onnx-int8"][0] == "failed" and states["live"] == ("running", None)

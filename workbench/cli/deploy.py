@@ -1,4 +1,5 @@
-"""`kdw export | publish-teacher`: a finished run as an artifact to ship, or as a shipped teacher."""
+"""`kdw export | compress | publish-teacher`: a finished run as an artifact to ship, compressed step by step, or as a
+shipped teacher."""
 
 from __future__ import annotations
 
@@ -65,6 +66,45 @@ def _export_hf(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    """A pipeline over a finished run (prune → heal → quantize), every step a variant measured in ONNX Runtime."""
+    from workbench.deploy.compress import CompressOptions, compress_run, parse_steps
+    from workbench.store.runs import RunStore
+
+    steps = parse_steps(args.steps)
+    options = CompressOptions(epochs=args.epochs, calibration=args.calibration, int8_format=args.int8_format,
+                              seed=args.seed)
+    store = RunStore(args.runs_dir)
+    run = store.get(args.run_id)
+
+    def progress(name, text, fraction):
+        where = "" if fraction is None else f"[{100 * fraction:3.0f}%] "
+        print(f"{where}{name}: {text}", file=sys.stderr, flush=True)
+
+    results = compress_run(run, store, steps, options, progress, command=common.command_line())
+    print(compress_table(results))
+    print(f"\nvariants under {run.path / 'variants'}; `kdw compare {run.run_id}` lists them with the run")
+    return 0
+
+
+def compress_table(results: list[dict]) -> str:
+    """One line per variant: size, test score, agreement with the teacher, latency, and the fake-quant check."""
+    lines = [f"{'variant':34s} {'size MB':>8s} {'test':>8s} {'agree T':>8s} {'ms (b1)':>8s} {'/s (b256)':>10s}"]
+    for m in results:
+        test = m["test"]
+        score = f"{100 * test['accuracy']:7.2f}%"
+        agree = test.get("agreement")
+        prof = m["profile"]
+        line = (f"{m['variant']:34s} {m['size_mb']:8.3f} {score:>8s} "
+                f"{'' if agree is None else f'{100 * agree:7.2f}%':>8s} {prof['latency_ms']:8.3f} "
+                f"{prof['throughput']:10,.0f}")
+        check = m.get("fake_quant_check")
+        if check:
+            line += f"  fake-quant = artifact on {100 * check['top1_agreement']:.2f}%"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def cmd_publish_teacher(args) -> int:
     """Copy a finished run's best weights into assets/teachers with a card that says how to reproduce it."""
     from workbench.store.runs import RunStore
@@ -93,9 +133,23 @@ def register(add) -> dict:
     s.add_argument("--calibration", type=int, default=512, help="training images that calibrate int8 (default 512)")
     s.add_argument("--finetune-epochs", type=int, default=3, help="epochs of distillation after pruning (default 3)")
     common.add_common(s)
+    s = add("compress", "a pipeline over a finished run: prune, heal with the teacher, quantize (PTQ, QAT or "
+                        "quantization-aware distillation); every step a variant measured in ONNX Runtime")
+    s.add_argument("run_id", metavar="RUN")
+    s.add_argument("--steps", required=True,
+                   help="steps in order, comma-separated: prune:FRACTION, heal:kd|ce, then any of ptq:int8, "
+                        "qat:int8, qad:int8 (each from the float model before it); e.g. "
+                        "prune:0.5,heal:kd,ptq:int8,qat:int8,qad:int8")
+    s.add_argument("--epochs", type=int, default=3, help="epochs of each training step: heal, qat, qad (default 3)")
+    s.add_argument("--calibration", type=int, default=512,
+                   help="training samples that calibrate int8 activation ranges (default 512)")
+    s.add_argument("--int8-format", default="auto", choices=["auto", "s8s8", "reduce-range", "u8u8"],
+                   help="int8 data types, as for kdw export (auto: by this CPU)")
+    s.add_argument("--seed", type=int, default=None, help="the training steps' seed (default: the run's)")
+    common.add_common(s)
     s = add("publish-teacher", "copy a finished teacher run into assets/teachers with its card")
     s.add_argument("run_id", metavar="RUN")
     s.add_argument("--name", required=True, help="teacher name, e.g. fashion-mnist-cnn")
     s.add_argument("--to", default=None, help="folder (default: assets/teachers)")
     common.add_common(s)
-    return {"export": cmd_export, "publish-teacher": cmd_publish_teacher}
+    return {"export": cmd_export, "compress": cmd_compress, "publish-teacher": cmd_publish_teacher}

@@ -1,7 +1,7 @@
 """The `kdw` command line: train teachers, distil, compare, export, and the demo.
 
 One module per command group: `cli.train` (demo, teacher, distill, scratch, sweep, search, chains, resume,
-cancel), `cli.results` (runs, compare, report, profile, methods, teachers), `cli.deploy` (export, publish-teacher),
+cancel), `cli.results` (runs, compare, report, profile, methods, teachers), `cli.deploy` (export, compress, publish-teacher),
 `cli.serve` (app) and `cli.internal` (what the workbench starts itself). `cli.common` holds what they share.
 """
 

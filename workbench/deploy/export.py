@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.deploy.qad import QUANTIZED_OPS
 from workbench.errors import (
     DeployError,
     friendly_error,
@@ -108,7 +109,7 @@ class ExportOptions:
 # ---------------------------------------------------------------------------
 # the variant store
 
-def _set_status(folder: Path, state: str, identity: dict | None = None, **fields) -> None:
+def set_variant_status(folder: Path, state: str, identity: dict | None = None, **fields) -> None:
     """A variant's status.json. While it is queued or running it names the export process (pid, start time, host;
     this process unless `identity` says another), so that a killed export reads failed (`Run.variants`)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -197,7 +198,7 @@ def export_onnx(model: nn.Module, input_shape, folder: Path, task=None) -> Path:
     return path
 
 
-def _session(path: Path, threads: int | None = None):
+def ort_session(path: Path, threads: int | None = None):
     ort = require("onnxruntime")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or torch.get_num_threads()  # the same threads as the PyTorch figures
@@ -263,17 +264,19 @@ def int8_settings(fmt: str = "auto", cpu: dict | None = None) -> dict:
 
 
 def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor, fmt: str = "auto",
-                  cpu: dict | None = None) -> tuple[Path, dict]:
+                  cpu: dict | None = None, matched: bool = False, inputs=None) -> tuple[Path, dict]:
     """An int8 copy of an fp32 ONNX model in `folder`; returns (path, what was done: "mode" in words, the "int8"
     settings of `int8_settings(fmt, cpu)`, "preprocessed", and "notes").
 
     Static QDQ with per-channel weights where the model has convolutions (calibrated on `calibration`,
-    a (N, C, H, W) tensor of training images); dynamic quantization for pure MLPs.
+    a (N, C, H, W) tensor of training images); dynamic quantization for pure MLPs. `matched`: static for every
+    model, and only the inputs and outputs of Conv, MatMul and Gemm quantized: the scheme `deploy.qad` trains with
+    (`inputs(batch)` makes the graph's inputs of a batch of calibration samples; default: the batch itself).
     """
     q = require("onnxruntime.quantization")
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "model.onnx"
-    conv = has_convolutions(fp32_path)
+    conv = matched or has_convolutions(fp32_path)
     if conv and len(calibration) < MIN_CALIBRATION:
         raise DeployError(f"int8 calibration needs at least {MIN_CALIBRATION} images, got {len(calibration)}")
     settings = int8_settings(fmt, cpu)
@@ -297,9 +300,13 @@ def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor, fmt:
                                reduce_range=settings["reduce_range"])
             mode = "dynamic int8 (weights per channel; activations quantized per batch at run time)"
         else:
+            feed = inputs or (lambda b: (b,))
+            names = [i.name for i in require("onnxruntime").InferenceSession(
+                str(source), providers=["CPUExecutionProvider"]).get_inputs()]
+
             class Reader(q.CalibrationDataReader):
                 def __init__(self):
-                    self.batches = iter([{"input": calibration[i:i + 64].numpy()}
+                    self.batches = iter([{n: t.numpy() for n, t in zip(names, feed(calibration[i:i + 64]))}
                                          for i in range(0, len(calibration), 64)])
 
                 def get_next(self):
@@ -307,8 +314,12 @@ def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor, fmt:
 
             q.quantize_static(str(source), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                               activation_type=activation_type, weight_type=weight_type,
-                              reduce_range=settings["reduce_range"], calibrate_method=q.CalibrationMethod.MinMax)
-            mode = f"static int8, QDQ, per-channel weights, calibrated on {len(calibration)} training images"
+                              reduce_range=settings["reduce_range"], calibrate_method=q.CalibrationMethod.MinMax,
+                              op_types_to_quantize=list(QUANTIZED_OPS) if matched else None)
+            mode = (f"static int8, QDQ, per-channel weights, calibrated on {len(calibration)} training "
+                    f"{'images' if calibration.dim() == 4 else 'samples'}"
+                    + ("; Conv, MatMul and Gemm (inputs and outputs), as quantization-aware training sees them"
+                       if matched else ""))
     mode += f"; {settings['format']} ({settings['why']})"
     for leftover in folder.glob(".preprocessed.onnx*"):
         leftover.unlink()
@@ -381,7 +392,7 @@ def measure(folder: Path, source: nn.Module, dataset, teacher_logits: torch.Tens
     """Every figure of the artifact in `folder`, measured with ONNX Runtime; PyTorch eager of `source` beside it."""
     ort = require("onnxruntime")
     task = task_for(dataset.name)
-    session = _session(folder / "model.onnx")
+    session = ort_session(folder / "model.onnx")
     x_test, y_test = dataset.split("test")
     src = source.float().cpu().eval()
     logits = ort_logits(session, x_test, inputs=lambda b: task.export_inputs(src, b))  # (N_test, K)
@@ -430,7 +441,7 @@ def measure_lm(folder: Path, source: nn.Module, dataset, teacher_logits=None) ->
 
     ort = require("onnxruntime")
     task = task_for(dataset.name, "language-modelling")
-    session = _session(folder / "model.onnx")
+    session = ort_session(folder / "model.onnx")
     src = source.float().cpu().eval()
     blocks = dataset.x_test
     nll, agree, n_tok, diff = 0.0, 0, 0, 0.0
@@ -473,7 +484,7 @@ def measure_lm(folder: Path, source: nn.Module, dataset, teacher_logits=None) ->
 # ---------------------------------------------------------------------------
 # a run's variants
 
-def _teacher_test_logits(run: Run, store: RunStore, dataset) -> torch.Tensor | None:
+def teacher_test_logits(run: Run, store: RunStore, dataset) -> torch.Tensor | None:
     spec = (run.summary.get("teacher") or {}).get("spec")
     if not spec:
         return None
@@ -515,13 +526,13 @@ def export_run(run: Run, store: RunStore, options: ExportOptions, progress=None,
 def _export_run(run: Run, store: RunStore, options: ExportOptions, say, command: str) -> list[dict]:
     names = options.variant_names()
     for n in names:
-        _set_status(run.variants_path / n, "queued")
+        set_variant_status(run.variants_path / n, "queued")
     config = run.config
     model = run.load_model("best").float().eval()
     task = task_for(config["dataset"], config.get("task"))
     source = task.load_run_data(config, model)
     dataset = task.view_for(source, model)  # the samples as the student saw them in training
-    teacher_logits = None if task.token_level else _teacher_test_logits(run, store, source)
+    teacher_logits = None if task.token_level else teacher_test_logits(run, store, source)
     measured = measure_lm if task.token_level else measure
     calib = calibration_images(dataset, options.calibration, options.seed) if options.int8 else None
     base = {"run_id": run.run_id, "command": command, "created": time.time()}
@@ -530,7 +541,7 @@ def _export_run(run: Run, store: RunStore, options: ExportOptions, say, command:
     def make(name: str, source: nn.Module, step: int, fp32_from: Path | None = None, extra: dict | None = None):
         folder = run.variants_path / name
         shutil.rmtree(folder, ignore_errors=True)
-        _set_status(folder, "running", progress={"text": "exporting", "fraction": step / len(names)})
+        set_variant_status(folder, "running", progress={"text": "exporting", "fraction": step / len(names)})
         say(name, "exporting", step / len(names))
         try:
             if fp32_from is None:
@@ -546,11 +557,11 @@ def _export_run(run: Run, store: RunStore, options: ExportOptions, say, command:
             if fp32_from is not None:
                 metrics["int8_check"] = int8_check(metrics["check"]["top1_agreement"], done["int8"]["format"])
             atomic_write_json(folder / "metrics.json", metrics)
-            _set_status(folder, "done")
+            set_variant_status(folder, "done")
             results.append(metrics)
             return folder
         except Exception as e:
-            _set_status(folder, "failed", error=friendly_error(e))
+            set_variant_status(folder, "failed", error=friendly_error(e))
             raise
 
     step = 0
@@ -562,7 +573,7 @@ def _export_run(run: Run, store: RunStore, options: ExportOptions, say, command:
     if options.prune is not None:
         tag = f"pruned{round(100 * options.prune)}"
         say(f"{tag}-onnx-fp32", "pruning and fine-tuning with the teacher", step / len(names))
-        _set_status(run.variants_path / f"{tag}-onnx-fp32", "running",
+        set_variant_status(run.variants_path / f"{tag}-onnx-fp32", "running",
                     progress={"text": "pruning and fine-tuning with the teacher", "fraction": step / len(names)})
         pruned, finetune = prune_and_finetune(run, store, model, dataset, options)
         extra = {"pruned_fraction": options.prune, "finetune": finetune}
@@ -612,4 +623,4 @@ def start_export(store: RunStore, run_id: str, options) -> None:
     proc = spawn(Command.kdw("export", run_id, *export_args(options), store_root=store.root), store.root,
                  folder / "export.log")
     for name in options.variant_names():  # visible at once, before the process has imported anything
-        _set_status(folder / name, "queued", identity=process_identity(proc.pid))
+        set_variant_status(folder / name, "queued", identity=process_identity(proc.pid))

@@ -1,0 +1,178 @@
+"""Quantization-aware distillation: the student trains with the int8 rounding it will be deployed with.
+
+A model is *prepared* by wrapping each convolution and linear layer in a `FakeQuantLayer`: in the forward pass its
+input, its weight and its output are quantized and dequantized at once (PyTorch's `FakeQuantize` modules, whose
+backward is the straight-through estimator: the gradient passes through the rounding as if it were the identity,
+and is zero outside the clipping range). Training under the run's own teacher and method then pulls the *quantized*
+student towards the full-precision teacher (QAD; trained with cross-entropy alone it is QAT).
+
+The scheme is the one ONNX Runtime's static quantizer applies when `quantize_int8_static` turns the trained model into
+the deployed artifact, so that the number trained for is the number deployed:
+
+- weights: per output channel, symmetric, int8 in [-127, 127] (or [-64, 64] with `reduce-range`, 7-bit weights for
+  x86 CPUs without VNNI): scale = max|w| / 127;
+- activations (the inputs and outputs of Conv, MatMul and Gemm): per tensor, asymmetric, uint8 in [0, 255] (int8 in
+  [-128, 127] for s8s8): scale = (max − min) / 255 over a range that includes 0, as ONNX Runtime's MinMax
+  calibrator computes it;
+- batch normalisation is folded into the convolution before anything is quantized (ONNX Runtime's pre-processing
+  does the same to the exported graph);
+- `calibrate` sets every activation range from the float model on the same calibration samples that ONNX Runtime's
+  calibrator reads, so both quantize with the same scales.
+
+`fake_quant_logits` of a calibrated model and the ONNX Runtime artifact agree within rounding: the ops between the
+quantized ones (ReLU, pooling, residual additions) stay float in both. tests/test_compress.py states the tolerance.
+
+References: Jacob et al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
+Inference" (CVPR 2018) for fake quantization with the straight-through estimator; NVIDIA ModelOpt's QAD and
+torchao's QAT for quantization-aware training under distillation.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.ao.quantization import FakeQuantize, MinMaxObserver
+
+from workbench.errors import DeployError
+
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # the ONNX ops whose arithmetic runs in int8 (their inputs and outputs)
+
+
+def weight_range(int8: dict) -> tuple[int, int]:
+    """The integer range of weights under the `int8_settings` of an export."""
+    if int8["weights"] == "uint8":
+        return 0, 255
+    return (-64, 64) if int8["reduce_range"] else (-127, 127)
+
+
+def activation_range(int8: dict) -> tuple[int, int, torch.dtype]:
+    return (0, 255, torch.quint8) if int8["activations"] == "uint8" else (-128, 127, torch.qint8)
+
+
+def _activation_fq(int8: dict) -> FakeQuantize:
+    low, high, dtype = activation_range(int8)
+    return FakeQuantize(observer=MinMaxObserver, quant_min=low, quant_max=high, dtype=dtype,
+                        qscheme=torch.per_tensor_affine)
+
+
+def fake_quant_weight(w: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """`w` rounded per output channel as ONNX Runtime rounds weights (symmetric: scale = 2·max|w| / (high − low),
+    zero point the middle of the range), in float; the gradient passes straight through (PyTorch's
+    `fake_quantize_per_channel_affine`)."""
+    absmax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-12)
+    scale = (2 * absmax / (high - low)).float()
+    zero = torch.full_like(scale, round((low + high) / 2), dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, low, high)
+
+
+class FakeQuantLayer(nn.Module):
+    """A convolution or linear layer whose input, weight and output are fake-quantized (int8 rounding in float)."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, int8: dict):
+        super().__init__()
+        self.layer = layer
+        self.input_fq = _activation_fq(int8)
+        self.output_fq = _activation_fq(int8)
+        self.weight_range = weight_range(int8)
+        self.quantize_weight = True
+
+    def forward(self, x):
+        w = fake_quant_weight(self.layer.weight, *self.weight_range) if self.quantize_weight else self.layer.weight
+        x = self.input_fq(x)
+        if isinstance(self.layer, nn.Linear):
+            y = F.linear(x, w, self.layer.bias)
+        else:
+            y = self.layer._conv_forward(x, w, self.layer.bias)
+        return self.output_fq(y)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every BatchNorm that follows a convolution folded into it (torch.fx's `fuse`), as ONNX
+    Runtime folds them before quantizing. A model without BatchNorm is returned as a copy."""
+    model = copy.deepcopy(model).float().cpu().eval()
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        fused = fuse(model)
+    except Exception as e:
+        raise DeployError(f"quantization-aware training folds batch normalisation into the convolutions, which needs a "
+                          f"model torch.fx can trace; this one cannot be traced ({type(e).__name__})") from None
+    for name in ("kdw_task", "kdw_input_shape", "kdw_num_classes"):
+        if hasattr(model, name):
+            setattr(fused, name, getattr(model, name))
+    left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    if left:
+        raise DeployError(f"{left} batch normalisation layer(s) do not follow a convolution and cannot be folded; "
+                          "int8 quantization-aware training needs them folded")
+    return fused
+
+
+def prepare(model: nn.Module, int8: dict) -> nn.Module:
+    """A copy of `model`, batch normalisation folded, with every Conv2d and Linear wrapped in a `FakeQuantLayer`."""
+    model = fold_batchnorm(model)
+
+    def wrap(parent: nn.Module):
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.Conv2d, nn.Linear)):
+                setattr(parent, name, FakeQuantLayer(child, int8))
+            else:
+                wrap(child)
+
+    wrap(model)
+    if not any(isinstance(m, FakeQuantLayer) for m in model.modules()):
+        raise DeployError("int8 quantization-aware training needs a model with convolution or linear layers")
+    return model
+
+
+def fake_quant_layers(model: nn.Module) -> list[FakeQuantLayer]:
+    return [m for m in model.modules() if isinstance(m, FakeQuantLayer)]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, calibration: torch.Tensor, inputs=None, batch_size: int = 64) -> nn.Module:
+    """Set every activation range from the *float* forward on `calibration` (minimum and maximum over all of it, as
+    ONNX Runtime's MinMax calibrator does), then switch rounding on with the ranges frozen. A weight's scale is
+    always its own current range (`fake_quant_weight`), so the rounding follows it as it trains. Returns `model`,
+    in eval mode."""
+    inputs = inputs or (lambda b: (b,))
+    layers = fake_quant_layers(model)
+    for layer in layers:
+        for fq in (layer.input_fq, layer.output_fq):
+            fq.activation_post_process.reset_min_max_vals()
+            fq.disable_fake_quant()
+            fq.enable_observer()
+        layer.quantize_weight = False
+    model.eval()
+    for i in range(0, len(calibration), batch_size):
+        model(*inputs(calibration[i:i + batch_size]))
+    for layer in layers:
+        for fq in (layer.input_fq, layer.output_fq):
+            fq.enable_fake_quant()
+            fq.disable_observer()
+            fq.calculate_qparams()
+            scale, zero = fq.activation_post_process.calculate_qparams()
+            fq.scale.resize_(scale.shape).copy_(scale)
+            fq.zero_point.resize_(zero.shape).copy_(zero)
+        layer.quantize_weight = True
+    return model
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """A plain float copy of a prepared model: each `FakeQuantLayer` replaced by its layer (the latent weights that
+    ONNX Runtime's quantizer rounds with the same scheme)."""
+    model = copy.deepcopy(model)
+
+    def unwrap(parent: nn.Module):
+        for name, child in parent.named_children():
+            if isinstance(child, FakeQuantLayer):
+                setattr(parent, name, child.layer)
+            else:
+                unwrap(child)
+
+    unwrap(model)
+    return model.eval()
