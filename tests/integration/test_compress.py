@@ -170,3 +170,18 @@ def test_compressing_what_cannot_be_compressed_is_refused_before_any_work(store,
                check=False)
     assert proc.returncode == 2 and "'prune:0.5' cannot follow qad:int8" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_pipeline_is_in_kdw_compare_and_the_report(compressed):
+    from workbench.analysis.compare import comparison_rows, pipeline_table
+    from workbench.analysis.report import build_report
+
+    _, run, _ = compressed
+    rows = comparison_rows([run])
+    table = pipeline_table(run, rows)
+    assert [t["variant"] for t in table][:3] == ["onnx-fp32", "prune50", "prune50+heal-kd"]
+    qad_row = next(t for t in table if t["variant"] == "prune50+heal-kd+qad-int8")
+    assert qad_row["artifact"] == "pruned 50% · healed (KD) · QAD int8" and qad_row["trained = deployed %"] >= 99
+    assert table[0]["Δ acc"] == 0.0  # the run's own export keeps its accuracy
+    report = build_report([run])
+    assert "<h2>Compression</h2>" in report and PIPELINE in report and "What each compression step costs" in report

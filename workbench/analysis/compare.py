@@ -159,17 +159,28 @@ VARIANT_ORDER = ("onnx-fp32", "onnx-int8")  # then pruned ones, fp32 before int8
 def artifact_label(variant: str | None) -> str:
     """'PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', ... for a variant name (None: the run itself).
 
+    A compression pipeline's variant is named by its steps (`deploy.compress.plan`), and reads as them:
+
     >>> artifact_label(None), artifact_label("onnx-int8"), artifact_label("pruned50-onnx-fp32"), artifact_label("hf")
     ('PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', 'HF folder fp32')
+    >>> artifact_label("prune50+heal-kd"), artifact_label("prune50+heal-kd+qad-int8")
+    ('pruned 50% · healed (KD) · ONNX fp32', 'pruned 50% · healed (KD) · QAD int8')
     """
     if not variant:
         return "PyTorch fp32"
     if variant == "hf":
         return "HF folder fp32"
     m = re.fullmatch(r"(?:pruned(\d+)-)?onnx-(fp32|int8)", variant)
-    if not m:
-        return variant
-    return (f"pruned {m.group(1)}% · " if m.group(1) else "") + f"ONNX {m.group(2)}"
+    if m:
+        return (f"pruned {m.group(1)}% · " if m.group(1) else "") + f"ONNX {m.group(2)}"
+    words = []
+    for part in variant.split("+"):
+        step = re.fullmatch(r"prune(\d+)|heal-(kd|ce)|(ptq|qat|qad)-(int8)", part)
+        if not step:
+            return variant
+        words.append(f"pruned {step.group(1)}%" if step.group(1) else f"healed ({step.group(2).upper()})"
+                     if step.group(2) else f"{step.group(3).upper()} {step.group(4)}")
+    return " · ".join(words) + ("" if variant.endswith("int8") else " · ONNX fp32")
 
 
 def variant_rows(run: Run, parent: dict) -> list[dict]:
@@ -193,7 +204,40 @@ def variant_rows(run: Run, parent: dict) -> list[dict]:
                      "finetune": m.get("finetune"), "int8_check": m.get("int8_check"), "_twin": None, "_group": parent["_group"] + (v["name"],),
                      "_variant_of": run.run_id})
     order = {n: i for i, n in enumerate(VARIANT_ORDER)}
-    return sorted(rows, key=lambda r: (order.get(r["variant"], len(order)), r["variant"]))
+    steps = ("prune", "heal", "ptq", "qat", "qad")  # a compression pipeline's variants in the order of its steps
+
+    def step_order(name: str) -> tuple:
+        return tuple((next((i for i, k in enumerate(steps) if part.startswith(k)), len(steps)), part)
+                     for part in name.split("+"))
+
+    return sorted(rows, key=lambda r: (order.get(r["variant"], len(order)), step_order(r["variant"])))
+
+
+def pipeline_table(run: Run, rows: list[dict]) -> list[dict]:
+    """The deployed variants of `run` among `rows` (`comparison_rows`) as the Compress view and the report show
+    them: the artifact in words, its test accuracy, Δ against the run as trained (points), agreement with the
+    teacher, size, latency, throughput, and how often the fake-quantized model a step trained agrees with its
+    artifact ("trained = deployed", for quantization-aware steps)."""
+    base = next((r for r in rows if r.get("run_id") == run.run_id and not r.get("variant")), {})
+    checks = {v["name"]: (v["metrics"] or {}).get("fake_quant_check") or {} for v in run.variants()}
+
+    def pct(x):
+        return None if x is None else round(100 * x, 2)
+
+    out = []
+    for r in rows:
+        if not r.get("variant") or r.get("_parent") != run.run_id:
+            continue
+        acc, ref = r.get("test_acc"), base.get("test_acc")
+        out.append({"artifact": artifact_label(r["variant"]), "acc %": pct(acc),
+                    "Δ acc": None if acc is None or ref is None else round(100 * (acc - ref), 2),
+                    "agree %": pct(r.get("agreement")), "params": r.get("params"),
+                    "MB": None if r.get("size_mb") is None else round(r["size_mb"], 3),
+                    "ms (b=1)": None if r.get("latency_ms") is None else round(r["latency_ms"], 3),
+                    "/s (b=256)": None if r.get("throughput") is None else round(r["throughput"]),
+                    "trained = deployed %": pct(checks.get(r["variant"], {}).get("top1_agreement")),
+                    "variant": r["variant"]})
+    return out
 
 
 def find_scratch_twins(runs: list[Run], store) -> list[Run]:

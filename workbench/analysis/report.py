@@ -15,7 +15,15 @@ from pathlib import Path
 
 from workbench import __version__
 from workbench.analysis import describe, plots
-from workbench.analysis.compare import AGREEMENT_MEANS, ECE_MEANS, Comparison, build_comparison, generations
+from workbench.analysis.compare import (
+    AGREEMENT_MEANS,
+    ECE_MEANS,
+    Comparison,
+    build_comparison,
+    comparison_rows,
+    generations,
+    pipeline_table,
+)
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_write
 from workbench.store.runs import Run, dig
@@ -86,6 +94,7 @@ def build_report(runs: list[Run], title: str = "KD Workbench report", classes=No
         k = len(next(iter(cms.values())))
         figs.append(plots.confusion_matrices(cms, classes or [str(i) for i in range(k)]))
     lm = any(r.get("test_ppl") is not None for r in rows)
+    pipelines = _pipelines_html(runs)
 
     env = environment()
     def origin(r) -> str:
@@ -154,6 +163,7 @@ the distillation term, so α = 0 is the scratch baseline):</p>
 {_table_html(every)}
 <h2>Plots</h2>
 {''.join(_figure_html(f) for f in figs)}
+{pipelines}
 {gens}
 <h2>Configs</h2>
 {configs}
@@ -161,6 +171,30 @@ the distillation term, so α = 0 is the scratch baseline):</p>
 <table>{env_rows}</table>
 </body></html>
 """
+
+
+def _pipelines_html(runs: list[Run]) -> str:
+    """A section per run that went through `kdw compress`: its pipeline, its table and its plot."""
+    parts = []
+    for run in runs:
+        made = [v for v in run.variants() if v["state"] == "done" and (v["metrics"] or {}).get("pipeline")]
+        if not made:
+            continue
+        rows = comparison_rows([run])
+        table = pipeline_table(run, rows)
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in table[0] if k != "variant")
+        body = "".join("<tr>" + "".join(f"<td>{'' if v is None else html.escape(str(v))}</td>"
+                                        for k, v in t.items() if k != "variant") + "</tr>" for t in table)
+        steps = sorted({v["metrics"]["pipeline"] for v in made})
+        parts.append(f"<h3>{html.escape(run.run_id)}: {html.escape(' | '.join(steps))}</h3>"
+                     f"<table><tr>{head}</tr>{body}</table>"
+                     + _figure_html(plots.compress_pareto(rows, "size_mb")))
+    if not parts:
+        return ""
+    return ("<h2>Compression</h2><p>Each variant is the artifact itself (ONNX), run in ONNX Runtime on the test "
+            "set. PTQ quantizes after training; QAT trains with int8 rounding on the labels; QAD trains with int8 "
+            "rounding under the teacher. Trained = deployed: how often the fake-quantized model a step trained "
+            "picks the same class as its int8 artifact.</p>" + "".join(parts))
 
 
 def _means(device) -> str:

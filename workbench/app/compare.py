@@ -225,7 +225,8 @@ def _deploy_panel(runs) -> None:
     """Export a run's student as ONNX (int8, pruned) in the background, watch it, download the artifacts."""
     st.caption("The student as the artifact you ship: ONNX, int8 (ONNX Runtime quantization) and pruned-then-"
                "distilled, each measured by running it in ONNX Runtime. The variants join the table and the "
-               "Pareto plots above.")
+               "Pareto plots above. The **Compress** page runs a whole pipeline (prune → heal → quantize after or "
+               "while training, with the teacher) and shows what each step costs.")
     if not runs:
         return
     labels = {common.run_label(r): r for r in runs}

@@ -1,13 +1,13 @@
 """KD Workbench's Streamlit entry: it only routes; the pages live beside it in workbench/app/.
 
 `kdw app` runs this file with Streamlit (so does the repository's app.py, for `streamlit run app.py`). Every page
-has its own address (/dark-knowledge, /train, /compare, /sweep); the root address opens Dark knowledge, keeping any
+has its own address (/dark-knowledge, /train, /compare, /sweep, /compress); the root address opens Dark knowledge, keeping any
 query string (?T=4&image=17&dataset=fashion-mnist).
 """
 
 import streamlit as st
 
-from workbench.app import common, compare, dark_knowledge, sweep, train
+from workbench.app import common, compare, compress, dark_knowledge, sweep, train
 from workbench.app.sidebar import sidebar
 
 
@@ -27,6 +27,7 @@ def main() -> None:
         st.Page(train.page, title="Train", icon=":material/model_training:", url_path="train"),
         st.Page(compare.page, title="Compare", icon=":material/leaderboard:", url_path="compare"),
         st.Page(sweep.page, title="Sweep", icon=":material/grid_on:", url_path="sweep"),
+        st.Page(compress.page, title="Compress", icon=":material/compress:", url_path="compress"),
     ]
     page = st.navigation(pages, position="top")
     ss = st.session_state  # which page this run shows, and whether it was another one before (common.remember_form)
