@@ -46,7 +46,7 @@ def test_parse_steps_reads_a_pipeline_and_names_each_variant_by_its_path():
     ("prune:1.5", "prune takes a fraction in (0, 1)"),
     ("heal:mse", "heal takes kd"),
     ("qad:int8,heal:kd", "'heal:kd' cannot follow qad:int8"),
-    ("ptq:int4", "4-bit weights are for language-model students"),
+    ("ptq:int2", "ptq takes int8 (classifiers) or int4"),
     ("heal:kd,heal:kd", "appears twice"),
     ("", "give at least one step"),
 ])
@@ -160,12 +160,6 @@ def test_compressing_what_cannot_be_compressed_is_refused_before_any_work(store,
     teacher.weights_path().write_bytes(b"")
     with pytest.raises(DeployError, match="qad:int8 distil from the run's teacher, and run t has none"):
         compress.check_compress(teacher, parse_steps("qad:int8"))
-    lm = store.create(TrainConfig(kind="kd", dataset="fortunes", teacher="smol",
-                                  model=ModelConfig("llama", 2, 64)).record(), run_id="lm")
-    lm.set_status("done")
-    lm.weights_path().write_bytes(b"")
-    with pytest.raises(DeployError, match="compress takes image, table and text classifiers"):
-        compress.check_compress(lm, parse_steps("ptq:int8"))
     proc = kdw("compress", "cnn", "--steps", "qad:int8,prune:0.5", "--runs-dir", str(compressed_store.root),
                check=False)
     assert proc.returncode == 2 and "'prune:0.5' cannot follow qad:int8" in proc.stderr
@@ -185,3 +179,81 @@ def test_the_pipeline_is_in_kdw_compare_and_the_report(compressed):
     assert table[0]["Δ acc"] == 0.0  # the run's own export keeps its accuracy
     report = build_report([run])
     assert "<h2>Compression</h2>" in report and PIPELINE in report and "What each compression step costs" in report
+
+
+# ---------------------------------------------------------------------------
+# language models: 4-bit weights
+
+@pytest.fixture(scope="module")
+def lm_runs(tmp_path_factory):
+    """A tiny LLaMA teacher and two distilled students: one 32 wide (its layers take groups of 32), one 16 wide."""
+    pytest.importorskip("transformers")
+    from text_fixtures import lm_corpus, tiny_llama
+
+    root = tmp_path_factory.mktemp("lm-compress")
+    corpus = lm_corpus(root / "corpus.txt")
+    llama = tiny_llama(root / "llama", corpus.read_text().split(), hidden=64)
+    runs = root / "runs"
+    common = ("--dataset", "text-file", "--data-dir", str(corpus), "--runs-dir", str(runs), "--seq-len", "16",
+              "--train-tokens", "2000", "--val-tokens", "200", "--no-profile")
+    kdw("teacher", *common, "--model", f"hf:{llama}", "--epochs", "3", "--lr", "3e-3", "--run-id", "tl")
+    for width in (32, 16):
+        kdw("distill", *common, "--teacher", "tl", "--model", "llama", "--depth", "2", "--width", str(width),
+            "--heads", "2", "--topk", "8", "--epochs", "2", "--no-scratch", "--run-id", f"w{width}")
+    return runs
+
+
+def test_fake_int4_rounds_weights_as_onnx_runtimes_matmulnbits_quantizer_does():
+    np = pytest.importorskip("numpy")
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+    w = torch.randn(5, 64, generator=torch.Generator().manual_seed(0))  # (out, in), as nn.Linear holds it
+    b = np.ascontiguousarray(w.T.numpy())  # ONNX's MatMul weight: (in, out), blocks of 32 along the inputs
+    packed = np.zeros((5, 2, 16), dtype=np.uint8)
+    scales = np.zeros((5, 2), dtype=np.float32)
+    quantize_matmul_4bits(packed, b, scales, np.zeros((5, 1), dtype=np.uint8), 32, 5, 64, True)
+    q = np.stack([packed & 0x0F, packed >> 4], -1).reshape(5, 2, 32).astype(np.int32) - 8
+    theirs = torch.from_numpy((q * scales[:, :, None]).reshape(5, 64)).float()
+    assert torch.allclose(qad.fake_quant_int4(w), theirs, atol=1e-6)
+    layer = qad.Int4Linear(torch.nn.Linear(64, 5))
+    layer(torch.randn(3, 64)).sum().backward()
+    assert layer.layer.weight.grad.abs().sum() > 0  # the straight-through estimator
+
+
+def test_a_language_model_goes_through_ptq_qat_and_qad_at_int4(lm_runs):
+    from workbench.store.runs import RunStore
+
+    store = RunStore(lm_runs)
+    run = store.get("w32")
+    results = {m["variant"]: m for m in compress_run(run, store, parse_steps("ptq:int4,qat:int4,qad:int4"),
+                                                     CompressOptions(epochs=1))}
+    assert list(results) == ["onnx-fp32", "ptq-int4", "qat-int4", "qad-int4"]
+    fp32 = results["onnx-fp32"]
+    for name in ("ptq-int4", "qat-int4", "qad-int4"):
+        m = results[name]
+        assert m["precision"] == "int4" and "MatMulNBits" in m["quantization"] and "on 15 MatMuls" in m["quantization"]
+        assert m["size_bytes"] < fp32["size_bytes"] and m["test"]["perplexity"] > 1
+        assert m["fake_quant_check"]["max_abs_logit_diff"] < 1e-4  # weight-only rounding: the same numbers exactly
+        assert m["profile"]["tokens_per_s_b1"] > 0
+    assert results["qad-int4"]["training"]["method"] == "kd" and results["qat-int4"]["training"]["method"] == "ce"
+    assert abs(results["ptq-int4"]["test"]["perplexity"] - fp32["test"]["perplexity"]) < 0.2 * fp32["test"]["perplexity"]
+
+
+@pytest.mark.parametrize("run_id, steps, message", [
+    ("w16", "ptq:int4", "4-bit weights cannot be used for run w16: 13 linear layer(s) have a number of inputs that is "
+                        "not a multiple of 32"),
+    ("w32", "ptq:int8", "a language model is quantized to 4-bit weights here"),
+    ("w32", "prune:0.5,heal:kd", "a language model is not channel-pruned here"),
+])
+def test_a_language_model_pipeline_that_cannot_work_is_refused(lm_runs, run_id, steps, message):
+    from workbench.store.runs import RunStore
+
+    store = RunStore(lm_runs)
+    with pytest.raises(DeployError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compress.check_compress(store.get(run_id), parse_steps(steps))
+
+
+def test_int4_for_a_classifier_is_refused(compressed):
+    _, run, _ = compressed
+    with pytest.raises(DeployError, match="4-bit weights are for language models' linear layers"):
+        compress.check_compress(run, parse_steps("ptq:int4"))

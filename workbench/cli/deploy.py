@@ -89,15 +89,17 @@ def cmd_compress(args) -> int:
 
 def compress_table(results: list[dict]) -> str:
     """One line per variant: size, test score, agreement with the teacher, latency, and the fake-quant check."""
-    lines = [f"{'variant':34s} {'size MB':>8s} {'test':>8s} {'agree T':>8s} {'ms (b1)':>8s} {'/s (b256)':>10s}"]
+    lm = any("perplexity" in m["test"] for m in results)
+    lines = [f"{'variant':34s} {'size MB':>8s} {'test ppl' if lm else 'test':>10s} {'agree T':>8s} {'ms (b1)':>8s} "
+             f"{'tok/s b1' if lm else '/s (b256)':>10s}"]
     for m in results:
         test = m["test"]
-        score = f"{100 * test['accuracy']:7.2f}%"
+        score = f"{test['perplexity']:10,.2f}" if lm else f"{100 * test['accuracy']:9.2f}%"
         agree = test.get("agreement")
         prof = m["profile"]
-        line = (f"{m['variant']:34s} {m['size_mb']:8.3f} {score:>8s} "
+        line = (f"{m['variant']:34s} {m['size_mb']:8.3f} {score:>10s} "
                 f"{'' if agree is None else f'{100 * agree:7.2f}%':>8s} {prof['latency_ms']:8.3f} "
-                f"{prof['throughput']:10,.0f}")
+                f"{prof['tokens_per_s_b1'] if lm else prof['throughput']:10,.0f}")
         check = m.get("fake_quant_check")
         if check:
             line += f"  fake-quant = artifact on {100 * check['top1_agreement']:.2f}%"
@@ -137,9 +139,9 @@ def register(add) -> dict:
                         "quantization-aware distillation); every step a variant measured in ONNX Runtime")
     s.add_argument("run_id", metavar="RUN")
     s.add_argument("--steps", required=True,
-                   help="steps in order, comma-separated: prune:FRACTION, heal:kd|ce, then any of ptq:int8, "
-                        "qat:int8, qad:int8 (each from the float model before it); e.g. "
-                        "prune:0.5,heal:kd,ptq:int8,qat:int8,qad:int8")
+                   help="steps in order, comma-separated: prune:FRACTION, heal:kd|ce, then any of ptq, qat and qad "
+                        "(each from the float model before it) at int8 (classifiers) or int4 (language models' "
+                        "weights); e.g. prune:0.5,heal:kd,ptq:int8,qat:int8,qad:int8 or ptq:int4,qad:int4")
     s.add_argument("--epochs", type=int, default=3, help="epochs of each training step: heal, qat, qad (default 3)")
     s.add_argument("--calibration", type=int, default=512,
                    help="training samples that calibrate int8 activation ranges (default 512)")

@@ -15,6 +15,10 @@ from the step it reached:
     prune50+heal-kd+qat-int8          or trained with int8 rounding in the forward pass, cross-entropy alone
     prune50+heal-kd+qad-int8          or trained with int8 rounding under the teacher (quantization-aware distillation)
 
+A language-model run takes `heal:kd|ce` and the quantizing steps at `int4`: 4-bit weights in groups of 32 (ONNX
+Runtime's MatMulNBits), for example `kdw compress RUN --steps ptq:int4,qat:int4,qad:int4`; it is cut when it is
+trained (`--student-from-teacher --keep-top N`), not pruned here.
+
 The quantizing steps are leaves: each starts from the float model the steps before it left, so `ptq`, `qat` and
 `qad` side by side compare what a user could otherwise do with the same student. Their scheme is `deploy.qad`'s,
 which is the one ONNX Runtime's quantizer applies to the exported model; each int8 variant records how far the
@@ -47,9 +51,11 @@ from workbench.deploy.export import (
     exportable,
     int8_settings,
     measure,
+    measure_lm,
     ort_logits,
     ort_session,
     prune_model,
+    quantize_int4,
     quantize_int8,
     require,
     set_variant_status,
@@ -67,9 +73,10 @@ STEPS = {  # kind: (what its argument is, what it does)
     "prune": ("a fraction in (0, 1)", "remove that fraction of each layer's channels by L2 magnitude"),
     "heal": ("kd or ce", "train the smaller student again: from the run's teacher with its method (kd), or from the "
                          "labels alone (ce)"),
-    "ptq": ("int8", "quantize with ONNX Runtime after training (calibrated, no training)"),
-    "qat": ("int8", "train with int8 rounding in the forward pass, cross-entropy alone"),
-    "qad": ("int8", "train with int8 rounding in the forward pass under the teacher (quantization-aware distillation)"),
+    "ptq": ("int8 or int4", "quantize with ONNX Runtime after training (no training)"),
+    "qat": ("int8 or int4", "train with the rounding in the forward pass, cross-entropy alone"),
+    "qad": ("int8 or int4", "train with the rounding in the forward pass under the teacher (quantization-aware "
+                            "distillation)"),
 }
 QUANTIZING = ("ptq", "qat", "qad")
 RESUME_WEIGHTS = "student.safetensors"  # a float step's weights, for a pipeline that goes on after a kill
@@ -133,12 +140,8 @@ def parse_steps(text: str) -> list[Step]:
             arg = f"{fraction:g}"
         elif kind == "heal" and arg not in ("kd", "ce"):
             raise ValueError(f"{part!r}: heal takes kd (from the run's teacher) or ce (from the labels alone)")
-        elif kind in QUANTIZING and arg == "int4":
-            raise ValueError(f"{part!r}: 4-bit weights are for language-model students (MatMulNBits); this "
-                             "pipeline quantizes image, table and text classifiers to int8: use "
-                             f"{kind}:int8")
-        elif kind in QUANTIZING and arg != "int8":
-            raise ValueError(f"{part!r}: {kind} takes int8")
+        elif kind in QUANTIZING and arg not in ("int8", "int4"):
+            raise ValueError(f"{part!r}: {kind} takes int8 (classifiers) or int4 (language models' weights)")
         if steps and steps[-1].kind in QUANTIZING and kind not in QUANTIZING:
             raise ValueError(f"{part!r} cannot follow {steps[-1]}: a quantizing step makes the deployed artifact; put "
                              f"{kind} before it (quantizing steps are leaves, each from the float model before them)")
@@ -165,9 +168,16 @@ def check_compress(run: Run, steps: list[Step]) -> None:
     """DeployError (or ValueError) before any work, if the run cannot go through these steps."""
     exportable(run)
     task = task_for(run.config["dataset"], run.config.get("task"))
-    if task.token_level:
-        raise DeployError("compress takes image, table and text classifiers; a language-model student is exported "
-                          "with kdw export (ONNX, Hugging Face folder), and its 4-bit pipeline is not built yet")
+    widths = {s.arg for s in steps if s.kind in QUANTIZING}
+    if task.token_level and "int8" in widths:
+        raise DeployError("a language model is quantized to 4-bit weights here (MatMulNBits): use int4 instead of "
+                          "int8")
+    if not task.token_level and "int4" in widths:
+        raise DeployError(f"4-bit weights are for language models' linear layers; quantize a "
+                          f"{task.title.lower()} run to int8")
+    if task.token_level and any(s.kind == "prune" for s in steps):
+        raise DeployError("a language model is not channel-pruned here; cut it when it is trained (kdw distill "
+                          "--student-from-teacher --keep-top N), then compress the run")
     if any(s.kind == "prune" for s in steps) and not task.prunable:
         raise DeployError(f"pruning is for image and table models, not a {task.title.lower()} run; drop prune from "
                           "the steps")
@@ -178,6 +188,10 @@ def check_compress(run: Run, steps: list[Step]) -> None:
     for mod in ("onnx", "onnxscript", "onnxruntime") + (("torch_pruning",) if any(s.kind == "prune" for s in steps)
                                                         else ()):
         require(mod)
+    if "int4" in widths:
+        problem = qad.int4_problem(run.load_model("best"))
+        if problem:
+            raise DeployError(f"4-bit weights cannot be used for run {run.run_id}: {problem}")
 
 
 def compress_args(steps: list[Step], options: CompressOptions) -> list[str]:
@@ -214,8 +228,10 @@ class _Pipeline:
         self.model = run.load_model("best").float().eval()
         source = self.task.load_run_data(config, self.model)
         self.dataset = self.task.view_for(source, self.model)
-        self.teacher_logits = teacher_test_logits(run, store, source)
-        self.calibration = calibration_images(self.dataset, options.calibration, 0)
+        self.teacher_logits = None if self.task.token_level else teacher_test_logits(run, store, source)
+        self.measure = measure_lm if self.task.token_level else measure
+        needs_calibration = any(s.kind in QUANTIZING and s.arg == "int8" for s in steps)
+        self.calibration = calibration_images(self.dataset, options.calibration, 0) if needs_calibration else None
         self.int8 = int8_settings(options.int8_format)
         self.base = {"run_id": run.run_id, "command": command, "pipeline": ",".join(map(str, steps))}
         self.results: list[dict] = []
@@ -314,36 +330,56 @@ class _Pipeline:
         trained = summary["_model"].float().cpu().eval()
         record = {"method": cfg.method, "objective": summary["method"]["objective"], "epochs": cfg.epochs,
                   "lr": cfg.lr, "seed": cfg.seed, "best_epoch": summary.get("best_epoch"),
-                  "test_accuracy_pytorch": (summary.get("test") or {}).get("accuracy")}
+                  "test_pytorch": {k: v for k, v in (summary.get("test") or {}).items()
+                                   if k in ("accuracy", "perplexity")}}
         return trained, record
 
     def _quantize(self, step: Step, name: str, model: nn.Module, folder: Path, extra: dict) -> None:
         """A quantizing leaf: ptq quantizes `model` as it is; qat and qad train a fake-quantized copy first. The
-        artifact is ONNX Runtime's static int8 of the float weights, with the scheme the training saw."""
-        prepared = qad.calibrate(qad.prepare(model, self.int8), self.calibration,
-                                 lambda b: self.task.export_inputs(model, b))
+        artifact is ONNX Runtime's quantization of the float weights (static int8, or 4-bit MatMulNBits weights), with
+        the scheme the training saw."""
+        int4 = step.arg == "int4"
+        inputs = (lambda b: self.task.export_inputs(model, b))
+        if int4:
+            prepared = qad.prepare_int4(model)
+        else:
+            prepared = qad.calibrate(qad.prepare(model, self.int8), self.calibration, inputs)
         if step.kind != "ptq":
-            prepared, extra["training"] = self._train(prepared, step.kind == "qad",
-                                                      self.options.quant_lr_scale)
-        prepared = qad.calibrate(prepared, self.calibration, lambda b: self.task.export_inputs(model, b))
+            prepared, extra["training"] = self._train(prepared, step.kind == "qad", self.options.quant_lr_scale)
+        if not int4:
+            prepared = qad.calibrate(prepared, self.calibration, inputs)
         float_model = qad.strip(prepared)
         staging = folder / ".fp32"
         export_onnx(float_model, self.dataset.input_shape, staging, self.task)
-        _, done = quantize_int8(staging / "model.onnx", folder, self.calibration, self.options.int8_format,
-                                matched=True, inputs=lambda b: self.task.export_inputs(float_model, b))
+        if int4:
+            _, done = quantize_int4(staging / "model.onnx", folder)
+            extra.update(precision="int4", quantization=done["mode"], notes=[])
+        else:
+            _, done = quantize_int8(staging / "model.onnx", folder, self.calibration, self.options.int8_format,
+                                    matched=True, inputs=lambda b: self.task.export_inputs(float_model, b))
+            extra.update(precision="int8", quantization=done["mode"], int8=done["int8"], notes=done["notes"])
         shutil.rmtree(staging, ignore_errors=True)
-        extra.update(precision="int8", quantization=done["mode"], int8=done["int8"], notes=done["notes"],
-                     fake_quant_check=self._fake_quant_check(prepared, folder, float_model))
+        extra["fake_quant_check"] = self._fake_quant_check(prepared, folder, float_model)
         self._write(name, folder, float_model, extra)
 
     def _fake_quant_check(self, prepared: nn.Module, folder: Path, float_model: nn.Module) -> dict:
-        """How far the fake-quantized PyTorch forward (what training saw) is from the artifact, on the test set."""
-        x_test, _ = self.dataset.split("test")
+        """How far the fake-quantized PyTorch forward (what training saw) is from the artifact, on the test set
+        (every next-token position of the test blocks, for a language model)."""
         session = ort_session(folder / "model.onnx")
-        art = ort_logits(session, x_test, inputs=lambda b: self.task.export_inputs(float_model, b))
-        with torch.inference_mode():
-            fq = torch.cat([prepared(*self.task.export_inputs(float_model, x_test[i:i + 256]))
-                            for i in range(0, len(x_test), 256)]).float()
+        prepared = prepared.eval()
+        if self.task.token_level:
+            x = self.dataset.x_test[:, :-1]
+            art = torch.cat([torch.from_numpy(session.run(None, {"input_ids": x[i:i + 8].numpy()})[0]).float()
+                             for i in range(0, len(x), 8)])
+            art = art.reshape(-1, art.shape[-1])  # (positions, vocabulary)
+            with torch.inference_mode():
+                fq = torch.cat([prepared(x[i:i + 8]).float() for i in range(0, len(x), 8)]).reshape(art.shape)
+        else:
+            x_test, _ = self.dataset.split("test")
+            art = ort_logits(session, x_test, inputs=lambda b: self.task.export_inputs(float_model, b))
+            with torch.inference_mode():
+                fq = torch.cat([prepared(*self.task.export_inputs(float_model, x_test[i:i + 256]))
+                                for i in range(0, len(x_test), 256)]).float()
         scale = max(art.abs().max().item(), 1e-12)
         diff = (fq - art).abs()
         return {"max_abs_logit_diff": diff.max().item(), "mean_abs_logit_diff": diff.mean().item(),
@@ -355,7 +391,7 @@ class _Pipeline:
     def _write(self, name: str, folder: Path, source: nn.Module, info: dict) -> None:
         self.say(name, "measuring with ONNX Runtime", None)
         metrics = {"variant": name, "format": "onnx", **info, **self.base, "created": time.time(),
-                   **measure(folder, source, self.dataset, self.teacher_logits)}
+                   **self.measure(folder, source, self.dataset, self.teacher_logits)}
         atomic_write_json(folder / "metrics.json", metrics)
         set_variant_status(folder, "done")
         self.results.append(metrics)

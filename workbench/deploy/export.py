@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.deploy.qad import QUANTIZED_OPS
+from workbench.deploy.qad import INT4_GROUP, QUANTIZED_OPS
 from workbench.errors import (
     DeployError,
     friendly_error,
@@ -326,6 +326,29 @@ def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor, fmt:
     return out, {"mode": mode, "int8": settings, "preprocessed": source == pre, "notes": notes}
 
 
+def quantize_int4(fp32_path: Path, folder: Path, group: int = INT4_GROUP) -> tuple[Path, dict]:
+    """A copy of an fp32 ONNX model in `folder` whose MatMuls with constant weights become ONNX Runtime's 4-bit
+    `MatMulNBits` (weight-only, symmetric, groups of `group` along the inputs; activations stay float): the scheme
+    `deploy.qad.fake_quant_int4` trains with. Returns (path, {"mode", "matmuls"})."""
+    onnx = require("onnx")
+    nbits = require("onnxruntime.quantization.matmul_nbits_quantizer")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "model.onnx"
+    with _quiet_logging():
+        quantizer = nbits.MatMulNBitsQuantizer(
+            onnx.load(str(fp32_path)), algo_config=nbits.DefaultWeightOnlyQuantConfig(block_size=group,
+                                                                                     is_symmetric=True))
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+    nodes = [n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node]
+    count = nodes.count("MatMulNBits")
+    if not count:
+        raise DeployError("ONNX Runtime's 4-bit quantizer found no matrix multiplication with constant weights in this "
+                          "model")
+    return out, {"mode": f"4-bit weights (MatMulNBits, symmetric, groups of {group}; activations float) on {count} "
+                         "MatMuls, by ONNX Runtime's quantizer", "matmuls": count}
+
+
 def int8_check(agreement: float, fmt: str) -> dict:
     """Whether an int8 variant's top-1 agreement with its fp32 model holds (>= INT8_MIN_AGREEMENT), and what to try
     when it does not."""
@@ -347,9 +370,13 @@ class _quiet_logging:
         self.logger = logging.getLogger()
         self.level = self.logger.level
         self.logger.setLevel(logging.ERROR)
+        self.nbits = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        self.nbits_level = self.nbits.level
+        self.nbits.setLevel(logging.ERROR)  # it logs every node it visits at INFO
 
     def __exit__(self, *exc):
         self.logger.setLevel(self.level)
+        self.nbits.setLevel(self.nbits_level)
 
 
 PRUNE_ROUND_TO = 8  # kept channels come in multiples of 8, which int8 and SIMD kernels run at full speed

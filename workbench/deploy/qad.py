@@ -1,4 +1,4 @@
-"""Quantization-aware distillation: the student trains with the int8 rounding it will be deployed with.
+"""Quantization-aware distillation: the student trains with the int8 (or 4-bit) rounding it will be deployed with.
 
 A model is *prepared* by wrapping each convolution and linear layer in a `FakeQuantLayer`: in the forward pass its
 input, its weight and its output are quantized and dequantized at once (PyTorch's `FakeQuantize` modules, whose
@@ -22,6 +22,12 @@ the deployed artifact, so that the number trained for is the number deployed:
 `fake_quant_logits` of a calibrated model and the ONNX Runtime artifact agree within rounding: the ops between the
 quantized ones (ReLU, pooling, residual additions) stay float in both. tests/test_compress.py states the tolerance.
 
+Language models get **4-bit weights** instead (`prepare_int4`): every linear layer's weight is rounded in groups of
+32 along its inputs, symmetric, as ONNX Runtime's `MatMulNBits` quantizer rounds it (the value of largest magnitude
+in a group maps to −8, scale = that value / −8, q = clamp(round(w / scale), −8, 7)); activations stay float. The
+straight-through estimator is written out there (w + (rounded − w).detach()), since PyTorch's fake-quant ops have no
+groups. `quantize_int4` makes the artifact with ONNX Runtime's own quantizer.
+
 References: Jacob et al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
 Inference" (CVPR 2018) for fake quantization with the straight-through estimator; NVIDIA ModelOpt's QAD and
 torchao's QAT for quantization-aware training under distillation.
@@ -39,6 +45,7 @@ from torch.ao.quantization import FakeQuantize, MinMaxObserver
 from workbench.errors import DeployError
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # the ONNX ops whose arithmetic runs in int8 (their inputs and outputs)
+INT4_GROUP = 32  # weights per 4-bit scale, along a linear layer's inputs (ONNX Runtime's MatMulNBits block size)
 
 
 def weight_range(int8: dict) -> tuple[int, int]:
@@ -162,14 +169,67 @@ def calibrate(model: nn.Module, calibration: torch.Tensor, inputs=None, batch_si
     return model
 
 
+def fake_quant_int4(w: torch.Tensor, group: int = INT4_GROUP) -> torch.Tensor:
+    """A linear layer's (out, in) weight rounded to 4 bits in groups of `group` inputs, as ONNX Runtime's symmetric
+    MatMulNBits quantizer rounds it, in float; the gradient passes straight through."""
+    out_features, in_features = w.shape
+    g = w.reshape(out_features, in_features // group, group)
+    peak = torch.gather(g, -1, g.detach().abs().argmax(-1, keepdim=True))  # signed: the largest magnitude
+    scale = (peak / -8).detach()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    rounded = (torch.clamp(torch.round(g / scale), -8, 7) * scale).reshape(out_features, in_features)
+    return w + (rounded - w).detach()
+
+
+class Int4Linear(nn.Module):
+    """A linear layer whose weight is rounded to 4 bits in the forward pass (`fake_quant_int4`)."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return F.linear(x, fake_quant_int4(self.layer.weight), self.layer.bias)
+
+
+def int4_problem(model: nn.Module, group: int = INT4_GROUP) -> str | None:
+    """Why `model`'s linear layers cannot take 4-bit weights in groups of `group`, or None."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return "it has no linear layers, and 4-bit weights are for the matrix multiplications of linear layers"
+    odd = [f"{n} ({m.in_features} inputs)" for n, m in linears if m.in_features % group]
+    if odd:
+        return (f"{len(odd)} linear layer(s) have a number of inputs that is not a multiple of {group}, the group "
+                f"size of 4-bit weights: {', '.join(odd[:3])}{' …' if len(odd) > 3 else ''}")
+    return None
+
+
+def prepare_int4(model: nn.Module) -> nn.Module:
+    """A float copy of `model` with every nn.Linear wrapped in an `Int4Linear`; DeployError if one cannot take it."""
+    problem = int4_problem(model)
+    if problem:
+        raise DeployError(f"4-bit weights cannot be used here: {problem}")
+    model = copy.deepcopy(model).float().cpu().eval()
+
+    def wrap(parent: nn.Module):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int4Linear(child))
+            else:
+                wrap(child)
+
+    wrap(model)
+    return model
+
+
 def strip(model: nn.Module) -> nn.Module:
-    """A plain float copy of a prepared model: each `FakeQuantLayer` replaced by its layer (the latent weights that
-    ONNX Runtime's quantizer rounds with the same scheme)."""
+    """A plain float copy of a prepared model: each `FakeQuantLayer` or `Int4Linear` replaced by its layer (the
+    latent weights that ONNX Runtime's quantizer rounds with the same scheme)."""
     model = copy.deepcopy(model)
 
     def unwrap(parent: nn.Module):
         for name, child in parent.named_children():
-            if isinstance(child, FakeQuantLayer):
+            if isinstance(child, (FakeQuantLayer, Int4Linear)):
                 setattr(parent, name, child.layer)
             else:
                 unwrap(child)
