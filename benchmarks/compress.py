@@ -89,6 +89,10 @@ def main() -> int:
           f"QAT − PTQ {mean_std([a - b for a, b in zip(qat, ptq)])}; QAD − PTQ {mean_std([a - b for a, b in zip(qad, ptq)])}; "
           f"QAD − QAT {mean_std([a - b for a, b in zip(qad, qat)])}")
     print(f"int8 scheme: {by['prune50+heal-kd+ptq-int8']['quantization']}")
+    for r in rows:
+        if r["fake_quant_agreement"]:
+            print(f"{r['label']}: trained = deployed on {min(r['fake_quant_agreement']):.2%}–"
+                  f"{max(r['fake_quant_agreement']):.2%} of test samples")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "seeds": seeds, "dataset": dataset, "steps": STEPS,
