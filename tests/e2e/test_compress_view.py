@@ -40,10 +40,10 @@ def _wait_variants(run, names, timeout: float = 400) -> dict:
     raise AssertionError([(v["name"], v["state"], v["error"]) for v in run.variants()])
 
 
-def test_the_compress_view_says_what_to_do_without_a_classifier_run(runs_dir):
+def test_the_compress_view_says_what_to_do_without_a_run(runs_dir):
     at = AppTest.from_string("from workbench.app.compress import page\npage()", default_timeout=TIMEOUT).run()
     assert not at.exception
-    assert "No finished image, table or text classifier yet" in at.info[0].value
+    assert "No finished run yet" in at.info[0].value
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The compression pipeline: prune → heal → PTQ / QAT / QAD, every step a variant measured in ONNX Runtime; the
 fake-quantized forward a step trains is the int8 artifact it deploys; bad pipelines are refused before any work."""
 
+import json
 
 import pytest
 import torch
@@ -237,6 +238,16 @@ def test_a_language_model_goes_through_ptq_qat_and_qad_at_int4(lm_runs):
         assert m["profile"]["tokens_per_s_b1"] > 0
     assert results["qad-int4"]["training"]["method"] == "kd" and results["qat-int4"]["training"]["method"] == "ce"
     assert abs(results["ptq-int4"]["test"]["perplexity"] - fp32["test"]["perplexity"]) < 0.2 * fp32["test"]["perplexity"]
+    from workbench.analysis import plots
+    from workbench.analysis.compare import comparison_rows, pipeline_table
+
+    rows = comparison_rows([run])
+    table = pipeline_table(run, rows)
+    assert [t["artifact"] for t in table] == ["ONNX fp32", "PTQ int4", "QAT int4", "QAD int4"]
+    assert table[0]["Δ ppl"] == pytest.approx(fp32["test"]["perplexity"] - run.summary["test"]["perplexity"], abs=0.01)
+    assert all(t["trained = deployed %"] == 100.0 for t in table[1:]) and "acc %" not in table[0]
+    fig = plots.compress_pareto(rows, "size_mb")
+    assert fig.layout.yaxis.autorange == "reversed" and {t.name for t in fig.data} >= {"PTQ int4", "QAD int4"}
 
 
 @pytest.mark.parametrize("run_id, steps, message", [
@@ -257,3 +268,49 @@ def test_int4_for_a_classifier_is_refused(compressed):
     _, run, _ = compressed
     with pytest.raises(DeployError, match="4-bit weights are for language models' linear layers"):
         compress.check_compress(run, parse_steps("ptq:int4"))
+
+
+def _wait_for(what, timeout: float = 300):
+    """Poll `what()` until it returns something true (the value), or fail at the deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+def _state(run, name):
+    return next((v["state"] for v in run.variants() if v["name"] == name), None)
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_mid_step_goes_on_from_that_step_and_a_cancel_stops_it(compressed):
+    import os
+    import signal
+
+    store, run, _ = compressed
+    steps = parse_steps("prune:0.5,heal:ce,qad:int8")
+    kept = (run.variants_path / "prune50" / "metrics.json").read_text()
+    compress.start_compress(store, run.run_id, steps, CompressOptions(epochs=20))
+    _wait_for(lambda: _state(run, "prune50+heal-ce") == "running")
+    status = json.loads((run.variants_path / "prune50+heal-ce" / "status.json").read_text())
+    os.kill(status["pid"], signal.SIGKILL)  # the machine's OOM killer, or a power cut
+    _wait_for(lambda: _state(run, "prune50+heal-ce") == "failed")  # its process is gone: it reads failed
+    assert "ended without finishing" in next(v["error"] for v in run.variants() if v["name"] == "prune50+heal-ce")
+
+    compress.start_compress(store, run.run_id, steps, CompressOptions(epochs=20))  # again: from the step it reached
+    _wait_for(lambda: _state(run, "prune50+heal-ce") == "running")
+    assert (run.variants_path / "prune50" / "metrics.json").read_text() == kept
+    assert compress.compress_busy(run)
+    said = compress.cancel_compress(run)
+    assert said.startswith("cancelled 2 step(s)") and "stopped the pipeline's process" in said
+    assert _state(run, "prune50+heal-ce") == "cancelled" and _state(run, "prune50+heal-ce+qad-int8") == "cancelled"
+    pid = json.loads((run.variants_path / "prune50+heal-ce" / "status.json").read_text()).get("pid")
+    assert pid is None  # a cancelled status names no process
+    _wait_for(lambda: not compress.export_busy(run))  # the process let go of the run's lock: it has ended
+    assert _state(run, "prune50+heal-ce") == "cancelled" and _state(run, "prune50") == "done"
+    assert compress.cancel_compress(run).startswith("nothing to cancel")

@@ -175,12 +175,12 @@ def artifact_label(variant: str | None) -> str:
         return (f"pruned {m.group(1)}% · " if m.group(1) else "") + f"ONNX {m.group(2)}"
     words = []
     for part in variant.split("+"):
-        step = re.fullmatch(r"prune(\d+)|heal-(kd|ce)|(ptq|qat|qad)-(int8)", part)
+        step = re.fullmatch(r"prune(\d+)|heal-(kd|ce)|(ptq|qat|qad)-(int8|int4)", part)
         if not step:
             return variant
         words.append(f"pruned {step.group(1)}%" if step.group(1) else f"healed ({step.group(2).upper()})"
                      if step.group(2) else f"{step.group(3).upper()} {step.group(4)}")
-    return " · ".join(words) + ("" if variant.endswith("int8") else " · ONNX fp32")
+    return " · ".join(words) + ("" if variant.endswith(("int8", "int4")) else " · ONNX fp32")
 
 
 def variant_rows(run: Run, parent: dict) -> list[dict]:
@@ -216,8 +216,9 @@ def variant_rows(run: Run, parent: dict) -> list[dict]:
 def pipeline_table(run: Run, rows: list[dict]) -> list[dict]:
     """The deployed variants of `run` among `rows` (`comparison_rows`) as the Compress view and the report show
     them: the artifact in words, its test accuracy, Δ against the run as trained (points), agreement with the
-    teacher, size, latency, throughput, and how often the fake-quantized model a step trained agrees with its
-    artifact ("trained = deployed", for quantization-aware steps)."""
+    teacher, size, latency, throughput (a language model: perplexity, Δ perplexity and tokens per second), and how
+    often the fake-quantized model a step trained agrees with its artifact ("trained = deployed", for the quantizing
+    steps)."""
     base = next((r for r in rows if r.get("run_id") == run.run_id and not r.get("variant")), {})
     checks = {v["name"]: (v["metrics"] or {}).get("fake_quant_check") or {} for v in run.variants()}
 
@@ -228,13 +229,18 @@ def pipeline_table(run: Run, rows: list[dict]) -> list[dict]:
     for r in rows:
         if not r.get("variant") or r.get("_parent") != run.run_id:
             continue
-        acc, ref = r.get("test_acc"), base.get("test_acc")
-        out.append({"artifact": artifact_label(r["variant"]), "acc %": pct(acc),
-                    "Δ acc": None if acc is None or ref is None else round(100 * (acc - ref), 2),
-                    "agree %": pct(r.get("agreement")), "params": r.get("params"),
+        if r.get("test_ppl") is not None:  # a language model: perplexity (lower is better) and tokens per second
+            ppl, ref = r["test_ppl"], base.get("test_ppl")
+            figures = {"ppl": round(ppl, 2), "Δ ppl": None if ref is None else round(ppl - ref, 2)}
+            speed = {"tok/s (b=1)": None if r.get("tokens_per_s_b1") is None else round(r["tokens_per_s_b1"])}
+        else:
+            acc, ref = r.get("test_acc"), base.get("test_acc")
+            figures = {"acc %": pct(acc), "Δ acc": None if acc is None or ref is None else round(100 * (acc - ref), 2),
+                       "agree %": pct(r.get("agreement"))}
+            speed = {"/s (b=256)": None if r.get("throughput") is None else round(r["throughput"])}
+        out.append({"artifact": artifact_label(r["variant"]), **figures, "params": r.get("params"),
                     "MB": None if r.get("size_mb") is None else round(r["size_mb"], 3),
-                    "ms (b=1)": None if r.get("latency_ms") is None else round(r["latency_ms"], 3),
-                    "/s (b=256)": None if r.get("throughput") is None else round(r["throughput"]),
+                    "ms (b=1)": None if r.get("latency_ms") is None else round(r["latency_ms"], 3), **speed,
                     "trained = deployed %": pct(checks.get(r["variant"], {}).get("top1_agreement")),
                     "variant": r["variant"]})
     return out

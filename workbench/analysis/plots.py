@@ -405,13 +405,20 @@ def _compress_kind(variant: str) -> str:
 
 
 def compress_pareto(rows: list[dict], x: str = "latency_ms", device: str | None = None) -> go.Figure:
-    """A compression pipeline on one plot: accuracy against latency or size for each of its variants (rows with a
-    `variant`: fp32 ◆, pruned ▲, healed ★, PTQ ■, QAT □, QAD ✶), a line along the path of steps from the run to
-    each variant, and the references (the teacher, the run as trained, scratch students) as circles."""
+    """A compression pipeline on one plot: accuracy (a language model: perplexity, on a log axis turned upside down)
+    against latency or size for each of its variants (rows with a `variant`: fp32 ◆, pruned ▲, healed ★, PTQ ■,
+    QAT □, QAD ✶), a line from the variant each step started from, and the references (the teacher, the run as
+    trained, scratch students) as circles."""
     from workbench.analysis.compare import artifact_label
 
     fig = go.Figure()
-    pts = [r for r in rows if r.get(x) is not None and r.get("test_acc") is not None]
+    lm = any(r.get("test_ppl") is not None for r in rows)
+    key, scale = ("test_ppl", 1.0) if lm else ("test_acc", 100.0)
+    pts = [r for r in rows if r.get(x) is not None and r.get(key) is not None]
+
+    def y(r):
+        return scale * r[key]
+
     by_name = {r["variant"]: r for r in pts if r.get("variant")}
     refs = [r for r in pts if not r.get("variant")]
     run_row = next((r for r in refs if r["role"] != "teacher" and by_name and
@@ -420,35 +427,40 @@ def compress_pareto(rows: list[dict], x: str = "latency_ms", device: str | None 
         parent = by_name.get(name.rsplit("+", 1)[0]) if "+" in name else (by_name.get("onnx-fp32")
                                                                          if name != "onnx-fp32" else run_row)
         if parent is not None:
-            fig.add_scatter(x=[parent[x], r[x]], y=[100 * parent["test_acc"], 100 * r["test_acc"]], mode="lines",
+            fig.add_scatter(x=[parent[x], r[x]], y=[y(parent), y(r)], mode="lines",
                             line=dict(color="#999", width=1), showlegend=False, hoverinfo="skip")
+    hover_y = "ppl %{y:,.2f}" if lm else "acc %{y:.2f}%"
     for role in ("teacher", "scratch", "kd"):
         sel = [r for r in refs if r["role"] == role]
         if sel:
-            fig.add_scatter(x=[r[x] for r in sel], y=[100 * r["test_acc"] for r in sel], mode="markers+text",
+            fig.add_scatter(x=[r[x] for r in sel], y=[y(r) for r in sel], mode="markers+text",
                             name=ROLE_NAMES[role] + (" (as trained)" if role != "teacher" else ""),
                             text=[ROLE_NAMES[role] for _ in sel], textposition="top center",
                             marker=dict(color=ROLE_COLORS[role], size=12, opacity=0.8, line=dict(width=1, color="white")),
-                            hovertemplate="%{x:.4g}, acc %{y:.2f}%<extra>%{text}</extra>")
-    names = {"fp32": "ONNX fp32", "prune": "pruned", "heal": "healed", "ptq": "PTQ int8", "qat": "QAT int8",
-             "qad": "QAD int8"}
+                            hovertemplate="%{x:.4g}, " + hover_y + "<extra>%{text}</extra>")
     for kind, symbol in COMPRESS_SYMBOLS.items():
         sel = [r for n, r in by_name.items() if _compress_kind(n) == kind]
         if sel:
-            fig.add_scatter(x=[r[x] for r in sel], y=[100 * r["test_acc"] for r in sel], mode="markers",
-                            name=names[kind], customdata=[artifact_label(r["variant"]) for r in sel],
+            bits = " int4" if sel[0]["variant"].endswith("int4") else " int8"
+            name = {"fp32": "ONNX fp32", "prune": "pruned", "heal": "healed"}.get(kind, kind.upper() + bits)
+            fig.add_scatter(x=[r[x] for r in sel], y=[y(r) for r in sel], mode="markers", name=name,
+                            customdata=[artifact_label(r["variant"]) for r in sel],
                             marker=dict(symbol=symbol, size=13, color=ROLE_COLORS.get(sel[0]["role"], TEACHER),
                                         line=dict(width=1, color="black")),
-                            hovertemplate="%{customdata}<br>acc %{y:.2f}%<br>" + AXES.get(x, x) + " %{x:.4g}<extra></extra>")
+                            hovertemplate="%{customdata}<br>" + hover_y + "<br>" + AXES.get(x, x)
+                                          + " %{x:.4g}<extra></extra>")
     fig.update_xaxes(title=AXES.get(x, x).replace("fp32 safetensors", "the artifact's files")
                      + (f" on {device}" if device else ""), type="log" if x == "size_mb" else "linear")
-    fig.update_yaxes(title="test accuracy (%)", range=accuracy_range([100 * r["test_acc"] for r in pts]))
+    if lm:
+        fig.update_yaxes(title="test perplexity (log scale, lower is up)", type="log", autorange="reversed")
+    else:
+        fig.update_yaxes(title="test accuracy (%)", range=accuracy_range([y(r) for r in pts]))
     return _finish(fig, "What each compression step costs, and what it gives back",
                    "Up and to the left is better. Each variant is the artifact itself, run in ONNX Runtime on the test "
-                   "set; grey lines follow the steps from the run to each variant. PTQ quantizes after training; "
-                   "QAT trains with int8 rounding on the labels; QAD trains with int8 rounding under the teacher. "
-                   "Circles: the teacher and the students as trained, measured in PyTorch (where they were timed).",
-                   height=460)
+                   "set; grey lines join each variant to the one its step started from. PTQ quantizes after "
+                   "training; QAT trains with the rounding on the labels; QAD trains with the rounding under the "
+                   "teacher. Circles: the teacher and the students as trained, measured in PyTorch (where they were "
+                   "timed).", height=460)
 
 
 def confusion_matrices(matrices: dict[str, list[list[int]]], classes) -> go.Figure:

@@ -9,7 +9,14 @@ import streamlit as st
 from workbench.analysis import plots
 from workbench.analysis.compare import artifact_label, comparison_rows, find_scratch_twins, pipeline_table
 from workbench.app import common
-from workbench.deploy.compress import STEPS, CompressOptions, parse_steps, start_compress
+from workbench.deploy.compress import (
+    STEPS,
+    CompressOptions,
+    cancel_compress,
+    compress_busy,
+    parse_steps,
+    start_compress,
+)
 from workbench.deploy.export import zip_variant
 from workbench.tasks import task_for
 
@@ -19,15 +26,14 @@ QUANT_CHOICES = {"ptq": "PTQ", "qat": "QAT", "qad": "QAD"}
 def page() -> None:
     st.title("Compress")
     st.caption("Make a finished student smaller, step by step: prune its channels, heal it with the teacher, then "
-               "quantize it to int8, after training (PTQ) or while training (QAT on the labels, QAD under the "
-               "teacher). Every step is an artifact run in ONNX Runtime on the test set: what each step costs, and "
-               "what distillation gives back.")
+               "quantize it (int8; a language model's weights to 4 bits), after training (PTQ) or while training "
+               "(QAT on the labels, QAD under the teacher). Every step is an artifact run in ONNX Runtime on the "
+               "test set: what each step costs, and what distillation gives back.")
     store = common.store()
     done = [r for r in store.list() if r.state == "done" and r.summary]
-    runs = [r for r in done if not task_for(r.config["dataset"], r.config.get("task")).token_level]
+    runs = done
     if not runs:
-        st.info("No finished image, table or text classifier yet. Train one on the **Train** page (or run "
-                "`kdw demo`), then come back. Language-model students are exported with `kdw export`.")
+        st.info("No finished run yet. Train one on the **Train** page (or run `kdw demo`), then come back.")
         return
     labels = {common.run_label(r): r for r in runs}
     distilled = [i for i, r in enumerate(runs) if r.config.get("kind") == "kd"]  # what a pipeline usually starts from
@@ -37,42 +43,54 @@ def page() -> None:
     text = ",".join(steps)
     st.markdown("**Pipeline:** " + (" → ".join(f"`{s}`" for s in steps) if steps else "*no steps*"))
     epochs = st.session_state.get("cz_epochs", 3)
-    busy = any(v["state"] in ("queued", "running") for v in run.variants())
-    if st.button("Compress", key="cz_go", type="primary", disabled=busy or not steps):
+    busy = compress_busy(run)
+    c1, c2 = st.columns([1, 6])
+    if c1.button("Compress", key="cz_go", type="primary", disabled=busy or not steps):
         try:
             start_compress(store, run.run_id, parse_steps(text), CompressOptions(epochs=int(epochs)))
             st.toast(f"Compressing {run.run_id} in the background.")
             busy = True
         except Exception as e:
             common.show_error("Cannot compress", e)
+    if busy and c2.button("Cancel", key="cz_cancel", help="Stops the pipeline; the steps it finished stay, and "
+                                                          "Compress goes on from the first one that is not done."):
+        st.toast(cancel_compress(run).capitalize() + ".")
+        busy = False
     st.session_state["cz_polling"] = busy
     st.fragment(lambda: _results(run, store), run_every=1.0 if busy else None)()
 
 
 def _step_builder(run) -> list[str]:
-    """The pipeline's steps from four controls, in the only order that works: prune, heal, then the quantizers."""
+    """The pipeline's steps from four controls, in the only order that works: prune, heal, then the quantizers
+    (int8 for a classifier, 4-bit weights for a language model: the task says which)."""
     task = task_for(run.config["dataset"], run.config.get("task"))
     has_teacher = bool(run.config.get("teacher"))
+    bits = "int4" if task.token_level else "int8"
     c1, c2, c3, c4 = st.columns([2, 2, 3, 1], vertical_alignment="bottom")
-    prune = c1.slider("Prune channels", 0.0, 0.9, 0.5 if task.prunable else 0.0, 0.1, key="cz_prune",
-                      disabled=not task.prunable,
+    prunable = task.prunable and not task.token_level
+    prune = c1.slider("Prune channels", 0.0, 0.9, 0.5 if prunable else 0.0, 0.1, key=f"cz_prune_{prunable}",
+                      disabled=not prunable,
                       help=f"prune: {STEPS['prune'][1]} (torch-pruning). 0 = keep every channel."
-                      + ("" if task.prunable else f" {task.title} models are not pruned here."))
+                      + ("" if prunable else " A language model is cut when it is trained (--keep-top N), not "
+                         "pruned here." if task.token_level else f" {task.title} models are not pruned here."))
     heals = ["kd", "ce", "none"] if has_teacher else ["ce", "none"]
     heal = c2.selectbox("Heal", heals, key="cz_heal", format_func=lambda h: {
         "kd": "with the teacher (KD)", "ce": "from the labels (CE)", "none": "no healing"}[h],
         help=STEPS["heal"][1])
     choices = [k for k in QUANT_CHOICES if has_teacher or k != "qad"]
-    quant = c3.multiselect("Quantize to int8", choices, default=choices, key="cz_quant",
+    quant = c3.multiselect(f"Quantize to {bits}", choices, default=choices, key="cz_quant",
                            format_func=lambda k: QUANT_CHOICES[k],
-                           help="PTQ: quantize after training, no training. QAT: train with int8 rounding in the "
-                                "forward pass, on the labels. QAD: train with int8 rounding under the teacher "
+                           help="PTQ: quantize after training, no training. QAT: train with the rounding in the "
+                                "forward pass, on the labels. QAD: train with the rounding under the teacher "
                                 "(quantization-aware distillation). Each starts from the float model the steps "
-                                "before it left, so they compare side by side. The scheme is ONNX Runtime's static "
-                                "int8: per-channel weights, per-tensor activations, calibrated on training samples.")
+                                "before it left, so they compare side by side. "
+                                + ("4-bit weights in groups of 32 (ONNX Runtime's MatMulNBits); activations stay "
+                                   "float." if task.token_level else
+                                   "ONNX Runtime's static int8: per-channel weights, per-tensor activations, "
+                                   "calibrated on training samples."))
     c4.number_input("Epochs", 1, 50, 3, key="cz_epochs", help="epochs of each training step (heal, QAT, QAD)")
     steps = ([f"prune:{prune:g}"] if prune > 0 else []) + ([f"heal:{heal}"] if heal != "none" else [])
-    return steps + [f"{k}:int8" for k in QUANT_CHOICES if k in quant]
+    return steps + [f"{k}:{bits}" for k in QUANT_CHOICES if k in quant]
 
 
 def _results(run, store) -> None:
@@ -87,6 +105,8 @@ def _results(run, store) -> None:
             st.progress(float(p.get("fraction") or 0.0), text=f"{label}: {p.get('text', v['state'])}")
         elif v["state"] in ("failed", "unreadable"):
             st.error(f"{label} ({v['name']}) failed: {common.in_app_words(v['error'] or 'no reason recorded')}")
+        elif v["state"] == "cancelled":
+            st.caption(f"{label} ({v['name']}): cancelled before it finished; **Compress** goes on from here.")
     if not busy and st.session_state.get("cz_polling"):
         st.session_state["cz_polling"] = False
         st.rerun()  # finished: one full rerun stops the polling

@@ -32,6 +32,7 @@ A step that fails marks its variant failed with the reason; the variants before 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -250,6 +251,12 @@ class _Pipeline:
         except (OSError, ValueError):
             return False
 
+    def _cancelled(self, name: str) -> bool:
+        try:
+            return json.loads((self.folder(name) / "status.json").read_text()).get("state") == "cancelled"
+        except (OSError, ValueError):
+            return False
+
     def run(self) -> list[dict]:
         model = self.model
         for i, (step, name) in enumerate(self.plan):
@@ -269,12 +276,13 @@ class _Pipeline:
             self.say(name, self._doing(step), fraction)
             try:
                 model = self._make(step, name, model, folder, fraction)
-            except Exception as e:
-                set_variant_status(folder, "failed", error=f"step {step or 'export'} failed: {friendly_error(e)}")
+            except BaseException as e:  # a cancel (SIGTERM) too: the variants before this one stay
+                if not self._cancelled(name):
+                    set_variant_status(folder, "failed", error=f"step {step or 'export'} failed: {friendly_error(e)}")
                 for _, later in self.plan[i + 1:]:
-                    if not self._done(later):
+                    if not self._done(later) and not self._cancelled(later):
                         set_variant_status(self.folder(later), "failed", error=f"not made: step {step or 'export'} "
-                                                                         "failed before it")
+                                                                               "failed before it")
                 raise
         return self.results
 
@@ -412,3 +420,36 @@ def start_compress(store: RunStore, run_id: str, steps: list[Step], options: Com
         status = folder / name / "status.json"
         if not (status.is_file() and '"done"' in status.read_text()):
             set_variant_status(folder / name, "queued", identity=process_identity(proc.pid))
+
+
+def compress_busy(run: Run) -> bool:
+    """Whether a pipeline (or an export) of this run is working now."""
+    return export_busy(run) or any(v["state"] in ("queued", "running") for v in run.variants())
+
+
+def cancel_compress(run: Run) -> str:
+    """Stop the pipeline working on `run`: its process (and the process group it leads, started by
+    `start_compress`) gets SIGTERM, and every variant it had not finished reads cancelled; the variants it finished
+    stay. A pipeline started again goes on from the first step that is not done. Returns what happened."""
+    import signal
+
+    from workbench.store.runs import same_process
+
+    pending = [v for v in run.variants() if v["state"] in ("queued", "running")]
+    if not pending:
+        return "nothing to cancel: no step of this run is queued or running"
+    stopped = set()
+    for v in pending:
+        status = json.loads((v["folder"] / "status.json").read_text())
+        pid = status.get("pid")
+        if pid and pid not in stopped and same_process(status):
+            try:
+                if os.getpgid(pid) == pid:  # a detached pipeline leads its own group: its data workers stop too
+                    os.killpg(pid, signal.SIGTERM)
+                else:
+                    os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+            stopped.add(pid)
+        set_variant_status(v["folder"], "cancelled", error="cancelled before it finished; compress again to go on")
+    return f"cancelled {len(pending)} step(s)" + (" and stopped the pipeline's process" if stopped else "")
