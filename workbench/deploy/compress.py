@@ -290,9 +290,9 @@ class _Pipeline:
     def _doing(step: Step | None) -> str:
         if step is None:
             return "exporting the run's student"
-        return {"prune": "pruning", "heal": f"healing ({step.arg})", "ptq": "quantizing (no training)",
-                "qat": "training with int8 rounding (cross-entropy)",
-                "qad": "training with int8 rounding under the teacher"}[step.kind]
+        return {"prune": "pruning", "heal": f"healing ({step.arg})", "ptq": f"quantizing to {step.arg} (no training)",
+                "qat": f"training with {step.arg} rounding (cross-entropy)",
+                "qad": f"training with {step.arg} rounding under the teacher"}[step.kind]
 
     def _load_weights(self, model: nn.Module, folder: Path) -> nn.Module:
         model.load_state_dict(load_file(str(folder / RESUME_WEIGHTS)))
@@ -360,7 +360,8 @@ class _Pipeline:
         staging = folder / ".fp32"
         export_onnx(float_model, self.dataset.input_shape, staging, self.task)
         if int4:
-            _, done = quantize_int4(staging / "model.onnx", folder)
+            _, done = quantize_int4(staging / "model.onnx", folder, float_output=bool(qad.tied_linears(model)),
+                                    expect=qad.int4_layers(prepared))
             extra.update(precision="int4", quantization=done["mode"], notes=[])
         else:
             _, done = quantize_int8(staging / "model.onnx", folder, self.calibration, self.options.int8_format,

@@ -326,27 +326,34 @@ def quantize_int8(fp32_path: Path, folder: Path, calibration: torch.Tensor, fmt:
     return out, {"mode": mode, "int8": settings, "preprocessed": source == pre, "notes": notes}
 
 
-def quantize_int4(fp32_path: Path, folder: Path, group: int = INT4_GROUP) -> tuple[Path, dict]:
+def quantize_int4(fp32_path: Path, folder: Path, group: int = INT4_GROUP, float_output: bool = False,
+                  expect: int | None = None) -> tuple[Path, dict]:
     """A copy of an fp32 ONNX model in `folder` whose MatMuls with constant weights become ONNX Runtime's 4-bit
     `MatMulNBits` (weight-only, symmetric, groups of `group` along the inputs; activations stay float): the scheme
-    `deploy.qad.fake_quant_int4` trains with. Returns (path, {"mode", "matmuls"})."""
+    `deploy.qad.fake_quant_int4` trains with. `float_output` keeps the MatMul that makes the logits float (a tied
+    output layer, which `qad.prepare_int4` keeps float too). `expect`: the number of MatMuls that must be quantized
+    (the fake-quantized layers), or DeployError. Returns (path, {"mode", "matmuls"})."""
     onnx = require("onnx")
     nbits = require("onnxruntime.quantization.matmul_nbits_quantizer")
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "model.onnx"
+    model = onnx.load(str(fp32_path))
+    exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and "logits" in n.output] \
+        if float_output else []
     with _quiet_logging():
         quantizer = nbits.MatMulNBitsQuantizer(
-            onnx.load(str(fp32_path)), algo_config=nbits.DefaultWeightOnlyQuantConfig(block_size=group,
-                                                                                     is_symmetric=True))
+            model, nodes_to_exclude=exclude,
+            algo_config=nbits.DefaultWeightOnlyQuantConfig(block_size=group, is_symmetric=True))
         quantizer.process()
         quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
-    nodes = [n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node]
-    count = nodes.count("MatMulNBits")
-    if not count:
-        raise DeployError("ONNX Runtime's 4-bit quantizer found no matrix multiplication with constant weights in this "
-                          "model")
+    count = [n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node].count("MatMulNBits")
+    if not count or (expect is not None and count != expect):
+        raise DeployError(f"ONNX Runtime's 4-bit quantizer quantized {count} matrix multiplications of this model, "
+                          + ("" if expect is None else f"where its training rounded {expect} linear layers; the "
+                                                       "artifact would not be the model trained, so it is not made"))
     return out, {"mode": f"4-bit weights (MatMulNBits, symmetric, groups of {group}; activations float) on {count} "
-                         "MatMuls, by ONNX Runtime's quantizer", "matmuls": count}
+                         "MatMuls, by ONNX Runtime's quantizer" + ("; the tied output layer float, as its embedding"
+                                                                   if exclude else ""), "matmuls": count}
 
 
 def int8_check(agreement: float, fmt: str) -> dict:

@@ -204,22 +204,36 @@ def int4_problem(model: nn.Module, group: int = INT4_GROUP) -> str | None:
     return None
 
 
+def tied_linears(model: nn.Module) -> set[str]:
+    """The linear layers whose weight is an embedding's too (a language model's tied output layer). They stay float:
+    the embedding they share it with is a lookup that 4-bit MatMuls do not cover."""
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m.weight) in embedded}
+
+
 def prepare_int4(model: nn.Module) -> nn.Module:
-    """A float copy of `model` with every nn.Linear wrapped in an `Int4Linear`; DeployError if one cannot take it."""
+    """A float copy of `model` with every nn.Linear wrapped in an `Int4Linear`, except a tied output layer
+    (`tied_linears`); DeployError if one cannot take 4-bit weights."""
     problem = int4_problem(model)
     if problem:
         raise DeployError(f"4-bit weights cannot be used here: {problem}")
     model = copy.deepcopy(model).float().cpu().eval()
+    tied = tied_linears(model)
 
-    def wrap(parent: nn.Module):
+    def wrap(parent: nn.Module, prefix: str):
         for name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
+            path = f"{prefix}{name}"
+            if isinstance(child, nn.Linear) and path not in tied:
                 setattr(parent, name, Int4Linear(child))
             else:
-                wrap(child)
+                wrap(child, path + ".")
 
-    wrap(model)
+    wrap(model, "")
     return model
+
+
+def int4_layers(model: nn.Module) -> int:
+    return sum(isinstance(m, Int4Linear) for m in model.modules())
 
 
 def strip(model: nn.Module) -> nn.Module:
