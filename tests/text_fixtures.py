@@ -116,6 +116,29 @@ def tiny_llama(folder: Path, texts, hidden: int = 32, layers: int = 2, heads: in
     return _save_random(LlamaForCausalLM, cfg, tok, folder)
 
 
+def tiny_llama_bpe(folder: Path, texts, hidden: int = 64, layers: int = 2, heads: int = 2) -> Path:
+    """A LLaMA like `tiny_llama`, with a byte-level BPE tokenizer (GPT-2 style, as SmolLM2's) trained on `texts`:
+    what GGUF's tokenizer metadata can hold. Returns the folder."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    core = Tokenizer(BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(texts, BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>")
+    cfg = LlamaConfig(vocab_size=core.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    return _save_random(LlamaForCausalLM, cfg, tok, folder)
+
+
 def lm_corpus(path: Path, n: int = 400) -> Path:
     """A learnable text file: short sentences of a small grammar, one paragraph each."""
     import random

@@ -17,10 +17,10 @@ def cmd_export(args) -> int:
     from workbench.deploy.export import ExportOptions, export_run
     from workbench.store.runs import RunStore
 
-    if args.format == "hf":
+    if args.format in ("hf", "gguf"):
         return _export_hf(args)
     if args.format != "onnx":
-        raise ValueError(f"unknown export format {args.format!r}; the workbench exports onnx or hf")
+        raise ValueError(f"unknown export format {args.format!r}; the workbench exports onnx, hf or gguf")
     options = ExportOptions(int8=args.int8, prune=args.prune, calibration=args.calibration,
                             finetune_epochs=args.finetune_epochs, int8_format=args.int8_format)
     store = RunStore(args.runs_dir)
@@ -50,7 +50,9 @@ def cmd_export(args) -> int:
 
 
 def _export_hf(args) -> int:
-    """`kdw export RUN --format hf`: a Hugging Face folder, loaded back by transformers and measured."""
+    """`kdw export RUN --format hf | gguf`: a Hugging Face folder or a GGUF file, loaded back by transformers and
+    measured."""
+    from workbench.deploy.gguf import export_gguf
     from workbench.deploy.hf import export_hf
     from workbench.store.runs import RunStore
 
@@ -58,11 +60,19 @@ def _export_hf(args) -> int:
         raise ValueError("--int8 and --prune are ONNX variants; export them with --format onnx")
     store = RunStore(args.runs_dir)
     run = store.get(args.run_id)
-    m = export_hf(run, store, lambda text, f: print(f"[{100 * f:3.0f}%] hf: {text}", file=sys.stderr, flush=True))
+
+    def say(text, f):
+        print(f"[{100 * f:3.0f}%] {args.format}: {text}", file=sys.stderr, flush=True)
+
+    m = export_hf(run, store, say) if args.format == "hf" else export_gguf(run, store, args.gguf_type, say)
     c = m["check"]
-    print(f"hf {m['size_mb']:8.3f} MB  test ppl {m['test']['perplexity']:8,.1f}  loaded by {c['loader']}: top-1 = "
-          f"PyTorch on {100 * c['top1_agreement']:.2f}% (max |Δlogit| {c['max_abs_logit_diff']:.2g})")
-    print(f"\nthe folder: {m['folder']} (AutoModelForCausalLM.from_pretrained and AutoTokenizer load it)")
+    print(f"{m['variant']} {m['size_mb']:8.3f} MB  test ppl {m['test']['perplexity']:8,.1f}  loaded by {c['loader']}: "
+          f"top-1 = PyTorch on {100 * c['top1_agreement']:.2f}% (max |Δlogit| {c['max_abs_logit_diff']:.2g})")
+    if args.format == "hf":
+        print(f"\nthe folder: {m['folder']} (AutoModelForCausalLM.from_pretrained and AutoTokenizer load it)")
+    else:
+        print(f"\nthe file: {m['folder']}/model.gguf (llama.cpp, Ollama and LM Studio load it; so does "
+              "AutoModelForCausalLM.from_pretrained(folder, gguf_file='model.gguf'))")
     return 0
 
 
@@ -122,9 +132,12 @@ def register(add) -> dict:
     s = add("export", "a finished run's student as ONNX (and int8, and pruned), measured in ONNX Runtime; "
                       "the variants live under runs/RUN/variants/")
     s.add_argument("run_id", metavar="RUN")
-    s.add_argument("--format", default="onnx", choices=["onnx", "hf"],
-                   help="onnx (default: ONNX Runtime variants), or hf: a language model as a Hugging Face folder "
-                        "(save_pretrained with its tokenizer), loaded back by transformers and measured")
+    s.add_argument("--format", default="onnx", choices=["onnx", "hf", "gguf"],
+                   help="onnx (default: ONNX Runtime variants); hf: a language model as a Hugging Face folder "
+                        "(save_pretrained with its tokenizer); gguf: a LLaMA-architecture language model as a GGUF "
+                        "file for llama.cpp. hf and gguf are loaded back by transformers and measured")
+    s.add_argument("--gguf-type", default="f16", choices=["f16", "q8_0", "f32"],
+                   help="--format gguf: the matrices' type (default f16; q8_0: llama.cpp's 8-bit blocks of 32)")
     s.add_argument("--int8", action="store_true", help="also an int8 variant (ONNX Runtime quantization: static QDQ "
                                                        "with calibration for conv nets, dynamic for MLPs)")
     s.add_argument("--prune", type=float, default=None, metavar="FRACTION",
