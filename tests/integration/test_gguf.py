@@ -88,3 +88,32 @@ def test_gguf_for_a_classifier_is_refused(store):
                                             model=ModelConfig("mlp", depth=1, width=16)), run_id="mlp")
     with pytest.raises(DeployError, match="--format gguf writes language models .*export it with --format onnx"):
         export_gguf(run, store)
+
+
+@pytest.mark.slow
+def test_the_deploy_panel_exports_a_language_model_as_gguf_in_the_background(bpe_runs):
+    import io
+    import time
+    import zipfile
+
+    from workbench.deploy.export import start_format_export, zip_variant
+
+    runs, _ = bpe_runs
+    store = RunStore(runs)
+    run = store.get("sb")
+    import shutil
+
+    shutil.rmtree(run.variants_path / "gguf-q80", ignore_errors=True)
+    start_format_export(store, "sb", "gguf-q8_0")
+    assert {v["name"]: v["state"] for v in run.variants()}["gguf-q80"] in ("queued", "running", "done")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        state = {v["name"]: v["state"] for v in run.variants()}["gguf-q80"]
+        if state in ("done", "failed"):
+            break
+        time.sleep(0.3)
+    assert state == "done", run.variants()
+    files = zipfile.ZipFile(io.BytesIO(zip_variant(run.variants_path / "gguf-q80"))).namelist()
+    assert sorted(files) == ["metrics.json", "model.gguf"]
+    with pytest.raises(DeployError, match="the format must be one of hf, gguf, gguf-q8_0"):
+        start_format_export(store, "sb", "safetensors")

@@ -20,8 +20,9 @@ from workbench.analysis.compare import (
 )
 from workbench.analysis.report import build_report
 from workbench.app import common
-from workbench.deploy.export import ExportOptions, start_export, zip_variant
+from workbench.deploy.export import LM_FORMATS, ExportOptions, start_export, start_format_export, zip_variant
 from workbench.jobs.queue import start_profile
+from workbench.tasks import task_for
 
 
 def _classes(runs) -> list[str]:
@@ -232,16 +233,28 @@ def _deploy_panel(runs) -> None:
     labels = {common.run_label(r): r for r in runs}
     c1, c2, c3, c4 = st.columns([3, 1, 2, 2], vertical_alignment="bottom")
     run = labels[c1.selectbox("Run to deploy", list(labels), key="cmp_deploy_run")]
-    int8 = c2.checkbox("int8", value=True, key="cmp_deploy_int8")
-    prunable = run.summary.get("task") != "language-modelling"
-    prune = c3.slider("Prune channels", 0.0, 0.9, 0.0, 0.1, key="cmp_deploy_prune", disabled=not prunable,
+    task = task_for(run.config["dataset"], run.config.get("task"))
+    fmt = "onnx"
+    if task.token_level:  # a language model also leaves as the files its users deploy
+        fmt = st.radio("Format", ["onnx", *LM_FORMATS], horizontal=True, key="cmp_deploy_format",
+                       format_func={"onnx": "ONNX", "hf": "Hugging Face folder", "gguf": "GGUF (f16)",
+                                    "gguf-q8_0": "GGUF (Q8_0)"}.get,
+                       help="Hugging Face folder: save_pretrained with the tokenizer (transformers, vLLM, TGI). "
+                            "GGUF: llama.cpp's file (llama.cpp, Ollama, LM Studio). Each is loaded back by "
+                            "transformers and measured.")
+    int8 = c2.checkbox("int8", value=True, key="cmp_deploy_int8", disabled=fmt != "onnx")
+    prune = c3.slider("Prune channels", 0.0, 0.9, 0.0, 0.1, key="cmp_deploy_prune",
+                      disabled=not task.prunable or fmt != "onnx",
                       help="0 = no pruned variant. Structured pruning by L2 magnitude (torch-pruning), then a short "
                            "distillation with the run's teacher and method.")
     epochs = c4.number_input("Fine-tune epochs", 0, 50, 3, key="cmp_deploy_epochs", disabled=prune == 0)
     if st.button("Export", key="cmp_deploy_go"):
         try:
-            start_export(common.store(), run.run_id, ExportOptions(int8=int8, prune=prune or None,
-                                                                   finetune_epochs=int(epochs)))
+            if fmt == "onnx":
+                start_export(common.store(), run.run_id, ExportOptions(int8=int8, prune=prune or None,
+                                                                       finetune_epochs=int(epochs)))
+            else:
+                start_format_export(common.store(), run.run_id, fmt)
             st.toast(f"Exporting {run.run_id} in the background.")
         except Exception as e:
             common.show_error("Cannot export", e)

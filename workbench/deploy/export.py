@@ -145,13 +145,17 @@ def artifact_files(folder: Path) -> dict[str, int]:
 
 
 def zip_variant(folder: Path) -> bytes:
-    """The files a deployment of this variant needs, with its metrics.json, as one zip (for downloads)."""
+    """The files a deployment of this variant needs, with its metrics.json, as one zip (for downloads): an ONNX
+    variant's model files, or all of a Hugging Face folder's or a GGUF variant's."""
     import io
     import zipfile
 
+    onnx = (folder / "model.onnx").is_file()  # else a Hugging Face folder or a GGUF file: every file of it
+    names = [*VARIANT_FILES, "metrics.json"] if onnx else sorted(
+        p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != "status.json")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in (*VARIANT_FILES, "metrics.json"):
+        for name in names:
             if (folder / name).is_file():
                 z.write(folder / name, arcname=name)
     return buf.getvalue()
@@ -658,3 +662,22 @@ def start_export(store: RunStore, run_id: str, options) -> None:
                  folder / "export.log")
     for name in options.variant_names():  # visible at once, before the process has imported anything
         set_variant_status(folder / name, "queued", identity=process_identity(proc.pid))
+
+
+LM_FORMATS = {"hf": "hf", "gguf": "gguf-f16", "gguf-q8_0": "gguf-q80"}  # a format in the app: its variant's name
+
+
+def start_format_export(store: RunStore, run_id: str, fmt: str) -> None:
+    """`kdw export RUN --format hf | gguf [--gguf-type q8_0]` as a detached process (the app's Deploy panel for a
+    language model): the variant reads queued at once and its process writes running, done or failed."""
+    if fmt not in LM_FORMATS:
+        raise DeployError(f"the format must be one of {', '.join(LM_FORMATS)}, got {fmt!r}")
+    run = store.get(run_id)
+    exportable(run)
+    if export_busy(run):
+        raise DeployError(f"an export of {run_id} is running; wait for it to finish before exporting it again")
+    folder = run.variants_path
+    folder.mkdir(parents=True, exist_ok=True)
+    args = ["--format", fmt.split("-")[0]] + (["--gguf-type", fmt.split("-")[1]] if "-" in fmt else [])
+    proc = spawn(Command.kdw("export", run_id, *args, store_root=store.root), store.root, folder / "export.log")
+    set_variant_status(folder / LM_FORMATS[fmt], "queued", identity=process_identity(proc.pid))

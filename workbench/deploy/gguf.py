@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from workbench.data.text import require_transformers
-from workbench.deploy.export import export_lock, require
+from workbench.deploy.export import export_lock, require, set_variant_status
 from workbench.deploy.hf import measure_hf
-from workbench.errors import DeployError
+from workbench.errors import DeployError, friendly_error
 from workbench.io import atomic_write_json
 from workbench.models.lm import CausalLM
 from workbench.store.runs import Run, RunStore
@@ -146,17 +145,21 @@ def export_gguf(run: Run, store: RunStore, kind: str = "f16", progress=None) -> 
         written = write_gguf(student.float().eval(), student.kdw_vocab["tokenizer"], tmp / "model.gguf", kind)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
-        atomic_write_json(folder / "status.json", {"state": "running", "updated": time.time()})
-        say("loading it back with transformers' GGUF loader and measuring it", 0.4)
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="model.gguf",
-                                                                   dtype=torch.float32).eval()
-        loaded = CausalLM(loaded)
-        for key in ("kdw_config", "kdw_input_shape", "kdw_num_classes", "kdw_vocab"):  # what the profile reads
-            setattr(loaded, key, getattr(student, key))
-        metrics = measure_hf(run, store, student, loaded, folder)
-        metrics.update(variant=name, format=f"GGUF ({kind}), llama architecture", written=written,
-                       check={**metrics["check"], "loader": "transformers.AutoModelForCausalLM (gguf_file)"})
-        atomic_write_json(folder / "metrics.json", metrics)
-        atomic_write_json(folder / "status.json", {"state": "done", "updated": time.time()})
+        set_variant_status(folder, "running", progress={"text": "loading it back and measuring it", "fraction": 0.4})
+        try:
+            say("loading it back with transformers' GGUF loader and measuring it", 0.4)
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="model.gguf",
+                                                                       dtype=torch.float32).eval()
+            loaded = CausalLM(loaded)
+            for key in ("kdw_config", "kdw_input_shape", "kdw_num_classes", "kdw_vocab"):  # what the profile reads
+                setattr(loaded, key, getattr(student, key))
+            metrics = measure_hf(run, store, student, loaded, folder)
+            metrics.update(variant=name, format=f"GGUF ({kind}), llama architecture", written=written,
+                           check={**metrics["check"], "loader": "transformers.AutoModelForCausalLM (gguf_file)"})
+            atomic_write_json(folder / "metrics.json", metrics)
+        except Exception as e:
+            set_variant_status(folder, "failed", error=friendly_error(e))
+            raise
+        set_variant_status(folder, "done")
     say("done", 1.0)
     return metrics

@@ -9,14 +9,13 @@ agreement with the teacher, size on disk and tokens per second.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import torch
 
 from workbench.data.text import require_transformers
-from workbench.deploy.export import export_lock
-from workbench.errors import DeployError
+from workbench.deploy.export import export_lock, set_variant_status
+from workbench.errors import DeployError, friendly_error
 from workbench.evaluate.metrics import token_profile
 from workbench.io import atomic_write_json
 from workbench.models.lm import CausalLM
@@ -51,15 +50,19 @@ def export_hf(run: Run, store: RunStore, progress=None) -> dict:
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
-        atomic_write_json(folder / "status.json", {"state": "running", "updated": time.time()})
-        say("loading it back with AutoModelForCausalLM and measuring it", 0.4)
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-        loaded = CausalLM(loaded)
-        for key in ("kdw_config", "kdw_input_shape", "kdw_num_classes", "kdw_vocab"):  # what the profile reads
-            setattr(loaded, key, getattr(student, key))
-        metrics = measure_hf(run, store, student, loaded, folder)
-        atomic_write_json(folder / "metrics.json", metrics)
-        atomic_write_json(folder / "status.json", {"state": "done", "updated": time.time()})
+        set_variant_status(folder, "running", progress={"text": "loading it back and measuring it", "fraction": 0.4})
+        try:
+            say("loading it back with AutoModelForCausalLM and measuring it", 0.4)
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+            loaded = CausalLM(loaded)
+            for key in ("kdw_config", "kdw_input_shape", "kdw_num_classes", "kdw_vocab"):  # what the profile reads
+                setattr(loaded, key, getattr(student, key))
+            metrics = measure_hf(run, store, student, loaded, folder)
+            atomic_write_json(folder / "metrics.json", metrics)
+        except Exception as e:
+            set_variant_status(folder, "failed", error=friendly_error(e))
+            raise
+        set_variant_status(folder, "done")
     say("done", 1.0)
     return metrics
 
