@@ -390,6 +390,12 @@ def test_a_student_cut_from_a_causal_lm_teacher_starts_from_its_layers(distilled
     assert len(student.hf.model.layers) == 1 and len(teacher.hf.model.layers) == 2
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
     assert run.summary["test"]["perplexity"] < 2 * run.summary["teacher"]["test"]["perplexity"] + 50
+    # the cut model before healing, measured on the same test blocks, and how much of its gap to the teacher closed
+    heal = run.summary["healing"]
+    assert heal["key"] == "perplexity" and heal["student"] == run.summary["test"]["perplexity"]
+    assert heal["teacher"] == run.summary["teacher"]["test"]["perplexity"] and heal["before"]["perplexity"] == heal["cut"]
+    assert heal["gap_closed"] == pytest.approx((heal["cut"] - heal["student"]) / (heal["cut"] - heal["teacher"]))
+    assert heal["cut"] > heal["student"] and 0 < heal["gap_closed"] <= 1  # one epoch of distillation heals the cut
 
 
 def test_block_influence_is_one_minus_the_cosine_of_each_layers_input_and_output(distilled):

@@ -90,3 +90,17 @@ def test_first_correct_index_skips_images_the_model_gets_wrong(digits):
     x, y = digits.split("test")
     preds = model(x[: idx + 1]).argmax(1)
     assert preds[idx] == y[idx] and bool((preds[:idx] != y[:idx]).all())
+
+
+def test_healing_reports_the_share_of_the_gap_to_the_teacher_that_closed():
+    from workbench.tasks.base import Score
+    from workbench.train.loop import healing
+
+    ppl = Score("ppl", "perplexity", higher_is_better=False)
+    h = healing({"perplexity": 300.0, "nll": 5.7}, {"perplexity": 120.0}, {"perplexity": 100.0}, ppl)
+    assert h["gap_closed"] == pytest.approx(0.9) and h["cut"] == 300.0 and h["before"] == {"perplexity": 300.0,
+                                                                                             "nll": 5.7}
+    assert healing({"perplexity": 300.0}, {"perplexity": 350.0}, {"perplexity": 100.0}, ppl)["gap_closed"] < 0
+    acc = Score("acc", "accuracy", higher_is_better=True)  # signs and all: the same formula for accuracy
+    assert healing({"accuracy": 0.5}, {"accuracy": 0.8}, {"accuracy": 0.9}, acc)["gap_closed"] == pytest.approx(0.75)
+    assert healing({"perplexity": 100.0}, {"perplexity": 90.0}, {"perplexity": 100.0}, ppl)["gap_closed"] is None

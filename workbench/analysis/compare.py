@@ -69,6 +69,8 @@ def _row(run: Run | None, role: str, summary: dict, config: dict) -> dict:
         "test_acc": test.get("accuracy"),
         "test_acc_last": last.get("accuracy") if last else None,
         "test_ppl": test.get("perplexity"),  # language models: perplexity on the test split's tokens
+        "gap_closed": _dict(summary.get("healing")).get("gap_closed"),  # a student cut from its teacher, healed
+        "ppl_cut": _dict(summary.get("healing")).get("cut") if test.get("perplexity") is not None else None,
         "ms_per_token": prof.get("ms_per_token"),
         "tokens_per_s_b1": prof.get("tokens_per_s_b1"),
         "tokens_per_s_b32": prof.get("tokens_per_s_b32"),
@@ -374,6 +376,9 @@ def table_columns(aggregated: bool, wide: bool = False, rows: list[dict] | None 
                  ("ppl vs scratch", lambda r: "—" if r.get("ppl_gain") is None
                   else f"{-r['ppl_gain']:+,.1f}".replace("-", "−") + _pm(s(r, "ppl_gain"), ",.1f")),
                  ("agreement %", lambda r: format_pct(r.get("agreement")))]
+        if any(r.get("gap_closed") is not None for r in rows):  # cut students: before healing, and the gap closed
+            cols += [("ppl before healing", lambda r: _num(r.get("ppl_cut"), ",.1f")),
+                     ("gap closed %", lambda r: format_pct(r.get("gap_closed")))]
     else:
         cols.append(("test acc %", lambda r: format_pct(r["test_acc"], s(r, "test_acc"))))
     if wide and not lm:

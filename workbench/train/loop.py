@@ -387,6 +387,7 @@ class Session:
     test_teacher: object = None
     s_hooks: FeatureHooks | None = None
     t_hooks: FeatureHooks | None = None
+    before: dict | None = None  # a student cut from its teacher: its test figures before any training (healing)
     # progress
     step: int = 0
     train_s: float = 0.0
@@ -726,10 +727,30 @@ def run_summary(s: Session, best_test: dict, last_test: dict, profile: bool) -> 
         summary["profile"] = profile_for(task, copy.deepcopy(s.student).float(), dataset, "cpu")
     if s.teacher is not None:
         summary["teacher"] = teacher_summary(s.teacher, task, s.teacher_data, s.test_teacher, profile)
+    if s.before is not None:
+        summary["healing"] = healing(s.before, best_test, (summary.get("teacher") or {}).get("test") or {},
+                                     task.score)
     why = task.did_not_learn(summary, config) if config.epochs > 0 else None  # a pretrained teacher is as it is
     if why:
         summary["did_not_learn"] = why
     return summary
+
+
+def healing(before: dict, after: dict, teacher: dict, score) -> dict:
+    """How much of the gap between a cut student and its teacher training closed, on the test set:
+
+    .. math:: \\text{gap closed} = \\frac{s_{cut} - s_{student}}{s_{cut} - s_{teacher}}
+
+    with s the task's score (perplexity for a language model; accuracy, signs and all, for a classifier): 0 is no
+    healing, 1 is the teacher's quality, below 0 worse than the cut model. None where the cut was already as good
+    as the teacher."""
+    key = score.title if score.title in before else score.key
+    cut, student, teacher_value = before.get(key), after.get(key), teacher.get(key)
+    gap = None
+    if None not in (cut, student, teacher_value) and cut != teacher_value:
+        gap = (cut - student) / (cut - teacher_value)
+    return {"before": {k: v for k, v in before.items() if isinstance(v, (int, float))}, "key": key,
+            "cut": cut, "student": student, "teacher": teacher_value, "gap_closed": gap}
 
 
 def finish(s: Session, run=None, profile: bool = True) -> dict:
@@ -775,6 +796,8 @@ def train(config: TrainConfig, *, run=None, callbacks=(), store=None, dataset=No
                       "params": count_params(s.student), "visible_labels": int(s.visible.sum()),
                       "method": s.method.name, "objective": s.method.objective_text(), "setup_s": s.setup_s,
                       "resumed_from": s.epoch if resume else None})
+    if config.keep_layers and not resume and config.epochs > 0:  # the cut model before healing: where the gap starts
+        s.before = s.task.test_metrics(s.student, s.ds, s.test_teacher, s.device)
     score = s.task.score
     for epoch in range(s.epoch + 1, config.epochs + 1):
         row = train_epoch(s, epoch, callbacks) | evaluate(s)
@@ -818,6 +841,7 @@ def save_checkpoint_state(s: Session, path) -> None:
         "version": 1, "epoch": s.epoch, "step": s.step, "train_s": s.train_s,
         "student": s.student.state_dict(), "method": s.method.state_dict(), "optimizer": s.optimizer.state_dict(),
         "best": {k: v for k, v in s.best.items()}, "history": s.history,
+        "before": {k: v for k, v in (s.before or {}).items() if isinstance(v, (int, float))},
         "rng": {"torch": torch.get_rng_state(), "loader": s.loader.generator.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "config": s.config.to_dict(),
@@ -876,6 +900,7 @@ def load_checkpoint_state(s: Session, path) -> None:
         s.optimizer.load_state_dict(state["optimizer"])
         s.epoch, s.step, s.train_s = int(state["epoch"]), int(state["step"]), float(state["train_s"])
         s.best, s.history = dict(state["best"]), list(state["history"])
+        s.before = dict(state.get("before") or {}) or None
         torch.set_rng_state(state["rng"]["torch"])
         s.loader.generator.set_state(state["rng"]["loader"])
         if state["rng"].get("cuda") and torch.cuda.is_available():
