@@ -112,6 +112,22 @@ def test_the_compress_view_in_a_browser(runs_dir, tmp_path, width, height):
             page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
             page.wait_for_timeout(1000)
             page.screenshot(path=str(ARTIFACTS / f"compress-plot-{width}.png"))
+            if width == 1400:  # issue 37, item 12: the Compress fields and the Deploy panel's survive a page switch
+                page.get_by_role("link", name="Compare").click()
+                expect(page.get_by_role("heading", name="Compare")).to_be_visible()
+                deploy_int8 = page.get_by_label("int8", exact=True)
+                deploy_int8.scroll_into_view_if_needed()
+                deploy_int8.uncheck(force=True)
+                page.wait_for_timeout(1500)
+                page.get_by_role("link", name="Compress").click()
+                expect(page.get_by_role("heading", name="Compress")).to_be_visible()
+                page.wait_for_timeout(1500)
+                assert page.get_by_label("Epochs", exact=True).input_value() == "1", "Compress after a page switch"
+                expect(page.get_by_text("heal:ce", exact=True)).to_be_visible()
+                page.get_by_role("link", name="Compare").click()
+                expect(page.get_by_role("heading", name="Compare")).to_be_visible()
+                page.wait_for_timeout(1500)
+                assert not page.get_by_label("int8", exact=True).is_checked(), "the Deploy panel after a page switch"
             browser.close()
     finally:
         stop_server(proc)

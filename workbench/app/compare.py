@@ -66,7 +66,11 @@ def _tables(comparison: Comparison) -> list:
     return [df[main].style.apply(style, axis=None), df[extra].style.apply(style, axis=None)]
 
 
-KEPT_FIELDS = ("cmp_dataset", "cmp_runs_", "cmp_agg", "cmp_wide", "cmp_axis")  # kept through a page switch
+KEPT_FIELDS = ("cmp_dataset", "cmp_runs_", "cmp_agg", "cmp_wide", "cmp_axis", "cmp_deploy_")  # kept through a page switch
+
+
+def _not_a_field(key: str) -> bool:
+    return key in ("cmp_deploy_go", "cmp_deploy_polling")  # a button, and the panel's own state
 
 
 def _from_address(done) -> None:
@@ -102,11 +106,11 @@ def page() -> None:
         st.info("No finished runs yet. Launch one on the **Train** page (or run `kdw demo`), then come back.")
         return
     _from_address(done)
-    common.remember_form(KEPT_FIELDS)
+    common.remember_form(KEPT_FIELDS, skip=_not_a_field)
     try:
         _page(store, done)
     finally:
-        common.keep_form(KEPT_FIELDS, address=False)
+        common.keep_form(KEPT_FIELDS, skip=_not_a_field, address=False)
 
 
 def _page(store, done) -> None:

@@ -21,6 +21,11 @@ from workbench.deploy.export import zip_variant
 from workbench.tasks import task_for
 
 QUANT_CHOICES = {"ptq": "PTQ", "qat": "QAT", "qad": "QAD"}
+FIELDS = ("cz_",)  # the pipeline's fields, kept through a page switch
+
+
+def _not_a_field(key: str) -> bool:
+    return key in ("cz_go", "cz_cancel", "cz_polling") or key.startswith("cz_dl_")
 
 
 def page() -> None:
@@ -30,11 +35,18 @@ def page() -> None:
                "(QAT on the labels, QAD under the teacher). Every step is an artifact run in ONNX Runtime on the "
                "test set: what each step costs, and what distillation gives back.")
     store = common.store()
-    done = [r for r in store.list() if r.state == "done" and r.summary]
-    runs = done
+    runs = [r for r in store.list() if r.state == "done" and r.summary]
     if not runs:
         st.info("No finished run yet. Train one on the **Train** page (or run `kdw demo`), then come back.")
         return
+    common.remember_form(FIELDS, skip=_not_a_field)
+    try:
+        _page(store, runs)
+    finally:
+        common.keep_form(FIELDS, skip=_not_a_field, address=False)
+
+
+def _page(store, runs) -> None:
     labels = {common.run_label(r): r for r in runs}
     distilled = [i for i, r in enumerate(runs) if r.config.get("kind") == "kd"]  # what a pipeline usually starts from
     run = labels[st.selectbox("Run", list(labels), key="cz_run", index=(distilled or [len(runs) - 1])[-1],
