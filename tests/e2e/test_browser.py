@@ -517,7 +517,7 @@ def test_a_search_on_a_busy_machine_starts_and_its_trials_arrive(server, runs_di
     with _busy_search_page(server, runs_dir, "search-busy") as (page, store):
         page.get_by_role("button", name="Launch search").click()
         expect(page.get_by_text(re.compile(r"^Starting Ray… \d+ s"))).to_be_visible()
-        expect(page.get_by_text(re.compile(r"^(running|done): [12] of 2 trials finished"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^(running|done): [12] of 2 trials done"))).to_be_visible()
         expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
         (group,) = search.searches(store)
         assert store.list(group=group), "no trial in the store"
@@ -545,7 +545,7 @@ def test_a_search_cancelled_during_rays_start_up_ends_cancelled_and_runs_no_tria
         assert search.search_status(store, group)["state"] == "cancelled"
         assert not store.list(group=group), "a trial ran after the cancel"
         page.wait_for_timeout(1000)
-        expect(page.get_by_text("The search was cancelled before any trial started.")).to_be_visible()  # stays so
+        expect(page.get_by_text("The search was cancelled before any trial finished.")).to_be_visible()  # stays so
 
 
 def _alive(status: dict) -> bool:

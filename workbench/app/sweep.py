@@ -221,9 +221,12 @@ def _search_results() -> None:
     trials = search.trial_table(store, group)
     state = status.get("state", "unknown")
     finished = [t for t in trials if t["state"] not in ("queued", "running")]
+    done = sum(t["state"] == "done" for t in trials)  # trained to their end; the others stopped or failed
+    stopped = len(finished) - done
     st.progress(min(1.0, len(finished) / max(1, status.get("trials", 1))),
-                text=f"{state}: {len(finished)} of {status.get('trials', '?')} trials finished, "
-                     f"{sum(t['state'] == 'running' for t in trials)} running · method {status.get('method')}")
+                text=f"{state}: {done} of {status.get('trials', '?')} trials done"
+                     + (f", {stopped} stopped early or failed" if stopped else "")
+                     + f", {sum(t['state'] == 'running' for t in trials)} running · method {status.get('method')}")
     if state == "running" and status.get("stage"):  # Ray's start-up takes seconds, a minute on a busy laptop
         waited = time.time() - float(status.get("stage_started") or time.time())
         stage = str(status["stage"])
@@ -235,8 +238,8 @@ def _search_results() -> None:
     if state == "failed":
         st.error(f"The search failed: {status.get('error')}")
     elif state == "cancelled":
-        st.warning("The search was cancelled; the finished trials are kept." if trials else
-                   "The search was cancelled before any trial started.", icon=":material/warning:")
+        st.warning(f"The search was cancelled; its {done} finished trial(s) are kept." if done else
+                   "The search was cancelled before any trial finished.", icon=":material/warning:")
     if status.get("best"):
         best = status["best"]
         st.markdown(f"**Best on validation:** {format_values(best['values'])} ({search.score_text(best)})")
