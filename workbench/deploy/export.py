@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import platform
 import re
 import shutil
@@ -189,6 +190,7 @@ def export_onnx(model: nn.Module, input_shape, folder: Path, task=None) -> Path:
     model = copy.deepcopy(model).float().cpu().eval()
     example = task.export_example(model, input_shape)
     weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its graph passes log every folded initializer at INFO
     try:
         torch.onnx.export(task.export_module(model), example, str(path), dynamo=True,
                           dynamic_shapes=task.export_dynamic_shapes(), external_data=weight_bytes > SINGLE_FILE_LIMIT,
