@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -66,7 +67,7 @@ from workbench.errors import DeployError, friendly_error
 from workbench.io import atomic_write_json
 from workbench.jobs.spawn import Command, spawn
 from workbench.models.zoo import count_params
-from workbench.store.runs import Run, RunStore, process_identity
+from workbench.store.runs import Run, RunStore, process_identity, same_process
 from workbench.tasks import task_for
 from workbench.train.loop import TrainConfig, train
 
@@ -432,10 +433,6 @@ def cancel_compress(run: Run) -> str:
     """Stop the pipeline working on `run`: its process (and the process group it leads, started by
     `start_compress`) gets SIGTERM, and every variant it had not finished reads cancelled; the variants it finished
     stay. A pipeline started again goes on from the first step that is not done. Returns what happened."""
-    import signal
-
-    from workbench.store.runs import same_process
-
     pending = [v for v in run.variants() if v["state"] in ("queued", "running")]
     if not pending:
         return "nothing to cancel: no step of this run is queued or running"

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.ao.quantization import FakeQuantize, MinMaxObserver
+from torch.fx.experimental.optimization import fuse
 
 from workbench.errors import DeployError
 
@@ -102,8 +103,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).float().cpu().eval()
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return model
-    from torch.fx.experimental.optimization import fuse
-
     try:
         fused = fuse(model)
     except Exception as e:
