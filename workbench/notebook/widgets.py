@@ -491,7 +491,9 @@ class SearchPanel(W.VBox):
         finished = [t for t in trials if t["state"] not in ("queued", "running")]
         self.progress.value = min(1.0, len(finished) / max(1, st.get("trials", 1)))
         state = st.get("state", "starting")
-        text = _text(f"{state}: {len(finished)} of {st.get('trials', '?')} trials finished")
+        done = sum(t["state"] == "done" for t in trials)  # trained to their end; the others stopped or failed
+        text = _text(f"{state}: {done} of {st.get('trials', '?')} trials done"
+                     + (f", {len(finished) - done} stopped early or failed" if len(finished) > done else ""))
         if st.get("best"):
             text += _text(f" · best on validation {score_text(st['best'])} at {format_values(st['best']['values'])}")
         if st.get("gain") is not None and st.get("test_ppl") is not None:
