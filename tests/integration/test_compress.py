@@ -248,6 +248,11 @@ def test_a_language_model_goes_through_ptq_qat_and_qad_at_int4(lm_runs):
     assert all(t["trained = deployed %"] == 100.0 for t in table[1:]) and "acc %" not in table[0]
     fig = plots.compress_pareto(rows, "size_mb")
     assert fig.layout.yaxis.autorange == "reversed" and {t.name for t in fig.data} >= {"PTQ int4", "QAD int4"}
+    # healing a language model keeps its weights (a tied head included) for the steps after it, and for a rerun
+    healed = compress_run(run, store, parse_steps("heal:kd,ptq:int4"), CompressOptions(epochs=1))
+    assert [m["variant"] for m in healed] == ["onnx-fp32", "heal-kd", "heal-kd+ptq-int4"]
+    again = compress_run(run, store, parse_steps("heal:kd,ptq:int4"), CompressOptions(epochs=1))
+    assert again[-1]["created"] == healed[-1]["created"]  # kept, not made again
 
 
 @pytest.mark.parametrize("run_id, steps, message", [

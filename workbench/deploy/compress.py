@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from workbench.deploy import qad
@@ -296,7 +296,7 @@ class _Pipeline:
                 "qad": f"training with {step.arg} rounding under the teacher"}[step.kind]
 
     def _load_weights(self, model: nn.Module, folder: Path) -> nn.Module:
-        model.load_state_dict(load_file(str(folder / RESUME_WEIGHTS)))
+        load_model(model, str(folder / RESUME_WEIGHTS))
         return model.eval()
 
     def _make(self, step: Step | None, name: str, model: nn.Module, folder: Path, fraction: float) -> nn.Module:
@@ -315,7 +315,7 @@ class _Pipeline:
             return model
         if step.kind == "heal":
             model, extra["training"] = self._train(model, step.arg == "kd", self.options.heal_lr_scale)
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / RESUME_WEIGHTS))
+            save_model(model, str(folder / RESUME_WEIGHTS))  # tied weights (a language model's head) stored once
             export_onnx(model, self.dataset.input_shape, folder, self.task)
             self._write(name, folder, model, {"precision": "fp32", "quantization": None, **extra})
             return model
