@@ -307,6 +307,7 @@ def test_a_pipeline_killed_mid_step_goes_on_from_that_step_and_a_cancel_stops_it
     _wait_for(lambda: _state(run, "prune50+heal-ce") == "failed")  # its process is gone: it reads failed
     assert "ended without finishing" in next(v["error"] for v in run.variants() if v["name"] == "prune50+heal-ce")
 
+    _wait_for(lambda: not compress.export_busy(run))  # its data-loading children exit too, and let go of the lock
     compress.start_compress(store, run.run_id, steps, CompressOptions(epochs=20))  # again: from the step it reached
     _wait_for(lambda: _state(run, "prune50+heal-ce") == "running")
     assert (run.variants_path / "prune50" / "metrics.json").read_text() == kept
