@@ -11,13 +11,21 @@ confusion matrices.
 
 from __future__ import annotations
 
-import re
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from workbench.analysis.describe import did_not_learn, run_title
-from workbench.analysis.format import ROLE_NAMES, _num, format_flops, format_gain, format_pct, format_ratio, short_model
+from workbench.analysis.format import (
+    ROLE_NAMES,
+    _num,
+    artifact_label,
+    format_flops,
+    format_gain,
+    format_pct,
+    format_ratio,
+    short_model,
+)
 from workbench.evaluate import BUSY_LIMIT
 from workbench.store.runs import Run, dig
 
@@ -158,33 +166,6 @@ def comparison_rows(runs: list[Run], variants: bool = True) -> list[dict]:
 VARIANT_ORDER = ("onnx-fp32", "onnx-int8")  # then pruned ones, fp32 before int8
 
 
-def artifact_label(variant: str | None) -> str:
-    """'PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', ... for a variant name (None: the run itself).
-
-    A compression pipeline's variant is named by its steps (`deploy.compress.plan`), and reads as them:
-
-    >>> artifact_label(None), artifact_label("onnx-int8"), artifact_label("pruned50-onnx-fp32"), artifact_label("hf")
-    ('PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', 'HF folder fp32')
-    >>> artifact_label("prune50+heal-kd"), artifact_label("prune50+heal-kd+qad-int8")
-    ('pruned 50% · healed (KD) · ONNX fp32', 'pruned 50% · healed (KD) · QAD int8')
-    """
-    if not variant:
-        return "PyTorch fp32"
-    if variant == "hf":
-        return "HF folder fp32"
-    m = re.fullmatch(r"(?:pruned(\d+)-)?onnx-(fp32|int8)", variant)
-    if m:
-        return (f"pruned {m.group(1)}% · " if m.group(1) else "") + f"ONNX {m.group(2)}"
-    words = []
-    for part in variant.split("+"):
-        step = re.fullmatch(r"prune(\d+)|heal-(kd|ce)|(ptq|qat|qad)-(int8|int4)", part)
-        if not step:
-            return variant
-        words.append(f"pruned {step.group(1)}%" if step.group(1) else f"healed ({step.group(2).upper()})"
-                     if step.group(2) else f"{step.group(3).upper()} {step.group(4)}")
-    return " · ".join(words) + ("" if variant.endswith(("int8", "int4")) else " · ONNX fp32")
-
-
 def variant_rows(run: Run, parent: dict) -> list[dict]:
     """One row per finished variant of `run` (`Run.variants`), measured by running the artifact."""
 
@@ -203,7 +184,8 @@ def variant_rows(run: Run, parent: dict) -> list[dict]:
                      "agreement": test.get("agreement"), "ece": test.get("ece"), "device": prof.get("device_name"),
                      "threads": prof.get("threads"), "sample": prof.get("sample"), "cpu_busy": prof.get("cpu_busy_elsewhere"),
                      "runtime": prof.get("runtime"), "quantization": m.get("quantization"),
-                     "finetune": m.get("finetune"), "int8_check": m.get("int8_check"), "_twin": None, "_group": parent["_group"] + (v["name"],),
+                     "finetune": m.get("finetune"), "int8_check": m.get("int8_check"),
+                     "fake_quant_check": m.get("fake_quant_check"), "pipeline": m.get("pipeline"), "_twin": None, "_group": parent["_group"] + (v["name"],),
                      "_variant_of": run.run_id})
     order = {n: i for i, n in enumerate(VARIANT_ORDER)}
     steps = ("prune", "heal", "ptq", "qat", "qad")  # a compression pipeline's variants in the order of its steps
@@ -222,7 +204,6 @@ def pipeline_table(run: Run, rows: list[dict]) -> list[dict]:
     often the fake-quantized model a step trained agrees with its artifact ("trained = deployed", for the quantizing
     steps)."""
     base = next((r for r in rows if r.get("run_id") == run.run_id and not r.get("variant")), {})
-    checks = {v["name"]: (v["metrics"] or {}).get("fake_quant_check") or {} for v in run.variants()}
 
     def pct(x):
         return None if x is None else round(100 * x, 2)
@@ -243,7 +224,7 @@ def pipeline_table(run: Run, rows: list[dict]) -> list[dict]:
         out.append({"artifact": artifact_label(r["variant"]), **figures, "params": r.get("params"),
                     "MB": None if r.get("size_mb") is None else round(r["size_mb"], 3),
                     "ms (b=1)": None if r.get("latency_ms") is None else round(r["latency_ms"], 3), **speed,
-                    "trained = deployed %": pct(checks.get(r["variant"], {}).get("top1_agreement")),
+                    "trained = deployed %": pct(_dict(r.get("fake_quant_check")).get("top1_agreement")),
                     "variant": r["variant"]})
     return out
 

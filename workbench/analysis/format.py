@@ -90,3 +90,30 @@ def format_ratio(ratio: float, more: str, less: str) -> str:
     """
     word, x = (more, ratio) if ratio >= 1 else (less, 1 / ratio)
     return f"{x:.2g}× {word}" if x < 10 else f"{x:,.0f}× {word}"
+
+
+def artifact_label(variant: str | None) -> str:
+    """'PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', ... for a variant name (None: the run itself).
+
+    A compression pipeline's variant is named by its steps (`deploy.compress.plan`), and reads as them:
+
+    >>> artifact_label(None), artifact_label("onnx-int8"), artifact_label("pruned50-onnx-fp32"), artifact_label("hf")
+    ('PyTorch fp32', 'ONNX int8', 'pruned 50% · ONNX fp32', 'HF folder fp32')
+    >>> artifact_label("prune50+heal-kd"), artifact_label("prune50+heal-kd+qad-int8")
+    ('pruned 50% · healed (KD) · ONNX fp32', 'pruned 50% · healed (KD) · QAD int8')
+    """
+    if not variant:
+        return "PyTorch fp32"
+    if variant == "hf":
+        return "HF folder fp32"
+    m = re.fullmatch(r"(?:pruned(\d+)-)?onnx-(fp32|int8)", variant)
+    if m:
+        return (f"pruned {m.group(1)}% · " if m.group(1) else "") + f"ONNX {m.group(2)}"
+    words = []
+    for part in variant.split("+"):
+        step = re.fullmatch(r"prune(\d+)|heal-(kd|ce)|(ptq|qat|qad)-(int8|int4)", part)
+        if not step:
+            return variant
+        words.append(f"pruned {step.group(1)}%" if step.group(1) else f"healed ({step.group(2).upper()})"
+                     if step.group(2) else f"{step.group(3).upper()} {step.group(4)}")
+    return " · ".join(words) + ("" if variant.endswith(("int8", "int4")) else " · ONNX fp32")

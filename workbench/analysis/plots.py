@@ -12,7 +12,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.analysis.format import KD, ROLE_COLORS, ROLE_NAMES, SCRATCH, TEACHER, format_values
+from workbench.analysis.format import KD, ROLE_COLORS, ROLE_NAMES, SCRATCH, TEACHER, artifact_label, format_values
 
 TERM_DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")  # a run's loss terms, after its solid total
 PALETTE = ["#E45756", "#4C78A8", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#FF9DA6", "#9D755D",
@@ -409,8 +409,6 @@ def compress_pareto(rows: list[dict], x: str = "latency_ms", device: str | None 
     against latency or size for each of its variants (rows with a `variant`: fp32 ◆, pruned ▲, healed ★, PTQ ■,
     QAT □, QAD ✶), a line from the variant each step started from, and the references (the teacher, the run as
     trained, scratch students) as circles."""
-    from workbench.analysis.compare import artifact_label
-
     fig = go.Figure()
     lm = any(r.get("test_ppl") is not None for r in rows)
     key, scale = ("test_ppl", 1.0) if lm else ("test_acc", 100.0)

@@ -177,15 +177,14 @@ def _pipelines_html(runs: list[Run]) -> str:
     """A section per run that went through `kdw compress`: its pipeline, its table and its plot."""
     parts = []
     for run in runs:
-        made = [v for v in run.variants() if v["state"] == "done" and (v["metrics"] or {}).get("pipeline")]
-        if not made:
-            continue
         rows = comparison_rows([run])
+        steps = sorted({r["pipeline"] for r in rows if r.get("_parent") == run.run_id and r.get("pipeline")})
+        if not steps:
+            continue
         table = pipeline_table(run, rows)
         head = "".join(f"<th>{html.escape(k)}</th>" for k in table[0] if k != "variant")
         body = "".join("<tr>" + "".join(f"<td>{'' if v is None else html.escape(str(v))}</td>"
                                         for k, v in t.items() if k != "variant") + "</tr>" for t in table)
-        steps = sorted({v["metrics"]["pipeline"] for v in made})
         parts.append(f"<h3>{html.escape(run.run_id)}: {html.escape(' | '.join(steps))}</h3>"
                      f"<table><tr>{head}</tr>{body}</table>"
                      + _figure_html(plots.compress_pareto(rows, "size_mb")))

@@ -6,6 +6,7 @@ through `st.cache_resource` / `st.cache_data`, per-user state through `st.sessio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -267,6 +268,17 @@ def keep_form(prefixes: tuple[str, ...], skip=lambda k: False, address: bool = T
     if address and any(st.query_params.get(k) != v for k, v in values.items()):
         st.query_params.update(values)
     ss[FROM_ADDRESS] = {k for k in ss.get(FROM_ADDRESS, set()) if not k.startswith(prefixes)}  # drawn: they fit
+
+
+@contextlib.contextmanager
+def kept_form(prefixes: tuple[str, ...], skip=lambda k: False, address: bool = True, types: dict | None = None):
+    """`with kept_form(...):` around a page's drawing: `remember_form` before it, `keep_form` after it, even when
+    the drawing stops early."""
+    remember_form(prefixes, skip, types)
+    try:
+        yield
+    finally:
+        keep_form(prefixes, skip, address, types)
 
 
 def reset_link_values(e: BaseException) -> bool:

@@ -106,11 +106,8 @@ def page() -> None:
         st.info("No finished runs yet. Launch one on the **Train** page (or run `kdw demo`), then come back.")
         return
     _from_address(done)
-    common.remember_form(KEPT_FIELDS, skip=_not_a_field)
-    try:
+    with common.kept_form(KEPT_FIELDS, skip=_not_a_field, address=False):
         _page(store, done)
-    finally:
-        common.keep_form(KEPT_FIELDS, skip=_not_a_field, address=False)
 
 
 def _page(store, done) -> None:

@@ -39,11 +39,8 @@ def page() -> None:
     if not runs:
         st.info("No finished run yet. Train one on the **Train** page (or run `kdw demo`), then come back.")
         return
-    common.remember_form(FIELDS, skip=_not_a_field)
-    try:
+    with common.kept_form(FIELDS, skip=_not_a_field, address=False):
         _page(store, runs)
-    finally:
-        common.keep_form(FIELDS, skip=_not_a_field, address=False)
 
 
 def _page(store, runs) -> None:

@@ -65,11 +65,9 @@ def _not_a_field(key: str) -> bool:
 
 
 def page() -> None:
-    common.remember_form(("dk_",), _not_a_field)  # a page switch and back finds the view as it was
-    try:
+    # a page switch and back finds the view as it was; the page writes its own, shorter address
+    with common.kept_form(("dk_",), _not_a_field, address=False):
         _page()
-    finally:
-        common.keep_form(("dk_",), _not_a_field, address=False)  # the page writes its own, shorter address
 
 
 def _page() -> None:

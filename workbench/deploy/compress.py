@@ -61,13 +61,14 @@ from workbench.deploy.export import (
     quantize_int8,
     require,
     set_variant_status,
+    start_variants,
     teacher_test_logits,
+    variant_state,
 )
 from workbench.errors import DeployError, friendly_error
 from workbench.io import atomic_write_json
-from workbench.jobs.spawn import Command, spawn
 from workbench.models.zoo import count_params
-from workbench.store.runs import Run, RunStore, process_identity, same_process
+from workbench.store.runs import Run, RunStore, same_process
 from workbench.tasks import task_for
 from workbench.train.loop import TrainConfig, train
 
@@ -245,18 +246,10 @@ class _Pipeline:
         return self.run_.variants_path / name
 
     def _done(self, name: str) -> bool:
-        folder = self.folder(name)
-        status = folder / "status.json"
-        try:
-            return json.loads(status.read_text()).get("state") == "done" and (folder / "metrics.json").is_file()
-        except (OSError, ValueError):
-            return False
+        return variant_state(self.folder(name)) == "done"
 
     def _cancelled(self, name: str) -> bool:
-        try:
-            return json.loads((self.folder(name) / "status.json").read_text()).get("state") == "cancelled"
-        except (OSError, ValueError):
-            return False
+        return variant_state(self.folder(name)) == "cancelled"
 
     def run(self) -> list[dict]:
         model = self.model
@@ -412,16 +405,8 @@ def start_compress(store: RunStore, run_id: str, steps: list[Step], options: Com
     status.json under runs/RUN/variants/. Checked here first, so a bad pipeline is refused before it starts."""
     run = store.get(run_id)
     check_compress(run, steps)
-    if export_busy(run):
-        raise DeployError(f"an export of {run_id} is running; wait for it to finish before compressing it")
-    folder = run.variants_path
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = spawn(Command.kdw("compress", run_id, *compress_args(steps, options), store_root=store.root), store.root,
-                 folder / "compress.log")
-    for _, name in plan(steps):  # visible at once, before the process has imported anything
-        status = folder / name / "status.json"
-        if not (status.is_file() and '"done"' in status.read_text()):
-            set_variant_status(folder / name, "queued", identity=process_identity(proc.pid))
+    pending = [name for _, name in plan(steps) if variant_state(run.variants_path / name) != "done"]
+    start_variants(store, run, "compress", compress_args(steps, options), pending, "compressing it")
 
 
 def compress_busy(run: Run) -> bool:

@@ -43,6 +43,7 @@ from torch import nn
 from workbench.deploy.qad import INT4_GROUP, QUANTIZED_OPS
 from workbench.errors import (
     DeployError,
+    RunStoreError,
     friendly_error,
 )
 from workbench.evaluate.metrics import (
@@ -53,7 +54,7 @@ from workbench.evaluate.metrics import (
     time_calls,
     time_forward,
 )
-from workbench.io import atomic_write_json
+from workbench.io import atomic_write_json, read_json_object
 from workbench.jobs.spawn import Command, spawn
 from workbench.models.zoo import count_params
 from workbench.store.runs import Run, RunStore, process_identity
@@ -651,19 +652,35 @@ def prune_and_finetune(run: Run, store: RunStore, model: nn.Module, dataset, opt
     return tuned, out
 
 
+def variant_state(folder: Path) -> str | None:
+    """What a variant's status.json says ("queued", "running", "done", "failed", "cancelled"), or None where it has
+    none or it cannot be read; done only with its metrics.json beside it."""
+    try:
+        state = (read_json_object(folder / "status.json") or {}).get("state")
+    except RunStoreError:
+        return None
+    return None if state == "done" and not (folder / "metrics.json").is_file() else state
+
+
+def start_variants(store: RunStore, run: Run, verb: str, args: list[str], names: list[str], doing: str) -> None:
+    """`kdw VERB RUN ARGS` as a detached process that makes the variants `names` of `run` (an export, a pipeline),
+    refused while another export of the run works (`doing`: what this one would do, for the sentence); the variants
+    read queued at once, before the process has imported anything, and its output goes to variants/VERB.log."""
+    if export_busy(run):
+        raise DeployError(f"an export of {run.run_id} is running; wait for it to finish before {doing}")
+    folder = run.variants_path
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = spawn(Command.kdw(verb, run.run_id, *args, store_root=store.root), store.root, folder / f"{verb}.log")
+    for name in names:
+        set_variant_status(folder / name, "queued", identity=process_identity(proc.pid))
+
+
 def start_export(store: RunStore, run_id: str, options) -> None:
     """`kdw export RUN ...` as a detached process (the app's Deploy panel); progress lands in each variant's
     status.json under runs/RUN/variants/. `options` is an `ExportOptions`, checked here first."""
     run = store.get(run_id)
     exportable(run)
-    if export_busy(run):
-        raise DeployError(f"an export of {run_id} is running; wait for it to finish before exporting it again")
-    folder = run.variants_path
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = spawn(Command.kdw("export", run_id, *export_args(options), store_root=store.root), store.root,
-                 folder / "export.log")
-    for name in options.variant_names():  # visible at once, before the process has imported anything
-        set_variant_status(folder / name, "queued", identity=process_identity(proc.pid))
+    start_variants(store, run, "export", export_args(options), options.variant_names(), "exporting it again")
 
 
 LM_FORMATS = {"hf": "hf", "gguf": "gguf-f16", "gguf-q8_0": "gguf-q80"}  # a format in the app: its variant's name
@@ -676,10 +693,5 @@ def start_format_export(store: RunStore, run_id: str, fmt: str) -> None:
         raise DeployError(f"the format must be one of {', '.join(LM_FORMATS)}, got {fmt!r}")
     run = store.get(run_id)
     exportable(run)
-    if export_busy(run):
-        raise DeployError(f"an export of {run_id} is running; wait for it to finish before exporting it again")
-    folder = run.variants_path
-    folder.mkdir(parents=True, exist_ok=True)
     args = ["--format", fmt.split("-")[0]] + (["--gguf-type", fmt.split("-")[1]] if "-" in fmt else [])
-    proc = spawn(Command.kdw("export", run_id, *args, store_root=store.root), store.root, folder / "export.log")
-    set_variant_status(folder / LM_FORMATS[fmt], "queued", identity=process_identity(proc.pid))
+    start_variants(store, run, "export", args, [LM_FORMATS[fmt]], "exporting it again")

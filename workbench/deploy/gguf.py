@@ -18,17 +18,15 @@ tokenizer; anything else is refused in one sentence.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from workbench.data.text import require_transformers
-from workbench.deploy.export import export_lock, require, set_variant_status
-from workbench.deploy.hf import measure_hf
-from workbench.errors import DeployError, friendly_error
-from workbench.io import atomic_write_json
+from workbench.deploy.export import require
+from workbench.deploy.hf import lm_student, write_and_measure
+from workbench.errors import DeployError
 from workbench.models.lm import CausalLM
 from workbench.store.runs import Run, RunStore
 
@@ -127,39 +125,22 @@ def export_gguf(run: Run, store: RunStore, kind: str = "f16", progress=None) -> 
     """Write `run`'s best student as GGUF under `runs/RUN/variants/gguf-KIND/`, load it back with transformers'
     GGUF loader and measure it; returns its metrics."""
     say = progress or (lambda text, fraction: None)
-    if run.state != "done":
-        raise DeployError(f"run {run.run_id} is {run.state}; export a finished run")
-    student = run.load_model("best")
-    if not isinstance(student, CausalLM):
-        label = student.kdw_config.label() if hasattr(student, "kdw_config") else type(student).__name__
-        raise DeployError(f"--format gguf writes language models (llama students, SmolLM2 and students cut from it); "
-                          f"{label} is not one: export it with --format onnx")
+    student = lm_student(run, "--format gguf writes language models (llama students, SmolLM2 and students cut from "
+                              "it)")
     transformers = require_transformers()
-    name = f"gguf-{kind.replace('_', '')}"
-    folder = run.variants_path / name
-    with export_lock(run):
-        tmp = folder.with_name(f".{name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    written = {}
+
+    def write(tmp: Path) -> None:
         say(f"writing model.gguf ({kind})", 0.1)
-        written = write_gguf(student.float().eval(), student.kdw_vocab["tokenizer"], tmp / "model.gguf", kind)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        set_variant_status(folder, "running", progress={"text": "loading it back and measuring it", "fraction": 0.4})
-        try:
-            say("loading it back with transformers' GGUF loader and measuring it", 0.4)
-            loaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="model.gguf",
-                                                                       dtype=torch.float32).eval()
-            loaded = CausalLM(loaded)
-            for key in ("kdw_config", "kdw_input_shape", "kdw_num_classes", "kdw_vocab"):  # what the profile reads
-                setattr(loaded, key, getattr(student, key))
-            metrics = measure_hf(run, store, student, loaded, folder)
-            metrics.update(variant=name, format=f"GGUF ({kind}), llama architecture", written=written,
-                           check={**metrics["check"], "loader": "transformers.AutoModelForCausalLM (gguf_file)"})
-            atomic_write_json(folder / "metrics.json", metrics)
-        except Exception as e:
-            set_variant_status(folder, "failed", error=friendly_error(e))
-            raise
-        set_variant_status(folder, "done")
-    say("done", 1.0)
-    return metrics
+        written.update(write_gguf(student.float().eval(), student.kdw_vocab["tokenizer"], tmp / "model.gguf", kind))
+
+    def load(folder: Path):
+        say("loading it back with transformers' GGUF loader and measuring it", 0.4)
+        return transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="model.gguf",
+                                                                 dtype=torch.float32)
+
+    def annotate(metrics: dict) -> dict:
+        return {"format": f"GGUF ({kind}), llama architecture", "written": written,
+                "check": {**metrics["check"], "loader": "transformers.AutoModelForCausalLM (gguf_file)"}}
+
+    return write_and_measure(run, store, f"gguf-{kind.replace('_', '')}", student, write, load, say, annotate)
