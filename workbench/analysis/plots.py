@@ -431,9 +431,9 @@ def compress_pareto(rows: list[dict], x: str = "latency_ms", device: str | None 
     for role in ("teacher", "scratch", "kd"):
         sel = [r for r in refs if r["role"] == role]
         if sel:
-            fig.add_scatter(x=[r[x] for r in sel], y=[y(r) for r in sel], mode="markers+text",
-                            name=ROLE_NAMES[role] + (" (as trained)" if role != "teacher" else ""),
-                            text=[ROLE_NAMES[role] for _ in sel], textposition="top center",
+            fig.add_scatter(x=[r[x] for r in sel], y=[y(r) for r in sel], mode="markers", cliponaxis=False,  # legend:
+                            name=ROLE_NAMES[role] + (" (as trained)" if role != "teacher" else ""),  # a label on
+                            text=[ROLE_NAMES[role] for _ in sel],  # a point near 100% would be cut at the top
                             marker=dict(color=ROLE_COLORS[role], size=12, opacity=0.8, line=dict(width=1, color="white")),
                             hovertemplate="%{x:.4g}, " + hover_y + "<extra>%{text}</extra>")
     for kind, symbol in COMPRESS_SYMBOLS.items():
@@ -442,7 +442,7 @@ def compress_pareto(rows: list[dict], x: str = "latency_ms", device: str | None 
             bits = " int4" if sel[0]["variant"].endswith("int4") else " int8"
             name = {"fp32": "ONNX fp32", "prune": "pruned", "heal": "healed"}.get(kind, kind.upper() + bits)
             fig.add_scatter(x=[r[x] for r in sel], y=[y(r) for r in sel], mode="markers", name=name,
-                            customdata=[artifact_label(r["variant"]) for r in sel],
+                            cliponaxis=False, customdata=[artifact_label(r["variant"]) for r in sel],
                             marker=dict(symbol=symbol, size=13, color=ROLE_COLORS.get(sel[0]["role"], TEACHER),
                                         line=dict(width=1, color="black")),
                             hovertemplate="%{customdata}<br>" + hover_y + "<br>" + AXES.get(x, x)

@@ -124,7 +124,8 @@ def _results(run, store) -> None:
     if not made:
         st.caption("No compressed variants of this run yet: choose the steps and press **Compress**.")
         return
-    st.dataframe(pd.DataFrame(pipeline_table(run, rows)), hide_index=True, key="cz_table")
+    st.dataframe(pd.DataFrame(pipeline_table(run, rows)), hide_index=True, key="cz_table",
+                 column_config={"variant": None})  # the folder's name: the artifact column says it in words
     device = made[0].get("device")
     st.caption(f"Every figure is the artifact's own, run in ONNX Runtime on the test set ({device}): test accuracy; Δ "
                "acc against the run as trained (PyTorch fp32), in points; agree: how often its top class is the "
